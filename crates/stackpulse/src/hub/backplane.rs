@@ -1,0 +1,126 @@
+//! The storage and cross-node seam of the hub.
+//!
+//! A [`Backplane`] owns, per topic, the seq counter and its epoch, the bounded
+//! history, the snapshot and the ACL, and it carries events to every node that
+//! [`watch`](Backplane::watch)es a topic. Its operations are the ones a shared store
+//! can make atomic: *assign seq + append + publish* in one step
+//! ([`publish`](Backplane::publish)), *read history since N* together with the
+//! topic's epoch, latest seq and snapshot ([`read`](Backplane::read)), and poller
+//! *leases* with fencing tokens. The in-memory implementation is
+//! [`super::memory::MemoryBackplane`]; a Redis one (Lua script for publish, a stream
+//! per topic, pub/sub for fan-out, `SET NX PX` leases) fits the same trait.
+//!
+//! Events a node must deliver locally flow out through the [`Deliver`] sink given to
+//! the backplane at construction, in seq order per topic.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::extract::ws::Utf8Bytes;
+use serde_json::{Map, Value};
+use stackpulse_protocol::Acl;
+
+use super::event::StampedEvent;
+
+/// What a source asks the backplane to publish.
+#[derive(Debug, Clone)]
+pub struct Draft {
+    pub event_type: String,
+    pub data: Map<String, Value>,
+    /// Replaces the topic's ACL when present.
+    pub acl: Option<Acl>,
+    /// A poller's lease; the publish is refused if the lease was lost meanwhile.
+    pub fence: Option<Lease>,
+}
+
+/// A topic's position and retained history, read atomically.
+#[derive(Debug, Clone)]
+pub struct TopicRead {
+    pub epoch: Arc<str>,
+    /// The latest seq assigned (0 when the topic has no events yet).
+    pub latest_seq: u64,
+    /// The oldest seq still in history (`latest_seq + 1` when history is empty).
+    pub first_retained: u64,
+    /// Every retained event with seq greater than the requested `since`, oldest
+    /// first (empty when no `since` was given).
+    pub events: Vec<Arc<StampedEvent>>,
+    /// The snapshot frame, current to `latest_seq` (`None` before the first event).
+    pub snapshot: Option<Utf8Bytes>,
+    pub acl: Option<Acl>,
+}
+
+impl TopicRead {
+    /// Whether every event after `since` is still retained, so a resume from
+    /// `since` loses nothing.
+    pub fn covers(&self, since: u64) -> bool {
+        since <= self.latest_seq && since + 1 >= self.first_retained
+    }
+}
+
+/// A poller lease. `token` grows every time the lease changes hands, so a paused old
+/// holder's publish (carrying an older token) can be refused: the fencing token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub name: String,
+    pub token: u64,
+}
+
+/// Summary of a topic for `GET /v1/topics/{id}`.
+#[derive(Debug, Clone)]
+pub struct TopicInfo {
+    pub epoch: Arc<str>,
+    pub latest_seq: u64,
+    pub retained: usize,
+    pub snapshot: Option<Map<String, Value>>,
+    pub snapshot_type: &'static str,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackplaneError {
+    #[error("backplane unavailable: {0}")]
+    Unavailable(String),
+    #[error("lease {0} is no longer held by this publisher")]
+    Fenced(String),
+}
+
+/// Where a backplane hands events for local delivery.
+pub trait Deliver: Send + Sync {
+    /// Called once per event per node, in seq order per topic. Must not block.
+    fn deliver(&self, event: &Arc<StampedEvent>);
+}
+
+#[async_trait]
+pub trait Backplane: Send + Sync + 'static {
+    /// Assigns the topic's next seq, appends the event to its history, folds it into
+    /// the snapshot and delivers it to every watching node, as one atomic step.
+    async fn publish(&self, topic: &str, draft: Draft) -> Result<Arc<StampedEvent>, BackplaneError>;
+
+    /// Reads the topic's epoch, latest seq, snapshot and the events after `since`.
+    /// Creates the topic (seq 0, a fresh epoch) when it does not exist.
+    async fn read(&self, topic: &str, since: Option<u64>) -> Result<TopicRead, BackplaneError>;
+
+    /// This node has local subscribers of `topic`: deliver its events here.
+    async fn watch(&self, topic: &str) -> Result<(), BackplaneError>;
+
+    /// This node's last local subscriber of `topic` left.
+    async fn unwatch(&self, topic: &str);
+
+    /// Describes a topic without creating it.
+    async fn info(&self, topic: &str) -> Result<Option<TopicInfo>, BackplaneError>;
+
+    /// Tries to take the named lease for `ttl`; `None` when someone else holds it.
+    async fn acquire_lease(&self, name: &str, ttl: Duration) -> Result<Option<Lease>, BackplaneError>;
+
+    /// Extends a held lease; `false` when it was lost (expired and taken).
+    async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, BackplaneError>;
+
+    /// Gives a lease up early.
+    async fn release_lease(&self, lease: &Lease);
+
+    /// Number of topics currently stored.
+    fn topic_count(&self) -> usize;
+
+    /// Whether the backplane can serve requests (for `/readyz`).
+    async fn ready(&self) -> Result<(), BackplaneError>;
+}

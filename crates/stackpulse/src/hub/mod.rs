@@ -1,0 +1,412 @@
+//! The hub: topics, seqs, history, snapshots, subscriptions and fan-out.
+//!
+//! Data flows one way. A source calls [`Hub::publish`]; the [`Backplane`] stamps the
+//! event (seq, epoch, timestamp), stores it and hands it to every node that watches
+//! the topic; on this node the [`Fanout`] offers it to each local
+//! [`Subscription`], which queues it on its connection's [`Outbox`]. A delivery
+//! adapter owns a [`Session`] per connection and drains the outbox; the hub never
+//! sees a socket.
+//!
+//! [`Hub::subscribe`] registers the subscription *before* it reads history, so an
+//! event published during the replay is either in the history read or offered live
+//! (or both, and then skipped by seq): resume is gap-free and duplicate-free.
+//!
+//! # Layout
+//! - [`backplane`]: the storage/cross-node trait; [`memory`]: its embedded impl.
+//! - [`event`]: the stamped, serialize-once event; [`snapshot`]: the state fold.
+//! - [`outbox`]: a connection's bounded queue and slow-consumer policy.
+//! - [`subscription`]: the per-subscription syncing/live state machine.
+
+pub mod backplane;
+pub mod event;
+pub mod memory;
+pub mod outbox;
+pub mod snapshot;
+pub mod subscription;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use parking_lot::Mutex;
+use stackpulse_protocol::PublishRequest;
+
+pub use backplane::{Backplane, BackplaneError, Deliver, Draft, Lease, TopicInfo, TopicRead};
+pub use event::StampedEvent;
+pub use outbox::{CloseReason, Delivery, Outbox, SubscribedInfo};
+pub use subscription::Subscription;
+
+use subscription::{Offer, SyncStep};
+
+/// How much history each topic keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct HistoryConfig {
+    /// At most this many events per topic (oldest dropped first).
+    pub max_events: usize,
+    /// A topic's history is dropped this long after its last event.
+    pub retention: Duration,
+}
+
+/// Hub limits.
+#[derive(Debug, Clone, Copy)]
+pub struct HubConfig {
+    pub history: HistoryConfig,
+    pub max_subscriptions_per_connection: usize,
+    /// How long a replay may wait for room in a connection's queue before the
+    /// connection is closed as a slow consumer.
+    pub replay_timeout: Duration,
+}
+
+/// Why a subscribe was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SubscribeError {
+    #[error("Too many subscriptions (limit {0} per connection)")]
+    TooMany(usize),
+    #[error("Service unavailable: {0}")]
+    Backplane(#[from] BackplaneError),
+    #[error("connection closed")]
+    Closed,
+}
+
+impl SubscribeError {
+    /// The code sent in the `error` reply.
+    pub fn code(&self) -> u16 {
+        match self {
+            SubscribeError::TooMany(_) => 429,
+            SubscribeError::Backplane(_) => 503,
+            SubscribeError::Closed => 410,
+        }
+    }
+}
+
+/// One connection's view of the hub.
+pub struct Session {
+    pub id: u64,
+    pub outbox: Arc<Outbox>,
+    subs: Mutex<HashMap<Arc<str>, Arc<Subscription>>>,
+}
+
+impl Session {
+    /// The topics this connection is subscribed to.
+    pub fn topics(&self) -> Vec<Arc<str>> {
+        self.subs.lock().keys().cloned().collect()
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        self.subs.lock().len()
+    }
+}
+
+/// Local subscribers per topic; the backplane's [`Deliver`] sink on this node.
+pub struct Fanout {
+    topics: DashMap<Arc<str>, HashMap<u64, Arc<Subscription>>>,
+    hub: OnceLock<Weak<HubInner>>,
+}
+
+impl Fanout {
+    fn new() -> Fanout {
+        Fanout {
+            topics: DashMap::new(),
+            hub: OnceLock::new(),
+        }
+    }
+
+    /// Adds a subscriber; true when it is the topic's first on this node.
+    fn add(&self, session: u64, sub: Arc<Subscription>) -> bool {
+        let mut entry = self.topics.entry(sub.topic.clone()).or_default();
+        let first = entry.is_empty();
+        entry.insert(session, sub);
+        first
+    }
+
+    /// Removes `sub` if it is still the session's subscriber of its topic; true
+    /// when the topic has no local subscriber left.
+    fn remove(&self, session: u64, sub: &Arc<Subscription>) -> bool {
+        let mut now_empty = false;
+        self.topics.remove_if_mut(&sub.topic, |_, subs| {
+            if subs.get(&session).is_some_and(|s| Arc::ptr_eq(s, sub)) {
+                subs.remove(&session);
+            }
+            now_empty = subs.is_empty();
+            now_empty
+        });
+        now_empty
+    }
+
+    /// Local subscribers of a topic.
+    pub fn subscriber_count(&self, topic: &str) -> usize {
+        self.topics.get(topic).map_or(0, |s| s.len())
+    }
+}
+
+impl Deliver for Fanout {
+    fn deliver(&self, event: &Arc<StampedEvent>) {
+        let Some(subs) = self.topics.get(&event.topic) else {
+            return;
+        };
+        for sub in subs.values() {
+            if let Offer::NeedsRepair { from, epoch } = sub.offer(event) {
+                let hub = self.hub.get().and_then(Weak::upgrade);
+                if let Some(hub) = hub {
+                    let sub = sub.clone();
+                    metrics::counter!("stackpulse_subscription_repairs_total").increment(1);
+                    tokio::spawn(async move {
+                        let hub = Hub(hub);
+                        if let Err(e) = hub.sync(&sub, Resume::Repair { from, epoch }).await {
+                            tracing::warn!(topic = %sub.topic, error = %e, "subscription repair failed");
+                            sub.end();
+                        }
+                    });
+                }
+            }
+        }
+    }
+}
+
+pub struct HubInner {
+    backplane: Arc<dyn Backplane>,
+    fanout: Arc<Fanout>,
+    config: HubConfig,
+    next_session: std::sync::atomic::AtomicU64,
+    subscriptions: AtomicUsize,
+}
+
+/// A cheap handle to the hub.
+#[derive(Clone)]
+pub struct Hub(Arc<HubInner>);
+
+/// Where a sync starts from.
+enum Resume {
+    Subscribe {
+        since: Option<u64>,
+        epoch: Option<String>,
+    },
+    Repair {
+        from: u64,
+        epoch: Arc<str>,
+    },
+}
+
+/// Rounds of history reads before a subscription that keeps falling behind gives up.
+const MAX_SYNC_ROUNDS: usize = 16;
+
+impl Hub {
+    /// Builds a hub on the backplane that `make` returns; `make` receives the sink
+    /// the backplane must deliver this node's events to.
+    pub fn new<B: Backplane>(config: HubConfig, make: impl FnOnce(Arc<dyn Deliver>) -> Arc<B>) -> (Hub, Arc<B>) {
+        let fanout = Arc::new(Fanout::new());
+        let backplane = make(fanout.clone());
+        let inner = Arc::new(HubInner {
+            backplane: backplane.clone(),
+            fanout: fanout.clone(),
+            config,
+            next_session: std::sync::atomic::AtomicU64::new(1),
+            subscriptions: AtomicUsize::new(0),
+        });
+        let _ = fanout.hub.set(Arc::downgrade(&inner));
+        (Hub(inner), backplane)
+    }
+
+    /// An embedded single-node hub.
+    pub fn in_memory(config: HubConfig) -> (Hub, Arc<memory::MemoryBackplane>) {
+        Hub::new(config, |sink| {
+            Arc::new(memory::MemoryBackplane::new(config.history, sink))
+        })
+    }
+
+    pub fn backplane(&self) -> &Arc<dyn Backplane> {
+        &self.0.backplane
+    }
+
+    pub fn config(&self) -> &HubConfig {
+        &self.0.config
+    }
+
+    /// Publishes a validated event; returns it stamped.
+    pub async fn publish(&self, req: PublishRequest) -> Result<Arc<StampedEvent>, BackplaneError> {
+        self.publish_draft(
+            &req.deployment_id,
+            Draft {
+                event_type: req.event_type,
+                data: req.data,
+                acl: req.acl,
+                fence: None,
+            },
+        )
+        .await
+    }
+
+    /// Publishes a draft (sources with a lease pass it as `fence`).
+    pub async fn publish_draft(&self, topic: &str, draft: Draft) -> Result<Arc<StampedEvent>, BackplaneError> {
+        let event = self.0.backplane.publish(topic, draft).await?;
+        metrics::counter!("stackpulse_events_published_total").increment(1);
+        Ok(event)
+    }
+
+    /// Opens a session for a connection whose queue is `outbox`.
+    pub fn open_session(&self, outbox: Arc<Outbox>) -> Arc<Session> {
+        Arc::new(Session {
+            id: self.0.next_session.fetch_add(1, Ordering::Relaxed),
+            outbox,
+            subs: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Subscribes (or re-subscribes) a session to a topic. Queues `subscribed`, then
+    /// the replay or the snapshot, then goes live.
+    pub async fn subscribe(
+        &self,
+        session: &Arc<Session>,
+        topic: &str,
+        since: Option<u64>,
+        epoch: Option<String>,
+    ) -> Result<(), SubscribeError> {
+        let topic: Arc<str> = Arc::from(topic);
+        let sub = Arc::new(Subscription::new(topic.clone(), session.outbox.clone()));
+        let replaced = {
+            let mut subs = session.subs.lock();
+            let replaced = subs.remove(&topic);
+            if replaced.is_none() && subs.len() >= self.0.config.max_subscriptions_per_connection {
+                return Err(SubscribeError::TooMany(self.0.config.max_subscriptions_per_connection));
+            }
+            subs.insert(topic.clone(), sub.clone());
+            replaced
+        };
+        if let Some(old) = replaced {
+            old.end();
+            self.detach(session.id, &old).await;
+        }
+        self.0.subscriptions.fetch_add(1, Ordering::Relaxed);
+        if self.0.fanout.add(session.id, sub.clone()) {
+            if let Err(e) = self.0.backplane.watch(&topic).await {
+                self.drop_subscription(session, &sub).await;
+                return Err(e.into());
+            }
+        }
+        if let Err(e) = self.sync(&sub, Resume::Subscribe { since, epoch }).await {
+            self.drop_subscription(session, &sub).await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Ends a session's subscription; false when there was none.
+    pub async fn unsubscribe(&self, session: &Arc<Session>, topic: &str) -> bool {
+        let removed = session.subs.lock().remove(topic);
+        match removed {
+            Some(sub) => {
+                sub.end();
+                self.detach(session.id, &sub).await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Ends every subscription of a closing connection.
+    pub async fn close_session(&self, session: &Arc<Session>) {
+        let subs: Vec<_> = session.subs.lock().drain().map(|(_, s)| s).collect();
+        for sub in subs {
+            sub.end();
+            self.detach(session.id, &sub).await;
+        }
+    }
+
+    async fn drop_subscription(&self, session: &Arc<Session>, sub: &Arc<Subscription>) {
+        sub.end();
+        {
+            let mut subs = session.subs.lock();
+            if subs.get(&sub.topic).is_some_and(|s| Arc::ptr_eq(s, sub)) {
+                subs.remove(&sub.topic);
+            }
+        }
+        self.detach(session.id, sub).await;
+    }
+
+    async fn detach(&self, session: u64, sub: &Arc<Subscription>) {
+        self.0.subscriptions.fetch_sub(1, Ordering::Relaxed);
+        if self.0.fanout.remove(session, sub) {
+            self.0.backplane.unwatch(&sub.topic).await;
+        }
+    }
+
+    /// Subscriptions open on this node.
+    pub fn subscription_count(&self) -> usize {
+        self.0.subscriptions.load(Ordering::Relaxed)
+    }
+
+    /// Local subscribers of one topic.
+    pub fn local_subscribers(&self, topic: &str) -> usize {
+        self.0.fanout.subscriber_count(topic)
+    }
+
+    /// Replays what a subscription is missing, then makes it live.
+    async fn sync(&self, sub: &Arc<Subscription>, mut resume: Resume) -> Result<(), SubscribeError> {
+        let timeout = self.0.config.replay_timeout;
+        let send = |item: Delivery| sub.outbox.push_wait(item, timeout);
+        for _ in 0..MAX_SYNC_ROUNDS {
+            let since = match &resume {
+                Resume::Subscribe { since, .. } => *since,
+                Resume::Repair { from, .. } => Some(*from),
+            };
+            let read = self.0.backplane.read(&sub.topic, since).await?;
+            // (announce a `subscribed`, recovered, replay history rather than snapshot)
+            let (announce, recovered, replay) = match &resume {
+                Resume::Subscribe { since: None, .. } => (true, true, false),
+                Resume::Subscribe {
+                    since: Some(s),
+                    epoch,
+                } => {
+                    let ok = epoch.as_deref().is_none_or(|e| e == &*read.epoch) && read.covers(*s);
+                    (true, ok, ok)
+                }
+                Resume::Repair { from, epoch } => {
+                    let ok = *epoch == read.epoch && read.covers(*from);
+                    (!ok, false, ok)
+                }
+            };
+            if announce {
+                let info = SubscribedInfo {
+                    topic: sub.topic.clone(),
+                    seq: read.latest_seq,
+                    epoch: read.epoch.clone(),
+                    recovered,
+                };
+                send(Delivery::Subscribed(Box::new(info)))
+                    .await
+                    .map_err(|_| SubscribeError::Closed)?;
+            }
+            let last_seq = if replay {
+                let start = since.unwrap_or(0);
+                let last = read.events.last().map_or(start, |e| e.seq);
+                for event in read.events {
+                    send(Delivery::Event(event)).await.map_err(|_| SubscribeError::Closed)?;
+                }
+                last
+            } else {
+                if let Some(snapshot) = read.snapshot {
+                    send(Delivery::Frame(snapshot)).await.map_err(|_| SubscribeError::Closed)?;
+                }
+                read.latest_seq
+            };
+            match sub.finish_sync(last_seq, &read.epoch) {
+                SyncStep::Live => return Ok(()),
+                SyncStep::Ended => return Err(SubscribeError::Closed),
+                SyncStep::Again { last_seq } => {
+                    resume = Resume::Repair {
+                        from: last_seq,
+                        epoch: read.epoch,
+                    }
+                }
+            }
+        }
+        Err(SubscribeError::Backplane(BackplaneError::Unavailable(
+            "subscription could not catch up with the topic".into(),
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,165 @@
+//! A connection's bounded outgoing queue and its overflow policy.
+//!
+//! The hub pushes [`Delivery`] items; a delivery adapter (the `/ws` writer) pops
+//! them, encodes and writes. Live events are pushed with `try_send` from the fan-out
+//! path, which never waits: when the queue is full the connection is marked for
+//! closing with [`CloseReason::SlowConsumer`] and later events for it are dropped
+//! (and counted), so one client that stops reading never slows the others or grows
+//! the server's memory. Replays after a `subscribe` are pushed with a bounded wait.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::Utf8Bytes;
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::event::StampedEvent;
+
+/// The `subscribed` reply's fields; boxed in [`Delivery`] to keep queue slots small.
+#[derive(Debug, Clone)]
+pub struct SubscribedInfo {
+    pub topic: Arc<str>,
+    pub seq: u64,
+    pub epoch: Arc<str>,
+    pub recovered: bool,
+}
+
+/// One item in a connection's queue. Kept two words wide.
+#[derive(Debug)]
+pub enum Delivery {
+    /// A numbered event of a subscribed topic.
+    Event(Arc<StampedEvent>),
+    /// A subscription was (re)established.
+    Subscribed(Box<SubscribedInfo>),
+    /// A snapshot event, or a control reply, already encoded.
+    Frame(Utf8Bytes),
+}
+
+/// Why the server closes a connection; each maps to a documented close code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The outgoing queue overflowed (close code 4008).
+    SlowConsumer,
+    /// The server is shutting down (1001).
+    Shutdown,
+    /// No frame from the client within the idle timeout (4000).
+    IdleTimeout,
+}
+
+/// Raised when a push could not be queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueClosed;
+
+/// The sending side of one connection's queue.
+pub struct Outbox {
+    tx: mpsc::Sender<Delivery>,
+    closing: CancellationToken,
+    reason: Mutex<Option<CloseReason>>,
+}
+
+impl Outbox {
+    /// Creates a queue of `capacity` items; the receiver goes to the writer.
+    pub fn new(capacity: usize) -> (Arc<Outbox>, mpsc::Receiver<Delivery>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let outbox = Arc::new(Outbox {
+            tx,
+            closing: CancellationToken::new(),
+            reason: Mutex::new(None),
+        });
+        (outbox, rx)
+    }
+
+    /// Queues without waiting; a full queue closes the connection as a slow consumer.
+    pub fn push(&self, item: Delivery) -> Result<(), QueueClosed> {
+        if self.closing.is_cancelled() {
+            metrics::counter!("stackpulse_messages_dropped_total").increment(1);
+            return Err(QueueClosed);
+        }
+        match self.tx.try_send(item) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                metrics::counter!("stackpulse_messages_dropped_total").increment(1);
+                if self.close(CloseReason::SlowConsumer) {
+                    metrics::counter!("stackpulse_slow_consumer_closes_total").increment(1);
+                    tracing::warn!("closing a slow consumer: outgoing queue full");
+                }
+                Err(QueueClosed)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(QueueClosed),
+        }
+    }
+
+    /// Queues, waiting up to `timeout` for room; used for replays, whose size is
+    /// bounded by the history and may exceed the queue.
+    pub async fn push_wait(&self, item: Delivery, timeout: Duration) -> Result<(), QueueClosed> {
+        if self.closing.is_cancelled() {
+            return Err(QueueClosed);
+        }
+        tokio::select! {
+            sent = tokio::time::timeout(timeout, self.tx.send(item)) => match sent {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(QueueClosed),
+                Err(_) => {
+                    if self.close(CloseReason::SlowConsumer) {
+                        metrics::counter!("stackpulse_slow_consumer_closes_total").increment(1);
+                    }
+                    Err(QueueClosed)
+                }
+            },
+            _ = self.closing.cancelled() => Err(QueueClosed),
+        }
+    }
+
+    /// Asks the writer to close the connection. The first reason wins; returns
+    /// whether this call set it.
+    pub fn close(&self, reason: CloseReason) -> bool {
+        let mut slot = self.reason.lock();
+        if slot.is_some() {
+            return false;
+        }
+        *slot = Some(reason);
+        self.closing.cancel();
+        true
+    }
+
+    /// Resolves once [`close`](Self::close) was called.
+    pub async fn closing(&self) -> CloseReason {
+        self.closing.cancelled().await;
+        self.reason.lock().unwrap_or(CloseReason::Shutdown)
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing.is_cancelled()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn overflow_closes_as_slow_consumer_and_drops_the_rest() {
+        let (outbox, mut rx) = Outbox::new(2);
+        let frame = || Delivery::Frame(Utf8Bytes::from_static("{}"));
+        assert!(outbox.push(frame()).is_ok());
+        assert!(outbox.push(frame()).is_ok());
+        assert_eq!(outbox.push(frame()), Err(QueueClosed));
+        assert!(outbox.is_closing());
+        assert_eq!(outbox.closing().await, CloseReason::SlowConsumer);
+        assert!(rx.recv().await.is_some());
+        assert_eq!(outbox.push(frame()), Err(QueueClosed), "no more after closing");
+        assert!(!outbox.close(CloseReason::Shutdown), "the first reason stays");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn push_wait_times_out_into_a_slow_consumer_close() {
+        let (outbox, _rx) = Outbox::new(1);
+        let frame = || Delivery::Frame(Utf8Bytes::from_static("{}"));
+        outbox.push_wait(frame(), Duration::from_secs(1)).await.expect("room");
+        let r = outbox.push_wait(frame(), Duration::from_secs(1)).await;
+        assert_eq!(r, Err(QueueClosed));
+        assert_eq!(outbox.closing().await, CloseReason::SlowConsumer);
+    }
+}

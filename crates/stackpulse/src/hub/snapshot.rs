@@ -1,0 +1,183 @@
+//! The current state of a topic, folded from its events.
+//!
+//! Every stamped event is applied to its topic's [`Snapshot`]; a subscriber that
+//! joins without `since` (or whose resume failed) receives the snapshot first, as
+//! one `deployment.snapshot` or `stack.snapshot` event carrying the seq it is current
+//! to. The fold is pure: it never looks at sockets or time.
+
+use serde_json::{Map, Value};
+
+use super::event::encode_frame;
+use axum::extract::ws::Utf8Bytes;
+
+/// How many recent `log.created` entries a deployment snapshot keeps.
+pub const SNAPSHOT_LOGS: usize = 20;
+
+/// The state of one topic.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// The seq of the last event applied (0: nothing yet).
+    pub seq: u64,
+    pub timestamp: String,
+    /// `true` once a CloudFormation `resource.status` event was applied: the
+    /// snapshot is then sent as `stack.snapshot`.
+    tracks_stack: bool,
+    state: Map<String, Value>,
+}
+
+impl Snapshot {
+    /// Folds one event into the state.
+    pub fn apply(&mut self, seq: u64, timestamp: &str, event_type: &str, data: &Map<String, Value>) {
+        self.seq = seq;
+        self.timestamp = timestamp.to_owned();
+        match event_type {
+            "deployment.status" => {
+                for key in ["status", "current_layer", "total_layers"] {
+                    if let Some(v) = data.get(key) {
+                        self.state.insert(key.into(), v.clone());
+                    }
+                }
+            }
+            "stack.deployed" | "stack.failed" => {
+                let Some(name) = data.get("stack_name").and_then(Value::as_str) else {
+                    return self.touch(event_type, seq, timestamp);
+                };
+                let mut entry = data.clone();
+                entry.remove("stack_name");
+                let status = if event_type == "stack.deployed" { "deployed" } else { "failed" };
+                entry.insert("status".into(), Value::from(status));
+                entry.insert("updated_at".into(), Value::from(timestamp));
+                self.object("stacks").insert(name.to_owned(), Value::Object(entry));
+            }
+            "log.created" => {
+                let mut entry = data.clone();
+                entry.insert("timestamp".into(), Value::from(timestamp));
+                let logs = self
+                    .state
+                    .entry("logs")
+                    .or_insert_with(|| Value::Array(Vec::new()));
+                if let Value::Array(list) = logs {
+                    list.push(Value::Object(entry));
+                    if list.len() > SNAPSHOT_LOGS {
+                        let excess = list.len() - SNAPSHOT_LOGS;
+                        list.drain(..excess);
+                    }
+                }
+            }
+            "resource.status" => {
+                self.tracks_stack = true;
+                if let Some(Value::Object(resource)) = data.get("resource") {
+                    if let Some(id) = resource.get("logicalId").and_then(Value::as_str) {
+                        let id = id.to_owned();
+                        self.object("resources").insert(id, Value::Object(resource.clone()));
+                    }
+                }
+                if let Some(stack) = data.get("stack") {
+                    self.state.insert("stack".into(), stack.clone());
+                }
+            }
+            _ => {}
+        }
+        self.touch(event_type, seq, timestamp);
+    }
+
+    fn touch(&mut self, event_type: &str, seq: u64, timestamp: &str) {
+        let mut last = Map::new();
+        last.insert("type".into(), Value::from(event_type));
+        last.insert("seq".into(), Value::from(seq));
+        last.insert("timestamp".into(), Value::from(timestamp));
+        self.state.insert("last_event".into(), Value::Object(last));
+    }
+
+    fn object(&mut self, key: &str) -> &mut Map<String, Value> {
+        let slot = self
+            .state
+            .entry(key)
+            .or_insert_with(|| Value::Object(Map::new()));
+        if !slot.is_object() {
+            *slot = Value::Object(Map::new());
+        }
+        match slot {
+            Value::Object(m) => m,
+            _ => unreachable!("slot was just made an object"),
+        }
+    }
+
+    /// The snapshot's event type.
+    pub fn event_type(&self) -> &'static str {
+        if self.tracks_stack {
+            "stack.snapshot"
+        } else {
+            "deployment.snapshot"
+        }
+    }
+
+    /// The state as a JSON object.
+    pub fn data(&self) -> &Map<String, Value> {
+        &self.state
+    }
+
+    /// The snapshot as a text frame for `topic`.
+    pub fn encode(&self, topic: &str) -> Utf8Bytes {
+        encode_frame(self.event_type(), topic, self.seq, &self.timestamp, &self.state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            _ => panic!("not an object"),
+        }
+    }
+
+    #[test]
+    fn folds_seed_events() {
+        let mut s = Snapshot::default();
+        s.apply(1, "t1", "deployment.status", &obj(json!({"status":"deploying","current_layer":1,"total_layers":3})));
+        s.apply(2, "t2", "stack.deployed", &obj(json!({"stack_name":"network","environment":"dev","duration_seconds":30,"resource_count":4})));
+        s.apply(3, "t3", "stack.failed", &obj(json!({"stack_name":"db","environment":"dev","error_message":"Subnet not found"})));
+        s.apply(4, "t4", "deployment.status", &obj(json!({"status":"failed"})));
+        let d = Value::Object(s.data().clone());
+        assert_eq!(s.seq, 4);
+        assert_eq!(d["status"], "failed");
+        assert_eq!(d["current_layer"], 1, "fields not in the new event are kept");
+        assert_eq!(d["stacks"]["network"]["status"], "deployed");
+        assert_eq!(d["stacks"]["network"]["resource_count"], 4);
+        assert_eq!(d["stacks"]["db"]["error_message"], "Subnet not found");
+        assert_eq!(d["last_event"]["seq"], 4);
+        assert_eq!(s.event_type(), "deployment.snapshot");
+    }
+
+    #[test]
+    fn keeps_only_recent_logs() {
+        let mut s = Snapshot::default();
+        for i in 1..=(SNAPSHOT_LOGS as u64 + 5) {
+            s.apply(i, "t", "log.created", &obj(json!({"level":"info","message":format!("m{i}")})));
+        }
+        let logs = s.data()["logs"].as_array().expect("array");
+        assert_eq!(logs.len(), SNAPSHOT_LOGS);
+        assert_eq!(logs[0]["message"], "m6");
+    }
+
+    #[test]
+    fn resource_events_make_a_stack_snapshot() {
+        let mut s = Snapshot::default();
+        s.apply(1, "t", "resource.status", &obj(json!({
+            "resource":{"logicalId":"Bucket","status":"CREATE_IN_PROGRESS"},
+            "stack":{"name":"s","progress":0}})));
+        s.apply(2, "t", "resource.status", &obj(json!({
+            "resource":{"logicalId":"Bucket","status":"CREATE_COMPLETE"},
+            "stack":{"name":"s","progress":100}})));
+        assert_eq!(s.event_type(), "stack.snapshot");
+        let d = Value::Object(s.data().clone());
+        assert_eq!(d["resources"]["Bucket"]["status"], "CREATE_COMPLETE");
+        assert_eq!(d["stack"]["progress"], 100);
+        let frame = s.encode("s");
+        assert!(frame.as_str().starts_with(r#"{"type":"stack.snapshot","deployment_id":"s","seq":2,"#));
+    }
+}
