@@ -1,8 +1,28 @@
 //! stackpulse: live cloud deployments over WebSocket.
 //!
+//! A source publishes typed events; the hub stamps them (topic, seq, epoch,
+//! timestamp), stores them and fans them out; delivery adapters only encode and
+//! write. See `DESIGN.md` beside the repository for the contract.
+//!
 //! # Layout
 //! - [`hub`]: topics, seqs, history, snapshots, subscriptions, fan-out, behind a
 //!   [`hub::Backplane`] (in-memory now; Redis fits the same seam).
+//! - [`ws`]: the `/ws` endpoint: admission, connection loops, registry, close codes.
+//! - [`http`]: routes, shared state, publish API, health/readiness/metrics.
+//! - [`auth`]: users and publisher keys.
+//! - [`config`]: flags, environment and TOML file → [`config::Config`].
+//! - [`server`]: [`server::serve`]: run until shutdown, then drain.
+//! - [`client`]: a Rust client of the `/ws` protocol (CLI and tests).
+//! - [`cli`]: the `stackpulse` command line.
+//! - [`metrics`]: the Prometheus recorder.
 #![forbid(unsafe_code)]
 
+pub mod auth;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod http;
 pub mod hub;
+pub mod metrics;
+pub mod server;
+pub mod ws;

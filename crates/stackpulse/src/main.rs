@@ -1,1 +1,14 @@
-fn main() {}
+//! The `stackpulse` binary: parses the command line and runs it.
+use std::process::ExitCode;
+
+use clap::Parser;
+use stackpulse::cli::{Cli, Command};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => stackpulse::cli::serve(args).await,
+        Command::Tail(args) => stackpulse::cli::tail(args).await,
+    }
+}

@@ -46,6 +46,10 @@ pub enum CloseReason {
     Shutdown,
     /// No frame from the client within the idle timeout (4000).
     IdleTimeout,
+    /// The client sent a frame over the size limit (1009).
+    MessageTooBig,
+    /// The client closed or vanished; nothing more to send.
+    ClientClosed,
 }
 
 /// Raised when a push could not be queued.

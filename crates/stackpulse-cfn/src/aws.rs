@@ -1,0 +1,319 @@
+//! The AWS edge: every CloudFormation call the tracker makes, counted, with SDK
+//! errors sorted into what the tracker does about them.
+//!
+//! Data flow: `tracker` calls [`Api`] methods; each returns our own types
+//! ([`StackInfo`], `Vec<Event>` pages, [`ResourceState`]s) or an [`AwsError`] that
+//! says whether to back off (throttled), retry (transient), wait (stack not found) or
+//! give up. SDK retries are switched off per call so that the tracker's own backoff is
+//! the only one, and so that [`CallCounter`] counts every request sent.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_cloudformation::config::retry::RetryConfig;
+use aws_sdk_cloudformation::config::timeout::TimeoutConfig;
+use aws_sdk_cloudformation::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_cloudformation::Client;
+use chrono::{DateTime, Utc};
+
+use crate::events::Event;
+use crate::progress::ResourceState;
+use crate::wire::StackOutput;
+
+/// Counts AWS calls (requests sent, including failed ones), for a metric.
+///
+/// Cheap to clone; clones share the counts. Give the same counter to several
+/// trackers to count them together.
+#[derive(Debug, Clone, Default)]
+pub struct CallCounter(Arc<CallCounts>);
+
+#[derive(Debug, Default)]
+struct CallCounts {
+    total: AtomicU64,
+    throttled: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl CallCounter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Requests sent.
+    pub fn total(&self) -> u64 {
+        self.0.total.load(Ordering::Relaxed)
+    }
+    /// Requests answered with a throttling error.
+    pub fn throttled(&self) -> u64 {
+        self.0.throttled.load(Ordering::Relaxed)
+    }
+    /// Requests that failed for any other reason.
+    pub fn failed(&self) -> u64 {
+        self.0.failed.load(Ordering::Relaxed)
+    }
+    fn sent(&self) {
+        self.0.total.fetch_add(1, Ordering::Relaxed);
+    }
+    fn record(&self, e: &AwsError) {
+        let c = match e {
+            AwsError::Throttled(_) => &self.0.throttled,
+            _ => &self.0.failed,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What went wrong with one call, sorted by what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AwsError {
+    /// `Throttling` / "Rate exceeded": back off and poll slower.
+    #[error("throttled: {0}")]
+    Throttled(String),
+    /// Network errors, timeouts, 5xx, unparseable answers: retry with backoff.
+    #[error("{0}")]
+    Transient(String),
+    /// `ValidationError` "Stack with id X does not exist".
+    #[error("{0}")]
+    NotFound(String),
+    /// Any other `ValidationError` (bad template, bad parameter...).
+    #[error("{0}")]
+    Validation(String),
+    /// `AlreadyExistsException` on create.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// Anything else (access denied, ...): not retried.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl AwsError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, AwsError::Throttled(_) | AwsError::Transient(_))
+    }
+}
+
+/// Sorts an SDK error. Never panics, whatever the answer looked like.
+pub fn classify<E, R>(err: &SdkError<E, R>) -> AwsError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let context = DisplayErrorContext(err).to_string();
+    match err {
+        SdkError::ServiceError(se) => {
+            let e = se.err();
+            let code = e.code().unwrap_or_default();
+            let message = e.message().unwrap_or_default().to_string();
+            let text = if message.is_empty() { context.clone() } else { message.clone() };
+            if matches!(
+                code,
+                "Throttling" | "ThrottlingException" | "RequestLimitExceeded" | "TooManyRequestsException"
+            ) || message.contains("Rate exceeded")
+            {
+                AwsError::Throttled(text)
+            } else if code == "ValidationError" && message.contains("does not exist") {
+                AwsError::NotFound(text)
+            } else if code == "ValidationError" {
+                AwsError::Validation(text)
+            } else if code == "AlreadyExistsException" {
+                AwsError::AlreadyExists(text)
+            } else if matches!(code, "InternalFailure" | "ServiceUnavailable" | "InternalError")
+                || code.is_empty()
+            {
+                AwsError::Transient(context)
+            } else {
+                AwsError::Other(format!("{code}: {text}"))
+            }
+        }
+        SdkError::ConstructionFailure(_) => AwsError::Other(context),
+        // Timeouts, dispatch failures (connection refused or reset, DNS, TLS) and
+        // answers that could not be parsed (a proxy's HTML 502...) are transient.
+        _ => AwsError::Transient(context),
+    }
+}
+
+/// What `DescribeStacks` says about one stack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StackInfo {
+    pub arn: String,
+    pub name: String,
+    pub status: String,
+    pub status_reason: String,
+    pub outputs: Vec<StackOutput>,
+    /// `LastOperations[].OperationId`.
+    pub operation_ids: Vec<String>,
+    pub creation_time: Option<DateTime<Utc>>,
+    pub last_updated_time: Option<DateTime<Utc>>,
+}
+
+/// One page of `DescribeStackEvents`.
+#[derive(Debug, Clone)]
+pub struct EventsPage {
+    /// Newest first.
+    pub events: Vec<Event>,
+    pub next_token: Option<String>,
+}
+
+/// The CloudFormation calls of the tracker.
+#[derive(Debug, Clone)]
+pub struct Api {
+    client: Client,
+    calls: CallCounter,
+    call_timeout: Duration,
+}
+
+fn to_utc(t: Option<&aws_sdk_cloudformation::primitives::DateTime>) -> Option<DateTime<Utc>> {
+    t.and_then(|t| DateTime::<Utc>::from_timestamp(t.secs(), t.subsec_nanos()))
+}
+
+impl Api {
+    pub fn new(client: Client, calls: CallCounter, call_timeout: Duration) -> Self {
+        Self { client, calls, call_timeout }
+    }
+
+    pub fn calls(&self) -> &CallCounter {
+        &self.calls
+    }
+
+    /// Per-call config: no SDK retries (the tracker backs off itself) and a timeout
+    /// per attempt so a hung connection cannot stall a poller.
+    fn overrides(&self) -> aws_sdk_cloudformation::config::Builder {
+        aws_sdk_cloudformation::config::Builder::default()
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .operation_attempt_timeout(self.call_timeout)
+                    .build(),
+            )
+    }
+
+    fn result<T, E, R>(&self, r: Result<T, SdkError<E, R>>, what: &str, target: &str) -> Result<T, AwsError>
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug,
+    {
+        self.calls.sent();
+        r.map_err(|err| {
+            let e = classify(&err);
+            self.calls.record(&e);
+            tracing::debug!(call = what, stack = target, error = %DisplayErrorContext(&err), "AWS call failed");
+            e
+        })
+    }
+
+    /// `DescribeStacks` for one stack (by name or ARN).
+    pub async fn describe_stack(&self, stack: &str) -> Result<StackInfo, AwsError> {
+        let r = self
+            .client
+            .describe_stacks()
+            .stack_name(stack)
+            .customize()
+            .config_override(self.overrides())
+            .send()
+            .await;
+        let out = self.result(r, "DescribeStacks", stack)?;
+        let Some(s) = out.stacks().first() else {
+            return Err(AwsError::NotFound(format!("Stack with id {stack} does not exist")));
+        };
+        Ok(StackInfo {
+            arn: s.stack_id().unwrap_or(stack).to_string(),
+            name: s.stack_name().unwrap_or(stack).to_string(),
+            status: s.stack_status().map(|x| x.as_str().to_string()).unwrap_or_default(),
+            status_reason: s.stack_status_reason().unwrap_or_default().to_string(),
+            outputs: s
+                .outputs()
+                .iter()
+                .map(|o| StackOutput {
+                    key: o.output_key().unwrap_or_default().to_string(),
+                    value: o.output_value().unwrap_or_default().to_string(),
+                    description: o.description().unwrap_or_default().to_string(),
+                })
+                .collect(),
+            operation_ids: s
+                .last_operations()
+                .iter()
+                .filter_map(|o| o.operation_id().map(str::to_string))
+                .collect(),
+            creation_time: to_utc(s.creation_time()),
+            last_updated_time: to_utc(s.last_updated_time()),
+        })
+    }
+
+    /// One page of `DescribeStackEvents` (newest first).
+    pub async fn events_page(&self, stack_arn: &str, token: Option<String>) -> Result<EventsPage, AwsError> {
+        let r = self
+            .client
+            .describe_stack_events()
+            .stack_name(stack_arn)
+            .set_next_token(token)
+            .customize()
+            .config_override(self.overrides())
+            .send()
+            .await;
+        let out = self.result(r, "DescribeStackEvents", stack_arn)?;
+        let mut events = Vec::with_capacity(out.stack_events().len());
+        for e in out.stack_events() {
+            match Event::from_sdk(e) {
+                Some(e) => events.push(e),
+                None => tracing::warn!(stack = stack_arn, "stack event without EventId ignored"),
+            }
+        }
+        Ok(EventsPage {
+            events,
+            next_token: out.next_token().filter(|t| !t.is_empty()).map(str::to_string),
+        })
+    }
+
+    /// All resources of the stack (`ListStackResources`, every page).
+    pub async fn list_resources(&self, stack_arn: &str) -> Result<Vec<ResourceState>, AwsError> {
+        let mut token: Option<String> = None;
+        let mut all = Vec::new();
+        // Bounded: CloudFormation stacks hold at most a few thousand resources.
+        for _ in 0..1000 {
+            let r = self
+                .client
+                .list_stack_resources()
+                .stack_name(stack_arn)
+                .set_next_token(token.take())
+                .customize()
+                .config_override(self.overrides())
+                .send()
+                .await;
+            let out = self.result(r, "ListStackResources", stack_arn)?;
+            for s in out.stack_resource_summaries() {
+                all.push(ResourceState {
+                    logical_id: s.logical_resource_id().unwrap_or_default().to_string(),
+                    resource_type: s.resource_type().unwrap_or_default().to_string(),
+                    status: s.resource_status().map(|x| x.as_str().to_string()).unwrap_or_default(),
+                    physical_id: s.physical_resource_id().unwrap_or_default().to_string(),
+                    reason: s.resource_status_reason().unwrap_or_default().to_string(),
+                    updated: None,
+                });
+            }
+            token = out.next_token().filter(|t| !t.is_empty()).map(str::to_string);
+            if token.is_none() {
+                break;
+            }
+        }
+        Ok(all)
+    }
+
+    /// Number of resources in the stack's template (`GetTemplateSummary`).
+    pub async fn template_resource_count(&self, stack_arn: &str) -> Result<usize, AwsError> {
+        let r = self
+            .client
+            .get_template_summary()
+            .stack_name(stack_arn)
+            .customize()
+            .config_override(self.overrides())
+            .send()
+            .await;
+        let out = self.result(r, "GetTemplateSummary", stack_arn)?;
+        Ok(out.resource_types().len())
+    }
+
+    /// The client, for calls outside the tracker (`create_stack`).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+}

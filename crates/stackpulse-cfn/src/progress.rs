@@ -1,0 +1,247 @@
+//! Progress: the latest status of every resource of one stack, and the counts and
+//! percentage derived from it.
+//!
+//! Data flow: `tracker` seeds a [`ResourceTable`] with the expected number of
+//! resources (`GetTemplateSummary`/`ListStackResources`) and, for an update, with the
+//! resources' current statuses (untouched resources are done); then it applies each
+//! event of the operation in order. The table keeps one entry per logical id, so a
+//! resource counts once whatever the number of its events, and counts follow each
+//! resource's *latest* status (a rollback moves a resource from completed back to in
+//! progress). The stack's own events are not resources and are ignored here.
+//!
+//! `total = max(expected, resources seen)`, so `completed <= total` always holds and
+//! `progress = floor(100 * completed / total)` never exceeds 100.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+
+use crate::events::Event;
+use crate::status::{stack_phase, ResourcePhase, StackPhase};
+use crate::wire::{ResourceSummary, StackSummary};
+
+/// The latest known state of one resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceState {
+    pub logical_id: String,
+    pub resource_type: String,
+    pub status: String,
+    pub physical_id: String,
+    pub reason: String,
+    /// Time of the event that set this status (`None` when seeded from a listing).
+    pub updated: Option<DateTime<Utc>>,
+}
+
+/// Completed / in progress / failed counts of one stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counts {
+    pub total: u32,
+    pub completed: u32,
+    pub in_progress: u32,
+    pub failed: u32,
+    pub progress: u8,
+}
+
+/// Resources of one stack, in the order they were first met.
+#[derive(Debug, Clone, Default)]
+pub struct ResourceTable {
+    order: Vec<String>,
+    by_id: HashMap<String, ResourceState>,
+    expected: u32,
+}
+
+impl ResourceTable {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Raises the expected number of resources (never lowers it).
+    pub fn expect_at_least(&mut self, n: usize) {
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        self.expected = self.expected.max(n);
+    }
+
+    /// Records a resource state (from an event or a listing).
+    pub fn set(&mut self, r: ResourceState) {
+        if !self.by_id.contains_key(&r.logical_id) {
+            self.order.push(r.logical_id.clone());
+        }
+        self.by_id.insert(r.logical_id.clone(), r);
+    }
+
+    /// Applies one event of this stack. Returns `false` (and changes nothing) for the
+    /// stack's own events.
+    pub fn apply(&mut self, e: &Event) -> bool {
+        if e.is_stack_event() {
+            return false;
+        }
+        let physical_id = if e.physical_id.is_empty() {
+            // Keep the id a previous event gave (a failed create has none).
+            self.by_id
+                .get(&e.logical_id)
+                .map(|r| r.physical_id.clone())
+                .unwrap_or_default()
+        } else {
+            e.physical_id.clone()
+        };
+        self.set(ResourceState {
+            logical_id: e.logical_id.clone(),
+            resource_type: e.resource_type.clone(),
+            status: e.status.clone(),
+            physical_id,
+            reason: e.reason.clone(),
+            updated: Some(e.timestamp),
+        });
+        true
+    }
+
+    pub fn get(&self, logical_id: &str) -> Option<&ResourceState> {
+        self.by_id.get(logical_id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// Every resource, in first-met order.
+    pub fn iter(&self) -> impl Iterator<Item = &ResourceState> {
+        self.order.iter().filter_map(|id| self.by_id.get(id))
+    }
+
+    pub fn counts(&self) -> Counts {
+        let mut c = Counts::default();
+        for r in self.by_id.values() {
+            match ResourcePhase::of(&r.status) {
+                ResourcePhase::Completed => c.completed += 1,
+                ResourcePhase::InProgress => c.in_progress += 1,
+                ResourcePhase::Failed => c.failed += 1,
+                ResourcePhase::Other => {}
+            }
+        }
+        let seen = u32::try_from(self.by_id.len()).unwrap_or(u32::MAX);
+        c.total = self.expected.max(seen);
+        c.progress = percent(c.completed, c.total);
+        c
+    }
+
+    /// The stack summary, for a stack of this `name` in `status`.
+    pub fn summary(&self, name: &str, status: &str) -> StackSummary {
+        let c = self.counts();
+        // A stack with no resources that succeeded is done.
+        let progress = if c.total == 0 && stack_phase(status) == StackPhase::Succeeded {
+            100
+        } else {
+            c.progress
+        };
+        StackSummary {
+            name: name.to_string(),
+            status: status.to_string(),
+            total_resources: c.total,
+            completed_resources: c.completed,
+            in_progress_resources: c.in_progress,
+            failed_resources: c.failed,
+            progress,
+        }
+    }
+
+    /// A resource as a client sees it, with the given stack progress.
+    pub fn resource_summary(r: &ResourceState, progress: u8) -> ResourceSummary {
+        ResourceSummary {
+            logical_id: r.logical_id.clone(),
+            resource_type: r.resource_type.clone(),
+            status: r.status.clone(),
+            physical_id: r.physical_id.clone(),
+            status_reason: r.reason.clone(),
+            progress,
+        }
+    }
+}
+
+/// `floor(100 * completed / total)`, clamped to 0..=100; 0 when `total` is 0.
+pub fn percent(completed: u32, total: u32) -> u8 {
+    if total == 0 {
+        return 0;
+    }
+    let p = (u64::from(completed) * 100) / u64::from(total);
+    u8::try_from(p.min(100)).unwrap_or(100)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::test_support::ev;
+
+    #[test]
+    fn floor_and_clamp() {
+        assert_eq!(percent(2, 3), 66);
+        assert_eq!(percent(1, 3), 33);
+        assert_eq!(percent(3, 3), 100);
+        assert_eq!(percent(5, 3), 100);
+        assert_eq!(percent(0, 0), 0);
+        assert_eq!(percent(999, 1000), 99);
+    }
+
+    #[test]
+    fn each_logical_id_counts_once() {
+        let mut t = ResourceTable::new();
+        t.expect_at_least(3);
+        assert!(!t.apply(&ev("s", "app", "CREATE_IN_PROGRESS", 0)));
+        t.apply(&ev("1", "A", "CREATE_IN_PROGRESS", 1));
+        t.apply(&ev("2", "A", "CREATE_IN_PROGRESS", 1)); // "Resource creation Initiated"
+        t.apply(&ev("3", "A", "CREATE_COMPLETE", 2));
+        t.apply(&ev("4", "A", "CREATE_COMPLETE", 2)); // a duplicate-looking second event
+        t.apply(&ev("5", "B", "CREATE_IN_PROGRESS", 2));
+        let c = t.counts();
+        assert_eq!((c.total, c.completed, c.in_progress, c.failed, c.progress), (3, 1, 1, 0, 33));
+        t.apply(&ev("6", "B", "CREATE_COMPLETE", 3));
+        t.apply(&ev("7", "C", "CREATE_COMPLETE", 3));
+        assert_eq!(t.counts().progress, 100);
+    }
+
+    #[test]
+    fn more_resources_than_expected_never_shows_5_of_3() {
+        let mut t = ResourceTable::new();
+        t.expect_at_least(3);
+        for (i, id) in ["A", "B", "C", "D", "E"].iter().enumerate() {
+            t.apply(&ev(&format!("{i}"), id, "CREATE_COMPLETE", 1));
+        }
+        let s = t.summary("app", "CREATE_IN_PROGRESS");
+        assert_eq!((s.completed_resources, s.total_resources, s.progress), (5, 5, 100));
+    }
+
+    #[test]
+    fn rollback_counts_follow_latest_status() {
+        let mut t = ResourceTable::new();
+        t.expect_at_least(2);
+        t.apply(&ev("1", "A", "CREATE_COMPLETE", 1));
+        t.apply(&ev("2", "B", "CREATE_FAILED", 2));
+        let c = t.counts();
+        assert_eq!((c.completed, c.failed, c.progress), (1, 1, 50));
+        t.apply(&ev("3", "A", "DELETE_IN_PROGRESS", 3));
+        let c = t.counts();
+        assert_eq!((c.completed, c.in_progress, c.failed), (0, 1, 1));
+        t.apply(&ev("4", "A", "DELETE_COMPLETE", 4));
+        t.apply(&ev("5", "B", "DELETE_COMPLETE", 4));
+        let c = t.counts();
+        assert_eq!((c.completed, c.in_progress, c.failed, c.total), (2, 0, 0, 2));
+        // physical id kept when a later event has none
+        let mut e = ev("6", "C", "CREATE_IN_PROGRESS", 5);
+        e.physical_id = "p".into();
+        t.apply(&e);
+        let mut e = ev("7", "C", "CREATE_FAILED", 6);
+        e.physical_id.clear();
+        t.apply(&e);
+        assert_eq!(t.get("C").map(|r| r.physical_id.as_str()), Some("p"));
+    }
+
+    #[test]
+    fn empty_stack_that_succeeded_is_complete() {
+        let t = ResourceTable::new();
+        assert_eq!(t.summary("app", "CREATE_COMPLETE").progress, 100);
+        assert_eq!(t.summary("app", "CREATE_IN_PROGRESS").progress, 0);
+    }
+}

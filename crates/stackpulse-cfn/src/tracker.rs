@@ -1,0 +1,792 @@
+//! The tracker: one poller for one stack's current operation, from the first event to
+//! `deployment_complete`.
+//!
+//! Data flow of [`Tracker::run`]:
+//! 1. **Resolve** the name to the stack ARN once (`DescribeStacks`), waiting up to
+//!    [`TrackerConfig::wait_for_stack`] for a stack that does not exist yet; from then
+//!    on every call uses the ARN (a deleted stack, or a new stack reusing the name,
+//!    cannot confuse it).
+//! 2. **First poll**: read events newest first until `scope` finds where the current
+//!    operation begins; seed `progress` with the expected number of resources
+//!    (`GetTemplateSummary`, `ListStackResources`); apply the events oldest first,
+//!    emitting a [`TrackerMessage::ResourceUpdate`] for each one not already seen
+//!    (see [`TrackerConfig::seen_event_ids`]); then a [`TrackerMessage::Snapshot`].
+//! 3. **Each cycle**: sleep the poll interval (longer after throttling); poll the root
+//!    and every active nested stack (`events`: pages until a known `EventId`); merge
+//!    their new events oldest first and emit them; ask `DescribeStacks` for the root's
+//!    status (`status`). Nested stacks are found in the events (`nested`), polled by
+//!    their own ARN, and their terminal events never end the run.
+//! 4. **Terminal** status: one final poll, outputs (success only), duration, root
+//!    cause (`rootcause`), a final snapshot, then [`TrackerMessage::DeploymentComplete`]
+//!    and the run returns [`Outcome::Completed`].
+//!
+//! Every AWS call goes through one retry loop: throttling backs off with jitter and
+//! slows the interval; network errors back off and emit
+//! [`TrackerMessage::Error`] with `retrying: true`. Only a permanent error (access
+//! denied...) on the root stack, a stack that never appeared, or a closed channel ends
+//! a run early. The current state is also published on a `watch` channel
+//! ([`Tracker::state`]) for late joiners.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::time::Duration;
+
+use aws_sdk_cloudformation::Client;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::aws::{Api, AwsError, CallCounter, StackInfo};
+use crate::backoff::{BackoffConfig, Slowdown};
+use crate::events::{stack_name_from_arn, Event, EventLog, STACK_TYPE};
+use crate::nested;
+use crate::progress::ResourceTable;
+use crate::rootcause;
+use crate::scope::{InitialScan, OperationKind, ScopeHints};
+use crate::status::{stack_phase, StackPhase};
+use crate::wire::{
+    DeploymentComplete, ResourceSummary, ResourceUpdate, RootCause, StackSummary, TrackerError,
+};
+
+/// Settings of one tracker.
+#[derive(Debug, Clone)]
+pub struct TrackerConfig {
+    /// Stack name or stack ARN (an ARN also finds a deleted stack).
+    pub stack: String,
+    /// Time between two poll cycles (default 2 s).
+    pub poll_interval: Duration,
+    /// How long to wait for a stack that does not exist yet (default 2 min).
+    pub wait_for_stack: Duration,
+    /// Backoff after throttling and errors.
+    pub backoff: BackoffConfig,
+    /// Timeout of one AWS request attempt (default 20 s).
+    pub call_timeout: Duration,
+    /// Events already delivered (by another node that polled this stack before):
+    /// they update the state but are not emitted again.
+    pub seen_event_ids: HashSet<String>,
+    /// Where AWS calls are counted (shared with the caller's metrics).
+    pub calls: CallCounter,
+}
+
+impl TrackerConfig {
+    pub fn new(stack: impl Into<String>) -> Self {
+        Self {
+            stack: stack.into(),
+            poll_interval: Duration::from_secs(2),
+            wait_for_stack: Duration::from_secs(120),
+            backoff: BackoffConfig::default(),
+            call_timeout: Duration::from_secs(20),
+            seen_event_ids: HashSet::new(),
+            calls: CallCounter::new(),
+        }
+    }
+
+    /// Poll interval in seconds, fractions allowed (`--poll-interval 0.5`). Values
+    /// that are not positive finite numbers keep the current interval.
+    pub fn with_poll_interval_secs(mut self, secs: f64) -> Self {
+        if let Ok(d) = Duration::try_from_secs_f64(secs) {
+            if !d.is_zero() {
+                self.poll_interval = d;
+            }
+        }
+        self
+    }
+}
+
+/// What a tracker sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TrackerMessage {
+    /// One stack event (root or nested), in chronological order.
+    ResourceUpdate(ResourceUpdate),
+    /// The operation ended; always the last message of a completed run.
+    DeploymentComplete(DeploymentComplete),
+    /// A problem; `retrying` says whether the tracker goes on.
+    Error(TrackerError),
+    /// The whole current state, after the first poll and before completion.
+    Snapshot(TrackerState),
+}
+
+/// The current state of a tracked stack: what a late joiner needs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrackerState {
+    /// Stack ARN (empty until resolved).
+    pub stack_id: String,
+    pub stack: StackSummary,
+    /// Latest status of every resource of the root stack, in first-seen order.
+    pub resources: Vec<ResourceSummary>,
+    pub nested_stacks: Vec<NestedStackState>,
+    /// Set once the operation ended.
+    pub complete: Option<DeploymentComplete>,
+    /// Number of distinct events of the operation seen so far.
+    pub events_seen: u64,
+}
+
+/// State of one nested stack.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NestedStackState {
+    pub stack_id: String,
+    /// Logical id of the nested-stack resource in its parent.
+    pub logical_id: String,
+    pub parent_stack_id: String,
+    pub stack: StackSummary,
+    pub resources: Vec<ResourceSummary>,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The operation reached a terminal status (successful or not).
+    Completed(DeploymentComplete),
+    /// The stack did not appear within `wait_for_stack`.
+    StackNotFound { stack: String },
+    /// The receiver was dropped: nobody listens any more.
+    Stopped,
+    /// A permanent AWS error (access denied, ...) on the root stack.
+    Failed(String),
+}
+
+/// One poller for one stack. See the module docs.
+#[derive(Debug)]
+pub struct Tracker {
+    api: Api,
+    config: TrackerConfig,
+    state_tx: watch::Sender<TrackerState>,
+}
+
+impl Tracker {
+    pub fn new(client: Client, config: TrackerConfig) -> Self {
+        let api = Api::new(client, config.calls.clone(), config.call_timeout);
+        let (state_tx, _) = watch::channel(TrackerState::default());
+        Self { api, config, state_tx }
+    }
+
+    /// The current state, updated after every poll cycle.
+    pub fn state(&self) -> watch::Receiver<TrackerState> {
+        self.state_tx.subscribe()
+    }
+
+    /// The AWS call counter of this tracker.
+    pub fn calls(&self) -> CallCounter {
+        self.api.calls().clone()
+    }
+
+    /// Tracks the stack's current operation to its end, sending messages on `tx`.
+    /// Sending waits when `tx` is full, so a slow receiver slows polling down.
+    pub async fn run(self, tx: mpsc::Sender<TrackerMessage>) -> Outcome {
+        let mut run = Run {
+            slowdown: Slowdown::new(self.config.backoff.max_slowdown),
+            api: self.api,
+            config: self.config,
+            tx,
+            state_tx: self.state_tx,
+            feeds: Vec::new(),
+            index: HashMap::new(),
+            throttled: false,
+            emitted: 0,
+        };
+        match run.run().await {
+            Ok(o) => o,
+            Err(Stop::ReceiverGone) => Outcome::Stopped,
+            Err(Stop::NotFound) => Outcome::StackNotFound {
+                stack: run.config.stack.clone(),
+            },
+            Err(Stop::Aws(e)) => {
+                let message = format!("Cannot track stack {}: {e}", run.config.stack);
+                // Best effort: the receiver may be gone too.
+                let _ = run
+                    .tx
+                    .send(TrackerMessage::Error(TrackerError {
+                        message: message.clone(),
+                        retrying: false,
+                    }))
+                    .await;
+                Outcome::Failed(message)
+            }
+        }
+    }
+}
+
+/// Why a run stops early.
+#[derive(Debug)]
+enum Stop {
+    ReceiverGone,
+    NotFound,
+    Aws(AwsError),
+}
+
+/// One stack being polled (the root or a nested stack).
+#[derive(Debug)]
+struct Feed {
+    arn: String,
+    name: String,
+    /// `None` for the root stack.
+    parent: Option<nested::ChildRef>,
+    log: EventLog,
+    table: ResourceTable,
+    /// Latest stack status known (from the stack's own events or DescribeStacks).
+    status: String,
+    /// Events of the operation applied so far, oldest first.
+    events: Vec<Event>,
+    scanned: bool,
+    /// A nested stack that reached a terminal status (polled once more, then not).
+    finished: bool,
+    polls_after_finish: u8,
+}
+
+impl Feed {
+    fn new(arn: String, name: String, parent: Option<nested::ChildRef>) -> Self {
+        Self {
+            arn,
+            name,
+            parent,
+            log: EventLog::new(),
+            table: ResourceTable::new(),
+            status: String::new(),
+            events: Vec::new(),
+            scanned: false,
+            finished: false,
+            polls_after_finish: 0,
+        }
+    }
+
+    fn active(&self) -> bool {
+        !self.finished || self.polls_after_finish < 1
+    }
+
+    fn summary(&self) -> StackSummary {
+        self.table.summary(&self.name, &self.status)
+    }
+
+    fn resources(&self, progress: u8) -> Vec<ResourceSummary> {
+        self.table
+            .iter()
+            .map(|r| ResourceTable::resource_summary(r, progress))
+            .collect()
+    }
+}
+
+struct Run {
+    api: Api,
+    config: TrackerConfig,
+    tx: mpsc::Sender<TrackerMessage>,
+    state_tx: watch::Sender<TrackerState>,
+    /// `feeds[0]` is the root stack.
+    feeds: Vec<Feed>,
+    /// Stack ARN → index in `feeds`.
+    index: HashMap<String, usize>,
+    slowdown: Slowdown,
+    /// A call was throttled during the current cycle.
+    throttled: bool,
+    emitted: u64,
+}
+
+impl Run {
+    async fn run(&mut self) -> Result<Outcome, Stop> {
+        let info = self.resolve().await?;
+        tracing::info!(stack = %info.name, arn = %info.arn, status = %info.status, "tracking stack");
+        let mut root = Feed::new(info.arn.clone(), info.name.clone(), None);
+        root.status = info.status.clone();
+        self.index.insert(info.arn.clone(), 0);
+        self.feeds.push(root);
+        let hints = ScopeHints {
+            operation_ids: info.operation_ids.clone(),
+            since: info.last_updated_time.or(info.creation_time),
+            stack_status: info.status.clone(),
+        };
+
+        self.poll_all(Some(hints)).await?;
+        self.emit(TrackerMessage::Snapshot(self.state(None))).await?;
+
+        loop {
+            let info = self.call(|api, arn| async move { api.describe_stack(&arn).await }, 0).await?;
+            if stack_phase(&info.status).is_terminal() {
+                return self.complete(info).await;
+            }
+            if let Some(root) = self.feeds.first_mut() {
+                root.status = info.status.clone();
+            }
+            if !self.throttled {
+                self.slowdown.relax();
+            }
+            self.throttled = false;
+            tokio::time::sleep(self.slowdown.apply(self.config.poll_interval)).await;
+            self.poll_all(None).await?;
+        }
+    }
+
+    /// Name → stack, waiting for a stack that does not exist yet.
+    async fn resolve(&mut self) -> Result<StackInfo, Stop> {
+        let started = Instant::now();
+        let stack = self.config.stack.clone();
+        let mut reported = false;
+        loop {
+            let s = stack.clone();
+            let r = self
+                .retrying("DescribeStacks", move |api| {
+                    let s = s.clone();
+                    async move { api.describe_stack(&s).await }
+                })
+                .await;
+            match r {
+                Ok(info) => return Ok(info),
+                Err(Stop::Aws(AwsError::NotFound(_))) => {
+                    let waited = started.elapsed();
+                    if waited >= self.config.wait_for_stack {
+                        self.emit(TrackerMessage::Error(TrackerError {
+                            message: format!(
+                                "Stack {stack} does not exist (waited {} s)",
+                                waited.as_secs()
+                            ),
+                            retrying: false,
+                        }))
+                        .await?;
+                        return Err(Stop::NotFound);
+                    }
+                    if !reported {
+                        reported = true;
+                        self.emit(TrackerMessage::Error(TrackerError {
+                            message: format!(
+                                "Stack {stack} does not exist yet; waiting up to {} s for it",
+                                self.config.wait_for_stack.as_secs_f64()
+                            ),
+                            retrying: true,
+                        }))
+                        .await?;
+                    }
+                    let left = self.config.wait_for_stack.saturating_sub(waited);
+                    tokio::time::sleep(self.config.poll_interval.min(left)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// One call on feed `feed`'s ARN, through the retry loop.
+    async fn call<T, F, Fut>(&mut self, f: F, feed: usize) -> Result<T, Stop>
+    where
+        F: Fn(Api, String) -> Fut,
+        Fut: Future<Output = Result<T, AwsError>>,
+    {
+        let arn = self.feeds.get(feed).map(|f| f.arn.clone()).unwrap_or_default();
+        self.retrying("CloudFormation", move |api| f(api, arn.clone())).await
+    }
+
+    /// The retry loop: throttling and transient errors are retried with backoff,
+    /// forever; other errors are returned.
+    async fn retrying<T, F, Fut>(&mut self, what: &str, f: F) -> Result<T, Stop>
+    where
+        F: Fn(Api) -> Fut,
+        Fut: Future<Output = Result<T, AwsError>>,
+    {
+        let mut attempt: u32 = 0;
+        loop {
+            match f(self.api.clone()).await {
+                Ok(v) => return Ok(v),
+                Err(AwsError::Throttled(m)) => {
+                    self.throttled = true;
+                    self.slowdown.throttled();
+                    let delay = self.config.backoff.delay(attempt);
+                    tracing::warn!(call = what, attempt, ?delay, "throttled by AWS: {m}");
+                    if attempt == 3 {
+                        self.emit(TrackerMessage::Error(TrackerError {
+                            message: format!("AWS is throttling requests ({m}); polling slower"),
+                            retrying: true,
+                        }))
+                        .await?;
+                    }
+                    tokio::time::sleep(delay).await;
+                }
+                Err(AwsError::Transient(m)) => {
+                    let delay = self.config.backoff.delay(attempt);
+                    tracing::warn!(call = what, attempt, ?delay, "AWS call failed: {m}");
+                    self.emit(TrackerMessage::Error(TrackerError {
+                        message: format!(
+                            "AWS request failed: {m}; retrying in {:.1} s",
+                            delay.as_secs_f64()
+                        ),
+                        retrying: true,
+                    }))
+                    .await?;
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => return Err(Stop::Aws(e)),
+            }
+            attempt = attempt.saturating_add(1);
+        }
+    }
+
+    async fn emit(&mut self, m: TrackerMessage) -> Result<(), Stop> {
+        self.tx.send(m).await.map_err(|_| Stop::ReceiverGone)
+    }
+
+    /// Polls every active stack once (the first poll of a stack scans for its
+    /// operation), then applies and emits the new events oldest first.
+    async fn poll_all(&mut self, root_hints: Option<ScopeHints>) -> Result<(), Stop> {
+        let mut batches: Vec<(usize, Vec<Event>)> = Vec::new();
+        let mut root_hints = root_hints;
+        let mut i = 0;
+        // `feeds` grows while this runs: nested stacks found in new events are
+        // scanned in the same cycle.
+        while i < self.feeds.len() {
+            if !self.feeds[i].active() {
+                i += 1;
+                continue;
+            }
+            let r = if self.feeds[i].scanned {
+                self.poll_feed(i).await
+            } else {
+                let hints = if i == 0 { root_hints.take().unwrap_or_default() } else { ScopeHints::default() };
+                self.scan_feed(i, hints).await
+            };
+            let events = match r {
+                Ok(ev) => ev,
+                Err(Stop::Aws(e)) if i > 0 => {
+                    // A nested stack we cannot read must not end the parent's run.
+                    tracing::warn!(stack = %self.feeds[i].arn, "nested stack not readable: {e}");
+                    self.feeds[i].finished = true;
+                    self.feeds[i].polls_after_finish = 1;
+                    i += 1;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if self.feeds[i].finished {
+                self.feeds[i].polls_after_finish = self.feeds[i].polls_after_finish.saturating_add(1);
+            }
+            for e in &events {
+                self.discover(i, e);
+            }
+            batches.push((i, events));
+            i += 1;
+        }
+        for (feed, e) in merge_chronological(batches) {
+            self.apply(feed, e).await?;
+        }
+        self.state_tx.send_replace(self.state(None));
+        Ok(())
+    }
+
+    /// Starts (or wakes) a nested stack feed from a parent's event.
+    fn discover(&mut self, parent: usize, e: &Event) {
+        let Some(child) = nested::child_of(e) else { return };
+        match self.index.get(&child.arn) {
+            Some(&idx) => {
+                if nested::reopens(e) {
+                    if let Some(f) = self.feeds.get_mut(idx) {
+                        f.finished = false;
+                        f.polls_after_finish = 0;
+                    }
+                }
+            }
+            None => {
+                let name = stack_name_from_arn(&child.arn).unwrap_or(&child.logical_id).to_string();
+                tracing::info!(parent = %self.feeds[parent].name, nested = %name, "tracking nested stack");
+                self.index.insert(child.arn.clone(), self.feeds.len());
+                self.feeds.push(Feed::new(child.arn.clone(), name, Some(child)));
+            }
+        }
+    }
+
+    /// The first poll of a stack: pages until the operation's start.
+    async fn scan_feed(&mut self, i: usize, hints: ScopeHints) -> Result<Vec<Event>, Stop> {
+        let mut scan = InitialScan::new(hints);
+        let mut token: Option<String> = None;
+        loop {
+            let t = token.take();
+            let page = self
+                .call(
+                    move |api, arn| {
+                        let t = t.clone();
+                        async move { api.events_page(&arn, t).await }
+                    },
+                    i,
+                )
+                .await?;
+            let more = scan.feed(page.events);
+            match page.next_token {
+                Some(t) if more => token = Some(t),
+                _ => break,
+            }
+        }
+        let scoped = scan.finish();
+        tracing::debug!(stack = %self.feeds[i].name, boundary = ?scoped.boundary, kind = ?scoped.kind, events = scoped.events.len(), "operation scoped");
+        self.feeds[i].log.mark_seen(scoped.all_ids);
+        self.feeds[i].scanned = true;
+        if i == 0 {
+            self.seed_root(scoped.kind).await?;
+        }
+        Ok(scoped.events)
+    }
+
+    /// Expected resources of the root stack; for an update, the current status of
+    /// resources the update may not touch.
+    async fn seed_root(&mut self, kind: OperationKind) -> Result<(), Stop> {
+        match self
+            .call(|api, arn| async move { api.template_resource_count(&arn).await }, 0)
+            .await
+        {
+            Ok(n) => self.feeds[0].table.expect_at_least(n),
+            Err(Stop::Aws(e)) => tracing::debug!("GetTemplateSummary unavailable: {e}"),
+            Err(e) => return Err(e),
+        }
+        match self
+            .call(|api, arn| async move { api.list_resources(&arn).await }, 0)
+            .await
+        {
+            Ok(list) => {
+                let table = &mut self.feeds[0].table;
+                table.expect_at_least(list.len());
+                if kind == OperationKind::Update {
+                    for r in list {
+                        table.set(r);
+                    }
+                }
+            }
+            Err(Stop::Aws(e)) => tracing::debug!("ListStackResources unavailable: {e}"),
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    /// A later poll of a stack: pages until a known event.
+    async fn poll_feed(&mut self, i: usize) -> Result<Vec<Event>, Stop> {
+        let mut token: Option<String> = None;
+        loop {
+            let t = token.take();
+            let page = self
+                .call(
+                    move |api, arn| {
+                        let t = t.clone();
+                        async move { api.events_page(&arn, t).await }
+                    },
+                    i,
+                )
+                .await;
+            let page = match page {
+                Ok(p) => p,
+                Err(e) => {
+                    self.feeds[i].log.abandon_poll();
+                    return Err(e);
+                }
+            };
+            let more = self.feeds[i].log.take_page(page.events);
+            match page.next_token {
+                Some(t) if more => token = Some(t),
+                _ => break,
+            }
+        }
+        Ok(self.feeds[i].log.finish_poll())
+    }
+
+    /// Applies one event to its stack's state and emits it (unless a previous
+    /// poller already did).
+    async fn apply(&mut self, i: usize, e: Event) -> Result<(), Stop> {
+        let already_sent = self.config.seen_event_ids.contains(&e.id);
+        let Some(feed) = self.feeds.get_mut(i) else { return Ok(()) };
+        let resource = if e.is_stack_event() {
+            feed.status = e.status.clone();
+            if feed.parent.is_some() && stack_phase(&e.status).is_terminal() {
+                feed.finished = true;
+            }
+            let progress = feed.summary().progress;
+            ResourceSummary {
+                logical_id: e.logical_id.clone(),
+                resource_type: STACK_TYPE.to_string(),
+                status: e.status.clone(),
+                physical_id: e.physical_id.clone(),
+                status_reason: e.reason.clone(),
+                progress,
+            }
+        } else {
+            feed.table.apply(&e);
+            let progress = feed.table.counts().progress;
+            match feed.table.get(&e.logical_id) {
+                Some(r) => ResourceTable::resource_summary(r, progress),
+                None => return Ok(()),
+            }
+        };
+        let nested_stack = feed.parent.as_ref().map(|_| feed.name.clone());
+        let update = ResourceUpdate {
+            timestamp: e.timestamp,
+            resource,
+            stack: self.feeds[0].summary(),
+            nested_stack,
+            event_id: e.id.clone(),
+        };
+        self.feeds[i].events.push(e);
+        if already_sent {
+            return Ok(());
+        }
+        self.emitted += 1;
+        self.emit(TrackerMessage::ResourceUpdate(update)).await
+    }
+
+    /// The root stack is terminal: final poll, then the completion message.
+    async fn complete(&mut self, info: StackInfo) -> Result<Outcome, Stop> {
+        self.poll_all(None).await?;
+        let phase = stack_phase(&info.status);
+        let success = phase == StackPhase::Succeeded;
+        // Resources that never had an event (an endpoint that reports only the
+        // stack's own events, or untouched resources): take their listed status.
+        if success {
+            if let Ok(list) = self
+                .call(|api, arn| async move { api.list_resources(&arn).await }, 0)
+                .await
+            {
+                let table = &mut self.feeds[0].table;
+                for r in list {
+                    if table.get(&r.logical_id).is_none() {
+                        table.set(r);
+                    }
+                }
+            }
+        }
+        self.feeds[0].status = info.status.clone();
+        let root_cause = if success { None } else { Some(self.root_cause(&info)) };
+        let done = DeploymentComplete {
+            success,
+            stack: self.feeds[0].summary(),
+            outputs: if success { info.outputs.clone() } else { Vec::new() },
+            duration_seconds: self.duration_seconds(&info.status),
+            root_cause,
+        };
+        let state = self.state(Some(done.clone()));
+        self.state_tx.send_replace(state.clone());
+        self.emit(TrackerMessage::Snapshot(state)).await?;
+        self.emit(TrackerMessage::DeploymentComplete(done.clone())).await?;
+        tracing::info!(stack = %info.name, status = %info.status, calls = self.api.calls().total(), "operation complete");
+        Ok(Outcome::Completed(done))
+    }
+
+    fn root_cause(&self, info: &StackInfo) -> RootCause {
+        let by_stack: HashMap<String, Vec<Event>> = self
+            .feeds
+            .iter()
+            .map(|f| (f.arn.clone(), f.events.clone()))
+            .collect();
+        rootcause::find(&info.arn, &by_stack).unwrap_or_else(|| {
+            // No resource failed: the stack's own reason is all there is.
+            let reason = if info.status_reason.is_empty() {
+                self.feeds[0]
+                    .events
+                    .iter()
+                    .rev()
+                    .find(|e| e.is_stack_event() && !e.reason.is_empty())
+                    .map(|e| e.reason.clone())
+                    .unwrap_or_default()
+            } else {
+                info.status_reason.clone()
+            };
+            RootCause {
+                logical_id: info.name.clone(),
+                resource_type: STACK_TYPE.to_string(),
+                status: info.status.clone(),
+                reason,
+            }
+        })
+    }
+
+    /// From the operation's first event to its terminal event (whole seconds).
+    fn duration_seconds(&self, terminal_status: &str) -> u64 {
+        let first = self
+            .feeds
+            .iter()
+            .filter_map(|f| f.events.first().map(|e| e.timestamp))
+            .min();
+        let root = &self.feeds[0].events;
+        let end = root
+            .iter()
+            .rev()
+            .find(|e| e.is_stack_event() && e.status == terminal_status)
+            .or_else(|| root.last())
+            .map(|e| e.timestamp);
+        match (first, end) {
+            (Some(a), Some(b)) => u64::try_from((b - a).num_seconds()).unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    fn state(&self, complete: Option<DeploymentComplete>) -> TrackerState {
+        let Some(root) = self.feeds.first() else {
+            return TrackerState::default();
+        };
+        let summary = root.summary();
+        TrackerState {
+            stack_id: root.arn.clone(),
+            resources: root.resources(summary.progress),
+            stack: summary,
+            nested_stacks: self
+                .feeds
+                .iter()
+                .skip(1)
+                .map(|f| {
+                    let s = f.summary();
+                    NestedStackState {
+                        stack_id: f.arn.clone(),
+                        logical_id: f.parent.as_ref().map(|p| p.logical_id.clone()).unwrap_or_default(),
+                        parent_stack_id: f.parent.as_ref().map(|p| p.parent_arn.clone()).unwrap_or_default(),
+                        resources: f.resources(s.progress),
+                        stack: s,
+                    }
+                })
+                .collect(),
+            complete,
+            events_seen: self.feeds.iter().map(|f| f.events.len() as u64).sum(),
+        }
+    }
+}
+
+/// Merges per-stack batches (each oldest first) into one chronological sequence,
+/// keeping each stack's own order; ties go to the stack found first (the parent).
+fn merge_chronological(batches: Vec<(usize, Vec<Event>)>) -> Vec<(usize, Event)> {
+    let total = batches.iter().map(|(_, b)| b.len()).sum();
+    let mut iters: Vec<(usize, std::iter::Peekable<std::vec::IntoIter<Event>>)> = batches
+        .into_iter()
+        .map(|(i, b)| (i, b.into_iter().peekable()))
+        .collect();
+    let mut out = Vec::with_capacity(total);
+    loop {
+        let mut best: Option<(usize, chrono::DateTime<chrono::Utc>)> = None;
+        for (k, (_, it)) in iters.iter_mut().enumerate() {
+            if let Some(e) = it.peek() {
+                if best.is_none_or(|(_, t)| e.timestamp < t) {
+                    best = Some((k, e.timestamp));
+                }
+            }
+        }
+        let Some((k, _)) = best else { break };
+        let (feed, it) = &mut iters[k];
+        if let Some(e) = it.next() {
+            out.push((*feed, e));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::test_support::ev;
+
+    #[test]
+    fn merge_keeps_each_stack_in_order() {
+        let a = vec![ev("a1", "A", "S", 1), ev("a2", "A", "S", 3), ev("a3", "A", "S", 3)];
+        let b = vec![ev("b1", "B", "S", 2), ev("b2", "B", "S", 3), ev("b3", "B", "S", 1)];
+        let out: Vec<String> = merge_chronological(vec![(0, a), (1, b)])
+            .into_iter()
+            .map(|(_, e)| e.id)
+            .collect();
+        assert_eq!(out, ["a1", "b1", "a2", "a3", "b2", "b3"]);
+    }
+
+    #[test]
+    fn poll_interval_fractions() {
+        let c = TrackerConfig::new("s").with_poll_interval_secs(0.25);
+        assert_eq!(c.poll_interval, Duration::from_millis(250));
+        let c = c.with_poll_interval_secs(-1.0).with_poll_interval_secs(f64::NAN);
+        assert_eq!(c.poll_interval, Duration::from_millis(250));
+    }
+}

@@ -1,0 +1,179 @@
+//! The `stackpulse` command line: `serve` and `tail`.
+//!
+//! Parsing lives here; the work lives in the library ([`crate::server::serve`],
+//! [`crate::client::Client`]). Exit codes: 0 success, 2 usage, connection or
+//! configuration errors.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tokio::net::TcpListener;
+
+use crate::client::{self, Client, Frame};
+use crate::config::{Config, LogFormat, ServeArgs};
+use stackpulse_protocol::ServerMessage;
+
+#[derive(Debug, Parser)]
+#[command(name = "stackpulse", version, about = "Live cloud deployments over WebSocket")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (in-memory hub, 127.0.0.1:8000 by default).
+    Serve(ServeArgs),
+    /// Print a topic's events as JSON lines, resuming across reconnects.
+    Tail(TailArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TailArgs {
+    /// Topic (deployment id or stack name).
+    pub topic: String,
+    /// Server URL.
+    #[arg(long, env = "STACKPULSE_SERVER", default_value = "http://127.0.0.1:8000")]
+    pub server: String,
+    /// Replay events after this seq first.
+    #[arg(long)]
+    pub since: Option<u64>,
+    /// Bearer token for the server.
+    #[arg(long, env = "STACKPULSE_TOKEN")]
+    pub token: Option<String>,
+}
+
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STACKPULSE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+pub async fn serve(args: ServeArgs) -> ExitCode {
+    let config = match Config::resolve(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("stackpulse: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(config.log_format);
+    if let Err(e) = crate::server::check_bind(&config) {
+        eprintln!("stackpulse: {e}");
+        return ExitCode::from(2);
+    }
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open file limit"),
+    }
+    let listener = match TcpListener::bind(config.bind).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("stackpulse: cannot listen on {}: {e}", config.bind);
+            return ExitCode::from(2);
+        }
+    };
+    let addr = match listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("stackpulse: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // Tests and scripts read this line to learn the port.
+    println!("stackpulse listening on http://{addr}");
+    let _ = std::io::stdout().flush();
+    tracing::warn!(
+        "no authentication configured: serving loopback only ({addr}); anyone on this machine can subscribe"
+    );
+    if config.publisher_keys.is_empty() {
+        tracing::warn!("no publisher key configured: POST /v1/events will answer 401 (set --publisher-key)");
+    }
+    match crate::server::serve(listener, config, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("stackpulse: server error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+pub async fn tail(args: TailArgs) -> ExitCode {
+    let url = match client::ws_url(&args.server) {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("stackpulse: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut client = match Client::connect(&url, args.token.as_deref()).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("stackpulse: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = client.subscribe(&args.topic, args.since, None).await {
+        eprintln!("stackpulse: {e}");
+        return ExitCode::from(2);
+    }
+    let mut backoff = Duration::from_millis(250);
+    let mut stdout = std::io::stdout();
+    loop {
+        match client.next().await {
+            Some(Ok(Frame::Event(event))) => {
+                backoff = Duration::from_millis(250);
+                if let Ok(line) = serde_json::to_string(&event) {
+                    if writeln!(stdout, "{line}").and_then(|_| stdout.flush()).is_err() {
+                        return ExitCode::SUCCESS; // stdout closed (e.g. piped into head)
+                    }
+                }
+            }
+            Some(Ok(Frame::Control(ServerMessage::Error { code, message, .. }))) => {
+                eprintln!("stackpulse: server error {code}: {message}");
+                if code == 401 || code == 403 {
+                    return ExitCode::from(2);
+                }
+            }
+            Some(Ok(Frame::Control(_))) => {}
+            Some(Ok(Frame::Closed(_))) | Some(Err(_)) | None => {
+                eprintln!("stackpulse: disconnected; reconnecting in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                if let Err(e) = client.reconnect().await {
+                    eprintln!("stackpulse: {e}");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! Server configuration: flags, `STACKPULSE_*` environment variables and an optional
+//! TOML file, resolved into one [`Config`].
+//!
+//! Precedence, highest first: a flag, its environment variable (clap reads both
+//! into [`ServeArgs`]), the TOML file given by `--config`, the built-in default.
+//! The TOML keys are the flag names with `_` for `-` (`history_size = 5000`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// `stackpulse serve` flags. Every field is optional so that unset flags fall back
+/// to the file and then to the defaults.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "STACKPULSE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8000].
+    #[arg(long, env = "STACKPULSE_BIND", value_name = "ADDR:PORT")]
+    pub bind: Option<SocketAddr>,
+    /// Publisher API key for `POST /v1/events` (repeatable; env: comma-separated).
+    #[arg(long = "publisher-key", env = "STACKPULSE_PUBLISHER_KEYS", value_name = "KEY", value_delimiter = ',')]
+    pub publisher_keys: Vec<String>,
+    /// Log format [default: text].
+    #[arg(long, env = "STACKPULSE_LOG_FORMAT", value_name = "text|json")]
+    pub log_format: Option<LogFormat>,
+    /// Events kept per topic for resume [default: 2000].
+    #[arg(long, env = "STACKPULSE_HISTORY_SIZE", value_name = "N")]
+    pub history_size: Option<usize>,
+    /// Seconds a topic's history is kept after its last event [default: 86400].
+    #[arg(long, env = "STACKPULSE_HISTORY_RETENTION", value_name = "SECONDS")]
+    pub history_retention: Option<f64>,
+    /// WebSocket connections accepted in total [default: 50000].
+    #[arg(long, env = "STACKPULSE_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Subscriptions per connection [default: 100].
+    #[arg(long, env = "STACKPULSE_MAX_SUBSCRIPTIONS", value_name = "N")]
+    pub max_subscriptions: Option<usize>,
+    /// Largest client frame in bytes; larger ones close the socket with 1009 [default: 65536].
+    #[arg(long, env = "STACKPULSE_MAX_FRAME_BYTES", value_name = "BYTES")]
+    pub max_frame_bytes: Option<usize>,
+    /// Outgoing messages queued per connection before it is closed as slow (4008) [default: 1024].
+    #[arg(long, env = "STACKPULSE_QUEUE_SIZE", value_name = "N")]
+    pub queue_size: Option<usize>,
+    /// Seconds between server WebSocket pings [default: 25].
+    #[arg(long, env = "STACKPULSE_PING_INTERVAL", value_name = "SECONDS")]
+    pub ping_interval: Option<f64>,
+    /// Seconds without any frame from a client before it is closed (4000) [default: 60].
+    #[arg(long, env = "STACKPULSE_IDLE_TIMEOUT", value_name = "SECONDS")]
+    pub idle_timeout: Option<f64>,
+    /// Seconds to drain connections on shutdown [default: 5].
+    #[arg(long, env = "STACKPULSE_SHUTDOWN_GRACE", value_name = "SECONDS")]
+    pub shutdown_grace: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The same settings as read from a TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    bind: Option<SocketAddr>,
+    publisher_keys: Option<Vec<String>>,
+    log_format: Option<LogFormat>,
+    history_size: Option<usize>,
+    history_retention: Option<f64>,
+    max_connections: Option<usize>,
+    max_subscriptions: Option<usize>,
+    max_frame_bytes: Option<usize>,
+    queue_size: Option<usize>,
+    ping_interval: Option<f64>,
+    idle_timeout: Option<f64>,
+    shutdown_grace: Option<f64>,
+}
+
+/// Resolved settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub bind: SocketAddr,
+    pub publisher_keys: Vec<String>,
+    pub log_format: LogFormat,
+    pub history_size: usize,
+    pub history_retention: Duration,
+    pub max_connections: usize,
+    pub max_subscriptions: usize,
+    pub max_frame_bytes: usize,
+    pub queue_size: usize,
+    pub ping_interval: Duration,
+    pub idle_timeout: Duration,
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            publisher_keys: Vec::new(),
+            log_format: LogFormat::Text,
+            history_size: 2000,
+            history_retention: Duration::from_secs(86_400),
+            max_connections: 50_000,
+            max_subscriptions: 100,
+            max_frame_bytes: 64 * 1024,
+            queue_size: 1024,
+            ping_interval: Duration::from_secs(25),
+            idle_timeout: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid value for {name}: {message}")]
+    Invalid { name: &'static str, message: String },
+}
+
+fn seconds(name: &'static str, value: f64) -> Result<Duration, ConfigError> {
+    Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or(ConfigError::Invalid {
+            name,
+            message: format!("{value} is not a positive number of seconds"),
+        })
+}
+
+fn positive(name: &'static str, value: usize) -> Result<usize, ConfigError> {
+    if value == 0 {
+        return Err(ConfigError::Invalid {
+            name,
+            message: "must be at least 1".into(),
+        });
+    }
+    Ok(value)
+}
+
+impl Config {
+    /// Resolves flags/env over the optional file over the defaults.
+    pub fn resolve(args: &ServeArgs) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::Parse {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        let d = Config::default();
+        let keys = if args.publisher_keys.is_empty() {
+            file.publisher_keys.unwrap_or_default()
+        } else {
+            args.publisher_keys.clone()
+        };
+        let keys: Vec<String> = keys
+            .into_iter()
+            .map(|k| k.trim().to_owned())
+            .filter(|k| !k.is_empty())
+            .collect();
+        Ok(Config {
+            bind: args.bind.or(file.bind).unwrap_or(d.bind),
+            publisher_keys: keys,
+            log_format: args.log_format.or(file.log_format).unwrap_or(d.log_format),
+            history_size: positive(
+                "history-size",
+                args.history_size.or(file.history_size).unwrap_or(d.history_size),
+            )?,
+            history_retention: match args.history_retention.or(file.history_retention) {
+                Some(s) => seconds("history-retention", s)?,
+                None => d.history_retention,
+            },
+            max_connections: positive(
+                "max-connections",
+                args.max_connections.or(file.max_connections).unwrap_or(d.max_connections),
+            )?,
+            max_subscriptions: positive(
+                "max-subscriptions",
+                args.max_subscriptions
+                    .or(file.max_subscriptions)
+                    .unwrap_or(d.max_subscriptions),
+            )?,
+            max_frame_bytes: positive(
+                "max-frame-bytes",
+                args.max_frame_bytes.or(file.max_frame_bytes).unwrap_or(d.max_frame_bytes),
+            )?,
+            queue_size: positive(
+                "queue-size",
+                args.queue_size.or(file.queue_size).unwrap_or(d.queue_size),
+            )?,
+            ping_interval: match args.ping_interval.or(file.ping_interval) {
+                Some(s) => seconds("ping-interval", s)?,
+                None => d.ping_interval,
+            },
+            idle_timeout: match args.idle_timeout.or(file.idle_timeout) {
+                Some(s) => seconds("idle-timeout", s)?,
+                None => d.idle_timeout,
+            },
+            shutdown_grace: match args.shutdown_grace.or(file.shutdown_grace) {
+                Some(s) => seconds("shutdown-grace", s)?,
+                None => d.shutdown_grace,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn flags_beat_file_beats_defaults() {
+        let mut file = tempfile::NamedTempFile::new().expect("tmp");
+        writeln!(file, "bind = \"127.0.0.1:9000\"\nhistory_size = 10\nqueue_size = 7\npublisher_keys = [\"f\"]")
+            .expect("write");
+        let args = ServeArgs {
+            config: Some(file.path().to_path_buf()),
+            history_size: Some(20),
+            ..ServeArgs::default()
+        };
+        let c = Config::resolve(&args).expect("valid");
+        assert_eq!(c.bind.port(), 9000);
+        assert_eq!(c.history_size, 20);
+        assert_eq!(c.queue_size, 7);
+        assert_eq!(c.publisher_keys, vec!["f".to_string()]);
+        assert_eq!(c.max_frame_bytes, 65536);
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let args = ServeArgs {
+            idle_timeout: Some(-1.0),
+            ..ServeArgs::default()
+        };
+        let e = Config::resolve(&args).expect_err("invalid");
+        assert_eq!(e.to_string(), "invalid value for idle-timeout: -1 is not a positive number of seconds");
+        let mut file = tempfile::NamedTempFile::new().expect("tmp");
+        writeln!(file, "bnid = 1").expect("write");
+        let args = ServeArgs {
+            config: Some(file.path().to_path_buf()),
+            ..ServeArgs::default()
+        };
+        let e = Config::resolve(&args).expect_err("unknown key");
+        assert!(e.to_string().contains("unknown field `bnid`"), "{e}");
+    }
+}

@@ -1,0 +1,79 @@
+//! HTTP routes and the state every handler shares.
+//!
+//! [`router`] maps every path: `/ws` (the monitoring socket, in [`crate::ws`]),
+//! `POST /v1/events` ([`publish`]), and the operational endpoints ([`ops`]). Errors
+//! leave as `{"message": …}` JSON with a status, through [`error_body`].
+//!
+//! # Layout
+//! - [`publish`]: the publish API.
+//! - [`ops`]: health, readiness, metrics and topic inspection.
+
+pub mod ops;
+pub mod publish;
+
+use std::sync::Arc;
+
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::PublisherKeys;
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::ws::registry::Registry;
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub hub: Hub,
+    pub config: Arc<Config>,
+    pub registry: Arc<Registry>,
+    pub publishers: Arc<PublisherKeys>,
+    /// Cancelled when shutdown starts: `/readyz` turns 503, new sockets are refused.
+    pub shutdown: CancellationToken,
+    /// Every WebSocket connection, so shutdown can wait for them to drain.
+    pub tasks: TaskTracker,
+}
+
+impl AppState {
+    pub fn new(hub: Hub, config: Config) -> AppState {
+        AppState {
+            hub,
+            publishers: Arc::new(PublisherKeys::new(&config.publisher_keys)),
+            config: Arc::new(config),
+            registry: Arc::new(Registry::default()),
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        }
+    }
+}
+
+/// A JSON error response: `{"message": …}`.
+pub fn error_body(status: StatusCode, message: &str) -> (StatusCode, Json<serde_json::Value>) {
+    (status, Json(serde_json::json!({ "message": message })))
+}
+
+/// Every route of the server.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/ws", get(crate::ws::ws_handler))
+        .route("/v1/events", post(publish::publish))
+        .route("/v1/topics/{id}", get(ops::topic))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn not_found(req: Request) -> Response {
+    error_body(
+        StatusCode::NOT_FOUND,
+        &format!("Not found: {} {}", req.method(), req.uri().path()),
+    )
+    .into_response()
+}

@@ -1,0 +1,63 @@
+//! Operational endpoints: `/healthz` (the process answers), `/readyz` (the
+//! backplane answers and we are not shutting down), `/metrics` (Prometheus text)
+//! and `GET /v1/topics/{id}` (a topic's position, snapshot and local subscribers).
+
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use super::{error_body, AppState};
+
+pub async fn healthz() -> Response {
+    Json(json!({ "status": "ok" })).into_response()
+}
+
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    if state.shutdown.is_cancelled() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "unavailable", "reason": "shutting down" })),
+        )
+            .into_response();
+    }
+    match state.hub.backplane().ready().await {
+        Ok(()) => Json(json!({ "status": "ready" })).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "unavailable", "reason": e.to_string() })),
+        )
+            .into_response(),
+    }
+}
+
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let Some(handle) = crate::metrics::install() else {
+        return error_body(StatusCode::SERVICE_UNAVAILABLE, "metrics recorder unavailable").into_response();
+    };
+    metrics::gauge!("stackpulse_connections").set(state.registry.len() as f64);
+    metrics::gauge!("stackpulse_subscriptions").set(state.hub.subscription_count() as f64);
+    metrics::gauge!("stackpulse_topics").set(state.hub.backplane().topic_count() as f64);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        handle.render(),
+    )
+        .into_response()
+}
+
+pub async fn topic(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    match state.hub.backplane().info(&id).await {
+        Ok(Some(info)) => Json(json!({
+            "deployment_id": id,
+            "seq": info.latest_seq,
+            "epoch": &*info.epoch,
+            "retained_events": info.retained,
+            "subscribers": state.hub.local_subscribers(&id),
+            "snapshot": info.snapshot.map(|data| json!({ "type": info.snapshot_type, "data": data })),
+        }))
+        .into_response(),
+        Ok(None) => error_body(StatusCode::NOT_FOUND, &format!("Unknown topic: {id}")).into_response(),
+        Err(e) => error_body(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()).into_response(),
+    }
+}

@@ -1,0 +1,50 @@
+//! `POST /v1/events`: a publisher hands the hub one event.
+//!
+//! Credential first (401 without a valid publisher key), then the body is
+//! validated (400 with the reason), and only then does the hub assign a seq, so a
+//! refused publish uses none. Success is `202 {"seq": N}`.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use stackpulse_protocol::PublishRequest;
+
+use super::{error_body, AppState};
+
+pub async fn publish(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if let Err(refusal) = state.publishers.check(authorization) {
+        return error_body(StatusCode::UNAUTHORIZED, &refusal.to_string()).into_response();
+    }
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            return error_body(rejection.status(), &format!("Invalid body: {}", rejection.body_text()))
+                .into_response()
+        }
+    };
+    let request = match PublishRequest::from_json(&body) {
+        Ok(r) => r,
+        Err(message) => return error_body(StatusCode::BAD_REQUEST, &message).into_response(),
+    };
+    match state.hub.publish(request).await {
+        Ok(event) => (
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({ "seq": event.seq })),
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "publish failed");
+            error_body(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()).into_response()
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! Prometheus metrics: one recorder per process, rendered at `GET /metrics`.
+//!
+//! Counters and the latency histogram are recorded where things happen (hub,
+//! outbox, writer); gauges that are cheaper to read than to track (connections,
+//! subscriptions, topics) are set just before rendering.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Delivery latency buckets, in seconds.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// Installs the process-wide recorder (once) and returns its handle.
+pub fn install() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full("stackpulse_delivery_latency_seconds".into()),
+                    LATENCY_BUCKETS,
+                )
+                .ok()?
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok()?;
+            describe();
+            Some(handle)
+        })
+        .as_ref()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_gauge!("stackpulse_connections", "Open WebSocket connections");
+    describe_gauge!("stackpulse_subscriptions", "Open subscriptions on this node");
+    describe_gauge!("stackpulse_topics", "Topics stored");
+    describe_counter!("stackpulse_events_published_total", "Events accepted by the hub");
+    describe_counter!("stackpulse_messages_delivered_total", "Event frames written to sockets");
+    describe_counter!(
+        "stackpulse_messages_dropped_total",
+        "Messages not queued because the connection was full or closing"
+    );
+    describe_counter!(
+        "stackpulse_slow_consumer_closes_total",
+        "Connections closed because their outgoing queue overflowed"
+    );
+    describe_counter!("stackpulse_connections_refused_total", "Connections refused at admission");
+    describe_counter!("stackpulse_client_errors_total", "Client frames answered with an error");
+    describe_counter!("stackpulse_subscription_repairs_total", "Subscriptions repaired from history after a gap");
+    describe_histogram!(
+        "stackpulse_delivery_latency_seconds",
+        Unit::Seconds,
+        "From stamping an event to writing it to a socket"
+    );
+}

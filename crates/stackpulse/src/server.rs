@@ -1,0 +1,93 @@
+//! Running the server: build the hub and the routes, serve until shutdown, drain.
+//!
+//! [`serve`] takes a bound listener and a shutdown future (tests pass their own;
+//! the binary passes SIGINT/SIGTERM). Shutdown: stop accepting, mark not ready,
+//! ask every socket to close with 1001, then wait up to the grace period for the
+//! connections to finish.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::http::{router, AppState};
+use crate::hub::{CloseReason, HistoryConfig, Hub, HubConfig};
+
+/// How long a replay may wait for room in a slow client's queue.
+const REPLAY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the server refuses to start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "refusing to listen on {0}: no authentication is configured, so stackpulse serves \
+         loopback addresses only (use --bind 127.0.0.1:PORT)"
+    )]
+    PublicWithoutAuth(SocketAddr),
+}
+
+/// Checks the configuration against the rules that keep an unauthenticated
+/// server private.
+pub fn check_bind(config: &Config) -> Result<(), StartError> {
+    if !config.bind.ip().is_loopback() {
+        return Err(StartError::PublicWithoutAuth(config.bind));
+    }
+    Ok(())
+}
+
+/// Builds the application state with the embedded in-memory hub and starts its
+/// retention sweeper.
+pub fn build_state(config: Config) -> AppState {
+    let hub_config = HubConfig {
+        history: HistoryConfig {
+            max_events: config.history_size,
+            retention: config.history_retention,
+        },
+        max_subscriptions_per_connection: config.max_subscriptions,
+        replay_timeout: REPLAY_TIMEOUT,
+    };
+    let (hub, memory) = Hub::in_memory(hub_config);
+    let every = (config.history_retention / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
+    let weak = std::sync::Arc::downgrade(&memory);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let Some(memory) = weak.upgrade() else { return };
+            memory.sweep(std::time::Instant::now());
+        }
+    });
+    AppState::new(hub, config)
+}
+
+/// Serves on `listener` until `shutdown` resolves, then drains.
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    crate::metrics::install();
+    let grace = config.shutdown_grace;
+    let state = build_state(config);
+    let app = router(state.clone());
+    let closing = state.clone();
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: closing connections with 1001");
+            closing.shutdown.cancel();
+            closing.registry.close_all(CloseReason::Shutdown);
+        })
+        .await?;
+    state.registry.close_all(CloseReason::Shutdown);
+    state.tasks.close();
+    if tokio::time::timeout(grace, state.tasks.wait()).await.is_err() {
+        tracing::warn!(
+            remaining = state.registry.len(),
+            "shutdown grace period over; dropping remaining connections"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,248 @@
+//! One WebSocket connection: a reader and a writer around the hub session.
+//!
+//! The **reader** parses client frames and calls the hub (`subscribe` may wait
+//! while a replay fills the queue, so it must not be the task that drains it); its
+//! replies go through the same outbox as events, so their order is the order the
+//! client sees. It enforces the idle timeout and the frame limit. The **writer**
+//! drains the outbox in batches (feed many, flush once), sends WebSocket pings, and
+//! on a close request writes the close frame with its code. Either side ending
+//! closes the outbox; the connection then leaves the hub and the registry.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicI64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use stackpulse_protocol::{parse_client_message, ClientMessage, ProtocolError, ServerMessage};
+use tokio::sync::mpsc;
+
+use super::close;
+use super::registry::{ConnInfo, Slot};
+use crate::auth::User;
+use crate::http::AppState;
+use crate::hub::{CloseReason, Delivery, Outbox, SubscribeError};
+
+/// Items written per flush at most, so pings and closes are not starved.
+const BATCH: usize = 64;
+/// How long a close frame may take to write to a peer that does not read.
+const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+pub async fn run(socket: WebSocket, state: AppState, mut slot: Slot, remote: SocketAddr) {
+    let (outbox, rx) = Outbox::new(state.config.queue_size);
+    let session = state.hub.open_session(outbox.clone());
+    let info = Arc::new(ConnInfo {
+        user: User::anonymous(),
+        remote,
+        connected_at: chrono::Utc::now(),
+        last_ping: AtomicI64::new(0),
+        session: session.clone(),
+    });
+    slot.register(info.clone());
+    tracing::debug!(conn = session.id, %remote, "connected");
+
+    let (sink, stream) = socket.split();
+    let writer = tokio::spawn(write_loop(sink, rx, outbox.clone(), state.config.ping_interval));
+    read_loop(stream, &state, &info).await;
+    outbox.close(CloseReason::ClientClosed);
+    state.hub.close_session(&session).await;
+    let _ = writer.await;
+    tracing::debug!(conn = session.id, "disconnected");
+    drop(slot);
+}
+
+fn reply(outbox: &Outbox, message: ServerMessage) {
+    // A full queue closes the connection; nothing else to do here.
+    let _ = outbox.push(Delivery::Frame(Utf8Bytes::from(message.to_json())));
+}
+
+fn reply_error(outbox: &Outbox, e: &ProtocolError) {
+    metrics::counter!("stackpulse_client_errors_total").increment(1);
+    reply(outbox, ServerMessage::error(e.code(), e.to_string()));
+}
+
+/// Whether a read error is tungstenite refusing an oversized frame.
+fn is_too_big(e: axum::Error) -> bool {
+    use tokio_tungstenite::tungstenite::Error;
+    e.into_inner()
+        .downcast::<Error>()
+        .is_ok_and(|e| matches!(*e, Error::Capacity(_)))
+}
+
+async fn read_loop(mut stream: SplitStream<WebSocket>, state: &AppState, info: &Arc<ConnInfo>) {
+    let outbox = &info.session.outbox;
+    let idle = state.config.idle_timeout;
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = outbox.closing() => return,
+            next = tokio::time::timeout(idle, stream.next()) => next,
+        };
+        let message = match next {
+            Err(_) => {
+                tracing::debug!(conn = info.session.id, "idle timeout");
+                outbox.close(CloseReason::IdleTimeout);
+                return;
+            }
+            Ok(None) => return,
+            Ok(Some(Err(e))) => {
+                if is_too_big(e) {
+                    metrics::counter!("stackpulse_client_errors_total").increment(1);
+                    outbox.close(CloseReason::MessageTooBig);
+                }
+                return;
+            }
+            Ok(Some(Ok(message))) => message,
+        };
+        match message {
+            Message::Text(text) => handle_text(state, info, text.as_str()).await,
+            Message::Binary(_) => reply_error(outbox, &ProtocolError::BinaryFrame),
+            Message::Pong(_) => info.touch_ping(),
+            Message::Ping(_) => {}
+            Message::Close(_) => return,
+        }
+    }
+}
+
+async fn handle_text(state: &AppState, info: &Arc<ConnInfo>, text: &str) {
+    let session = &info.session;
+    let outbox = &session.outbox;
+    match parse_client_message(text) {
+        Err(e) => reply_error(outbox, &e),
+        Ok(ClientMessage::Subscribe {
+            deployment_id,
+            since,
+            epoch,
+        }) => match state.hub.subscribe(session, &deployment_id, since, epoch).await {
+            Ok(()) | Err(SubscribeError::Closed) => {}
+            Err(e) => {
+                metrics::counter!("stackpulse_client_errors_total").increment(1);
+                reply(
+                    outbox,
+                    ServerMessage::Error {
+                        code: e.code(),
+                        message: e.to_string(),
+                        deployment_id: Some(deployment_id),
+                    },
+                );
+            }
+        },
+        Ok(ClientMessage::Unsubscribe { deployment_id }) => {
+            state.hub.unsubscribe(session, &deployment_id).await;
+            reply(outbox, ServerMessage::Unsubscribed { deployment_id });
+        }
+        Ok(ClientMessage::Ping) => {
+            info.touch_ping();
+            reply(
+                outbox,
+                ServerMessage::Pong {
+                    timestamp: stackpulse_protocol::time::now(),
+                },
+            );
+        }
+    }
+}
+
+type Sink = SplitSink<WebSocket, Message>;
+
+/// Counts and latency recorded by one writer.
+struct WriterMetrics {
+    delivered: metrics::Counter,
+    latency: metrics::Histogram,
+}
+
+fn encode(item: Delivery, m: &WriterMetrics, events: &mut u64) -> Message {
+    match item {
+        Delivery::Event(event) => {
+            *events += 1;
+            m.latency.record(event.published_at.elapsed().as_secs_f64());
+            Message::Text(event.frame.clone())
+        }
+        Delivery::Frame(frame) => Message::Text(frame),
+        Delivery::Subscribed(info) => Message::Text(Utf8Bytes::from(
+            ServerMessage::Subscribed {
+                deployment_id: info.topic.to_string(),
+                seq: info.seq,
+                epoch: info.epoch.to_string(),
+                recovered: info.recovered,
+            }
+            .to_json(),
+        )),
+    }
+}
+
+/// Feeds `first` and whatever else is ready (up to [`BATCH`]), then flushes once.
+async fn write_batch(
+    sink: &mut Sink,
+    first: Delivery,
+    rx: &mut mpsc::Receiver<Delivery>,
+    m: &WriterMetrics,
+) -> Result<(), axum::Error> {
+    let mut events = 0;
+    sink.feed(encode(first, m, &mut events)).await?;
+    for _ in 1..BATCH {
+        match rx.try_recv() {
+            Ok(item) => sink.feed(encode(item, m, &mut events)).await?,
+            Err(_) => break,
+        }
+    }
+    sink.flush().await?;
+    m.delivered.increment(events);
+    Ok(())
+}
+
+async fn write_loop(mut sink: Sink, mut rx: mpsc::Receiver<Delivery>, outbox: Arc<Outbox>, ping_every: Duration) {
+    let m = WriterMetrics {
+        delivered: metrics::counter!("stackpulse_messages_delivered_total"),
+        latency: metrics::histogram!("stackpulse_delivery_latency_seconds"),
+    };
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let written = tokio::select! {
+            biased;
+            reason = outbox.closing() => {
+                send_close(&mut sink, reason).await;
+                return;
+            }
+            item = rx.recv() => match item {
+                Some(item) => tokio::select! {
+                    biased;
+                    reason = outbox.closing() => {
+                        send_close(&mut sink, reason).await;
+                        return;
+                    }
+                    r = write_batch(&mut sink, item, &mut rx, &m) => r,
+                },
+                None => return,
+            },
+            _ = ping.tick() => tokio::select! {
+                biased;
+                reason = outbox.closing() => {
+                    send_close(&mut sink, reason).await;
+                    return;
+                }
+                r = sink.send(Message::Ping(Default::default())) => r,
+            },
+        };
+        if written.is_err() {
+            outbox.close(CloseReason::ClientClosed);
+            return;
+        }
+    }
+}
+
+async fn send_close(sink: &mut Sink, reason: CloseReason) {
+    if reason == CloseReason::ClientClosed {
+        let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, sink.close()).await;
+        return;
+    }
+    let (code, text) = close::for_reason(reason);
+    let frame = CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(text),
+    };
+    let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
+}

@@ -1,0 +1,95 @@
+//! The connection registry: every open WebSocket, with who and since when.
+//!
+//! Admission reserves a slot ([`Registry::reserve`]) *before* the upgrade, so the
+//! connection limit holds under a connect storm; the slot is released when its
+//! [`Slot`] is dropped, however the connection ends.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use dashmap::DashMap;
+
+use crate::auth::User;
+use crate::hub::{CloseReason, Session};
+
+/// One open connection.
+pub struct ConnInfo {
+    pub user: User,
+    pub remote: SocketAddr,
+    pub connected_at: DateTime<Utc>,
+    /// Unix milliseconds of the last ping (WebSocket pong or `{"action":"ping"}`).
+    pub last_ping: AtomicI64,
+    /// The connection's hub session: its id, queue and subscriptions.
+    pub session: Arc<Session>,
+}
+
+impl ConnInfo {
+    pub fn touch_ping(&self) {
+        self.last_ping.store(Utc::now().timestamp_millis(), Ordering::Relaxed);
+    }
+}
+
+#[derive(Default)]
+pub struct Registry {
+    conns: DashMap<u64, Arc<ConnInfo>>,
+    reserved: AtomicUsize,
+}
+
+/// A reserved place under the connection limit.
+pub struct Slot {
+    registry: Arc<Registry>,
+    id: Option<u64>,
+}
+
+impl Registry {
+    /// Reserves a place if fewer than `max` connections are open or reserved.
+    pub fn reserve(self: &Arc<Self>, max: usize) -> Option<Slot> {
+        self.reserved
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .ok()?;
+        Some(Slot {
+            registry: self.clone(),
+            id: None,
+        })
+    }
+
+    /// Open connections.
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// Asks every connection to close (shutdown).
+    pub fn close_all(&self, reason: CloseReason) {
+        for conn in self.conns.iter() {
+            conn.session.outbox.close(reason);
+        }
+    }
+
+    pub fn get(&self, id: u64) -> Option<Arc<ConnInfo>> {
+        self.conns.get(&id).map(|c| c.clone())
+    }
+}
+
+impl Slot {
+    /// Registers the connection in the reserved place.
+    pub fn register(&mut self, info: Arc<ConnInfo>) {
+        let id = info.session.id;
+        self.registry.conns.insert(id, info);
+        self.id = Some(id);
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            self.registry.conns.remove(&id);
+        }
+        self.registry.reserved.fetch_sub(1, Ordering::AcqRel);
+    }
+}

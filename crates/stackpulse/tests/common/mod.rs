@@ -1,0 +1,172 @@
+//! Test harness: starts the real `stackpulse` binary on a free loopback port and
+//! talks to it with the real client over real sockets.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use stackpulse::client::{Client, Frame};
+use stackpulse_protocol::{Event, ServerMessage};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub const KEY: &str = "test-publisher-key";
+/// Upper bound for any single awaited frame; generous for a loaded CI machine.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub http: reqwest::Client,
+}
+
+impl Server {
+    /// Starts `stackpulse serve` with a publisher key and `extra` flags.
+    pub async fn start(extra: &[&str]) -> Server {
+        Server::start_with_env(extra, &[]).await
+    }
+
+    pub async fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_stackpulse"));
+        cmd.args(["serve", "--bind", "127.0.0.1:0", "--publisher-key", KEY])
+            .args(extra)
+            .envs(env.iter().copied())
+            .env_remove("STACKPULSE_CONFIG")
+            .stdout(Stdio::piped())
+            .stderr(if std::env::var_os("STACKPULSE_TEST_LOGS").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().expect("spawn stackpulse");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .expect("server start timed out")
+            .expect("read stdout")
+            .expect("server exited before listening");
+        let addr = line
+            .strip_prefix("stackpulse listening on http://")
+            .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+            .parse()
+            .expect("address");
+        // Keep draining stdout so the server never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Server {
+            child,
+            addr,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    pub async fn connect(&self) -> Client {
+        Client::connect(&self.ws_url(), None).await.expect("connect")
+    }
+
+    /// Publishes a raw body with the test key; returns status and JSON body.
+    pub async fn publish_raw(&self, body: &Value) -> (u16, Value) {
+        let resp = self
+            .http
+            .post(self.url("/v1/events"))
+            .bearer_auth(KEY)
+            .json(body)
+            .send()
+            .await
+            .expect("publish request");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Publishes a `deployment.status` event and returns its seq.
+    pub async fn publish(&self, topic: &str, status: &str) -> u64 {
+        let (code, body) = self
+            .publish_raw(&json!({"type":"deployment.status","deployment_id":topic,"data":{"status":status}}))
+            .await;
+        assert_eq!(code, 202, "{body}");
+        body["seq"].as_u64().expect("seq")
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let resp = self.http.get(self.url(path)).send().await.expect("get");
+        let status = resp.status().as_u16();
+        (status, resp.text().await.unwrap_or_default())
+    }
+
+    /// Reads one counter or gauge from `/metrics` (0 when absent).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let (_, text) = self.get("/metrics").await;
+        text.lines()
+            .find_map(|l| {
+                let (n, v) = l.split_once(' ')?;
+                (n == name).then(|| v.trim().parse().ok()).flatten()
+            })
+            .unwrap_or(0.0)
+    }
+}
+
+/// The next frame, failing the test after [`WAIT`].
+pub async fn next(client: &mut Client) -> Frame {
+    tokio::time::timeout(WAIT, client.next())
+        .await
+        .expect("timed out waiting for a frame")
+        .expect("socket ended")
+        .expect("frame")
+}
+
+pub async fn next_control(client: &mut Client) -> ServerMessage {
+    match next(client).await {
+        Frame::Control(c) => c,
+        other => panic!("expected a control reply, got {other:?}"),
+    }
+}
+
+pub async fn next_event(client: &mut Client) -> Event {
+    match next(client).await {
+        Frame::Event(e) => e,
+        other => panic!("expected an event, got {other:?}"),
+    }
+}
+
+/// Expects `subscribed` and returns (seq, epoch, recovered).
+pub async fn subscribed(client: &mut Client) -> (u64, String, bool) {
+    match next_control(client).await {
+        ServerMessage::Subscribed {
+            seq,
+            epoch,
+            recovered,
+            ..
+        } => (seq, epoch, recovered),
+        other => panic!("expected subscribed, got {other:?}"),
+    }
+}
+
+/// Expects an error reply and returns (code, message).
+pub async fn error(client: &mut Client) -> (u16, String) {
+    match next_control(client).await {
+        ServerMessage::Error { code, message, .. } => (code, message),
+        other => panic!("expected error, got {other:?}"),
+    }
+}
+
+/// Reads frames until the server closes; returns the close code.
+pub async fn close_code(client: &mut Client) -> Option<u16> {
+    loop {
+        match tokio::time::timeout(WAIT, client.next()).await.expect("timed out waiting for close") {
+            Some(Ok(Frame::Closed(c))) => return c.map(|c| c.code),
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return None,
+        }
+    }
+}
