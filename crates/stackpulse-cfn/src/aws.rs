@@ -104,10 +104,17 @@ where
             let e = se.err();
             let code = e.code().unwrap_or_default();
             let message = e.message().unwrap_or_default().to_string();
-            let text = if message.is_empty() { context.clone() } else { message.clone() };
+            let text = if message.is_empty() {
+                context.clone()
+            } else {
+                message.clone()
+            };
             if matches!(
                 code,
-                "Throttling" | "ThrottlingException" | "RequestLimitExceeded" | "TooManyRequestsException"
+                "Throttling"
+                    | "ThrottlingException"
+                    | "RequestLimitExceeded"
+                    | "TooManyRequestsException"
             ) || message.contains("Rate exceeded")
             {
                 AwsError::Throttled(text)
@@ -117,8 +124,10 @@ where
                 AwsError::Validation(text)
             } else if code == "AlreadyExistsException" {
                 AwsError::AlreadyExists(text)
-            } else if matches!(code, "InternalFailure" | "ServiceUnavailable" | "InternalError")
-                || code.is_empty()
+            } else if matches!(
+                code,
+                "InternalFailure" | "ServiceUnavailable" | "InternalError"
+            ) || code.is_empty()
             {
                 AwsError::Transient(context)
             } else {
@@ -168,7 +177,11 @@ fn to_utc(t: Option<&aws_sdk_cloudformation::primitives::DateTime>) -> Option<Da
 
 impl Api {
     pub fn new(client: Client, calls: CallCounter, call_timeout: Duration) -> Self {
-        Self { client, calls, call_timeout }
+        Self {
+            client,
+            calls,
+            call_timeout,
+        }
     }
 
     pub fn calls(&self) -> &CallCounter {
@@ -187,7 +200,12 @@ impl Api {
             )
     }
 
-    fn result<T, E, R>(&self, r: Result<T, SdkError<E, R>>, what: &str, target: &str) -> Result<T, AwsError>
+    fn result<T, E, R>(
+        &self,
+        r: Result<T, SdkError<E, R>>,
+        what: &str,
+        target: &str,
+    ) -> Result<T, AwsError>
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
         R: std::fmt::Debug,
@@ -213,12 +231,17 @@ impl Api {
             .await;
         let out = self.result(r, "DescribeStacks", stack)?;
         let Some(s) = out.stacks().first() else {
-            return Err(AwsError::NotFound(format!("Stack with id {stack} does not exist")));
+            return Err(AwsError::NotFound(format!(
+                "Stack with id {stack} does not exist"
+            )));
         };
         Ok(StackInfo {
             arn: s.stack_id().unwrap_or(stack).to_string(),
             name: s.stack_name().unwrap_or(stack).to_string(),
-            status: s.stack_status().map(|x| x.as_str().to_string()).unwrap_or_default(),
+            status: s
+                .stack_status()
+                .map(|x| x.as_str().to_string())
+                .unwrap_or_default(),
             status_reason: s.stack_status_reason().unwrap_or_default().to_string(),
             outputs: s
                 .outputs()
@@ -240,7 +263,11 @@ impl Api {
     }
 
     /// One page of `DescribeStackEvents` (newest first).
-    pub async fn events_page(&self, stack_arn: &str, token: Option<String>) -> Result<EventsPage, AwsError> {
+    pub async fn events_page(
+        &self,
+        stack_arn: &str,
+        token: Option<String>,
+    ) -> Result<EventsPage, AwsError> {
         let r = self
             .client
             .describe_stack_events()
@@ -260,7 +287,10 @@ impl Api {
         }
         Ok(EventsPage {
             events,
-            next_token: out.next_token().filter(|t| !t.is_empty()).map(str::to_string),
+            next_token: out
+                .next_token()
+                .filter(|t| !t.is_empty())
+                .map(str::to_string),
         })
     }
 
@@ -284,13 +314,19 @@ impl Api {
                 all.push(ResourceState {
                     logical_id: s.logical_resource_id().unwrap_or_default().to_string(),
                     resource_type: s.resource_type().unwrap_or_default().to_string(),
-                    status: s.resource_status().map(|x| x.as_str().to_string()).unwrap_or_default(),
+                    status: s
+                        .resource_status()
+                        .map(|x| x.as_str().to_string())
+                        .unwrap_or_default(),
                     physical_id: s.physical_resource_id().unwrap_or_default().to_string(),
                     reason: s.resource_status_reason().unwrap_or_default().to_string(),
                     updated: None,
                 });
             }
-            token = out.next_token().filter(|t| !t.is_empty()).map(str::to_string);
+            token = out
+                .next_token()
+                .filter(|t| !t.is_empty())
+                .map(str::to_string);
             if token.is_none() {
                 break;
             }

@@ -60,7 +60,10 @@ pub struct Slowdown {
 
 impl Slowdown {
     pub fn new(max: u32) -> Self {
-        Self { factor: 1, max: max.max(1) }
+        Self {
+            factor: 1,
+            max: max.max(1),
+        }
     }
     pub fn factor(&self) -> u32 {
         self.factor
@@ -96,7 +99,10 @@ mod tests {
         assert_eq!(b.ceiling(1000), Duration::from_secs(1));
         for attempt in 0..10 {
             let d = b.delay(attempt);
-            assert!(d >= b.ceiling(attempt) / 2 && d <= b.ceiling(attempt), "{d:?}");
+            assert!(
+                d >= b.ceiling(attempt) / 2 && d <= b.ceiling(attempt),
+                "{d:?}"
+            );
         }
     }
 
@@ -107,7 +113,10 @@ mod tests {
         s.throttled();
         s.throttled();
         assert_eq!(s.factor(), 4);
-        assert_eq!(s.apply(Duration::from_millis(20)), Duration::from_millis(80));
+        assert_eq!(
+            s.apply(Duration::from_millis(20)),
+            Duration::from_millis(80)
+        );
         s.relax();
         assert_eq!(s.factor(), 2);
         s.relax();

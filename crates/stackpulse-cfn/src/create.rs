@@ -55,7 +55,10 @@ pub fn generate_stack_name() -> String {
 }
 
 /// Creates the stack (see the module docs).
-pub async fn create_stack(client: &Client, req: CreateStackRequest) -> Result<CreatedStack, CreateStackError> {
+pub async fn create_stack(
+    client: &Client,
+    req: CreateStackRequest,
+) -> Result<CreatedStack, CreateStackError> {
     let stack_name = req
         .stack_name
         .filter(|n| !n.trim().is_empty())
@@ -63,9 +66,18 @@ pub async fn create_stack(client: &Client, req: CreateStackRequest) -> Result<Cr
     let parameters: Vec<Parameter> = req
         .parameters
         .into_iter()
-        .map(|(k, v)| Parameter::builder().parameter_key(k).parameter_value(v).build())
+        .map(|(k, v)| {
+            Parameter::builder()
+                .parameter_key(k)
+                .parameter_value(v)
+                .build()
+        })
         .collect();
-    let capabilities: Vec<Capability> = req.capabilities.iter().map(|c| Capability::from(c.as_str())).collect();
+    let capabilities: Vec<Capability> = req
+        .capabilities
+        .iter()
+        .map(|c| Capability::from(c.as_str()))
+        .collect();
     let out = client
         .create_stack()
         .stack_name(&stack_name)
@@ -78,11 +90,16 @@ pub async fn create_stack(client: &Client, req: CreateStackRequest) -> Result<Cr
             AwsError::Validation(m) | AwsError::AlreadyExists(m) | AwsError::NotFound(m) => {
                 CreateStackError::Invalid(m)
             }
-            AwsError::Other(m) if m.starts_with("InsufficientCapabilities") => CreateStackError::Invalid(m),
+            AwsError::Other(m) if m.starts_with("InsufficientCapabilities") => {
+                CreateStackError::Invalid(m)
+            }
             e => CreateStackError::Aws(e.to_string()),
         })?;
     let stack_id = out.stack_id().unwrap_or_default().to_string();
-    Ok(CreatedStack { stack_name, stack_id })
+    Ok(CreatedStack {
+        stack_name,
+        stack_id,
+    })
 }
 
 #[cfg(test)]
@@ -94,9 +111,13 @@ mod tests {
         let n = generate_stack_name();
         assert_eq!(n.len(), "stackpulse-".len() + 8);
         assert!(n.starts_with("stackpulse-"));
-        assert!(n["stackpulse-".len()..].chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
-        let req: CreateStackRequest =
-            serde_json::from_value(serde_json::json!({"templateBody": "{}", "parameters": {"K": "V"}})).expect("parse");
+        assert!(n["stackpulse-".len()..]
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        let req: CreateStackRequest = serde_json::from_value(
+            serde_json::json!({"templateBody": "{}", "parameters": {"K": "V"}}),
+        )
+        .expect("parse");
         assert_eq!(req.stack_name, None);
         assert_eq!(req.parameters.get("K").map(String::as_str), Some("V"));
     }

@@ -164,8 +164,16 @@ pub(crate) mod test_support {
             stack_name: "app".into(),
             operation_id: None,
             logical_id: logical.into(),
-            physical_id: if stack { ARN.into() } else { format!("phys-{logical}") },
-            resource_type: if stack { STACK_TYPE.into() } else { "AWS::S3::Bucket".into() },
+            physical_id: if stack {
+                ARN.into()
+            } else {
+                format!("phys-{logical}")
+            },
+            resource_type: if stack {
+                STACK_TYPE.into()
+            } else {
+                "AWS::S3::Bucket".into()
+            },
             timestamp: at(sec),
             status: status.into(),
             reason: String::new(),
@@ -187,8 +195,15 @@ mod tests {
         let mut log = EventLog::new();
         log.mark_seen(["e1".to_string(), "e2".to_string()]);
         // Newest first, over two pages; e2 on page 2 stops paging.
-        assert!(log.take_page(vec![ev("e5", "A", "CREATE_COMPLETE", 3), ev("e4", "A", "CREATE_IN_PROGRESS", 3)]));
-        assert!(!log.take_page(vec![ev("e3", "B", "CREATE_IN_PROGRESS", 3), ev("e2", "app", "CREATE_IN_PROGRESS", 1), ev("e1", "app", "X", 0)]));
+        assert!(log.take_page(vec![
+            ev("e5", "A", "CREATE_COMPLETE", 3),
+            ev("e4", "A", "CREATE_IN_PROGRESS", 3)
+        ]));
+        assert!(!log.take_page(vec![
+            ev("e3", "B", "CREATE_IN_PROGRESS", 3),
+            ev("e2", "app", "CREATE_IN_PROGRESS", 1),
+            ev("e1", "app", "X", 0)
+        ]));
         let fresh = log.finish_poll();
         assert_eq!(ids(&fresh), ["e3", "e4", "e5"]);
         // The next poll sees the same events again: nothing new, stops at once.
@@ -228,7 +243,10 @@ mod tests {
         child.physical_id = "arn:aws:cloudformation:us-east-1:1:stack/app-Network-X/2".into();
         assert!(!child.is_stack_event());
         assert_eq!(child.nested_stack_arn(), Some(child.physical_id.as_str()));
-        assert_eq!(stack_name_from_arn(&child.physical_id), Some("app-Network-X"));
+        assert_eq!(
+            stack_name_from_arn(&child.physical_id),
+            Some("app-Network-X")
+        );
         assert_eq!(stack_name_from_arn("app"), None);
     }
 }

@@ -50,8 +50,13 @@ pub mod wire;
 
 pub use aws::{AwsError, CallCounter};
 pub use backoff::BackoffConfig;
-pub use create::{create_stack, generate_stack_name, CreateStackError, CreateStackRequest, CreatedStack};
-pub use tracker::{NestedStackState, Outcome, Tracker, TrackerConfig, TrackerMessage, TrackerState};
+pub use create::{
+    create_stack, generate_stack_name, CreateStackError, CreateStackRequest, CreatedStack,
+};
+pub use tracker::{
+    NestedStackState, Outcome, Tracker, TrackerConfig, TrackerMessage, TrackerState,
+};
 pub use wire::{
-    DeploymentComplete, ResourceSummary, ResourceUpdate, RootCause, StackOutput, StackSummary, TrackerError,
+    DeploymentComplete, ResourceSummary, ResourceUpdate, RootCause, StackOutput, StackSummary,
+    TrackerError,
 };

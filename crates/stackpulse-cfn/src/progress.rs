@@ -196,7 +196,10 @@ mod tests {
         t.apply(&ev("4", "A", "CREATE_COMPLETE", 2)); // a duplicate-looking second event
         t.apply(&ev("5", "B", "CREATE_IN_PROGRESS", 2));
         let c = t.counts();
-        assert_eq!((c.total, c.completed, c.in_progress, c.failed, c.progress), (3, 1, 1, 0, 33));
+        assert_eq!(
+            (c.total, c.completed, c.in_progress, c.failed, c.progress),
+            (3, 1, 1, 0, 33)
+        );
         t.apply(&ev("6", "B", "CREATE_COMPLETE", 3));
         t.apply(&ev("7", "C", "CREATE_COMPLETE", 3));
         assert_eq!(t.counts().progress, 100);
@@ -210,7 +213,10 @@ mod tests {
             t.apply(&ev(&format!("{i}"), id, "CREATE_COMPLETE", 1));
         }
         let s = t.summary("app", "CREATE_IN_PROGRESS");
-        assert_eq!((s.completed_resources, s.total_resources, s.progress), (5, 5, 100));
+        assert_eq!(
+            (s.completed_resources, s.total_resources, s.progress),
+            (5, 5, 100)
+        );
     }
 
     #[test]
@@ -227,7 +233,10 @@ mod tests {
         t.apply(&ev("4", "A", "DELETE_COMPLETE", 4));
         t.apply(&ev("5", "B", "DELETE_COMPLETE", 4));
         let c = t.counts();
-        assert_eq!((c.completed, c.in_progress, c.failed, c.total), (2, 0, 0, 2));
+        assert_eq!(
+            (c.completed, c.in_progress, c.failed, c.total),
+            (2, 0, 0, 2)
+        );
         // physical id kept when a later event has none
         let mut e = ev("6", "C", "CREATE_IN_PROGRESS", 5);
         e.physical_id = "p".into();

@@ -94,10 +94,19 @@ mod tests {
     fn first_real_failure_skips_cancellations_and_the_stack() {
         let events = vec![
             ev("1", "app", "CREATE_IN_PROGRESS", 0),
-            with_reason(ev("2", "Queue", "CREATE_FAILED", 3), "Resource creation cancelled"),
-            with_reason(ev("3", "Db", "CREATE_FAILED", 3), "DB subnet group is invalid"),
+            with_reason(
+                ev("2", "Queue", "CREATE_FAILED", 3),
+                "Resource creation cancelled",
+            ),
+            with_reason(
+                ev("3", "Db", "CREATE_FAILED", 3),
+                "DB subnet group is invalid",
+            ),
             with_reason(ev("4", "Bucket", "CREATE_FAILED", 4), "later failure"),
-            with_reason(ev("5", "app", "ROLLBACK_IN_PROGRESS", 5), "The following resource(s) failed to create: [Db]"),
+            with_reason(
+                ev("5", "app", "ROLLBACK_IN_PROGRESS", 5),
+                "The following resource(s) failed to create: [Db]",
+            ),
         ];
         let all = HashMap::from([(ARN.to_string(), events)]);
         let rc = find(ARN, &all).expect("root cause");
@@ -112,11 +121,19 @@ mod tests {
         let parent = vec![
             nested("p1", "CREATE_IN_PROGRESS", ""),
             nested("p2", "CREATE_FAILED", &wrapper),
-            with_reason(ev("p3", "Api", "CREATE_FAILED", 6), "Resource creation cancelled"),
+            with_reason(
+                ev("p3", "Api", "CREATE_FAILED", 6),
+                "Resource creation cancelled",
+            ),
         ];
         let child = vec![
             child_ev("c1", "Vpc", "CREATE_COMPLETE", ""),
-            child_ev("c2", "Subnet", "CREATE_FAILED", "The CIDR '10.0.0.0/8' is invalid."),
+            child_ev(
+                "c2",
+                "Subnet",
+                "CREATE_FAILED",
+                "The CIDR '10.0.0.0/8' is invalid.",
+            ),
         ];
         let mut all = HashMap::from([(ARN.to_string(), parent), (CHILD.to_string(), child)]);
         let rc = find(ARN, &all).expect("root cause");

@@ -260,8 +260,17 @@ mod tests {
 
     #[test]
     fn kinds() {
-        assert_eq!(OperationKind::from_status("ROLLBACK_COMPLETE"), OperationKind::Create);
-        assert_eq!(OperationKind::from_status("DELETE_IN_PROGRESS"), OperationKind::Delete);
-        assert_eq!(OperationKind::from_status("IMPORT_ROLLBACK_COMPLETE"), OperationKind::Import);
+        assert_eq!(
+            OperationKind::from_status("ROLLBACK_COMPLETE"),
+            OperationKind::Create
+        );
+        assert_eq!(
+            OperationKind::from_status("DELETE_IN_PROGRESS"),
+            OperationKind::Delete
+        );
+        assert_eq!(
+            OperationKind::from_status("IMPORT_ROLLBACK_COMPLETE"),
+            OperationKind::Import
+        );
     }
 }

@@ -96,7 +96,12 @@ mod tests {
 
     #[test]
     fn stack_statuses() {
-        for s in ["CREATE_COMPLETE", "UPDATE_COMPLETE", "IMPORT_COMPLETE", "DELETE_COMPLETE"] {
+        for s in [
+            "CREATE_COMPLETE",
+            "UPDATE_COMPLETE",
+            "IMPORT_COMPLETE",
+            "DELETE_COMPLETE",
+        ] {
             assert_eq!(stack_phase(s), StackPhase::Succeeded, "{s}");
         }
         for s in [
@@ -132,10 +137,22 @@ mod tests {
 
     #[test]
     fn resource_statuses() {
-        assert_eq!(ResourcePhase::of("CREATE_COMPLETE"), ResourcePhase::Completed);
-        assert_eq!(ResourcePhase::of("DELETE_SKIPPED"), ResourcePhase::Completed);
-        assert_eq!(ResourcePhase::of("UPDATE_ROLLBACK_COMPLETE"), ResourcePhase::Completed);
-        assert_eq!(ResourcePhase::of("DELETE_IN_PROGRESS"), ResourcePhase::InProgress);
+        assert_eq!(
+            ResourcePhase::of("CREATE_COMPLETE"),
+            ResourcePhase::Completed
+        );
+        assert_eq!(
+            ResourcePhase::of("DELETE_SKIPPED"),
+            ResourcePhase::Completed
+        );
+        assert_eq!(
+            ResourcePhase::of("UPDATE_ROLLBACK_COMPLETE"),
+            ResourcePhase::Completed
+        );
+        assert_eq!(
+            ResourcePhase::of("DELETE_IN_PROGRESS"),
+            ResourcePhase::InProgress
+        );
         assert_eq!(ResourcePhase::of("CREATE_FAILED"), ResourcePhase::Failed);
         assert_eq!(ResourcePhase::of("IMPORT_FAILED"), ResourcePhase::Failed);
     }

@@ -160,7 +160,11 @@ impl Tracker {
     pub fn new(client: Client, config: TrackerConfig) -> Self {
         let api = Api::new(client, config.calls.clone(), config.call_timeout);
         let (state_tx, _) = watch::channel(TrackerState::default());
-        Self { api, config, state_tx }
+        Self {
+            api,
+            config,
+            state_tx,
+        }
     }
 
     /// The current state, updated after every poll cycle.
@@ -298,10 +302,13 @@ impl Run {
         };
 
         self.poll_all(Some(hints)).await?;
-        self.emit(TrackerMessage::Snapshot(self.state(None))).await?;
+        self.emit(TrackerMessage::Snapshot(self.state(None)))
+            .await?;
 
         loop {
-            let info = self.call(|api, arn| async move { api.describe_stack(&arn).await }, 0).await?;
+            let info = self
+                .call(|api, arn| async move { api.describe_stack(&arn).await }, 0)
+                .await?;
             if stack_phase(&info.status).is_terminal() {
                 return self.complete(info).await;
             }
@@ -370,8 +377,13 @@ impl Run {
         F: Fn(Api, String) -> Fut,
         Fut: Future<Output = Result<T, AwsError>>,
     {
-        let arn = self.feeds.get(feed).map(|f| f.arn.clone()).unwrap_or_default();
-        self.retrying("CloudFormation", move |api| f(api, arn.clone())).await
+        let arn = self
+            .feeds
+            .get(feed)
+            .map(|f| f.arn.clone())
+            .unwrap_or_default();
+        self.retrying("CloudFormation", move |api| f(api, arn.clone()))
+            .await
     }
 
     /// The retry loop: throttling and transient errors are retried with backoff,
@@ -438,7 +450,11 @@ impl Run {
             let r = if self.feeds[i].scanned {
                 self.poll_feed(i).await
             } else {
-                let hints = if i == 0 { root_hints.take().unwrap_or_default() } else { ScopeHints::default() };
+                let hints = if i == 0 {
+                    root_hints.take().unwrap_or_default()
+                } else {
+                    ScopeHints::default()
+                };
                 self.scan_feed(i, hints).await
             };
             let events = match r {
@@ -454,7 +470,8 @@ impl Run {
                 Err(e) => return Err(e),
             };
             if self.feeds[i].finished {
-                self.feeds[i].polls_after_finish = self.feeds[i].polls_after_finish.saturating_add(1);
+                self.feeds[i].polls_after_finish =
+                    self.feeds[i].polls_after_finish.saturating_add(1);
             }
             for e in &events {
                 self.discover(i, e);
@@ -471,7 +488,9 @@ impl Run {
 
     /// Starts (or wakes) a nested stack feed from a parent's event.
     fn discover(&mut self, parent: usize, e: &Event) {
-        let Some(child) = nested::child_of(e) else { return };
+        let Some(child) = nested::child_of(e) else {
+            return;
+        };
         match self.index.get(&child.arn) {
             Some(&idx) => {
                 if nested::reopens(e) {
@@ -482,10 +501,13 @@ impl Run {
                 }
             }
             None => {
-                let name = stack_name_from_arn(&child.arn).unwrap_or(&child.logical_id).to_string();
+                let name = stack_name_from_arn(&child.arn)
+                    .unwrap_or(&child.logical_id)
+                    .to_string();
                 tracing::info!(parent = %self.feeds[parent].name, nested = %name, "tracking nested stack");
                 self.index.insert(child.arn.clone(), self.feeds.len());
-                self.feeds.push(Feed::new(child.arn.clone(), name, Some(child)));
+                self.feeds
+                    .push(Feed::new(child.arn.clone(), name, Some(child)));
             }
         }
     }
@@ -525,7 +547,10 @@ impl Run {
     /// resources the update may not touch.
     async fn seed_root(&mut self, kind: OperationKind) -> Result<(), Stop> {
         match self
-            .call(|api, arn| async move { api.template_resource_count(&arn).await }, 0)
+            .call(
+                |api, arn| async move { api.template_resource_count(&arn).await },
+                0,
+            )
             .await
         {
             Ok(n) => self.feeds[0].table.expect_at_least(n),
@@ -585,7 +610,9 @@ impl Run {
     /// poller already did).
     async fn apply(&mut self, i: usize, e: Event) -> Result<(), Stop> {
         let already_sent = self.config.seen_event_ids.contains(&e.id);
-        let Some(feed) = self.feeds.get_mut(i) else { return Ok(()) };
+        let Some(feed) = self.feeds.get_mut(i) else {
+            return Ok(());
+        };
         let resource = if e.is_stack_event() {
             feed.status = e.status.clone();
             if feed.parent.is_some() && stack_phase(&e.status).is_terminal() {
@@ -645,18 +672,27 @@ impl Run {
             }
         }
         self.feeds[0].status = info.status.clone();
-        let root_cause = if success { None } else { Some(self.root_cause(&info)) };
+        let root_cause = if success {
+            None
+        } else {
+            Some(self.root_cause(&info))
+        };
         let done = DeploymentComplete {
             success,
             stack: self.feeds[0].summary(),
-            outputs: if success { info.outputs.clone() } else { Vec::new() },
+            outputs: if success {
+                info.outputs.clone()
+            } else {
+                Vec::new()
+            },
             duration_seconds: self.duration_seconds(&info.status),
             root_cause,
         };
         let state = self.state(Some(done.clone()));
         self.state_tx.send_replace(state.clone());
         self.emit(TrackerMessage::Snapshot(state)).await?;
-        self.emit(TrackerMessage::DeploymentComplete(done.clone())).await?;
+        self.emit(TrackerMessage::DeploymentComplete(done.clone()))
+            .await?;
         tracing::info!(stack = %info.name, status = %info.status, calls = self.api.calls().total(), "operation complete");
         Ok(Outcome::Completed(done))
     }
@@ -726,8 +762,16 @@ impl Run {
                     let s = f.summary();
                     NestedStackState {
                         stack_id: f.arn.clone(),
-                        logical_id: f.parent.as_ref().map(|p| p.logical_id.clone()).unwrap_or_default(),
-                        parent_stack_id: f.parent.as_ref().map(|p| p.parent_arn.clone()).unwrap_or_default(),
+                        logical_id: f
+                            .parent
+                            .as_ref()
+                            .map(|p| p.logical_id.clone())
+                            .unwrap_or_default(),
+                        parent_stack_id: f
+                            .parent
+                            .as_ref()
+                            .map(|p| p.parent_arn.clone())
+                            .unwrap_or_default(),
                         resources: f.resources(s.progress),
                         stack: s,
                     }
@@ -773,8 +817,16 @@ mod tests {
 
     #[test]
     fn merge_keeps_each_stack_in_order() {
-        let a = vec![ev("a1", "A", "S", 1), ev("a2", "A", "S", 3), ev("a3", "A", "S", 3)];
-        let b = vec![ev("b1", "B", "S", 2), ev("b2", "B", "S", 3), ev("b3", "B", "S", 1)];
+        let a = vec![
+            ev("a1", "A", "S", 1),
+            ev("a2", "A", "S", 3),
+            ev("a3", "A", "S", 3),
+        ];
+        let b = vec![
+            ev("b1", "B", "S", 2),
+            ev("b2", "B", "S", 3),
+            ev("b3", "B", "S", 1),
+        ];
         let out: Vec<String> = merge_chronological(vec![(0, a), (1, b)])
             .into_iter()
             .map(|(_, e)| e.id)
@@ -786,7 +838,9 @@ mod tests {
     fn poll_interval_fractions() {
         let c = TrackerConfig::new("s").with_poll_interval_secs(0.25);
         assert_eq!(c.poll_interval, Duration::from_millis(250));
-        let c = c.with_poll_interval_secs(-1.0).with_poll_interval_secs(f64::NAN);
+        let c = c
+            .with_poll_interval_secs(-1.0)
+            .with_poll_interval_secs(f64::NAN);
         assert_eq!(c.poll_interval, Duration::from_millis(250));
     }
 }

@@ -197,9 +197,19 @@ mod tests {
         assert_eq!(v["outputs"], serde_json::json!([]));
         assert_eq!(v["rootCause"]["logicalId"], "Db");
         assert_eq!(v["rootCause"]["type"], "AWS::RDS::DBInstance");
-        let ok = DeploymentComplete { success: true, root_cause: None, ..c };
-        assert_eq!(serde_json::to_value(&ok).expect("serialize")["rootCause"], serde_json::Value::Null);
-        let e = TrackerError { message: "Rate exceeded".into(), retrying: true };
+        let ok = DeploymentComplete {
+            success: true,
+            root_cause: None,
+            ..c
+        };
+        assert_eq!(
+            serde_json::to_value(&ok).expect("serialize")["rootCause"],
+            serde_json::Value::Null
+        );
+        let e = TrackerError {
+            message: "Rate exceeded".into(),
+            retrying: true,
+        };
         assert_eq!(
             serde_json::to_value(&e).expect("serialize"),
             serde_json::json!({"type": "error", "message": "Rate exceeded", "retrying": true})
