@@ -27,8 +27,9 @@ use crate::hub::{CloseReason, Delivery, Outbox, SubscribeError};
 
 /// Items written per flush at most, so pings and closes are not starved.
 const BATCH: usize = 64;
-/// How long a close frame may take to write to a peer that does not read.
-const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a close frame may take to write to a peer that does not read (a slow
+/// consumer gets this long to drain what is already in flight).
+const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub async fn run(socket: WebSocket, state: AppState, mut slot: Slot, remote: SocketAddr) {
     let (outbox, rx) = Outbox::new(state.config.queue_size);

@@ -29,11 +29,19 @@ impl Server {
     }
 
     pub async fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut args = vec!["--publisher-key", KEY];
+        args.extend_from_slice(extra);
+        Server::spawn(&args, env).await
+    }
+
+    /// Starts `stackpulse serve --bind 127.0.0.1:0` with exactly `args` and `env`.
+    pub async fn spawn(args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_stackpulse"));
-        cmd.args(["serve", "--bind", "127.0.0.1:0", "--publisher-key", KEY])
-            .args(extra)
-            .envs(env.iter().copied())
+        cmd.args(["serve", "--bind", "127.0.0.1:0"])
+            .args(args)
             .env_remove("STACKPULSE_CONFIG")
+            .env_remove("STACKPULSE_PUBLISHER_KEYS")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(if std::env::var_os("STACKPULSE_TEST_LOGS").is_some() {
                 Stdio::inherit()
