@@ -57,7 +57,8 @@ impl ProtocolError {
 
 /// Parses one text frame.
 pub fn parse_client_message(text: &str) -> Result<ClientMessage, ProtocolError> {
-    let value: Value = serde_json::from_str(text).map_err(|e| ProtocolError::InvalidJson(e.to_string()))?;
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| ProtocolError::InvalidJson(e.to_string()))?;
     let Value::Object(obj) = value else {
         return Err(ProtocolError::NotAnObject);
     };
@@ -115,17 +116,25 @@ mod tests {
     use super::*;
 
     fn err(text: &str) -> String {
-        parse_client_message(text).expect_err("must fail").to_string()
+        parse_client_message(text)
+            .expect_err("must fail")
+            .to_string()
     }
 
     #[test]
     fn parses_every_action() {
         assert_eq!(
             parse_client_message(r#"{"action":"subscribe","deployment_id":"D1"}"#),
-            Ok(ClientMessage::Subscribe { deployment_id: "D1".into(), since: None, epoch: None })
+            Ok(ClientMessage::Subscribe {
+                deployment_id: "D1".into(),
+                since: None,
+                epoch: None
+            })
         );
         assert_eq!(
-            parse_client_message(r#"{"action":"subscribe","deployment_id":"D1","since":41,"epoch":"k3"}"#),
+            parse_client_message(
+                r#"{"action":"subscribe","deployment_id":"D1","since":41,"epoch":"k3"}"#
+            ),
             Ok(ClientMessage::Subscribe {
                 deployment_id: "D1".into(),
                 since: Some(41),
@@ -134,9 +143,14 @@ mod tests {
         );
         assert_eq!(
             parse_client_message(r#"{"action":"unsubscribe","deployment_id":"D1"}"#),
-            Ok(ClientMessage::Unsubscribe { deployment_id: "D1".into() })
+            Ok(ClientMessage::Unsubscribe {
+                deployment_id: "D1".into()
+            })
         );
-        assert_eq!(parse_client_message(r#"{"action":"ping"}"#), Ok(ClientMessage::Ping));
+        assert_eq!(
+            parse_client_message(r#"{"action":"ping"}"#),
+            Ok(ClientMessage::Ping)
+        );
     }
 
     #[test]
@@ -147,7 +161,10 @@ mod tests {
         assert_eq!(err(r#"{"action":"foo"}"#), "Unknown action: foo");
         assert_eq!(err(r#"{"action":7}"#), "Unknown action: 7");
         assert_eq!(err(r#"{"action":"subscribe"}"#), "Missing deployment_id");
-        assert_eq!(err(r#"{"action":"subscribe","deployment_id":""}"#), "Missing deployment_id");
+        assert_eq!(
+            err(r#"{"action":"subscribe","deployment_id":""}"#),
+            "Missing deployment_id"
+        );
         assert_eq!(err(r#"{"action":"unsubscribe"}"#), "Missing deployment_id");
         assert_eq!(
             err(r#"{"action":"subscribe","deployment_id":"D","since":-1}"#),
@@ -162,8 +179,10 @@ mod tests {
             "Invalid since: must be a non-negative integer"
         );
         let long = "x".repeat(MAX_TOPIC_LEN + 1);
-        assert!(err(&format!(r#"{{"action":"subscribe","deployment_id":"{long}"}}"#))
-            .starts_with("Invalid deployment_id"));
+        assert!(err(&format!(
+            r#"{{"action":"subscribe","deployment_id":"{long}"}}"#
+        ))
+        .starts_with("Invalid deployment_id"));
     }
 
     #[test]

@@ -133,10 +133,9 @@ impl PublishRequest {
         }
         let acl = match obj.remove("acl") {
             None | Some(Value::Null) => None,
-            Some(v) => Some(
-                serde_json::from_value::<Acl>(v)
-                    .map_err(|e| format!("Invalid acl: {e}"))?,
-            ),
+            Some(v) => {
+                Some(serde_json::from_value::<Acl>(v).map_err(|e| format!("Invalid acl: {e}"))?)
+            }
         };
         if let Some(extra) = obj.keys().next() {
             return Err(format!("Unknown field: {extra}"));
@@ -168,7 +167,9 @@ fn validate_type(t: &str) -> Result<(), String> {
         ));
     }
     if t.ends_with(".snapshot") {
-        return Err(format!("Invalid type: {t} is reserved for server snapshots"));
+        return Err(format!(
+            "Invalid type: {t} is reserved for server snapshots"
+        ));
     }
     Ok(())
 }
@@ -204,8 +205,14 @@ mod tests {
         assert!(err("nope").starts_with("Invalid JSON"));
         assert_eq!(err("[]"), "Body must be a JSON object");
         assert_eq!(err(r#"{"deployment_id":"D","data":{}}"#), "Missing type");
-        assert_eq!(err(r#"{"type":"deployment.status","data":{}}"#), "Missing deployment_id");
-        assert_eq!(err(r#"{"type":"deployment.status","deployment_id":"D"}"#), "Missing data");
+        assert_eq!(
+            err(r#"{"type":"deployment.status","data":{}}"#),
+            "Missing deployment_id"
+        );
+        assert_eq!(
+            err(r#"{"type":"deployment.status","deployment_id":"D"}"#),
+            "Missing data"
+        );
         assert_eq!(
             err(r#"{"type":"deployment.status","deployment_id":"D","data":[]}"#),
             "Invalid data: must be a JSON object"
@@ -215,11 +222,17 @@ mod tests {
             "Missing data.status for type deployment.status"
         );
         assert_eq!(
-            err(r#"{"type":"deployment.status","deployment_id":"D","data":{"status":"x","total_layers":-2}}"#),
+            err(
+                r#"{"type":"deployment.status","deployment_id":"D","data":{"status":"x","total_layers":-2}}"#
+            ),
             "Invalid data.total_layers: must be a non-negative integer"
         );
-        assert!(err(r#"{"type":"Bad Type","deployment_id":"D","data":{}}"#).starts_with("Invalid type"));
-        assert!(err(r#"{"type":"stack.snapshot","deployment_id":"D","data":{}}"#).contains("reserved"));
+        assert!(
+            err(r#"{"type":"Bad Type","deployment_id":"D","data":{}}"#).starts_with("Invalid type")
+        );
+        assert!(
+            err(r#"{"type":"stack.snapshot","deployment_id":"D","data":{}}"#).contains("reserved")
+        );
         assert_eq!(
             err(r#"{"type":"a.b","deployment_id":"D","data":{},"extra":1}"#),
             "Unknown field: extra"

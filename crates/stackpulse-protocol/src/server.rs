@@ -116,7 +116,10 @@ mod tests {
             r#"{"type":"error","code":400,"message":"Missing deployment_id"}"#
         );
         assert_eq!(
-            ServerMessage::Unsubscribed { deployment_id: "D".into() }.to_json(),
+            ServerMessage::Unsubscribed {
+                deployment_id: "D".into()
+            }
+            .to_json(),
             r#"{"type":"unsubscribed","deployment_id":"D"}"#
         );
     }
@@ -129,6 +132,9 @@ mod tests {
         .expect("parses");
         assert!(matches!(ev, Incoming::Event(Event { seq: 3, .. })));
         let pong = Incoming::parse(r#"{"type":"pong","timestamp":"t"}"#).expect("parses");
-        assert!(matches!(pong, Incoming::Control(ServerMessage::Pong { .. })));
+        assert!(matches!(
+            pong,
+            Incoming::Control(ServerMessage::Pong { .. })
+        ));
     }
 }

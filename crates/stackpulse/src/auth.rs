@@ -49,7 +49,10 @@ fn digest(key: &str) -> [u8; 32] {
 }
 
 fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 impl PublisherKeys {
@@ -102,7 +105,10 @@ mod tests {
         let keys = PublisherKeys::new(["k1", "k2"]);
         assert_eq!(keys.check(Some("Bearer k2")), Ok(()));
         assert_eq!(keys.check(Some("bearer  k1 ")), Ok(()));
-        assert_eq!(keys.check(Some("Bearer nope")), Err(PublisherRefusal::Invalid));
+        assert_eq!(
+            keys.check(Some("Bearer nope")),
+            Err(PublisherRefusal::Invalid)
+        );
         assert_eq!(keys.check(Some("Basic k1")), Err(PublisherRefusal::Missing));
         assert_eq!(keys.check(None), Err(PublisherRefusal::Missing));
         assert_eq!(

@@ -16,7 +16,11 @@ use crate::config::{Config, LogFormat, ServeArgs};
 use stackpulse_protocol::ServerMessage;
 
 #[derive(Debug, Parser)]
-#[command(name = "stackpulse", version, about = "Live cloud deployments over WebSocket")]
+#[command(
+    name = "stackpulse",
+    version,
+    about = "Live cloud deployments over WebSocket"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -35,7 +39,11 @@ pub struct TailArgs {
     /// Topic (deployment id or stack name).
     pub topic: String,
     /// Server URL.
-    #[arg(long, env = "STACKPULSE_SERVER", default_value = "http://127.0.0.1:8000")]
+    #[arg(
+        long,
+        env = "STACKPULSE_SERVER",
+        default_value = "http://127.0.0.1:8000"
+    )]
     pub server: String,
     /// Replay events after this seq first.
     #[arg(long)]
@@ -117,7 +125,9 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
         "no authentication configured: serving loopback only ({addr}); anyone on this machine can subscribe"
     );
     if config.publisher_keys.is_empty() {
-        tracing::warn!("no publisher key configured: POST /v1/events will answer 401 (set --publisher-key)");
+        tracing::warn!(
+            "no publisher key configured: POST /v1/events will answer 401 (set --publisher-key)"
+        );
     }
     match crate::server::serve(listener, config, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -154,7 +164,10 @@ pub async fn tail(args: TailArgs) -> ExitCode {
             Some(Ok(Frame::Event(event))) => {
                 backoff = Duration::from_millis(250);
                 if let Ok(line) = serde_json::to_string(&event) {
-                    if writeln!(stdout, "{line}").and_then(|_| stdout.flush()).is_err() {
+                    if writeln!(stdout, "{line}")
+                        .and_then(|_| stdout.flush())
+                        .is_err()
+                    {
                         return ExitCode::SUCCESS; // stdout closed (e.g. piped into head)
                     }
                 }

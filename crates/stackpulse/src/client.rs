@@ -69,7 +69,8 @@ pub fn ws_url(server: &str) -> Result<String, ClientError> {
         "https" | "wss" => "wss",
         _ => return Err(ClientError::Url(server.to_owned())),
     };
-    url.set_scheme(scheme).map_err(|_| ClientError::Url(server.to_owned()))?;
+    url.set_scheme(scheme)
+        .map_err(|_| ClientError::Url(server.to_owned()))?;
     if url.path() == "/" || url.path().is_empty() {
         url.set_path("/ws");
     }
@@ -98,10 +99,18 @@ impl Client {
 
     /// Sends a raw WebSocket message.
     pub async fn send_message(&mut self, message: Message) -> Result<(), ClientError> {
-        self.socket.send(message).await.map_err(|e| ClientError::Socket(Box::new(e)))
+        self.socket
+            .send(message)
+            .await
+            .map_err(|e| ClientError::Socket(Box::new(e)))
     }
 
-    pub async fn subscribe(&mut self, topic: &str, since: Option<u64>, epoch: Option<&str>) -> Result<(), ClientError> {
+    pub async fn subscribe(
+        &mut self,
+        topic: &str,
+        since: Option<u64>,
+        epoch: Option<&str>,
+    ) -> Result<(), ClientError> {
         let mut msg = serde_json::json!({ "action": "subscribe", "deployment_id": topic });
         if let Some(since) = since {
             msg["since"] = since.into();
@@ -188,8 +197,11 @@ impl Client {
     /// Opens a new socket and resubscribes every topic from its last seen seq.
     pub async fn reconnect(&mut self) -> Result<(), ClientError> {
         self.socket = open(&self.url, self.token.as_deref()).await?;
-        let positions: Vec<(String, Position)> =
-            self.positions.iter().map(|(t, p)| (t.clone(), p.clone())).collect();
+        let positions: Vec<(String, Position)> = self
+            .positions
+            .iter()
+            .map(|(t, p)| (t.clone(), p.clone()))
+            .collect();
         for (topic, p) in positions {
             self.subscribe(&topic, p.seq, p.epoch.as_deref()).await?;
         }
@@ -202,7 +214,10 @@ impl Client {
     }
 }
 
-async fn open(url: &str, token: Option<&str>) -> Result<WebSocketStream<MaybeTlsStream<TcpStream>>, ClientError> {
+async fn open(
+    url: &str,
+    token: Option<&str>,
+) -> Result<WebSocketStream<MaybeTlsStream<TcpStream>>, ClientError> {
     let mut request = url
         .into_client_request()
         .map_err(|_| ClientError::Url(url.to_owned()))?;
@@ -226,8 +241,14 @@ mod tests {
 
     #[test]
     fn ws_url_from_server_url() {
-        assert_eq!(ws_url("http://127.0.0.1:8000").expect("ok"), "ws://127.0.0.1:8000/ws");
-        assert_eq!(ws_url("https://x.example/").expect("ok"), "wss://x.example/ws");
+        assert_eq!(
+            ws_url("http://127.0.0.1:8000").expect("ok"),
+            "ws://127.0.0.1:8000/ws"
+        );
+        assert_eq!(
+            ws_url("https://x.example/").expect("ok"),
+            "wss://x.example/ws"
+        );
         assert_eq!(ws_url("ws://h:1/ws").expect("ok"), "ws://h:1/ws");
         assert!(ws_url("ftp://h").is_err());
     }

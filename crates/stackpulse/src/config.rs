@@ -22,7 +22,12 @@ pub struct ServeArgs {
     #[arg(long, env = "STACKPULSE_BIND", value_name = "ADDR:PORT")]
     pub bind: Option<SocketAddr>,
     /// Publisher API key for `POST /v1/events` (repeatable; env: comma-separated).
-    #[arg(long = "publisher-key", env = "STACKPULSE_PUBLISHER_KEYS", value_name = "KEY", value_delimiter = ',')]
+    #[arg(
+        long = "publisher-key",
+        env = "STACKPULSE_PUBLISHER_KEYS",
+        value_name = "KEY",
+        value_delimiter = ','
+    )]
     pub publisher_keys: Vec<String>,
     /// Log format [default: text].
     #[arg(long, env = "STACKPULSE_LOG_FORMAT", value_name = "text|json")]
@@ -184,7 +189,9 @@ impl Config {
             log_format: args.log_format.or(file.log_format).unwrap_or(d.log_format),
             history_size: positive(
                 "history-size",
-                args.history_size.or(file.history_size).unwrap_or(d.history_size),
+                args.history_size
+                    .or(file.history_size)
+                    .unwrap_or(d.history_size),
             )?,
             history_retention: match args.history_retention.or(file.history_retention) {
                 Some(s) => seconds("history-retention", s)?,
@@ -192,7 +199,9 @@ impl Config {
             },
             max_connections: positive(
                 "max-connections",
-                args.max_connections.or(file.max_connections).unwrap_or(d.max_connections),
+                args.max_connections
+                    .or(file.max_connections)
+                    .unwrap_or(d.max_connections),
             )?,
             max_subscriptions: positive(
                 "max-subscriptions",
@@ -202,7 +211,9 @@ impl Config {
             )?,
             max_frame_bytes: positive(
                 "max-frame-bytes",
-                args.max_frame_bytes.or(file.max_frame_bytes).unwrap_or(d.max_frame_bytes),
+                args.max_frame_bytes
+                    .or(file.max_frame_bytes)
+                    .unwrap_or(d.max_frame_bytes),
             )?,
             queue_size: positive(
                 "queue-size",
@@ -254,7 +265,10 @@ mod tests {
             ..ServeArgs::default()
         };
         let e = Config::resolve(&args).expect_err("invalid");
-        assert_eq!(e.to_string(), "invalid value for idle-timeout: -1 is not a positive number of seconds");
+        assert_eq!(
+            e.to_string(),
+            "invalid value for idle-timeout: -1 is not a positive number of seconds"
+        );
         let mut file = tempfile::NamedTempFile::new().expect("tmp");
         writeln!(file, "bnid = 1").expect("write");
         let args = ServeArgs {

@@ -37,10 +37,19 @@ pub fn install() -> Option<&'static PrometheusHandle> {
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_gauge!("stackpulse_connections", "Open WebSocket connections");
-    describe_gauge!("stackpulse_subscriptions", "Open subscriptions on this node");
+    describe_gauge!(
+        "stackpulse_subscriptions",
+        "Open subscriptions on this node"
+    );
     describe_gauge!("stackpulse_topics", "Topics stored");
-    describe_counter!("stackpulse_events_published_total", "Events accepted by the hub");
-    describe_counter!("stackpulse_messages_delivered_total", "Event frames written to sockets");
+    describe_counter!(
+        "stackpulse_events_published_total",
+        "Events accepted by the hub"
+    );
+    describe_counter!(
+        "stackpulse_messages_delivered_total",
+        "Event frames written to sockets"
+    );
     describe_counter!(
         "stackpulse_messages_dropped_total",
         "Messages not queued because the connection was full or closing"
@@ -49,9 +58,18 @@ fn describe() {
         "stackpulse_slow_consumer_closes_total",
         "Connections closed because their outgoing queue overflowed"
     );
-    describe_counter!("stackpulse_connections_refused_total", "Connections refused at admission");
-    describe_counter!("stackpulse_client_errors_total", "Client frames answered with an error");
-    describe_counter!("stackpulse_subscription_repairs_total", "Subscriptions repaired from history after a gap");
+    describe_counter!(
+        "stackpulse_connections_refused_total",
+        "Connections refused at admission"
+    );
+    describe_counter!(
+        "stackpulse_client_errors_total",
+        "Client frames answered with an error"
+    );
+    describe_counter!(
+        "stackpulse_subscription_repairs_total",
+        "Subscriptions repaired from history after a gap"
+    );
     describe_histogram!(
         "stackpulse_delivery_latency_seconds",
         Unit::Seconds,

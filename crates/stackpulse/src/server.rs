@@ -49,7 +49,8 @@ pub fn build_state(config: Config) -> AppState {
         replay_timeout: REPLAY_TIMEOUT,
     };
     let (hub, memory) = Hub::in_memory(hub_config);
-    let every = (config.history_retention / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
+    let every =
+        (config.history_retention / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
     let weak = std::sync::Arc::downgrade(&memory);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
@@ -73,17 +74,23 @@ pub async fn serve(
     let state = build_state(config);
     let app = router(state.clone());
     let closing = state.clone();
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: closing connections with 1001");
-            closing.shutdown.cancel();
-            closing.registry.close_all(CloseReason::Shutdown);
-        })
-        .await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("shutting down: closing connections with 1001");
+        closing.shutdown.cancel();
+        closing.registry.close_all(CloseReason::Shutdown);
+    })
+    .await?;
     state.registry.close_all(CloseReason::Shutdown);
     state.tasks.close();
-    if tokio::time::timeout(grace, state.tasks.wait()).await.is_err() {
+    if tokio::time::timeout(grace, state.tasks.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!(
             remaining = state.registry.len(),
             "shutdown grace period over; dropping remaining connections"

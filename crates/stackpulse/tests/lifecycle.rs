@@ -22,7 +22,11 @@ async fn a_client_that_stops_reading_is_closed_and_others_keep_receiving() {
     // Wait until the slow subscription is live too (the topic shows 2 subscribers).
     loop {
         let (_, body) = server.get("/v1/topics/S").await;
-        if serde_json::from_str::<Value>(&body).ok().and_then(|v| v["subscribers"].as_u64()) == Some(2) {
+        if serde_json::from_str::<Value>(&body)
+            .ok()
+            .and_then(|v| v["subscribers"].as_u64())
+            == Some(2)
+        {
             break;
         }
         tokio::task::yield_now().await;
@@ -60,20 +64,33 @@ async fn a_client_that_stops_reading_is_closed_and_others_keep_receiving() {
     }
     let mut received = 0u64;
     let code = loop {
-        match tokio::time::timeout(WAIT, slow.next()).await.expect("slow client never closed") {
+        match tokio::time::timeout(WAIT, slow.next())
+            .await
+            .expect("slow client never closed")
+        {
             Some(Ok(Frame::Event(_))) => received += 1,
             Some(Ok(Frame::Control(_))) => {}
             Some(Ok(Frame::Closed(c))) => break c.map(|c| c.code),
             Some(Err(_)) | None => break None,
         }
     };
-    assert!(received < N, "the slow client did not get everything: {received}");
+    assert!(
+        received < N,
+        "the slow client did not get everything: {received}"
+    );
     if let Some(code) = code {
         assert_eq!(code, 4008);
     }
-    assert_eq!(server.metric("stackpulse_slow_consumer_closes_total").await, 1.0);
+    assert_eq!(
+        server.metric("stackpulse_slow_consumer_closes_total").await,
+        1.0
+    );
     assert!(server.metric("stackpulse_messages_dropped_total").await >= 1.0);
-    assert_eq!(server.metric("stackpulse_connections").await, 1.0, "only the fast client is left");
+    assert_eq!(
+        server.metric("stackpulse_connections").await,
+        1.0,
+        "only the fast client is left"
+    );
 }
 
 #[tokio::test]
@@ -130,7 +147,12 @@ async fn connection_limit_refuses_with_503_before_upgrade() {
     assert_eq!(resp.status().as_u16(), 503);
     let body: Value = resp.json().await.expect("json");
     assert_eq!(body["message"], "Server at connection limit (2)");
-    assert!(server.metric("stackpulse_connections_refused_total{reason=\"limit\"}").await >= 2.0);
+    assert!(
+        server
+            .metric("stackpulse_connections_refused_total{reason=\"limit\"}")
+            .await
+            >= 2.0
+    );
 
     a.close().await;
     let reconnected = tokio::time::timeout(WAIT, async {
@@ -151,11 +173,16 @@ async fn silent_clients_time_out_and_answering_clients_stay() {
     // This client reads, so its library answers the server's pings: it stays.
     let mut alive = server.connect().await;
     assert!(
-        tokio::time::timeout(Duration::from_millis(1500), alive.next()).await.is_err(),
+        tokio::time::timeout(Duration::from_millis(1500), alive.next())
+            .await
+            .is_err(),
         "nothing but pings for three idle timeouts"
     );
     alive.ping().await.expect("send");
-    assert!(matches!(next_control(&mut alive).await, ServerMessage::Pong { .. }));
+    assert!(matches!(
+        next_control(&mut alive).await,
+        ServerMessage::Pong { .. }
+    ));
 
     // With pings far apart, a client that says nothing is closed with 4000.
     let server = Server::start(&["--idle-timeout", "0.3", "--ping-interval", "60"]).await;
@@ -191,12 +218,28 @@ async fn publish_api_refuses_bad_credentials_and_bodies() {
     let url = server.url("/v1/events");
     let good = json!({"type":"deployment.status","deployment_id":"P","data":{"status":"x"}});
 
-    let resp = server.http.post(&url).json(&good).send().await.expect("send");
+    let resp = server
+        .http
+        .post(&url)
+        .json(&good)
+        .send()
+        .await
+        .expect("send");
     assert_eq!(resp.status().as_u16(), 401);
     let body: Value = resp.json().await.expect("json");
-    assert!(body["message"].as_str().expect("msg").starts_with("Unauthorized: Missing publisher key"));
+    assert!(body["message"]
+        .as_str()
+        .expect("msg")
+        .starts_with("Unauthorized: Missing publisher key"));
 
-    let resp = server.http.post(&url).bearer_auth("wrong").json(&good).send().await.expect("send");
+    let resp = server
+        .http
+        .post(&url)
+        .bearer_auth("wrong")
+        .json(&good)
+        .send()
+        .await
+        .expect("send");
     assert_eq!(resp.status().as_u16(), 401);
     let body: Value = resp.json().await.expect("json");
     assert_eq!(body["message"], "Unauthorized: Invalid publisher key");
@@ -204,12 +247,25 @@ async fn publish_api_refuses_bad_credentials_and_bodies() {
     for (body, want) in [
         (json!([]), "Body must be a JSON object"),
         (json!({"deployment_id":"P","data":{}}), "Missing type"),
-        (json!({"type":"deployment.status","data":{"status":"x"}}), "Missing deployment_id"),
-        (json!({"type":"deployment.status","deployment_id":"P"}), "Missing data"),
-        (json!({"type":"deployment.status","deployment_id":"P","data":{}}), "Missing data.status for type deployment.status"),
+        (
+            json!({"type":"deployment.status","data":{"status":"x"}}),
+            "Missing deployment_id",
+        ),
+        (
+            json!({"type":"deployment.status","deployment_id":"P"}),
+            "Missing data",
+        ),
+        (
+            json!({"type":"deployment.status","deployment_id":"P","data":{}}),
+            "Missing data.status for type deployment.status",
+        ),
     ] {
         let (code, resp) = server.publish_raw(&body).await;
-        assert_eq!((code, resp["message"].as_str()), (400, Some(want)), "{body}");
+        assert_eq!(
+            (code, resp["message"].as_str()),
+            (400, Some(want)),
+            "{body}"
+        );
     }
     let resp = server
         .http
@@ -222,7 +278,10 @@ async fn publish_api_refuses_bad_credentials_and_bodies() {
         .expect("send");
     assert_eq!(resp.status().as_u16(), 400);
     let body: Value = resp.json().await.expect("json");
-    assert!(body["message"].as_str().expect("msg").starts_with("Invalid JSON"));
+    assert!(body["message"]
+        .as_str()
+        .expect("msg")
+        .starts_with("Invalid JSON"));
 
     // None of the refused publishes used a seq.
     assert_eq!(server.publish("P", "first").await, 1);
@@ -242,7 +301,10 @@ async fn without_a_configured_key_publishing_says_how_to_enable_it() {
         .expect("send");
     assert_eq!(resp.status().as_u16(), 401);
     let body: Value = resp.json().await.expect("json");
-    assert!(body["message"].as_str().expect("msg").contains("--publisher-key"));
+    assert!(body["message"]
+        .as_str()
+        .expect("msg")
+        .contains("--publisher-key"));
 }
 
 #[tokio::test]
@@ -262,12 +324,21 @@ async fn publisher_keys_from_the_environment() {
 #[tokio::test]
 async fn operational_endpoints() {
     let server = Server::start(&[]).await;
-    assert_eq!(server.get("/healthz").await, (200, r#"{"status":"ok"}"#.to_string()));
-    assert_eq!(server.get("/readyz").await, (200, r#"{"status":"ready"}"#.to_string()));
+    assert_eq!(
+        server.get("/healthz").await,
+        (200, r#"{"status":"ok"}"#.to_string())
+    );
+    assert_eq!(
+        server.get("/readyz").await,
+        (200, r#"{"status":"ready"}"#.to_string())
+    );
 
     let (code, body) = server.get("/v1/topics/T").await;
     assert_eq!(code, 404);
-    assert_eq!(serde_json::from_str::<Value>(&body).expect("json")["message"], "Unknown topic: T");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).expect("json")["message"],
+        "Unknown topic: T"
+    );
 
     let mut c = server.connect().await;
     c.subscribe("T", None, None).await.expect("send");
@@ -308,7 +379,10 @@ async fn refuses_a_public_address_without_auth() {
         .expect("run");
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("refusing to listen on 0.0.0.0:0"), "{stderr}");
+    assert!(
+        stderr.contains("refusing to listen on 0.0.0.0:0"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]

@@ -27,8 +27,10 @@ async fn subscribe_publish_receive() {
     assert!(!epoch.is_empty());
 
     let (code, body) = server
-        .publish_raw(&json!({"type":"deployment.status","deployment_id":"D1BRV40",
-            "data":{"status":"deploying","current_layer":2,"total_layers":4}}))
+        .publish_raw(
+            &json!({"type":"deployment.status","deployment_id":"D1BRV40",
+            "data":{"status":"deploying","current_layer":2,"total_layers":4}}),
+        )
         .await;
     assert_eq!((code, body), (202, json!({"seq": 1})));
     let ev = next_event(&mut c).await;
@@ -36,12 +38,24 @@ async fn subscribe_publish_receive() {
     assert_eq!(ev.deployment_id, "D1BRV40");
     assert_eq!(ev.seq, 1);
     assert!(is_contract_timestamp(&ev.timestamp), "{}", ev.timestamp);
-    assert_eq!(ev.data, json!({"status":"deploying","current_layer":2,"total_layers":4}));
+    assert_eq!(
+        ev.data,
+        json!({"status":"deploying","current_layer":2,"total_layers":4})
+    );
 
     for (t, data) in [
-        ("stack.deployed", json!({"stack_name":"network","environment":"dev","duration_seconds":300,"resource_count":15})),
-        ("stack.failed", json!({"stack_name":"database-rds","environment":"dev","error_message":"Subnet not found"})),
-        ("log.created", json!({"level":"info","message":"Starting","stack_name":"security","environment":"dev"})),
+        (
+            "stack.deployed",
+            json!({"stack_name":"network","environment":"dev","duration_seconds":300,"resource_count":15}),
+        ),
+        (
+            "stack.failed",
+            json!({"stack_name":"database-rds","environment":"dev","error_message":"Subnet not found"}),
+        ),
+        (
+            "log.created",
+            json!({"level":"info","message":"Starting","stack_name":"security","environment":"dev"}),
+        ),
     ] {
         let (code, _) = server
             .publish_raw(&json!({"type": t, "deployment_id": "D1BRV40", "data": data}))
@@ -54,7 +68,10 @@ async fn subscribe_publish_receive() {
     // Another topic's events do not arrive here.
     server.publish("other", "x").await;
     c.ping().await.expect("send");
-    assert!(matches!(next_control(&mut c).await, ServerMessage::Pong { .. }));
+    assert!(matches!(
+        next_control(&mut c).await,
+        ServerMessage::Pong { .. }
+    ));
 }
 
 #[tokio::test]
@@ -89,21 +106,38 @@ async fn every_bad_message_gets_a_clear_error_and_the_connection_stays_usable() 
         (r#"{"deployment_id":"D"}"#, "Missing action"),
         (r#"{"action":"foo"}"#, "Unknown action: foo"),
         (r#"{"action":"subscribe"}"#, "Missing deployment_id"),
-        (r#"{"action":"subscribe","deployment_id":""}"#, "Missing deployment_id"),
+        (
+            r#"{"action":"subscribe","deployment_id":""}"#,
+            "Missing deployment_id",
+        ),
         (r#"{"action":"unsubscribe"}"#, "Missing deployment_id"),
-        (r#"{"action":"subscribe","deployment_id":"D","since":-4}"#, "Invalid since: must be a non-negative integer"),
-        (r#"{"action":"subscribe","deployment_id":"D","since":"4"}"#, "Invalid since: must be a non-negative integer"),
+        (
+            r#"{"action":"subscribe","deployment_id":"D","since":-4}"#,
+            "Invalid since: must be a non-negative integer",
+        ),
+        (
+            r#"{"action":"subscribe","deployment_id":"D","since":"4"}"#,
+            "Invalid since: must be a non-negative integer",
+        ),
     ];
     for (frame, expected) in cases {
         c.send_text(frame).await.expect("send");
         let (code, message) = error(&mut c).await;
         assert_eq!(code, 400, "{frame}");
-        assert!(message.starts_with(expected), "{frame}: got {message:?}, want {expected:?}");
+        assert!(
+            message.starts_with(expected),
+            "{frame}: got {message:?}, want {expected:?}"
+        );
     }
-    c.send_message(Message::Binary(vec![1u8, 2, 3].into())).await.expect("send");
+    c.send_message(Message::Binary(vec![1u8, 2, 3].into()))
+        .await
+        .expect("send");
     let (code, message) = error(&mut c).await;
     assert_eq!(code, 400);
-    assert!(message.contains("Binary frames are not supported"), "{message}");
+    assert!(
+        message.contains("Binary frames are not supported"),
+        "{message}"
+    );
 
     c.subscribe("D", None, None).await.expect("send");
     subscribed(&mut c).await;
@@ -112,7 +146,9 @@ async fn every_bad_message_gets_a_clear_error_and_the_connection_stays_usable() 
     c.unsubscribe("D").await.expect("send");
     assert_eq!(
         next_control(&mut c).await,
-        ServerMessage::Unsubscribed { deployment_id: "D".into() }
+        ServerMessage::Unsubscribed {
+            deployment_id: "D".into()
+        }
     );
     server.publish("D", "after unsubscribe").await;
     c.ping().await.expect("send");
@@ -131,7 +167,10 @@ async fn oversized_frame_closes_with_1009_and_spares_other_connections() {
     subscribed(&mut other).await;
 
     let mut c = server.connect().await;
-    let big = format!(r#"{{"action":"subscribe","deployment_id":"{}"}}"#, "x".repeat(2000));
+    let big = format!(
+        r#"{{"action":"subscribe","deployment_id":"{}"}}"#,
+        "x".repeat(2000)
+    );
     c.send_text(&big).await.expect("send");
     assert_eq!(close_code(&mut c).await, Some(1009));
 
@@ -187,7 +226,11 @@ async fn resume_after_disconnect_while_events_keep_flowing_is_gap_free() {
     }
     publisher.await.expect("publisher");
     assert_eq!(reconnects, 3);
-    assert_eq!(seqs, (1..=N).collect::<Vec<_>>(), "every seq exactly once, in order");
+    assert_eq!(
+        seqs,
+        (1..=N).collect::<Vec<_>>(),
+        "every seq exactly once, in order"
+    );
 }
 
 #[tokio::test]
@@ -207,7 +250,10 @@ async fn resume_beyond_history_or_in_another_epoch_is_not_recovered() {
     let (seq, _, recovered) = subscribed(&mut c).await;
     assert_eq!((seq, recovered), (12, false));
     let snap = next_event(&mut c).await;
-    assert_eq!((snap.event_type.as_str(), snap.seq), ("deployment.snapshot", 12));
+    assert_eq!(
+        (snap.event_type.as_str(), snap.seq),
+        ("deployment.snapshot", 12)
+    );
 
     // since 8: 9..12 are retained.
     c.subscribe("H", Some(8), Some(&epoch)).await.expect("send");
@@ -218,13 +264,17 @@ async fn resume_beyond_history_or_in_another_epoch_is_not_recovered() {
     }
 
     // A different epoch: the counter the client knew is gone.
-    c.subscribe("H", Some(10), Some("not-this-epoch")).await.expect("send");
+    c.subscribe("H", Some(10), Some("not-this-epoch"))
+        .await
+        .expect("send");
     let (_, _, recovered) = subscribed(&mut c).await;
     assert!(!recovered);
     assert!(next_event(&mut c).await.is_snapshot());
 
     // From the future.
-    c.subscribe("H", Some(99), Some(&epoch)).await.expect("send");
+    c.subscribe("H", Some(99), Some(&epoch))
+        .await
+        .expect("send");
     let (_, _, recovered) = subscribed(&mut c).await;
     assert!(!recovered);
     assert!(next_event(&mut c).await.is_snapshot());
@@ -241,8 +291,13 @@ async fn a_restarted_server_has_a_new_epoch() {
     let second = Server::start(&[]).await;
     second.publish("E", "b").await;
     let mut c = second.connect().await;
-    c.subscribe("E", Some(1), Some(&epoch1)).await.expect("send");
+    c.subscribe("E", Some(1), Some(&epoch1))
+        .await
+        .expect("send");
     let (_, epoch2, recovered) = subscribed(&mut c).await;
     assert_ne!(epoch1, epoch2);
-    assert!(!recovered, "same seq numbers, different counter: the client must refetch");
+    assert!(
+        !recovered,
+        "same seq numbers, different counter: the client must refetch"
+    );
 }

@@ -34,7 +34,11 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let Some(handle) = crate::metrics::install() else {
-        return error_body(StatusCode::SERVICE_UNAVAILABLE, "metrics recorder unavailable").into_response();
+        return error_body(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics recorder unavailable",
+        )
+        .into_response();
     };
     metrics::gauge!("stackpulse_connections").set(state.registry.len() as f64);
     metrics::gauge!("stackpulse_subscriptions").set(state.hub.subscription_count() as f64);

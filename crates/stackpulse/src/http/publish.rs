@@ -28,8 +28,11 @@ pub async fn publish(
     let body = match body {
         Ok(body) => body,
         Err(rejection) => {
-            return error_body(rejection.status(), &format!("Invalid body: {}", rejection.body_text()))
-                .into_response()
+            return error_body(
+                rejection.status(),
+                &format!("Invalid body: {}", rejection.body_text()),
+            )
+            .into_response()
         }
     };
     let request = match PublishRequest::from_json(&body) {

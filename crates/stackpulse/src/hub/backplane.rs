@@ -94,7 +94,8 @@ pub trait Deliver: Send + Sync {
 pub trait Backplane: Send + Sync + 'static {
     /// Assigns the topic's next seq, appends the event to its history, folds it into
     /// the snapshot and delivers it to every watching node, as one atomic step.
-    async fn publish(&self, topic: &str, draft: Draft) -> Result<Arc<StampedEvent>, BackplaneError>;
+    async fn publish(&self, topic: &str, draft: Draft)
+        -> Result<Arc<StampedEvent>, BackplaneError>;
 
     /// Reads the topic's epoch, latest seq, snapshot and the events after `since`.
     /// Creates the topic (seq 0, a fresh epoch) when it does not exist.
@@ -110,7 +111,11 @@ pub trait Backplane: Send + Sync + 'static {
     async fn info(&self, topic: &str) -> Result<Option<TopicInfo>, BackplaneError>;
 
     /// Tries to take the named lease for `ttl`; `None` when someone else holds it.
-    async fn acquire_lease(&self, name: &str, ttl: Duration) -> Result<Option<Lease>, BackplaneError>;
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        ttl: Duration,
+    ) -> Result<Option<Lease>, BackplaneError>;
 
     /// Extends a held lease; `false` when it was lost (expired and taken).
     async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, BackplaneError>;

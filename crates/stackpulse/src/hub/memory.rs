@@ -114,7 +114,11 @@ impl MemoryBackplane {
 
 #[async_trait]
 impl Backplane for MemoryBackplane {
-    async fn publish(&self, topic: &str, draft: Draft) -> Result<Arc<StampedEvent>, BackplaneError> {
+    async fn publish(
+        &self,
+        topic: &str,
+        draft: Draft,
+    ) -> Result<Arc<StampedEvent>, BackplaneError> {
         if let Some(lease) = &draft.fence {
             let leases = self.leases.lock();
             let held = leases
@@ -142,7 +146,8 @@ impl Backplane for MemoryBackplane {
         while t.history.len() > self.history.max_events {
             t.history.pop_front();
         }
-        t.snapshot.apply(seq, &timestamp, &draft.event_type, &draft.data);
+        t.snapshot
+            .apply(seq, &timestamp, &draft.event_type, &draft.data);
         t.snapshot_frame = None;
         if draft.acl.is_some() {
             t.acl = draft.acl;
@@ -156,7 +161,12 @@ impl Backplane for MemoryBackplane {
         let handle = self.topic(topic);
         let mut t = handle.lock();
         let events = match since {
-            Some(since) => t.history.iter().filter(|e| e.seq > since).cloned().collect(),
+            Some(since) => t
+                .history
+                .iter()
+                .filter(|e| e.seq > since)
+                .cloned()
+                .collect(),
             None => Vec::new(),
         };
         if t.snapshot_frame.is_none() && t.seq > 0 {
@@ -198,7 +208,11 @@ impl Backplane for MemoryBackplane {
         }))
     }
 
-    async fn acquire_lease(&self, name: &str, ttl: Duration) -> Result<Option<Lease>, BackplaneError> {
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        ttl: Duration,
+    ) -> Result<Option<Lease>, BackplaneError> {
         let now = tokio::time::Instant::now();
         let mut guard = self.leases.lock();
         let (counter, leases) = &mut *guard;
@@ -233,7 +247,11 @@ impl Backplane for MemoryBackplane {
 
     async fn release_lease(&self, lease: &Lease) {
         let mut guard = self.leases.lock();
-        if guard.1.get(&lease.name).is_some_and(|e| e.token == lease.token) {
+        if guard
+            .1
+            .get(&lease.name)
+            .is_some_and(|e| e.token == lease.token)
+        {
             guard.1.remove(&lease.name);
         }
     }
@@ -261,27 +279,54 @@ mod tests {
     }
 
     fn draft(status: &str) -> Draft {
-        let Value::Object(data) = json!({ "status": status }) else { unreachable!() };
-        Draft { event_type: "deployment.status".into(), data, acl: None, fence: None }
+        let Value::Object(data) = json!({ "status": status }) else {
+            unreachable!()
+        };
+        Draft {
+            event_type: "deployment.status".into(),
+            data,
+            acl: None,
+            fence: None,
+        }
     }
 
     fn backplane(max_events: usize, retention: Duration) -> (MemoryBackplane, Arc<Recorder>) {
         let rec = Arc::new(Recorder::default());
-        (MemoryBackplane::new(HistoryConfig { max_events, retention }, rec.clone()), rec)
+        (
+            MemoryBackplane::new(
+                HistoryConfig {
+                    max_events,
+                    retention,
+                },
+                rec.clone(),
+            ),
+            rec,
+        )
     }
 
     #[tokio::test]
     async fn seqs_are_contiguous_per_topic_and_delivered_in_order() {
         let (bp, rec) = backplane(100, Duration::from_secs(60));
         for i in 0..5 {
-            bp.publish("A", draft(&format!("a{i}"))).await.expect("publish");
-            bp.publish("B", draft(&format!("b{i}"))).await.expect("publish");
+            bp.publish("A", draft(&format!("a{i}")))
+                .await
+                .expect("publish");
+            bp.publish("B", draft(&format!("b{i}")))
+                .await
+                .expect("publish");
         }
         let seen = rec.0.lock().clone();
-        let a: Vec<u64> = seen.iter().filter(|(t, _)| t == "A").map(|(_, s)| *s).collect();
+        let a: Vec<u64> = seen
+            .iter()
+            .filter(|(t, _)| t == "A")
+            .map(|(_, s)| *s)
+            .collect();
         assert_eq!(a, vec![1, 2, 3, 4, 5]);
         let read = bp.read("B", Some(2)).await.expect("read");
-        assert_eq!(read.events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4, 5]);
+        assert_eq!(
+            read.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![3, 4, 5]
+        );
         assert_eq!(read.latest_seq, 5);
         assert!(read.covers(0));
     }
@@ -290,15 +335,23 @@ mod tests {
     async fn history_is_bounded_by_count() {
         let (bp, _) = backplane(3, Duration::from_secs(60));
         for i in 0..10 {
-            bp.publish("A", draft(&format!("{i}"))).await.expect("publish");
+            bp.publish("A", draft(&format!("{i}")))
+                .await
+                .expect("publish");
         }
         let read = bp.read("A", Some(0)).await.expect("read");
-        assert_eq!(read.events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![8, 9, 10]);
+        assert_eq!(
+            read.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![8, 9, 10]
+        );
         assert_eq!(read.first_retained, 8);
         assert!(!read.covers(5), "events 6 and 7 are gone");
         assert!(read.covers(7));
         assert!(read.covers(10));
-        assert!(!read.covers(11), "a since beyond the latest seq is not a resume");
+        assert!(
+            !read.covers(11),
+            "a since beyond the latest seq is not a resume"
+        );
     }
 
     #[tokio::test]
@@ -307,7 +360,12 @@ mod tests {
         assert!(bp.read("A", None).await.expect("read").snapshot.is_none());
         bp.publish("A", draft("deploying")).await.expect("publish");
         bp.publish("A", draft("done")).await.expect("publish");
-        let snap = bp.read("A", None).await.expect("read").snapshot.expect("snapshot");
+        let snap = bp
+            .read("A", None)
+            .await
+            .expect("read")
+            .snapshot
+            .expect("snapshot");
         let v: Value = serde_json::from_str(snap.as_str()).expect("json");
         assert_eq!(v["type"], "deployment.snapshot");
         assert_eq!(v["seq"], 2);
@@ -323,13 +381,20 @@ mod tests {
         let epoch_a = bp.read("A", None).await.expect("read").epoch;
         let epoch_w = bp.read("W", None).await.expect("read").epoch;
         bp.sweep(Instant::now() + Duration::from_secs(5));
-        assert_eq!(bp.topic_count(), 2, "nothing expires before the retention time");
+        assert_eq!(
+            bp.topic_count(),
+            2,
+            "nothing expires before the retention time"
+        );
         bp.sweep(Instant::now() + Duration::from_secs(11));
         assert!(bp.info("A").await.expect("info").is_none());
         let w = bp.read("W", Some(0)).await.expect("read");
         assert_eq!(w.epoch, epoch_w, "a watched topic keeps its counter");
         assert_eq!(w.latest_seq, 1);
-        assert!(w.events.is_empty() && !w.covers(0), "but its history is gone");
+        assert!(
+            w.events.is_empty() && !w.covers(0),
+            "but its history is gone"
+        );
         let again = bp.read("A", None).await.expect("read");
         assert_ne!(again.epoch, epoch_a);
         assert_eq!(again.latest_seq, 0);
@@ -339,21 +404,37 @@ mod tests {
     async fn leases_are_exclusive_and_fence_publishes() {
         let (bp, _) = backplane(10, Duration::from_secs(60));
         let ttl = Duration::from_millis(50);
-        let first = bp.acquire_lease("poll:s", ttl).await.expect("ok").expect("granted");
+        let first = bp
+            .acquire_lease("poll:s", ttl)
+            .await
+            .expect("ok")
+            .expect("granted");
         assert!(bp.acquire_lease("poll:s", ttl).await.expect("ok").is_none());
         assert!(bp.renew_lease(&first, ttl).await.expect("ok"));
         let mut d = draft("x");
         d.fence = Some(first.clone());
-        bp.publish("s", d.clone()).await.expect("holder may publish");
+        bp.publish("s", d.clone())
+            .await
+            .expect("holder may publish");
         tokio::time::pause();
         tokio::time::advance(Duration::from_millis(80)).await;
-        let second = bp.acquire_lease("poll:s", ttl).await.expect("ok").expect("expired lease is free");
+        let second = bp
+            .acquire_lease("poll:s", ttl)
+            .await
+            .expect("ok")
+            .expect("expired lease is free");
         assert!(second.token > first.token);
         assert!(!bp.renew_lease(&first, ttl).await.expect("ok"));
-        assert!(matches!(bp.publish("s", d).await, Err(BackplaneError::Fenced(_))));
-        assert_eq!(bp.read("s", None).await.expect("read").latest_seq, 1, "a fenced publish uses no seq");
+        assert!(matches!(
+            bp.publish("s", d).await,
+            Err(BackplaneError::Fenced(_))
+        ));
+        assert_eq!(
+            bp.read("s", None).await.expect("read").latest_seq,
+            1,
+            "a fenced publish uses no seq"
+        );
         bp.release_lease(&second).await;
         assert!(bp.acquire_lease("poll:s", ttl).await.expect("ok").is_some());
     }
-
 }

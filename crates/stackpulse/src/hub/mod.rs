@@ -195,7 +195,10 @@ const MAX_SYNC_ROUNDS: usize = 16;
 impl Hub {
     /// Builds a hub on the backplane that `make` returns; `make` receives the sink
     /// the backplane must deliver this node's events to.
-    pub fn new<B: Backplane>(config: HubConfig, make: impl FnOnce(Arc<dyn Deliver>) -> Arc<B>) -> (Hub, Arc<B>) {
+    pub fn new<B: Backplane>(
+        config: HubConfig,
+        make: impl FnOnce(Arc<dyn Deliver>) -> Arc<B>,
+    ) -> (Hub, Arc<B>) {
         let fanout = Arc::new(Fanout::new());
         let backplane = make(fanout.clone());
         let inner = Arc::new(HubInner {
@@ -239,7 +242,11 @@ impl Hub {
     }
 
     /// Publishes a draft (sources with a lease pass it as `fence`).
-    pub async fn publish_draft(&self, topic: &str, draft: Draft) -> Result<Arc<StampedEvent>, BackplaneError> {
+    pub async fn publish_draft(
+        &self,
+        topic: &str,
+        draft: Draft,
+    ) -> Result<Arc<StampedEvent>, BackplaneError> {
         let event = self.0.backplane.publish(topic, draft).await?;
         metrics::counter!("stackpulse_events_published_total").increment(1);
         Ok(event)
@@ -269,7 +276,9 @@ impl Hub {
             let mut subs = session.subs.lock();
             let replaced = subs.remove(&topic);
             if replaced.is_none() && subs.len() >= self.0.config.max_subscriptions_per_connection {
-                return Err(SubscribeError::TooMany(self.0.config.max_subscriptions_per_connection));
+                return Err(SubscribeError::TooMany(
+                    self.0.config.max_subscriptions_per_connection,
+                ));
             }
             subs.insert(topic.clone(), sub.clone());
             replaced
@@ -343,7 +352,11 @@ impl Hub {
     }
 
     /// Replays what a subscription is missing, then makes it live.
-    async fn sync(&self, sub: &Arc<Subscription>, mut resume: Resume) -> Result<(), SubscribeError> {
+    async fn sync(
+        &self,
+        sub: &Arc<Subscription>,
+        mut resume: Resume,
+    ) -> Result<(), SubscribeError> {
         let timeout = self.0.config.replay_timeout;
         let send = |item: Delivery| sub.outbox.push_wait(item, timeout);
         for _ in 0..MAX_SYNC_ROUNDS {
@@ -382,12 +395,16 @@ impl Hub {
                 let start = since.unwrap_or(0);
                 let last = read.events.last().map_or(start, |e| e.seq);
                 for event in read.events {
-                    send(Delivery::Event(event)).await.map_err(|_| SubscribeError::Closed)?;
+                    send(Delivery::Event(event))
+                        .await
+                        .map_err(|_| SubscribeError::Closed)?;
                 }
                 last
             } else {
                 if let Some(snapshot) = read.snapshot {
-                    send(Delivery::Frame(snapshot)).await.map_err(|_| SubscribeError::Closed)?;
+                    send(Delivery::Frame(snapshot))
+                        .await
+                        .map_err(|_| SubscribeError::Closed)?;
                 }
                 read.latest_seq
             };

@@ -153,15 +153,25 @@ mod tests {
         assert!(outbox.is_closing());
         assert_eq!(outbox.closing().await, CloseReason::SlowConsumer);
         assert!(rx.recv().await.is_some());
-        assert_eq!(outbox.push(frame()), Err(QueueClosed), "no more after closing");
-        assert!(!outbox.close(CloseReason::Shutdown), "the first reason stays");
+        assert_eq!(
+            outbox.push(frame()),
+            Err(QueueClosed),
+            "no more after closing"
+        );
+        assert!(
+            !outbox.close(CloseReason::Shutdown),
+            "the first reason stays"
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn push_wait_times_out_into_a_slow_consumer_close() {
         let (outbox, _rx) = Outbox::new(1);
         let frame = || Delivery::Frame(Utf8Bytes::from_static("{}"));
-        outbox.push_wait(frame(), Duration::from_secs(1)).await.expect("room");
+        outbox
+            .push_wait(frame(), Duration::from_secs(1))
+            .await
+            .expect("room");
         let r = outbox.push_wait(frame(), Duration::from_secs(1)).await;
         assert_eq!(r, Err(QueueClosed));
         assert_eq!(outbox.closing().await, CloseReason::SlowConsumer);

@@ -27,7 +27,13 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Folds one event into the state.
-    pub fn apply(&mut self, seq: u64, timestamp: &str, event_type: &str, data: &Map<String, Value>) {
+    pub fn apply(
+        &mut self,
+        seq: u64,
+        timestamp: &str,
+        event_type: &str,
+        data: &Map<String, Value>,
+    ) {
         self.seq = seq;
         self.timestamp = timestamp.to_owned();
         match event_type {
@@ -44,10 +50,15 @@ impl Snapshot {
                 };
                 let mut entry = data.clone();
                 entry.remove("stack_name");
-                let status = if event_type == "stack.deployed" { "deployed" } else { "failed" };
+                let status = if event_type == "stack.deployed" {
+                    "deployed"
+                } else {
+                    "failed"
+                };
                 entry.insert("status".into(), Value::from(status));
                 entry.insert("updated_at".into(), Value::from(timestamp));
-                self.object("stacks").insert(name.to_owned(), Value::Object(entry));
+                self.object("stacks")
+                    .insert(name.to_owned(), Value::Object(entry));
             }
             "log.created" => {
                 let mut entry = data.clone();
@@ -69,7 +80,8 @@ impl Snapshot {
                 if let Some(Value::Object(resource)) = data.get("resource") {
                     if let Some(id) = resource.get("logicalId").and_then(Value::as_str) {
                         let id = id.to_owned();
-                        self.object("resources").insert(id, Value::Object(resource.clone()));
+                        self.object("resources")
+                            .insert(id, Value::Object(resource.clone()));
                     }
                 }
                 if let Some(stack) = data.get("stack") {
@@ -119,7 +131,13 @@ impl Snapshot {
 
     /// The snapshot as a text frame for `topic`.
     pub fn encode(&self, topic: &str) -> Utf8Bytes {
-        encode_frame(self.event_type(), topic, self.seq, &self.timestamp, &self.state)
+        encode_frame(
+            self.event_type(),
+            topic,
+            self.seq,
+            &self.timestamp,
+            &self.state,
+        )
     }
 }
 
@@ -138,14 +156,32 @@ mod tests {
     #[test]
     fn folds_seed_events() {
         let mut s = Snapshot::default();
-        s.apply(1, "t1", "deployment.status", &obj(json!({"status":"deploying","current_layer":1,"total_layers":3})));
+        s.apply(
+            1,
+            "t1",
+            "deployment.status",
+            &obj(json!({"status":"deploying","current_layer":1,"total_layers":3})),
+        );
         s.apply(2, "t2", "stack.deployed", &obj(json!({"stack_name":"network","environment":"dev","duration_seconds":30,"resource_count":4})));
-        s.apply(3, "t3", "stack.failed", &obj(json!({"stack_name":"db","environment":"dev","error_message":"Subnet not found"})));
-        s.apply(4, "t4", "deployment.status", &obj(json!({"status":"failed"})));
+        s.apply(
+            3,
+            "t3",
+            "stack.failed",
+            &obj(json!({"stack_name":"db","environment":"dev","error_message":"Subnet not found"})),
+        );
+        s.apply(
+            4,
+            "t4",
+            "deployment.status",
+            &obj(json!({"status":"failed"})),
+        );
         let d = Value::Object(s.data().clone());
         assert_eq!(s.seq, 4);
         assert_eq!(d["status"], "failed");
-        assert_eq!(d["current_layer"], 1, "fields not in the new event are kept");
+        assert_eq!(
+            d["current_layer"], 1,
+            "fields not in the new event are kept"
+        );
         assert_eq!(d["stacks"]["network"]["status"], "deployed");
         assert_eq!(d["stacks"]["network"]["resource_count"], 4);
         assert_eq!(d["stacks"]["db"]["error_message"], "Subnet not found");
@@ -157,7 +193,12 @@ mod tests {
     fn keeps_only_recent_logs() {
         let mut s = Snapshot::default();
         for i in 1..=(SNAPSHOT_LOGS as u64 + 5) {
-            s.apply(i, "t", "log.created", &obj(json!({"level":"info","message":format!("m{i}")})));
+            s.apply(
+                i,
+                "t",
+                "log.created",
+                &obj(json!({"level":"info","message":format!("m{i}")})),
+            );
         }
         let logs = s.data()["logs"].as_array().expect("array");
         assert_eq!(logs.len(), SNAPSHOT_LOGS);
@@ -167,17 +208,29 @@ mod tests {
     #[test]
     fn resource_events_make_a_stack_snapshot() {
         let mut s = Snapshot::default();
-        s.apply(1, "t", "resource.status", &obj(json!({
+        s.apply(
+            1,
+            "t",
+            "resource.status",
+            &obj(json!({
             "resource":{"logicalId":"Bucket","status":"CREATE_IN_PROGRESS"},
-            "stack":{"name":"s","progress":0}})));
-        s.apply(2, "t", "resource.status", &obj(json!({
+            "stack":{"name":"s","progress":0}})),
+        );
+        s.apply(
+            2,
+            "t",
+            "resource.status",
+            &obj(json!({
             "resource":{"logicalId":"Bucket","status":"CREATE_COMPLETE"},
-            "stack":{"name":"s","progress":100}})));
+            "stack":{"name":"s","progress":100}})),
+        );
         assert_eq!(s.event_type(), "stack.snapshot");
         let d = Value::Object(s.data().clone());
         assert_eq!(d["resources"]["Bucket"]["status"], "CREATE_COMPLETE");
         assert_eq!(d["stack"]["progress"], 100);
         let frame = s.encode("s");
-        assert!(frame.as_str().starts_with(r#"{"type":"stack.snapshot","deployment_id":"s","seq":2,"#));
+        assert!(frame
+            .as_str()
+            .starts_with(r#"{"type":"stack.snapshot","deployment_id":"s","seq":2,"#));
     }
 }

@@ -36,7 +36,10 @@ enum State {
 pub enum Offer {
     Done,
     /// A gap or an epoch change: repair from history after `from` (in `epoch`).
-    NeedsRepair { from: u64, epoch: Arc<str> },
+    NeedsRepair {
+        from: u64,
+        epoch: Arc<str>,
+    },
 }
 
 /// The result of trying to go live after a replay.
@@ -44,7 +47,9 @@ pub enum Offer {
 pub enum SyncStep {
     Live,
     /// Pending events do not follow on from `last_seq`: read history again from it.
-    Again { last_seq: u64 },
+    Again {
+        last_seq: u64,
+    },
     Ended,
 }
 
@@ -76,7 +81,10 @@ impl Subscription {
         let mut state = self.state.lock();
         match &mut *state {
             State::Ended => Offer::Done,
-            State::Syncing { pending, overflowed } => {
+            State::Syncing {
+                pending,
+                overflowed,
+            } => {
                 if pending.len() < PENDING_LIMIT {
                     pending.push(event.clone());
                 } else {
@@ -110,7 +118,11 @@ impl Subscription {
     /// that follow on and go live, or say why another read is needed.
     pub fn finish_sync(&self, mut last_seq: u64, epoch: &Arc<str>) -> SyncStep {
         let mut state = self.state.lock();
-        let State::Syncing { pending, overflowed } = &mut *state else {
+        let State::Syncing {
+            pending,
+            overflowed,
+        } = &mut *state
+        else {
             return SyncStep::Ended;
         };
         if *overflowed {
@@ -153,7 +165,14 @@ mod tests {
     use tokio::sync::mpsc;
 
     fn ev(seq: u64, epoch: &Arc<str>) -> Arc<StampedEvent> {
-        Arc::new(StampedEvent::new("T".into(), seq, epoch.clone(), "x.y", "t", &Map::new()))
+        Arc::new(StampedEvent::new(
+            "T".into(),
+            seq,
+            epoch.clone(),
+            "x.y",
+            "t",
+            &Map::new(),
+        ))
     }
 
     fn drain(rx: &mut mpsc::Receiver<Delivery>) -> Vec<u64> {
@@ -191,7 +210,10 @@ mod tests {
         assert_eq!(sub.finish_sync(3, &epoch), SyncStep::Live);
         assert_eq!(
             sub.offer(&ev(6, &epoch)),
-            Offer::NeedsRepair { from: 3, epoch: epoch.clone() }
+            Offer::NeedsRepair {
+                from: 3,
+                epoch: epoch.clone()
+            }
         );
         sub.offer(&ev(7, &epoch));
         // The repair read history 4..=6; 6 and 7 were pending.
@@ -218,7 +240,10 @@ mod tests {
         assert_eq!(sub.finish_sync(10, &old), SyncStep::Live);
         assert_eq!(
             sub.offer(&ev(1, &new)),
-            Offer::NeedsRepair { from: 10, epoch: old.clone() }
+            Offer::NeedsRepair {
+                from: 10,
+                epoch: old.clone()
+            }
         );
     }
 

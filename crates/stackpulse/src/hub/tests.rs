@@ -16,7 +16,9 @@ fn config(max_events: usize) -> HubConfig {
 }
 
 fn status(topic: &str, s: &str) -> PublishRequest {
-    let Value::Object(data) = json!({ "status": s }) else { unreachable!() };
+    let Value::Object(data) = json!({ "status": s }) else {
+        unreachable!()
+    };
     PublishRequest {
         event_type: "deployment.status".into(),
         deployment_id: topic.into(),
@@ -37,11 +39,16 @@ fn take(rx: &mut mpsc::Receiver<Delivery>) -> Vec<Got> {
     let mut out = Vec::new();
     while let Ok(d) = rx.try_recv() {
         out.push(match d {
-            Delivery::Subscribed(i) => Got::Subscribed { seq: i.seq, recovered: i.recovered },
+            Delivery::Subscribed(i) => Got::Subscribed {
+                seq: i.seq,
+                recovered: i.recovered,
+            },
             Delivery::Event(e) => Got::Event(e.seq),
             Delivery::Frame(f) => {
                 let v: Value = serde_json::from_str(f.as_str()).expect("json");
-                Got::Snapshot { seq: v["seq"].as_u64().expect("seq") }
+                Got::Snapshot {
+                    seq: v["seq"].as_u64().expect("seq"),
+                }
             }
         });
     }
@@ -56,11 +63,20 @@ async fn subscribe_without_since_gets_snapshot_then_live() {
     }
     let (outbox, mut rx) = Outbox::new(64);
     let session = hub.open_session(outbox);
-    hub.subscribe(&session, "D", None, None).await.expect("subscribe");
+    hub.subscribe(&session, "D", None, None)
+        .await
+        .expect("subscribe");
     hub.publish(status("D", "c")).await.expect("publish");
     assert_eq!(
         take(&mut rx),
-        vec![Got::Subscribed { seq: 2, recovered: true }, Got::Snapshot { seq: 2 }, Got::Event(3)]
+        vec![
+            Got::Subscribed {
+                seq: 2,
+                recovered: true
+            },
+            Got::Snapshot { seq: 2 },
+            Got::Event(3)
+        ]
     );
 }
 
@@ -69,26 +85,50 @@ async fn empty_topic_has_seq_zero_and_no_snapshot() {
     let (hub, _) = Hub::in_memory(config(100));
     let (outbox, mut rx) = Outbox::new(64);
     let session = hub.open_session(outbox);
-    hub.subscribe(&session, "new", None, None).await.expect("subscribe");
+    hub.subscribe(&session, "new", None, None)
+        .await
+        .expect("subscribe");
     hub.publish(status("new", "a")).await.expect("publish");
-    assert_eq!(take(&mut rx), vec![Got::Subscribed { seq: 0, recovered: true }, Got::Event(1)]);
+    assert_eq!(
+        take(&mut rx),
+        vec![
+            Got::Subscribed {
+                seq: 0,
+                recovered: true
+            },
+            Got::Event(1)
+        ]
+    );
 }
 
 #[tokio::test]
 async fn resume_replays_exactly_the_missed_events() {
     let (hub, _) = Hub::in_memory(config(100));
     for i in 0..5 {
-        hub.publish(status("D", &i.to_string())).await.expect("publish");
+        hub.publish(status("D", &i.to_string()))
+            .await
+            .expect("publish");
     }
-    let epoch = hub.backplane().read("D", None).await.expect("read").epoch.to_string();
+    let epoch = hub
+        .backplane()
+        .read("D", None)
+        .await
+        .expect("read")
+        .epoch
+        .to_string();
     let (outbox, mut rx) = Outbox::new(64);
     let session = hub.open_session(outbox);
-    hub.subscribe(&session, "D", Some(2), Some(epoch)).await.expect("subscribe");
+    hub.subscribe(&session, "D", Some(2), Some(epoch))
+        .await
+        .expect("subscribe");
     hub.publish(status("D", "x")).await.expect("publish");
     assert_eq!(
         take(&mut rx),
         vec![
-            Got::Subscribed { seq: 5, recovered: true },
+            Got::Subscribed {
+                seq: 5,
+                recovered: true
+            },
             Got::Event(3),
             Got::Event(4),
             Got::Event(5),
@@ -101,34 +141,65 @@ async fn resume_replays_exactly_the_missed_events() {
 async fn resume_that_history_cannot_serve_is_not_recovered() {
     let (hub, _) = Hub::in_memory(config(3));
     for i in 0..10 {
-        hub.publish(status("D", &i.to_string())).await.expect("publish");
+        hub.publish(status("D", &i.to_string()))
+            .await
+            .expect("publish");
     }
     let (outbox, mut rx) = Outbox::new(64);
     let session = hub.open_session(outbox);
     // Too old: events 3..7 were trimmed.
-    hub.subscribe(&session, "D", Some(2), None).await.expect("subscribe");
-    assert_eq!(
-        take(&mut rx),
-        vec![Got::Subscribed { seq: 10, recovered: false }, Got::Snapshot { seq: 10 }]
-    );
-    // From the future.
-    hub.subscribe(&session, "D", Some(99), None).await.expect("subscribe");
-    assert_eq!(
-        take(&mut rx),
-        vec![Got::Subscribed { seq: 10, recovered: false }, Got::Snapshot { seq: 10 }]
-    );
-    // Another epoch.
-    hub.subscribe(&session, "D", Some(9), Some("other".into())).await.expect("subscribe");
-    assert_eq!(
-        take(&mut rx),
-        vec![Got::Subscribed { seq: 10, recovered: false }, Got::Snapshot { seq: 10 }]
-    );
-    // Just recent enough.
-    hub.subscribe(&session, "D", Some(7), None).await.expect("subscribe");
+    hub.subscribe(&session, "D", Some(2), None)
+        .await
+        .expect("subscribe");
     assert_eq!(
         take(&mut rx),
         vec![
-            Got::Subscribed { seq: 10, recovered: true },
+            Got::Subscribed {
+                seq: 10,
+                recovered: false
+            },
+            Got::Snapshot { seq: 10 }
+        ]
+    );
+    // From the future.
+    hub.subscribe(&session, "D", Some(99), None)
+        .await
+        .expect("subscribe");
+    assert_eq!(
+        take(&mut rx),
+        vec![
+            Got::Subscribed {
+                seq: 10,
+                recovered: false
+            },
+            Got::Snapshot { seq: 10 }
+        ]
+    );
+    // Another epoch.
+    hub.subscribe(&session, "D", Some(9), Some("other".into()))
+        .await
+        .expect("subscribe");
+    assert_eq!(
+        take(&mut rx),
+        vec![
+            Got::Subscribed {
+                seq: 10,
+                recovered: false
+            },
+            Got::Snapshot { seq: 10 }
+        ]
+    );
+    // Just recent enough.
+    hub.subscribe(&session, "D", Some(7), None)
+        .await
+        .expect("subscribe");
+    assert_eq!(
+        take(&mut rx),
+        vec![
+            Got::Subscribed {
+                seq: 10,
+                recovered: true
+            },
             Got::Event(8),
             Got::Event(9),
             Got::Event(10)
@@ -144,7 +215,9 @@ async fn subscribing_while_publishing_loses_and_doubles_nothing() {
         let hub = hub.clone();
         tokio::spawn(async move {
             for i in 0..2000 {
-                hub.publish(status("D", &i.to_string())).await.expect("publish");
+                hub.publish(status("D", &i.to_string()))
+                    .await
+                    .expect("publish");
                 if i % 50 == 0 {
                     tokio::task::yield_now().await;
                 }
@@ -155,14 +228,18 @@ async fn subscribing_while_publishing_loses_and_doubles_nothing() {
     for n in 0..20u64 {
         let (outbox, rx) = Outbox::new(8192);
         let session = hub.open_session(outbox);
-        hub.subscribe(&session, "D", Some(n * 7), None).await.expect("subscribe");
+        hub.subscribe(&session, "D", Some(n * 7), None)
+            .await
+            .expect("subscribe");
         receivers.push((n * 7, session, rx));
         tokio::task::yield_now().await;
     }
     publisher.await.expect("publisher");
     for (since, _session, mut rx) in receivers {
         let got = take(&mut rx);
-        let Got::Subscribed { seq, recovered } = got[0] else { panic!("{:?}", got[0]) };
+        let Got::Subscribed { seq, recovered } = got[0] else {
+            panic!("{:?}", got[0])
+        };
         let seqs: Vec<u64> = got[1..]
             .iter()
             .map(|g| match g {
@@ -186,10 +263,16 @@ async fn slow_consumer_is_closed_and_others_keep_receiving() {
     let (fast_box, mut fast_rx) = Outbox::new(1024);
     let slow = hub.open_session(slow_box.clone());
     let fast = hub.open_session(fast_box);
-    hub.subscribe(&slow, "D", None, None).await.expect("subscribe");
-    hub.subscribe(&fast, "D", None, None).await.expect("subscribe");
+    hub.subscribe(&slow, "D", None, None)
+        .await
+        .expect("subscribe");
+    hub.subscribe(&fast, "D", None, None)
+        .await
+        .expect("subscribe");
     for i in 0..100 {
-        hub.publish(status("D", &i.to_string())).await.expect("publish");
+        hub.publish(status("D", &i.to_string()))
+            .await
+            .expect("publish");
     }
     assert_eq!(slow_box.closing().await, CloseReason::SlowConsumer);
     let got = take(&mut fast_rx);
@@ -202,14 +285,24 @@ async fn subscription_limit_is_enforced_and_freed_by_unsubscribe() {
     let (outbox, _rx) = Outbox::new(64);
     let session = hub.open_session(outbox);
     for t in ["a", "b", "c"] {
-        hub.subscribe(&session, t, None, None).await.expect("subscribe");
+        hub.subscribe(&session, t, None, None)
+            .await
+            .expect("subscribe");
     }
-    let err = hub.subscribe(&session, "d", None, None).await.expect_err("limit");
-    assert_eq!(err.to_string(), "Too many subscriptions (limit 3 per connection)");
+    let err = hub
+        .subscribe(&session, "d", None, None)
+        .await
+        .expect_err("limit");
+    assert_eq!(
+        err.to_string(),
+        "Too many subscriptions (limit 3 per connection)"
+    );
     assert_eq!(err.code(), 429);
     assert!(hub.unsubscribe(&session, "a").await);
     assert!(!hub.unsubscribe(&session, "a").await);
-    hub.subscribe(&session, "d", None, None).await.expect("room again");
+    hub.subscribe(&session, "d", None, None)
+        .await
+        .expect("room again");
     assert_eq!(hub.subscription_count(), 3);
     hub.close_session(&session).await;
     assert_eq!(hub.subscription_count(), 0);
@@ -221,8 +314,16 @@ async fn unsubscribed_sessions_receive_nothing_more() {
     let (hub, _) = Hub::in_memory(config(100));
     let (outbox, mut rx) = Outbox::new(64);
     let session = hub.open_session(outbox);
-    hub.subscribe(&session, "D", None, None).await.expect("subscribe");
+    hub.subscribe(&session, "D", None, None)
+        .await
+        .expect("subscribe");
     hub.unsubscribe(&session, "D").await;
     hub.publish(status("D", "a")).await.expect("publish");
-    assert_eq!(take(&mut rx), vec![Got::Subscribed { seq: 0, recovered: true }]);
+    assert_eq!(
+        take(&mut rx),
+        vec![Got::Subscribed {
+            seq: 0,
+            recovered: true
+        }]
+    );
 }

@@ -45,7 +45,12 @@ pub async fn run(socket: WebSocket, state: AppState, mut slot: Slot, remote: Soc
     tracing::debug!(conn = session.id, %remote, "connected");
 
     let (sink, stream) = socket.split();
-    let writer = tokio::spawn(write_loop(sink, rx, outbox.clone(), state.config.ping_interval));
+    let writer = tokio::spawn(write_loop(
+        sink,
+        rx,
+        outbox.clone(),
+        state.config.ping_interval,
+    ));
     read_loop(stream, &state, &info).await;
     outbox.close(CloseReason::ClientClosed);
     state.hub.close_session(&session).await;
@@ -116,7 +121,11 @@ async fn handle_text(state: &AppState, info: &Arc<ConnInfo>, text: &str) {
             deployment_id,
             since,
             epoch,
-        }) => match state.hub.subscribe(session, &deployment_id, since, epoch).await {
+        }) => match state
+            .hub
+            .subscribe(session, &deployment_id, since, epoch)
+            .await
+        {
             Ok(()) | Err(SubscribeError::Closed) => {}
             Err(e) => {
                 metrics::counter!("stackpulse_client_errors_total").increment(1);
@@ -194,7 +203,12 @@ async fn write_batch(
     Ok(())
 }
 
-async fn write_loop(mut sink: Sink, mut rx: mpsc::Receiver<Delivery>, outbox: Arc<Outbox>, ping_every: Duration) {
+async fn write_loop(
+    mut sink: Sink,
+    mut rx: mpsc::Receiver<Delivery>,
+    outbox: Arc<Outbox>,
+    ping_every: Duration,
+) {
     let m = WriterMetrics {
         delivered: metrics::counter!("stackpulse_messages_delivered_total"),
         latency: metrics::histogram!("stackpulse_delivery_latency_seconds"),

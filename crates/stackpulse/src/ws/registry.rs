@@ -27,7 +27,8 @@ pub struct ConnInfo {
 
 impl ConnInfo {
     pub fn touch_ping(&self) {
-        self.last_ping.store(Utc::now().timestamp_millis(), Ordering::Relaxed);
+        self.last_ping
+            .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
     }
 }
 
@@ -47,7 +48,9 @@ impl Registry {
     /// Reserves a place if fewer than `max` connections are open or reserved.
     pub fn reserve(self: &Arc<Self>, max: usize) -> Option<Slot> {
         self.reserved
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
             .ok()?;
         Some(Slot {
             registry: self.clone(),

@@ -80,7 +80,9 @@ impl Server {
     }
 
     pub async fn connect(&self) -> Client {
-        Client::connect(&self.ws_url(), None).await.expect("connect")
+        Client::connect(&self.ws_url(), None)
+            .await
+            .expect("connect")
     }
 
     /// Publishes a raw body with the test key; returns status and JSON body.
@@ -100,7 +102,9 @@ impl Server {
     /// Publishes a `deployment.status` event and returns its seq.
     pub async fn publish(&self, topic: &str, status: &str) -> u64 {
         let (code, body) = self
-            .publish_raw(&json!({"type":"deployment.status","deployment_id":topic,"data":{"status":status}}))
+            .publish_raw(
+                &json!({"type":"deployment.status","deployment_id":topic,"data":{"status":status}}),
+            )
             .await;
         assert_eq!(code, 202, "{body}");
         body["seq"].as_u64().expect("seq")
@@ -171,7 +175,10 @@ pub async fn error(client: &mut Client) -> (u16, String) {
 /// Reads frames until the server closes; returns the close code.
 pub async fn close_code(client: &mut Client) -> Option<u16> {
     loop {
-        match tokio::time::timeout(WAIT, client.next()).await.expect("timed out waiting for close") {
+        match tokio::time::timeout(WAIT, client.next())
+            .await
+            .expect("timed out waiting for close")
+        {
             Some(Ok(Frame::Closed(c))) => return c.map(|c| c.code),
             Some(Ok(_)) => continue,
             Some(Err(_)) | None => return None,
