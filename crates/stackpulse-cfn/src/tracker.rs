@@ -319,6 +319,9 @@ impl Run {
                 self.slowdown.relax();
             }
             self.throttled = false;
+            if self.tx.is_closed() {
+                return Err(Stop::ReceiverGone);
+            }
             tokio::time::sleep(self.slowdown.apply(self.config.poll_interval)).await;
             self.poll_all(None).await?;
         }

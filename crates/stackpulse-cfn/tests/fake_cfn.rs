@@ -1,0 +1,672 @@
+//! The tracker against a scripted fake CloudFormation endpoint (query protocol, XML)
+//! that plays deployments step by step: one step per `DescribeStacks` call, so every
+//! assertion below is about a known sequence, not about timing.
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use stackpulse_cfn::{Outcome, ResourceUpdate, Tracker, TrackerMessage};
+use support::fake_cfn::{arn, FakeCfn, FakeStack, Fault, Step, STACK};
+use support::{client, fast_config, run_built, run_tracker};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn reveal(stack: &str, n: usize) -> (String, usize) {
+    (stack.to_string(), n)
+}
+
+fn ids(updates: &[ResourceUpdate]) -> Vec<String> {
+    updates.iter().map(|u| u.event_id.clone()).collect()
+}
+
+fn event_ids(s: &FakeStack, range: std::ops::Range<usize>) -> Vec<String> {
+    s.events[range].iter().map(|e| e.id.clone()).collect()
+}
+
+fn assert_progress_sane(updates: &[ResourceUpdate]) {
+    for u in updates {
+        let s = &u.stack;
+        assert!(s.progress <= 100, "{s:?}");
+        assert!(s.completed_resources <= s.total_resources, "{s:?}");
+        assert!(
+            s.completed_resources + s.in_progress_resources + s.failed_resources
+                <= s.total_resources,
+            "{s:?}"
+        );
+        let expected = (100 * s.completed_resources)
+            .checked_div(s.total_resources)
+            .unwrap_or(0) as u8;
+        assert_eq!(
+            s.progress, expected,
+            "progress = floor(100*completed/total): {s:?}"
+        );
+    }
+}
+
+/// 250 resources, 502 events, 20 events per second, revealed in bursts of up to 247
+/// events (three pages of 100) per poll; the stack's last event appears only together
+/// with the terminal status, so only the final poll can see it.
+#[tokio::test]
+async fn five_hundred_events_over_pages_each_exactly_once_in_order() {
+    let mut s = FakeStack::new("big");
+    s.push("big", "CREATE_IN_PROGRESS", "User Initiated", 0);
+    for i in 0..250 {
+        let id = format!("R{i:03}");
+        s.push(&id, "CREATE_IN_PROGRESS", "", 1 + i / 10);
+        s.push(&id, "CREATE_COMPLETE", "", 1 + i / 10);
+    }
+    s.push("big", "CREATE_COMPLETE", "", 27);
+    assert_eq!(s.events.len(), 502);
+    s.template_resources = 250;
+    s.outputs = vec![(
+        "BucketName".into(),
+        "big-bucket".into(),
+        "The bucket".into(),
+    )];
+    s.visible = 1;
+    s.steps = vec![
+        Step::default(),
+        Step {
+            reveal: vec![reveal("big", 150)],
+            ..Step::default()
+        },
+        Step {
+            reveal: vec![reveal("big", 3)],
+            ..Step::default()
+        },
+        Step::default(),
+        Step {
+            reveal: vec![reveal("big", 247)],
+            ..Step::default()
+        },
+        Step {
+            reveal: vec![reveal("big", 100)],
+            ..Step::default()
+        },
+        Step {
+            reveal: vec![reveal("big", 1)],
+            status: Some("CREATE_COMPLETE".into()),
+            ..Step::default()
+        },
+    ]
+    .into();
+    let all_ids = event_ids(&s, 0..502);
+    let fake = FakeCfn::start(vec![s]).await;
+    let tracker = Tracker::new(client(&fake.endpoint), fast_config("big"));
+    let calls = tracker.calls();
+    let state = tracker.state();
+    let c = run_built(tracker, LIMIT).await;
+
+    assert_eq!(
+        ids(&c.updates),
+        all_ids,
+        "every event exactly once, oldest first"
+    );
+    assert!(c.errors.is_empty(), "{:?}", c.errors);
+    assert_progress_sane(&c.updates);
+    // Progress at each step, replayed from the script.
+    let mut done = HashSet::new();
+    for u in &c.updates {
+        if u.resource.logical_id != "big" && u.resource.status == "CREATE_COMPLETE" {
+            done.insert(u.resource.logical_id.clone());
+        }
+        assert_eq!(u.stack.total_resources, 250);
+        assert_eq!(
+            u.stack.completed_resources as usize,
+            done.len(),
+            "at {}",
+            u.event_id
+        );
+        assert_eq!(u.stack.progress as usize, done.len() * 100 / 250);
+        assert_eq!(u.resource.progress, u.stack.progress);
+        assert_eq!(u.nested_stack, None);
+    }
+    let last = c.updates.last().expect("updates");
+    assert_eq!(
+        (
+            last.resource.logical_id.as_str(),
+            last.resource.status.as_str()
+        ),
+        ("big", "CREATE_COMPLETE")
+    );
+
+    let done = c.complete.clone().expect("deployment_complete");
+    assert!(done.success);
+    assert_eq!(done.root_cause, None);
+    assert_eq!(done.duration_seconds, 27);
+    assert_eq!(done.outputs.len(), 1);
+    assert_eq!(done.outputs[0].key, "BucketName");
+    assert_eq!(done.outputs[0].value, "big-bucket");
+    assert_eq!(done.outputs[0].description, "The bucket");
+    assert_eq!(done.stack.status, "CREATE_COMPLETE");
+    assert_eq!(
+        (
+            done.stack.completed_resources,
+            done.stack.total_resources,
+            done.stack.progress
+        ),
+        (250, 250, 100)
+    );
+    assert!(matches!(
+        c.all.last(),
+        Some(TrackerMessage::DeploymentComplete(_))
+    ));
+    assert!(matches!(c.outcome, Some(Outcome::Completed(ref d)) if d.success));
+    assert_eq!(
+        c.snapshots, 2,
+        "one after the first poll, one before completion"
+    );
+
+    // The watch channel holds the final state for late joiners.
+    let st = state.borrow().clone();
+    assert_eq!(st.stack_id, arn("big"));
+    assert_eq!(st.resources.len(), 250);
+    assert_eq!(st.events_seen, 502);
+    assert_eq!(st.complete.as_ref().map(|d| d.success), Some(true));
+
+    // Every request was counted; paging needed several pages per burst.
+    let requests = fake.world().requests.clone();
+    assert_eq!(calls.total() as usize, requests.len());
+    let event_calls = requests
+        .iter()
+        .filter(|(a, _)| a == "DescribeStackEvents")
+        .count();
+    // First poll 1 page; then 150 new → 2 pages, 3 → 1, 0 → 1, 247 → 3, 100 → 2
+    // (the 100 new fill page 1, page 2 meets a known event), final poll 1.
+    assert_eq!(event_calls, 11, "DescribeStackEvents calls");
+    // Polled by ARN after resolving the name once.
+    let by_name: Vec<_> = requests.iter().filter(|(_, s)| s == "big").collect();
+    assert_eq!(
+        by_name.len(),
+        1,
+        "only the first DescribeStacks uses the name: {by_name:?}"
+    );
+    eprintln!(
+        "500-event stack: {} AWS calls ({event_calls} DescribeStackEvents)",
+        calls.total()
+    );
+}
+
+/// An update that fails and rolls back, on a stack with an earlier create in its
+/// history, with throttling, dropped connections and a 500 along the way.
+#[tokio::test]
+async fn failed_update_scoped_with_rollback_root_cause_and_faults() {
+    let mut s = FakeStack::new("app");
+    let create: [(&str, &str, &str, i64); 6] = [
+        ("app", "CREATE_IN_PROGRESS", "User Initiated", 0),
+        ("A", "CREATE_IN_PROGRESS", "", 1),
+        ("A", "CREATE_COMPLETE", "", 2),
+        ("B", "CREATE_IN_PROGRESS", "", 2),
+        ("B", "CREATE_COMPLETE", "", 3),
+        ("app", "CREATE_COMPLETE", "", 4),
+    ];
+    for (l, st, r, t) in create {
+        s.push(l, st, r, t).operation_id = Some("op-1".into());
+    }
+    let update: [(&str, &str, &str, i64, &str); 13] = [
+        ("app", "UPDATE_IN_PROGRESS", "User Initiated", 100, "op-2"),
+        ("A", "UPDATE_IN_PROGRESS", "", 101, "op-2"),
+        ("C", "CREATE_IN_PROGRESS", "", 101, "op-2"),
+        (
+            "C",
+            "CREATE_IN_PROGRESS",
+            "Resource creation Initiated",
+            102,
+            "op-2",
+        ),
+        (
+            "C",
+            "CREATE_FAILED",
+            "my-bucket already exists",
+            103,
+            "op-2",
+        ),
+        (
+            "A",
+            "UPDATE_FAILED",
+            "Resource update cancelled",
+            103,
+            "op-2",
+        ),
+        (
+            "app",
+            "UPDATE_ROLLBACK_IN_PROGRESS",
+            "The following resource(s) failed to create: [C].",
+            104,
+            "op-3",
+        ),
+        ("A", "UPDATE_IN_PROGRESS", "", 105, "op-3"),
+        ("A", "UPDATE_COMPLETE", "", 106, "op-3"),
+        (
+            "app",
+            "UPDATE_ROLLBACK_COMPLETE_CLEANUP_IN_PROGRESS",
+            "",
+            107,
+            "op-3",
+        ),
+        ("C", "DELETE_IN_PROGRESS", "", 107, "op-3"),
+        ("C", "DELETE_COMPLETE", "", 108, "op-3"),
+        ("app", "UPDATE_ROLLBACK_COMPLETE", "", 108, "op-3"),
+    ];
+    for (l, st, r, t, op) in update {
+        s.push(l, st, r, t).operation_id = Some(op.into());
+    }
+    s.status = "UPDATE_IN_PROGRESS".into();
+    s.last_updated = Some(support::fake_cfn::base_time() + chrono::Duration::seconds(100));
+    s.operations = vec![("op-2".into(), "UPDATE_STACK".into())];
+    s.outputs = vec![(
+        "Url".into(),
+        "https://example.invalid".into(),
+        String::new(),
+    )];
+    s.template_resources = 3;
+    s.resources = vec![
+        (
+            "A".into(),
+            "AWS::S3::Bucket".into(),
+            "UPDATE_IN_PROGRESS".into(),
+        ),
+        (
+            "B".into(),
+            "AWS::S3::Bucket".into(),
+            "CREATE_COMPLETE".into(),
+        ),
+    ];
+    s.visible = 8;
+    s.steps = vec![
+        Step::default(),
+        Step {
+            reveal: vec![reveal("app", 2)],
+            faults: vec![Fault::Throttle, Fault::Throttle, Fault::Throttle],
+            ..Step::default()
+        },
+        Step {
+            reveal: vec![reveal("app", 2)],
+            faults: vec![Fault::Reset, Fault::Reset],
+            ..Step::default()
+        },
+        Step {
+            reveal: vec![reveal("app", 1)],
+            status: Some("UPDATE_ROLLBACK_IN_PROGRESS".into()),
+            operations: Some(vec![
+                ("op-3".into(), "ROLLBACK".into()),
+                ("op-2".into(), "UPDATE_STACK".into()),
+            ]),
+            faults: vec![Fault::Internal],
+            ..Step::default()
+        },
+        Step {
+            reveal: vec![reveal("app", 3)],
+            ..Step::default()
+        },
+        Step {
+            reveal: vec![reveal("app", 2)],
+            ..Step::default()
+        },
+        Step {
+            reveal: vec![reveal("app", 1)],
+            status: Some("UPDATE_ROLLBACK_COMPLETE".into()),
+            ..Step::default()
+        },
+    ]
+    .into();
+    let expected = event_ids(&s, 6..19);
+    let fake = FakeCfn::start(vec![s]).await;
+    let tracker = Tracker::new(client(&fake.endpoint), fast_config("app"));
+    let calls = tracker.calls();
+    let c = run_built(tracker, LIMIT).await;
+
+    assert_eq!(
+        ids(&c.updates),
+        expected,
+        "only the update's events, each once, in order"
+    );
+    assert_progress_sane(&c.updates);
+    for u in &c.updates {
+        assert_eq!(u.stack.total_resources, 3);
+    }
+    let after_failure = c
+        .updates
+        .iter()
+        .find(|u| u.resource.status == "CREATE_FAILED")
+        .expect("C failed");
+    let s = &after_failure.stack;
+    assert_eq!(
+        (
+            s.completed_resources,
+            s.in_progress_resources,
+            s.failed_resources,
+            s.progress
+        ),
+        (1, 1, 1, 33)
+    );
+
+    // 2 resets and a 500: told to the clients, retried; throttling: backed off.
+    assert_eq!(c.errors.len(), 3, "{:?}", c.errors);
+    assert!(c.errors.iter().all(|e| e.retrying), "{:?}", c.errors);
+    assert_eq!(calls.throttled(), 3);
+    assert_eq!(calls.failed(), 3);
+
+    let done = c.complete.expect("deployment_complete");
+    assert!(!done.success);
+    assert_eq!(done.stack.status, "UPDATE_ROLLBACK_COMPLETE");
+    assert!(done.outputs.is_empty(), "no outputs on failure");
+    assert_eq!(done.duration_seconds, 8);
+    let rc = done.root_cause.expect("root cause");
+    assert_eq!(
+        (
+            rc.logical_id.as_str(),
+            rc.resource_type.as_str(),
+            rc.status.as_str(),
+            rc.reason.as_str()
+        ),
+        (
+            "C",
+            "AWS::S3::Bucket",
+            "CREATE_FAILED",
+            "my-bucket already exists"
+        )
+    );
+    // Rollback counts follow the latest status: A updated back, B untouched, C deleted.
+    assert_eq!(
+        (done.stack.completed_resources, done.stack.failed_resources),
+        (3, 0)
+    );
+}
+
+/// A nested stack fails; its events are merged (marked with its name), its terminal
+/// event does not end the run, the parent's deletion of it wakes its poller again,
+/// and the root cause is the child's resource, not the wrapper.
+#[tokio::test]
+async fn nested_stack_failure_is_merged_and_its_cause_found() {
+    let child_name = "root-Net-ABC";
+    let child_arn = arn(child_name);
+    let mut p = FakeStack::new("root");
+    let mut ch = FakeStack::new(child_name);
+    let nested = |e: &mut support::fake_cfn::FakeEvent, phys: &str| {
+        e.resource_type = STACK.into();
+        e.physical_id = phys.into();
+    };
+    p.push("root", "CREATE_IN_PROGRESS", "User Initiated", 0);
+    nested(p.push("Net", "CREATE_IN_PROGRESS", "", 1), "");
+    nested(
+        p.push(
+            "Net",
+            "CREATE_IN_PROGRESS",
+            "Resource creation Initiated",
+            1,
+        ),
+        &child_arn,
+    );
+    p.push("Api", "CREATE_IN_PROGRESS", "", 1);
+    let wrapper = format!(
+        "Embedded stack {child_arn} was not successfully created: The following resource(s) failed to create: [Subnet]."
+    );
+    nested(p.push("Net", "CREATE_FAILED", &wrapper, 7), &child_arn);
+    p.push("Api", "CREATE_FAILED", "Resource creation cancelled", 7);
+    p.push(
+        "root",
+        "ROLLBACK_IN_PROGRESS",
+        "The following resource(s) failed to create: [Net, Api].",
+        7,
+    );
+    p.push("Api", "DELETE_COMPLETE", "", 8);
+    nested(p.push("Net", "DELETE_IN_PROGRESS", "", 8), &child_arn);
+    nested(p.push("Net", "DELETE_COMPLETE", "", 9), &child_arn);
+    p.push("root", "ROLLBACK_COMPLETE", "", 10);
+
+    ch.push(child_name, "CREATE_IN_PROGRESS", "", 1);
+    ch.push("Vpc", "CREATE_IN_PROGRESS", "", 2);
+    ch.push("Vpc", "CREATE_COMPLETE", "", 3);
+    ch.push("Subnet", "CREATE_IN_PROGRESS", "", 3);
+    ch.push(
+        "Subnet",
+        "CREATE_FAILED",
+        "The CIDR '10.0.0.0/8' is invalid.",
+        4,
+    );
+    ch.push(child_name, "ROLLBACK_IN_PROGRESS", "", 4);
+    ch.push("Vpc", "DELETE_IN_PROGRESS", "", 5);
+    ch.push("Vpc", "DELETE_COMPLETE", "", 6);
+    ch.push(child_name, "ROLLBACK_COMPLETE", "", 6);
+    ch.push(child_name, "DELETE_IN_PROGRESS", "", 8);
+    ch.push(child_name, "DELETE_COMPLETE", "", 9);
+
+    p.template_resources = 2;
+    p.visible = 1;
+    p.steps = vec![
+        Step::default(),
+        Step {
+            reveal: vec![reveal("root", 3), reveal(child_name, 1)],
+            ..Step::default()
+        },
+        Step {
+            reveal: vec![reveal(child_name, 4)],
+            ..Step::default()
+        },
+        Step {
+            reveal: vec![reveal(child_name, 4)],
+            ..Step::default()
+        },
+        Step {
+            reveal: vec![reveal("root", 3)],
+            ..Step::default()
+        },
+        Step {
+            reveal: vec![reveal("root", 2), reveal(child_name, 1)],
+            ..Step::default()
+        },
+        Step {
+            reveal: vec![reveal(child_name, 1), reveal("root", 1)],
+            ..Step::default()
+        },
+        Step {
+            reveal: vec![reveal("root", 1)],
+            status: Some("ROLLBACK_COMPLETE".into()),
+            status_reason: Some("The following resource(s) failed to create: [Net, Api].".into()),
+            ..Step::default()
+        },
+    ]
+    .into();
+    let parent_ids: HashSet<String> = p.events.iter().map(|e| e.id.clone()).collect();
+    let child_ids: Vec<String> = ch.events.iter().map(|e| e.id.clone()).collect();
+    let n_parent = p.events.len();
+    let fake = FakeCfn::start(vec![p, ch]).await;
+    let c = run_tracker(client(&fake.endpoint), fast_config("root"), LIMIT).await;
+
+    let got = ids(&c.updates);
+    assert_eq!(got.len(), n_parent + child_ids.len(), "{got:?}");
+    assert_eq!(
+        got.iter().collect::<HashSet<_>>().len(),
+        got.len(),
+        "no duplicates"
+    );
+    let got_child: Vec<String> = c
+        .updates
+        .iter()
+        .filter(|u| u.nested_stack.as_deref() == Some(child_name))
+        .map(|u| u.event_id.clone())
+        .collect();
+    assert_eq!(
+        got_child, child_ids,
+        "child events in order, marked with the child's name"
+    );
+    for u in &c.updates {
+        assert_eq!(u.nested_stack.is_none(), parent_ids.contains(&u.event_id));
+        assert_eq!(u.stack.name, "root", "the summary is the root stack's");
+    }
+    for w in c.updates.windows(2) {
+        assert!(
+            w[0].timestamp <= w[1].timestamp,
+            "chronological: {:?} then {:?}",
+            w[0].event_id,
+            w[1].event_id
+        );
+    }
+    // The child's ROLLBACK_COMPLETE came long before the end.
+    let child_terminal = c
+        .updates
+        .iter()
+        .position(|u| u.nested_stack.is_some() && u.resource.status == "ROLLBACK_COMPLETE")
+        .expect("child terminal event");
+    assert!(child_terminal < c.updates.len() - 5);
+    assert_progress_sane(&c.updates);
+
+    let done = c.complete.expect("deployment_complete");
+    assert!(!done.success);
+    assert_eq!(done.stack.status, "ROLLBACK_COMPLETE");
+    assert_eq!(done.duration_seconds, 10);
+    let rc = done.root_cause.expect("root cause");
+    assert_eq!(
+        (rc.logical_id.as_str(), rc.status.as_str()),
+        ("Subnet", "CREATE_FAILED")
+    );
+    assert_eq!(rc.reason, "The CIDR '10.0.0.0/8' is invalid.");
+    // The child was polled by its ARN.
+    assert!(fake
+        .world()
+        .requests
+        .iter()
+        .any(|(a, s)| a == "DescribeStackEvents" && *s == child_arn));
+}
+
+/// A stack that does not exist yet is waited for and reported, then tracked.
+#[tokio::test]
+async fn stack_that_appears_later_is_waited_for() {
+    let mut s = FakeStack::new("late");
+    s.missing_for = 3;
+    s.push("late", "CREATE_IN_PROGRESS", "User Initiated", 0);
+    s.push("Q", "CREATE_IN_PROGRESS", "", 1);
+    s.push("Q", "CREATE_COMPLETE", "", 2);
+    s.push("late", "CREATE_COMPLETE", "", 3);
+    s.template_resources = 1;
+    s.visible = 1;
+    s.steps = vec![
+        Step::default(),
+        Step {
+            reveal: vec![reveal("late", 3)],
+            status: Some("CREATE_COMPLETE".into()),
+            ..Step::default()
+        },
+    ]
+    .into();
+    let fake = FakeCfn::start(vec![s]).await;
+    let c = run_tracker(client(&fake.endpoint), fast_config("late"), LIMIT).await;
+    match c.all.first() {
+        Some(TrackerMessage::Error(e)) => {
+            assert!(e.retrying);
+            assert!(
+                e.message.contains("late does not exist yet"),
+                "{}",
+                e.message
+            );
+        }
+        other => panic!("first message should report the wait: {other:?}"),
+    }
+    assert_eq!(c.errors.len(), 1, "reported once: {:?}", c.errors);
+    assert_eq!(c.updates.len(), 4);
+    let done = c.complete.expect("deployment_complete");
+    assert!(done.success);
+    assert_eq!(
+        (done.stack.progress, done.stack.completed_resources),
+        (100, 1)
+    );
+}
+
+/// A stack that never appears ends the run with a clear error.
+#[tokio::test]
+async fn stack_that_never_appears_is_reported() {
+    let fake = FakeCfn::start(vec![]).await;
+    let mut cfg = fast_config("ghost");
+    cfg.wait_for_stack = Duration::from_millis(150);
+    let c = run_tracker(client(&fake.endpoint), cfg, LIMIT).await;
+    assert_eq!(
+        c.outcome,
+        Some(Outcome::StackNotFound {
+            stack: "ghost".into()
+        })
+    );
+    let last = c.errors.last().expect("an error");
+    assert!(!last.retrying);
+    assert!(
+        last.message.contains("ghost does not exist"),
+        "{}",
+        last.message
+    );
+    assert!(c.complete.is_none());
+}
+
+/// A tracker taking over from another node (given the EventIds already delivered)
+/// emits only the rest, with counts that include everything.
+#[tokio::test]
+async fn takeover_continues_without_duplicates() {
+    let mut s = FakeStack::new("handoff");
+    s.push("handoff", "CREATE_IN_PROGRESS", "User Initiated", 0);
+    for r in ["A", "B", "C"] {
+        s.push(r, "CREATE_IN_PROGRESS", "", 1);
+        s.push(r, "CREATE_COMPLETE", "", 2);
+    }
+    s.push("handoff", "CREATE_COMPLETE", "", 3);
+    s.template_resources = 3;
+    s.visible = 5;
+    s.steps = vec![
+        Step::default(),
+        Step {
+            reveal: vec![reveal("handoff", 3)],
+            status: Some("CREATE_COMPLETE".into()),
+            ..Step::default()
+        },
+    ]
+    .into();
+    let already: Vec<String> = event_ids(&s, 0..4);
+    let rest = event_ids(&s, 4..8);
+    let fake = FakeCfn::start(vec![s]).await;
+    let mut cfg = fast_config("handoff");
+    cfg.seen_event_ids = already.into_iter().collect();
+    let c = run_tracker(client(&fake.endpoint), cfg, LIMIT).await;
+    assert_eq!(ids(&c.updates), rest);
+    // The first emitted event (B complete) already counts A as complete.
+    assert_eq!(c.updates[0].stack.completed_resources, 2);
+    assert!(c.complete.expect("complete").success);
+}
+
+/// A permanent error (access denied) ends the run with `retrying: false`.
+#[tokio::test]
+async fn permanent_errors_end_the_run() {
+    let fake = FakeCfn::start(vec![]).await;
+    fake.world().faults.push_back(Fault::AccessDenied);
+    let c = run_tracker(client(&fake.endpoint), fast_config("secret"), LIMIT).await;
+    let Some(Outcome::Failed(message)) = &c.outcome else {
+        panic!("expected a failed run: {:?}", c.outcome)
+    };
+    assert!(message.contains("AccessDenied"), "{message}");
+    let last = c.errors.last().expect("an error");
+    assert!(!last.retrying);
+    assert_eq!(&last.message, message);
+}
+
+/// A receiver that goes away stops the tracker.
+#[tokio::test]
+async fn dropped_receiver_stops_the_tracker() {
+    let mut s = FakeStack::new("forever");
+    s.push("forever", "CREATE_IN_PROGRESS", "User Initiated", 0);
+    s.visible = 1;
+    let fake = FakeCfn::start(vec![s]).await;
+    let tracker = Tracker::new(client(&fake.endpoint), fast_config("forever"));
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    let run = tokio::spawn(tracker.run(tx));
+    // Wait for the first event and the snapshot, then leave.
+    assert!(matches!(
+        rx.recv().await,
+        Some(TrackerMessage::ResourceUpdate(_))
+    ));
+    assert!(matches!(rx.recv().await, Some(TrackerMessage::Snapshot(_))));
+    drop(rx);
+    let outcome = tokio::time::timeout(LIMIT, run)
+        .await
+        .expect("stops")
+        .expect("no panic");
+    assert_eq!(outcome, Outcome::Stopped);
+}
