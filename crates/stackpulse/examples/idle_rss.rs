@@ -34,8 +34,13 @@ async fn main() {
     let before = rss_kib(pid);
     let mut sockets = Vec::with_capacity(n);
     for i in 0..n {
-        let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await.expect("connect");
-        let sub = format!(r#"{{"action":"subscribe","deployment_id":"idle-{}"}}"#, i % 100);
+        let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .expect("connect");
+        let sub = format!(
+            r#"{{"action":"subscribe","deployment_id":"idle-{}"}}"#,
+            i % 100
+        );
         ws.send(Message::Text(sub.into())).await.expect("subscribe");
         // Wait for `subscribed` so the subscription really exists server-side.
         loop {
@@ -53,6 +58,10 @@ async fn main() {
     println!("connections: {n}");
     println!("server RSS before: {before} KiB");
     println!("server RSS after:  {after} KiB");
-    println!("per idle subscribed connection: {:.0} bytes ({:.2} KiB)", per, per / 1024.0);
+    println!(
+        "per idle subscribed connection: {:.0} bytes ({:.2} KiB)",
+        per,
+        per / 1024.0
+    );
     drop(sockets);
 }

@@ -103,7 +103,9 @@ async fn read_loop(mut stream: SplitStream<WebSocket>, state: &AppState, info: &
             Ok(Some(Ok(message))) => message,
         };
         match message {
-            Message::Text(text) => handle_text(state, info, text.as_str()).await,
+            // Boxed: the subscribe path is a large future, and keeping it inline
+            // would make every idle connection carry its size.
+            Message::Text(text) => Box::pin(handle_text(state, info, text.as_str())).await,
             Message::Binary(_) => reply_error(outbox, &ProtocolError::BinaryFrame),
             Message::Pong(_) => info.touch_ping(),
             Message::Ping(_) => {}

@@ -23,9 +23,10 @@ use axum::response::{IntoResponse, Response};
 
 use crate::http::{error_body, AppState};
 
-/// Per-connection read buffer: enough for typical client requests; larger frames
-/// grow it temporarily up to the frame limit.
-const READ_BUFFER: usize = 2 * 1024;
+/// Per-connection read buffer, allocated for every connection: client requests are
+/// small, and a larger frame grows it (up to the frame limit) only while it is read.
+/// 512 B rather than 2 KiB took the measured idle cost from 8.9 to 7.4 KiB.
+const READ_BUFFER: usize = 512;
 /// Bytes buffered before a write is flushed to the socket.
 const WRITE_BUFFER: usize = 8 * 1024;
 /// Bytes tungstenite may buffer for a peer that does not read, on top of the
