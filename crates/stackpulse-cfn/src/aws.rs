@@ -334,7 +334,26 @@ impl Api {
         Ok(all)
     }
 
-    /// Number of resources in the stack's template (`GetTemplateSummary`).
+    /// Number of resources in the stack's template (`GetTemplate`, processed stage);
+    /// `None` when the body cannot be read.
+    pub async fn template_resources(&self, stack_arn: &str) -> Result<Option<usize>, AwsError> {
+        let r = self
+            .client
+            .get_template()
+            .stack_name(stack_arn)
+            .template_stage(aws_sdk_cloudformation::types::TemplateStage::Processed)
+            .customize()
+            .config_override(self.overrides())
+            .send()
+            .await;
+        let out = self.result(r, "GetTemplate", stack_arn)?;
+        Ok(out
+            .template_body()
+            .and_then(crate::template::count_resources))
+    }
+
+    /// Number of resource types in the stack's template (`GetTemplateSummary`): a
+    /// lower bound of the resource count, used when the template cannot be read.
     pub async fn template_resource_count(&self, stack_arn: &str) -> Result<usize, AwsError> {
         let r = self
             .client

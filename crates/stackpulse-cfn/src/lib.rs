@@ -29,6 +29,7 @@
 //! - [`progress`]: latest status per resource, counts and percentage.
 //! - [`status`]: terminal / successful stack statuses, resource status classes.
 //! - [`rootcause`]: the first real failure, deepest nested stack first.
+//! - [`template`]: counting a template's resources (the progress total).
 //! - [`nested`]: finding nested stacks in a parent's events.
 //! - [`backoff`]: exponential backoff with jitter, slower polling after throttling.
 //! - [`aws`]: every CloudFormation call, counted, with errors sorted by what to do.
@@ -45,6 +46,7 @@ pub mod progress;
 pub mod rootcause;
 pub mod scope;
 pub mod status;
+pub mod template;
 pub mod tracker;
 pub mod wire;
 

@@ -61,6 +61,12 @@ impl ResourceTable {
         self.expected = self.expected.max(n);
     }
 
+    /// Sets the expected number of resources (the stack's actual resources once the
+    /// operation succeeded; resources seen still count).
+    pub fn set_expected(&mut self, n: usize) {
+        self.expected = u32::try_from(n).unwrap_or(u32::MAX);
+    }
+
     /// Records a resource state (from an event or a listing).
     pub fn set(&mut self, r: ResourceState) {
         if !self.by_id.contains_key(&r.logical_id) {

@@ -549,16 +549,33 @@ impl Run {
     /// Expected resources of the root stack; for an update, the current status of
     /// resources the update may not touch.
     async fn seed_root(&mut self, kind: OperationKind) -> Result<(), Stop> {
-        match self
+        let from_template = match self
             .call(
-                |api, arn| async move { api.template_resource_count(&arn).await },
+                |api, arn| async move { api.template_resources(&arn).await },
                 0,
             )
             .await
         {
-            Ok(n) => self.feeds[0].table.expect_at_least(n),
-            Err(Stop::Aws(e)) => tracing::debug!("GetTemplateSummary unavailable: {e}"),
+            Ok(n) => n,
+            Err(Stop::Aws(e)) => {
+                tracing::debug!("GetTemplate unavailable: {e}");
+                None
+            }
             Err(e) => return Err(e),
+        };
+        match from_template {
+            Some(n) => self.feeds[0].table.expect_at_least(n),
+            None => match self
+                .call(
+                    |api, arn| async move { api.template_resource_count(&arn).await },
+                    0,
+                )
+                .await
+            {
+                Ok(n) => self.feeds[0].table.expect_at_least(n),
+                Err(Stop::Aws(e)) => tracing::debug!("GetTemplateSummary unavailable: {e}"),
+                Err(e) => return Err(e),
+            },
         }
         match self
             .call(|api, arn| async move { api.list_resources(&arn).await }, 0)
@@ -667,6 +684,9 @@ impl Run {
                 .await
             {
                 let table = &mut self.feeds[0].table;
+                // What exists now is the truth: resources a condition left out of
+                // the template count no more.
+                table.set_expected(list.len());
                 for r in list {
                     if table.get(&r.logical_id).is_none() {
                         table.set(r);

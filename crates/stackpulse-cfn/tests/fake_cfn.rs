@@ -176,6 +176,9 @@ async fn five_hundred_events_over_pages_each_exactly_once_in_order() {
     // First poll 1 page; then 150 new → 2 pages, 3 → 1, 0 → 1, 247 → 3, 100 → 2
     // (the 100 new fill page 1, page 2 meets a known event), final poll 1.
     assert_eq!(event_calls, 11, "DescribeStackEvents calls");
+    // The total came from the template itself (YAML, read by GetTemplate).
+    assert!(requests.iter().any(|(a, _)| a == "GetTemplate"));
+    assert!(!requests.iter().any(|(a, _)| a == "GetTemplateSummary"));
     // Polled by ARN after resolving the name once.
     let by_name: Vec<_> = requests.iter().filter(|(_, s)| s == "big").collect();
     assert_eq!(
@@ -435,6 +438,7 @@ async fn nested_stack_failure_is_merged_and_its_cause_found() {
     ch.push(child_name, "DELETE_COMPLETE", "", 9);
 
     p.template_resources = 2;
+    p.get_template = false; // the total comes from GetTemplateSummary
     p.visible = 1;
     p.steps = vec![
         Step::default(),
@@ -524,6 +528,13 @@ async fn nested_stack_failure_is_merged_and_its_cause_found() {
         ("Subnet", "CREATE_FAILED")
     );
     assert_eq!(rc.reason, "The CIDR '10.0.0.0/8' is invalid.");
+    // GetTemplate was refused: the total came from GetTemplateSummary.
+    assert!(fake
+        .world()
+        .requests
+        .iter()
+        .any(|(a, _)| a == "GetTemplateSummary"));
+    assert_eq!(done.stack.total_resources, 2);
     // The child was polled by its ARN.
     assert!(fake
         .world()

@@ -72,8 +72,11 @@ pub struct FakeStack {
     pub operations: Vec<(String, String)>,
     /// `ListStackResources`: (logical id, type, status).
     pub resources: Vec<(String, String, String)>,
-    /// `GetTemplateSummary`: number of resource types listed.
+    /// Number of resources of the template (`GetTemplate` answers a YAML body with
+    /// that many, `GetTemplateSummary` that many resource types).
     pub template_resources: usize,
+    /// `false`: `GetTemplate` is refused (the tracker falls back to the summary).
+    pub get_template: bool,
     pub created: DateTime<Utc>,
     pub last_updated: Option<DateTime<Utc>>,
     /// `DescribeStacks` calls answered "does not exist" before the stack appears.
@@ -95,6 +98,7 @@ impl FakeStack {
             operations: Vec::new(),
             resources: Vec::new(),
             template_resources: 0,
+            get_template: true,
             created: base_time(),
             last_updated: None,
             missing_for: 0,
@@ -505,6 +509,29 @@ fn handle(w: &mut World, p: &HashMap<String, String>) -> Option<(u16, String)> {
             }
             x.push_str("</StackResourceSummaries>");
             ok("ListStackResources", &x)
+        }
+        "GetTemplate" => {
+            let Some(i) = w.find(&stack) else {
+                return not_found(&stack);
+            };
+            let s = &w.stacks[i];
+            if !s.get_template {
+                return error(
+                    403,
+                    "Sender",
+                    "AccessDenied",
+                    "not authorized to perform: cloudformation:GetTemplate",
+                );
+            }
+            let mut body = String::from("AWSTemplateFormatVersion: '2010-09-09'\nResources:\n");
+            for n in 0..s.template_resources {
+                let _ = write!(body, "  R{n:03}:\n    Type: AWS::S3::Bucket\n    Properties:\n      Tags:\n        - Key: k\n          Value: v\n");
+            }
+            body.push_str("Outputs:\n  Out:\n    Value: x\n");
+            ok(
+                "GetTemplate",
+                &format!("<TemplateBody>{}</TemplateBody><StagesAvailable><member>Original</member><member>Processed</member></StagesAvailable>", esc(&body)),
+            )
         }
         "GetTemplateSummary" => {
             let Some(i) = w.find(&stack) else {
