@@ -307,7 +307,11 @@ impl Run {
 
         loop {
             let info = self
-                .call(|api, arn| async move { api.describe_stack(&arn).await }, 0)
+                .call(
+                    "DescribeStacks",
+                    |api, arn| async move { api.describe_stack(&arn).await },
+                    0,
+                )
                 .await?;
             if stack_phase(&info.status).is_terminal() {
                 return self.complete(info).await;
@@ -375,7 +379,7 @@ impl Run {
     }
 
     /// One call on feed `feed`'s ARN, through the retry loop.
-    async fn call<T, F, Fut>(&mut self, f: F, feed: usize) -> Result<T, Stop>
+    async fn call<T, F, Fut>(&mut self, what: &'static str, f: F, feed: usize) -> Result<T, Stop>
     where
         F: Fn(Api, String) -> Fut,
         Fut: Future<Output = Result<T, AwsError>>,
@@ -385,8 +389,7 @@ impl Run {
             .get(feed)
             .map(|f| f.arn.clone())
             .unwrap_or_default();
-        self.retrying("CloudFormation", move |api| f(api, arn.clone()))
-            .await
+        self.retrying(what, move |api| f(api, arn.clone())).await
     }
 
     /// The retry loop: throttling and transient errors are retried with backoff,
@@ -523,6 +526,7 @@ impl Run {
             let t = token.take();
             let page = self
                 .call(
+                    "DescribeStackEvents",
                     move |api, arn| {
                         let t = t.clone();
                         async move { api.events_page(&arn, t).await }
@@ -551,6 +555,7 @@ impl Run {
     async fn seed_root(&mut self, kind: OperationKind) -> Result<(), Stop> {
         let from_template = match self
             .call(
+                "GetTemplate",
                 |api, arn| async move { api.template_resources(&arn).await },
                 0,
             )
@@ -567,6 +572,7 @@ impl Run {
             Some(n) => self.feeds[0].table.expect_at_least(n),
             None => match self
                 .call(
+                    "GetTemplateSummary",
                     |api, arn| async move { api.template_resource_count(&arn).await },
                     0,
                 )
@@ -578,7 +584,11 @@ impl Run {
             },
         }
         match self
-            .call(|api, arn| async move { api.list_resources(&arn).await }, 0)
+            .call(
+                "ListStackResources",
+                |api, arn| async move { api.list_resources(&arn).await },
+                0,
+            )
             .await
         {
             Ok(list) => {
@@ -603,6 +613,7 @@ impl Run {
             let t = token.take();
             let page = self
                 .call(
+                    "DescribeStackEvents",
                     move |api, arn| {
                         let t = t.clone();
                         async move { api.events_page(&arn, t).await }
@@ -673,14 +684,31 @@ impl Run {
 
     /// The root stack is terminal: final poll, then the completion message.
     async fn complete(&mut self, info: StackInfo) -> Result<Outcome, Stop> {
-        self.poll_all(None).await?;
+        match self.poll_all(None).await {
+            Ok(()) => {}
+            // The outcome is known; a final poll that fails for good (transient errors
+            // were retried) loses events but must not turn it into a failed run.
+            Err(Stop::Aws(e)) => {
+                tracing::warn!(stack = %info.name, "final poll failed: {e}");
+                self.emit(TrackerMessage::Error(TrackerError {
+                    message: format!("Could not read the last events of {}: {e}", info.name),
+                    retrying: false,
+                }))
+                .await?;
+            }
+            Err(e) => return Err(e),
+        }
         let phase = stack_phase(&info.status);
         let success = phase == StackPhase::Succeeded;
         // Resources that never had an event (an endpoint that reports only the
         // stack's own events, or untouched resources): take their listed status.
         if success {
             if let Ok(list) = self
-                .call(|api, arn| async move { api.list_resources(&arn).await }, 0)
+                .call(
+                    "ListStackResources",
+                    |api, arn| async move { api.list_resources(&arn).await },
+                    0,
+                )
                 .await
             {
                 let table = &mut self.feeds[0].table;
