@@ -681,3 +681,44 @@ async fn dropped_receiver_stops_the_tracker() {
         .expect("no panic");
     assert_eq!(outcome, Outcome::Stopped);
 }
+
+/// Long throttling: the tracker backs off, tells clients once, and carries on.
+#[tokio::test]
+async fn sustained_throttling_is_survived_and_reported_once() {
+    let mut s = FakeStack::new("busy");
+    s.push("busy", "CREATE_IN_PROGRESS", "User Initiated", 0);
+    s.push("T", "CREATE_IN_PROGRESS", "", 1);
+    s.push("T", "CREATE_COMPLETE", "", 2);
+    s.push("busy", "CREATE_COMPLETE", "", 3);
+    s.template_resources = 1;
+    s.visible = 1;
+    s.steps = vec![
+        Step::default(),
+        Step {
+            reveal: vec![reveal("busy", 2)],
+            faults: vec![Fault::Throttle; 6],
+            ..Step::default()
+        },
+        Step {
+            reveal: vec![reveal("busy", 1)],
+            status: Some("CREATE_COMPLETE".into()),
+            ..Step::default()
+        },
+    ]
+    .into();
+    let all = event_ids(&s, 0..4);
+    let fake = FakeCfn::start(vec![s]).await;
+    let tracker = Tracker::new(client(&fake.endpoint), fast_config("busy"));
+    let calls = tracker.calls();
+    let c = run_built(tracker, LIMIT).await;
+    assert_eq!(ids(&c.updates), all);
+    assert_eq!(calls.throttled(), 6);
+    assert_eq!(c.errors.len(), 1, "{:?}", c.errors);
+    assert!(c.errors[0].retrying);
+    assert!(
+        c.errors[0].message.contains("Rate exceeded"),
+        "{}",
+        c.errors[0].message
+    );
+    assert!(c.complete.expect("complete").success);
+}
