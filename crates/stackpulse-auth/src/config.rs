@@ -36,7 +36,11 @@ impl AuthConfig {
     }
 
     /// A configuration with the defaults for everything but the issuer, JWKS and clients.
-    pub fn new(issuer: impl Into<String>, jwks_url: impl Into<String>, client_ids: Vec<String>) -> AuthConfig {
+    pub fn new(
+        issuer: impl Into<String>,
+        jwks_url: impl Into<String>,
+        client_ids: Vec<String>,
+    ) -> AuthConfig {
         AuthConfig {
             issuer: issuer.into(),
             jwks_url: jwks_url.into(),
@@ -55,11 +59,17 @@ mod tests {
     #[test]
     fn cognito_derivation() {
         let iss = AuthConfig::cognito_issuer("eu-west-1", "eu-west-1_AbC");
-        assert_eq!(iss, "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_AbC");
+        assert_eq!(
+            iss,
+            "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_AbC"
+        );
         assert_eq!(
             AuthConfig::jwks_url_for(&iss),
             "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_AbC/.well-known/jwks.json"
         );
-        assert_eq!(AuthConfig::jwks_url_for("https://x/"), "https://x/.well-known/jwks.json");
+        assert_eq!(
+            AuthConfig::jwks_url_for("https://x/"),
+            "https://x/.well-known/jwks.json"
+        );
     }
 }

@@ -52,9 +52,12 @@ pub fn parse_jwks(body: &[u8]) -> Result<HashMap<String, Arc<DecodingKey>>, Fetc
             tracing::debug!("skipping a JWKS entry that is not a valid JWK");
             continue;
         };
-        let Some(kid) = jwk.common.key_id.clone() else { continue };
+        let Some(kid) = jwk.common.key_id.clone() else {
+            continue;
+        };
         let rsa = matches!(jwk.algorithm, AlgorithmParameters::RSA(_));
-        let for_signing = !matches!(jwk.common.public_key_use, Some(ref u) if *u != PublicKeyUse::Signature);
+        let for_signing =
+            !matches!(jwk.common.public_key_use, Some(ref u) if *u != PublicKeyUse::Signature);
         let rs256 = matches!(jwk.common.key_algorithm, None | Some(KeyAlgorithm::RS256));
         if !(rsa && for_signing && rs256) {
             tracing::debug!(kid, "skipping a JWKS key that is not an RS256 signing key");
@@ -152,7 +155,10 @@ mod tests {
     fn only_rs256_signing_keys_are_kept() {
         assert_eq!(parse_jwks(JWKS.as_bytes()).expect("parses").len(), 2);
         let ps = parse_jwks(PS.as_bytes()).expect("parses");
-        assert!(!ps.contains_key("kid-c-ps"), "a key declaring PS256 is not used for RS256");
+        assert!(
+            !ps.contains_key("kid-c-ps"),
+            "a key declaring PS256 is not used for RS256"
+        );
         let odd = br#"{"keys":[{"kty":"oct","kid":"h","k":"c2VjcmV0"},{"kty":"RSA","kid":"enc","use":"enc","n":"AQAB","e":"AQAB"},"junk"]}"#;
         assert!(parse_jwks(odd).expect("parses").is_empty());
         assert!(parse_jwks(b"{}").is_err());
@@ -172,10 +178,17 @@ mod tests {
         for i in 0..100 {
             assert!(store.key(&format!("bogus-{i}")).await.is_none());
         }
-        assert_eq!(fetcher.calls.load(Ordering::SeqCst), 1, "still inside the interval");
+        assert_eq!(
+            fetcher.calls.load(Ordering::SeqCst),
+            1,
+            "still inside the interval"
+        );
         tokio::time::advance(Duration::from_secs(31)).await;
         *fetcher.body.lock() = ROTATED.as_bytes().to_vec();
-        assert!(store.key("kid-c").await.is_some(), "a rotated-in key is found");
+        assert!(
+            store.key("kid-c").await.is_some(),
+            "a rotated-in key is found"
+        );
         assert_eq!(fetcher.calls.load(Ordering::SeqCst), 2);
         for i in 0..100 {
             assert!(store.key(&format!("bogus-{i}")).await.is_none());

@@ -22,7 +22,9 @@ impl std::str::FromStr for DefaultPolicy {
         match s {
             "authenticated" => Ok(DefaultPolicy::Authenticated),
             "deny" => Ok(DefaultPolicy::Deny),
-            other => Err(format!("unknown topic policy {other:?} (expected authenticated or deny)")),
+            other => Err(format!(
+                "unknown topic policy {other:?} (expected authenticated or deny)"
+            )),
         }
     }
 }
@@ -92,7 +94,10 @@ mod tests {
         };
         let eve = user("eve", &[]);
         assert!(open.may_subscribe(&eve, None));
-        assert!(open.may_subscribe(&eve, Some(&Acl::default())), "an empty rule is no rule");
+        assert!(
+            open.may_subscribe(&eve, Some(&Acl::default())),
+            "an empty rule is no rule"
+        );
         assert!(!closed.may_subscribe(&eve, None));
         assert!(closed.may_subscribe(&user("root", &["admin"]), None));
         assert_eq!("deny".parse::<DefaultPolicy>(), Ok(DefaultPolicy::Deny));

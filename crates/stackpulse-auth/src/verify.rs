@@ -163,7 +163,8 @@ impl Verifier {
         if token.split('.').count() != 3 {
             return Err(AuthError::Malformed("not three dot-separated parts".into()));
         }
-        let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
         if header.alg != Algorithm::RS256 {
             return Err(AuthError::Algorithm(format!("{:?}", header.alg)));
         }
@@ -173,7 +174,8 @@ impl Verifier {
             .key(&kid)
             .await
             .ok_or_else(|| AuthError::UnknownKid(kid.chars().take(64).collect()))?;
-        let data = jsonwebtoken::decode::<Claims>(token, &key, &self.validation).map_err(map_jwt_error)?;
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &key, &self.validation).map_err(map_jwt_error)?;
         let claims = data.claims;
         let allowed = &self.config.client_ids;
         match claims.token_use.as_deref() {
@@ -183,7 +185,11 @@ impl Verifier {
                 }
             }
             Some("access") => {
-                if !claims.client_id.as_ref().is_some_and(|c| allowed.contains(c)) {
+                if !claims
+                    .client_id
+                    .as_ref()
+                    .is_some_and(|c| allowed.contains(c))
+                {
                     return Err(AuthError::Audience);
                 }
             }
@@ -195,7 +201,10 @@ impl Verifier {
             }
             Some(other) => return Err(AuthError::TokenUse(other.chars().take(32).collect())),
         }
-        let sub = claims.sub.filter(|s| !s.is_empty()).ok_or(AuthError::Subject)?;
+        let sub = claims
+            .sub
+            .filter(|s| !s.is_empty())
+            .ok_or(AuthError::Subject)?;
         let username = claims
             .cognito_username
             .or(claims.username)
@@ -226,9 +235,10 @@ fn map_jwt_error(e: jsonwebtoken::errors::Error) -> AuthError {
         ErrorKind::InvalidIssuer => AuthError::Issuer,
         ErrorKind::InvalidAlgorithm => AuthError::Algorithm("mismatch".into()),
         ErrorKind::MissingRequiredClaim(c) => AuthError::Claims(format!("missing {c}")),
-        ErrorKind::Json(_) | ErrorKind::Utf8(_) | ErrorKind::Base64(_) | ErrorKind::InvalidToken => {
-            AuthError::Malformed(e.to_string())
-        }
+        ErrorKind::Json(_)
+        | ErrorKind::Utf8(_)
+        | ErrorKind::Base64(_)
+        | ErrorKind::InvalidToken => AuthError::Malformed(e.to_string()),
         _ => AuthError::Claims(e.to_string()),
     }
 }

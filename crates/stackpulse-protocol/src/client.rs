@@ -23,6 +23,8 @@ pub enum ClientMessage {
     Unsubscribe { deployment_id: String },
     /// Application-level keep-alive, answered with `pong`.
     Ping,
+    /// A fresh token for this connection, sent before the current one expires.
+    Auth { token: String },
 }
 
 /// Why a client frame was refused. The connection stays usable after each of these.
@@ -46,6 +48,8 @@ pub enum ProtocolError {
     InvalidEpoch,
     #[error("Binary frames are not supported; send JSON text frames")]
     BinaryFrame,
+    #[error("Missing token")]
+    MissingToken,
 }
 
 impl ProtocolError {
@@ -81,6 +85,10 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, ProtocolError> 
             deployment_id: deployment_id(&obj)?,
         }),
         "ping" => Ok(ClientMessage::Ping),
+        "auth" => match obj.get("token") {
+            Some(Value::String(t)) if !t.is_empty() => Ok(ClientMessage::Auth { token: t.clone() }),
+            _ => Err(ProtocolError::MissingToken),
+        },
         "" => Err(ProtocolError::MissingAction),
         other => Err(ProtocolError::UnknownAction(truncate(other, 64))),
     }

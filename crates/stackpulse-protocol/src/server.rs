@@ -25,6 +25,10 @@ pub enum ServerMessage {
     Pong {
         timestamp: String,
     },
+    /// An in-band `auth` was accepted; the connection now lasts until `expires_at`.
+    Authenticated {
+        expires_at: String,
+    },
     Error {
         code: u16,
         message: String,
@@ -77,7 +81,13 @@ pub enum Incoming {
     Event(Event),
 }
 
-const CONTROL_TYPES: &[&str] = &["subscribed", "unsubscribed", "pong", "error"];
+const CONTROL_TYPES: &[&str] = &[
+    "subscribed",
+    "unsubscribed",
+    "pong",
+    "error",
+    "authenticated",
+];
 
 impl Incoming {
     /// Decodes one text frame from the server.

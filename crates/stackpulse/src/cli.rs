@@ -29,7 +29,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server (in-memory hub, 127.0.0.1:8000 by default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print a topic's events as JSON lines, resuming across reconnects.
     Tail(TailArgs),
 }

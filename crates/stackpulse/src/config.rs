@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::auth::settings::{self, AdmissionLimits, AuthArgs, AuthFile, AuthSettings};
+
 /// `stackpulse serve` flags. Every field is optional so that unset flags fall back
 /// to the file and then to the defaults.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -59,6 +61,8 @@ pub struct ServeArgs {
     /// Seconds to drain connections on shutdown [default: 5].
     #[arg(long, env = "STACKPULSE_SHUTDOWN_GRACE", value_name = "SECONDS")]
     pub shutdown_grace: Option<f64>,
+    #[command(flatten)]
+    pub auth: AuthArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
@@ -85,6 +89,7 @@ struct FileConfig {
     ping_interval: Option<f64>,
     idle_timeout: Option<f64>,
     shutdown_grace: Option<f64>,
+    auth: Option<AuthFile>,
 }
 
 /// Resolved settings.
@@ -102,6 +107,9 @@ pub struct Config {
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// Token verification and topic policy; `None` serves loopback only.
+    pub auth: Option<AuthSettings>,
+    pub admission: AdmissionLimits,
 }
 
 impl Default for Config {
@@ -119,6 +127,12 @@ impl Default for Config {
             ping_interval: Duration::from_secs(25),
             idle_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(5),
+            auth: None,
+            admission: AdmissionLimits {
+                max_connections_per_user: 100,
+                connect_rate_per_ip: 50.0,
+                connect_rate_per_user: 20.0,
+            },
         }
     }
 }
@@ -173,6 +187,7 @@ impl Config {
             None => FileConfig::default(),
         };
         let d = Config::default();
+        let auth_file = file.auth.unwrap_or_default();
         let keys = if args.publisher_keys.is_empty() {
             file.publisher_keys.unwrap_or_default()
         } else {
@@ -231,6 +246,8 @@ impl Config {
                 Some(s) => seconds("shutdown-grace", s)?,
                 None => d.shutdown_grace,
             },
+            auth: settings::resolve(&args.auth, &auth_file)?,
+            admission: settings::resolve_limits(&args.auth, &auth_file)?,
         })
     }
 }

@@ -6,9 +6,10 @@ use stackpulse::cli::{Cli, Command};
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    stackpulse::auth::jwks_http::install_crypto_provider();
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => stackpulse::cli::serve(args).await,
+        Command::Serve(args) => stackpulse::cli::serve(*args).await,
         Command::Tail(args) => stackpulse::cli::tail(args).await,
     }
 }

@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -31,15 +32,15 @@ pub enum StartError {
 /// Checks the configuration against the rules that keep an unauthenticated
 /// server private.
 pub fn check_bind(config: &Config) -> Result<(), StartError> {
-    if !config.bind.ip().is_loopback() {
+    if config.auth.is_none() && !config.bind.ip().is_loopback() {
         return Err(StartError::PublicWithoutAuth(config.bind));
     }
     Ok(())
 }
 
 /// Builds the application state with the embedded in-memory hub and starts its
-/// retention sweeper.
-pub fn build_state(config: Config) -> AppState {
+/// retention and admission sweepers.
+pub fn build_state(config: Config) -> Result<AppState, String> {
     let hub_config = HubConfig {
         history: HistoryConfig {
             max_events: config.history_size,
@@ -60,7 +61,17 @@ pub fn build_state(config: Config) -> AppState {
             memory.sweep(std::time::Instant::now());
         }
     });
-    AppState::new(hub, config)
+    let state = AppState::new(hub, config)?;
+    let gate = Arc::downgrade(&state.gate);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            tick.tick().await;
+            let Some(gate) = gate.upgrade() else { return };
+            gate.admission.sweep();
+        }
+    });
+    Ok(state)
 }
 
 /// Serves on `listener` until `shutdown` resolves, then drains.
@@ -71,7 +82,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     crate::metrics::install();
     let grace = config.shutdown_grace;
-    let state = build_state(config);
+    let state = build_state(config).map_err(std::io::Error::other)?;
     let app = router(state.clone());
     let closing = state.clone();
     axum::serve(

@@ -21,6 +21,7 @@ use axum::{Json, Router};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::gate::Gate;
 use crate::auth::PublisherKeys;
 use crate::config::Config;
 use crate::hub::Hub;
@@ -33,6 +34,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub registry: Arc<Registry>,
     pub publishers: Arc<PublisherKeys>,
+    /// Authentication, topic authorization and admission limits.
+    pub gate: Arc<Gate>,
     /// Cancelled when shutdown starts: `/readyz` turns 503, new sockets are refused.
     pub shutdown: CancellationToken,
     /// Every WebSocket connection, so shutdown can wait for them to drain.
@@ -40,15 +43,17 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(hub: Hub, config: Config) -> AppState {
-        AppState {
+    pub fn new(hub: Hub, config: Config) -> Result<AppState, String> {
+        let gate = Gate::new(config.auth.clone(), config.admission)?;
+        Ok(AppState {
             hub,
+            gate: Arc::new(gate),
             publishers: Arc::new(PublisherKeys::new(&config.publisher_keys)),
             config: Arc::new(config),
             registry: Arc::new(Registry::default()),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
-        }
+        })
     }
 }
 

@@ -2,8 +2,8 @@
 //! backplane answers and we are not shutting down), `/metrics` (Prometheus text)
 //! and `GET /v1/topics/{id}` (a topic's position, snapshot and local subscribers).
 
-use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
@@ -50,8 +50,27 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-pub async fn topic(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    match state.hub.backplane().info(&id).await {
+pub async fn topic(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let token = crate::auth::gate::request_token(&headers, query.as_deref());
+    let user = match state.gate.authenticate(token.as_deref()).await {
+        Ok(v) => v.user,
+        Err(u) => return error_body(StatusCode::UNAUTHORIZED, u.message()).into_response(),
+    };
+    let info = state.hub.backplane().info(&id).await;
+    let acl = match &info {
+        Ok(Some(info)) => info.acl.as_ref(),
+        _ => None,
+    };
+    // Checked before existence, so a refused user cannot tell whether it exists.
+    if !state.gate.may_subscribe(&user, acl) {
+        return error_body(StatusCode::FORBIDDEN, &format!("Forbidden: {id}")).into_response();
+    }
+    match info {
         Ok(Some(info)) => Json(json!({
             "deployment_id": id,
             "seq": info.latest_seq,

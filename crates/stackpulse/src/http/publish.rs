@@ -1,13 +1,14 @@
 //! `POST /v1/events`: a publisher hands the hub one event.
 //!
-//! Credential first (401 without a valid publisher key), then the body is
+//! Credential first (401 without a valid publisher key or user token, 403 for a
+//! user outside the publisher group), then the body is
 //! validated (400 with the reason), and only then does the hub assign a seq, so a
 //! refused publish uses none. Success is `202 {"seq": N}`.
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use stackpulse_protocol::PublishRequest;
@@ -19,11 +20,12 @@ pub async fn publish(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let authorization = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    if let Err(refusal) = state.publishers.check(authorization) {
-        return error_body(StatusCode::UNAUTHORIZED, &refusal.to_string()).into_response();
+    if let Err((status, message)) = state
+        .gate
+        .authorize_publisher(&headers, &state.publishers)
+        .await
+    {
+        return error_body(status, &message).into_response();
     }
     let body = match body {
         Ok(body) => body,

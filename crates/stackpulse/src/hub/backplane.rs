@@ -74,6 +74,7 @@ pub struct TopicInfo {
     pub retained: usize,
     pub snapshot: Option<Map<String, Value>>,
     pub snapshot_type: &'static str,
+    pub acl: Option<Acl>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -205,6 +205,7 @@ impl Backplane for MemoryBackplane {
             retained: t.history.len(),
             snapshot: (t.seq > 0).then(|| t.snapshot.data().clone()),
             snapshot_type: t.snapshot.event_type(),
+            acl: t.acl.clone(),
         }))
     }
 

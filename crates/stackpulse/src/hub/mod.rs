@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use parking_lot::Mutex;
-use stackpulse_protocol::PublishRequest;
+use stackpulse_protocol::{Acl, PublishRequest};
 
 pub use backplane::{Backplane, BackplaneError, Deliver, Draft, Lease, TopicInfo, TopicRead};
 pub use event::StampedEvent;
@@ -64,6 +64,8 @@ pub struct HubConfig {
 pub enum SubscribeError {
     #[error("Too many subscriptions (limit {0} per connection)")]
     TooMany(usize),
+    #[error("Forbidden: {0}")]
+    Forbidden(String),
     #[error("Service unavailable: {0}")]
     Backplane(#[from] BackplaneError),
     #[error("connection closed")]
@@ -75,6 +77,7 @@ impl SubscribeError {
     pub fn code(&self) -> u16 {
         match self {
             SubscribeError::TooMany(_) => 429,
+            SubscribeError::Forbidden(_) => 403,
             SubscribeError::Backplane(_) => 503,
             SubscribeError::Closed => 410,
         }
@@ -177,11 +180,15 @@ pub struct HubInner {
 #[derive(Clone)]
 pub struct Hub(Arc<HubInner>);
 
+/// Decides from a topic's ACL whether a subscriber may see it.
+pub type Access<'a> = &'a (dyn Fn(Option<&Acl>) -> bool + Send + Sync);
+
 /// Where a sync starts from.
-enum Resume {
+enum Resume<'a> {
     Subscribe {
         since: Option<u64>,
         epoch: Option<String>,
+        access: Access<'a>,
     },
     Repair {
         from: u64,
@@ -261,14 +268,17 @@ impl Hub {
         })
     }
 
-    /// Subscribes (or re-subscribes) a session to a topic. Queues `subscribed`, then
-    /// the replay or the snapshot, then goes live.
+    /// Subscribes (or re-subscribes) a session to a topic. `access` sees the
+    /// topic's ACL before anything is sent; a refusal is [`SubscribeError::Forbidden`]
+    /// whether or not the topic exists. Queues `subscribed`, then the replay or the
+    /// snapshot, then goes live.
     pub async fn subscribe(
         &self,
         session: &Arc<Session>,
         topic: &str,
         since: Option<u64>,
         epoch: Option<String>,
+        access: Access<'_>,
     ) -> Result<(), SubscribeError> {
         let topic: Arc<str> = Arc::from(topic);
         let sub = Arc::new(Subscription::new(topic.clone(), session.outbox.clone()));
@@ -294,7 +304,12 @@ impl Hub {
                 return Err(e.into());
             }
         }
-        if let Err(e) = self.sync(&sub, Resume::Subscribe { since, epoch }).await {
+        let resume = Resume::Subscribe {
+            since,
+            epoch,
+            access,
+        };
+        if let Err(e) = self.sync(&sub, resume).await {
             self.drop_subscription(session, &sub).await;
             return Err(e);
         }
@@ -355,7 +370,7 @@ impl Hub {
     async fn sync(
         &self,
         sub: &Arc<Subscription>,
-        mut resume: Resume,
+        mut resume: Resume<'_>,
     ) -> Result<(), SubscribeError> {
         let timeout = self.0.config.replay_timeout;
         let send = |item: Delivery| sub.outbox.push_wait(item, timeout);
@@ -365,12 +380,18 @@ impl Hub {
                 Resume::Repair { from, .. } => Some(*from),
             };
             let read = self.0.backplane.read(&sub.topic, since).await?;
+            if let Resume::Subscribe { access, .. } = &resume {
+                if !access(read.acl.as_ref()) {
+                    return Err(SubscribeError::Forbidden(sub.topic.to_string()));
+                }
+            }
             // (announce a `subscribed`, recovered, replay history rather than snapshot)
             let (announce, recovered, replay) = match &resume {
                 Resume::Subscribe { since: None, .. } => (true, true, false),
                 Resume::Subscribe {
                     since: Some(s),
                     epoch,
+                    ..
                 } => {
                     let ok = epoch.as_deref().is_none_or(|e| e == &*read.epoch) && read.covers(*s);
                     (true, ok, ok)

@@ -50,6 +50,8 @@ pub enum CloseReason {
     MessageTooBig,
     /// The client closed or vanished; nothing more to send.
     ClientClosed,
+    /// The connection's token expired without an in-band refresh (4001).
+    TokenExpired,
 }
 
 /// Raised when a push could not be queued.

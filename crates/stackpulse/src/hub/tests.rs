@@ -4,6 +4,10 @@ use super::*;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
+fn allow(_: Option<&Acl>) -> bool {
+    true
+}
+
 fn config(max_events: usize) -> HubConfig {
     HubConfig {
         history: HistoryConfig {
@@ -63,7 +67,7 @@ async fn subscribe_without_since_gets_snapshot_then_live() {
     }
     let (outbox, mut rx) = Outbox::new(64);
     let session = hub.open_session(outbox);
-    hub.subscribe(&session, "D", None, None)
+    hub.subscribe(&session, "D", None, None, &allow)
         .await
         .expect("subscribe");
     hub.publish(status("D", "c")).await.expect("publish");
@@ -85,7 +89,7 @@ async fn empty_topic_has_seq_zero_and_no_snapshot() {
     let (hub, _) = Hub::in_memory(config(100));
     let (outbox, mut rx) = Outbox::new(64);
     let session = hub.open_session(outbox);
-    hub.subscribe(&session, "new", None, None)
+    hub.subscribe(&session, "new", None, None, &allow)
         .await
         .expect("subscribe");
     hub.publish(status("new", "a")).await.expect("publish");
@@ -118,7 +122,7 @@ async fn resume_replays_exactly_the_missed_events() {
         .to_string();
     let (outbox, mut rx) = Outbox::new(64);
     let session = hub.open_session(outbox);
-    hub.subscribe(&session, "D", Some(2), Some(epoch))
+    hub.subscribe(&session, "D", Some(2), Some(epoch), &allow)
         .await
         .expect("subscribe");
     hub.publish(status("D", "x")).await.expect("publish");
@@ -148,7 +152,7 @@ async fn resume_that_history_cannot_serve_is_not_recovered() {
     let (outbox, mut rx) = Outbox::new(64);
     let session = hub.open_session(outbox);
     // Too old: events 3..7 were trimmed.
-    hub.subscribe(&session, "D", Some(2), None)
+    hub.subscribe(&session, "D", Some(2), None, &allow)
         .await
         .expect("subscribe");
     assert_eq!(
@@ -162,7 +166,7 @@ async fn resume_that_history_cannot_serve_is_not_recovered() {
         ]
     );
     // From the future.
-    hub.subscribe(&session, "D", Some(99), None)
+    hub.subscribe(&session, "D", Some(99), None, &allow)
         .await
         .expect("subscribe");
     assert_eq!(
@@ -176,7 +180,7 @@ async fn resume_that_history_cannot_serve_is_not_recovered() {
         ]
     );
     // Another epoch.
-    hub.subscribe(&session, "D", Some(9), Some("other".into()))
+    hub.subscribe(&session, "D", Some(9), Some("other".into()), &allow)
         .await
         .expect("subscribe");
     assert_eq!(
@@ -190,7 +194,7 @@ async fn resume_that_history_cannot_serve_is_not_recovered() {
         ]
     );
     // Just recent enough.
-    hub.subscribe(&session, "D", Some(7), None)
+    hub.subscribe(&session, "D", Some(7), None, &allow)
         .await
         .expect("subscribe");
     assert_eq!(
@@ -228,7 +232,7 @@ async fn subscribing_while_publishing_loses_and_doubles_nothing() {
     for n in 0..20u64 {
         let (outbox, rx) = Outbox::new(8192);
         let session = hub.open_session(outbox);
-        hub.subscribe(&session, "D", Some(n * 7), None)
+        hub.subscribe(&session, "D", Some(n * 7), None, &allow)
             .await
             .expect("subscribe");
         receivers.push((n * 7, session, rx));
@@ -263,10 +267,10 @@ async fn slow_consumer_is_closed_and_others_keep_receiving() {
     let (fast_box, mut fast_rx) = Outbox::new(1024);
     let slow = hub.open_session(slow_box.clone());
     let fast = hub.open_session(fast_box);
-    hub.subscribe(&slow, "D", None, None)
+    hub.subscribe(&slow, "D", None, None, &allow)
         .await
         .expect("subscribe");
-    hub.subscribe(&fast, "D", None, None)
+    hub.subscribe(&fast, "D", None, None, &allow)
         .await
         .expect("subscribe");
     for i in 0..100 {
@@ -285,12 +289,12 @@ async fn subscription_limit_is_enforced_and_freed_by_unsubscribe() {
     let (outbox, _rx) = Outbox::new(64);
     let session = hub.open_session(outbox);
     for t in ["a", "b", "c"] {
-        hub.subscribe(&session, t, None, None)
+        hub.subscribe(&session, t, None, None, &allow)
             .await
             .expect("subscribe");
     }
     let err = hub
-        .subscribe(&session, "d", None, None)
+        .subscribe(&session, "d", None, None, &allow)
         .await
         .expect_err("limit");
     assert_eq!(
@@ -300,7 +304,7 @@ async fn subscription_limit_is_enforced_and_freed_by_unsubscribe() {
     assert_eq!(err.code(), 429);
     assert!(hub.unsubscribe(&session, "a").await);
     assert!(!hub.unsubscribe(&session, "a").await);
-    hub.subscribe(&session, "d", None, None)
+    hub.subscribe(&session, "d", None, None, &allow)
         .await
         .expect("room again");
     assert_eq!(hub.subscription_count(), 3);
@@ -314,7 +318,7 @@ async fn unsubscribed_sessions_receive_nothing_more() {
     let (hub, _) = Hub::in_memory(config(100));
     let (outbox, mut rx) = Outbox::new(64);
     let session = hub.open_session(outbox);
-    hub.subscribe(&session, "D", None, None)
+    hub.subscribe(&session, "D", None, None, &allow)
         .await
         .expect("subscribe");
     hub.unsubscribe(&session, "D").await;
@@ -325,5 +329,42 @@ async fn unsubscribed_sessions_receive_nothing_more() {
             seq: 0,
             recovered: true
         }]
+    );
+}
+
+#[tokio::test]
+async fn access_is_decided_on_the_topic_acl_before_anything_is_sent() {
+    let (hub, _) = Hub::in_memory(config(100));
+    let mut req = status("secret", "a");
+    req.acl = Some(Acl {
+        owner: Some("alice".into()),
+        groups: vec![],
+    });
+    hub.publish(req).await.expect("publish");
+    let (outbox, mut rx) = Outbox::new(64);
+    let session = hub.open_session(outbox);
+    let only_alice = |acl: Option<&Acl>| acl.and_then(|a| a.owner.as_deref()) == Some("alice");
+    let err = hub
+        .subscribe(&session, "secret", None, None, &|_| false)
+        .await
+        .expect_err("refused");
+    assert_eq!(
+        (err.code(), err.to_string()),
+        (403, "Forbidden: secret".to_string())
+    );
+    assert!(
+        take(&mut rx).is_empty(),
+        "nothing leaks, not even subscribed"
+    );
+    assert_eq!(session.subscription_count(), 0);
+    hub.subscribe(&session, "secret", None, None, &only_alice)
+        .await
+        .expect("the owner may");
+    assert_eq!(
+        take(&mut rx)[0],
+        Got::Subscribed {
+            seq: 1,
+            recovered: true
+        }
     );
 }

@@ -10,6 +10,8 @@ pub const GOING_AWAY: u16 = 1001;
 pub const MESSAGE_TOO_BIG: u16 = 1009;
 /// No frame from the client within the idle timeout.
 pub const IDLE_TIMEOUT: u16 = 4000;
+/// The connection's token expired and no fresh one was sent with `auth`.
+pub const TOKEN_EXPIRED: u16 = 4001;
 /// The client read too slowly and its outgoing queue overflowed.
 pub const SLOW_CONSUMER: u16 = 4008;
 
@@ -21,5 +23,6 @@ pub fn for_reason(reason: CloseReason) -> (u16, &'static str) {
         CloseReason::IdleTimeout => (IDLE_TIMEOUT, "idle timeout"),
         CloseReason::MessageTooBig => (MESSAGE_TOO_BIG, "frame too large"),
         CloseReason::ClientClosed => (NORMAL, ""),
+        CloseReason::TokenExpired => (TOKEN_EXPIRED, "token expired"),
     }
 }

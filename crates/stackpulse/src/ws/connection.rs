@@ -9,7 +9,7 @@
 //! closes the outbox; the connection then leaves the hub and the registry.
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,9 +21,10 @@ use tokio::sync::mpsc;
 
 use super::close;
 use super::registry::{ConnInfo, Slot};
-use crate::auth::User;
+use crate::auth::limits::UserSlot;
 use crate::http::AppState;
 use crate::hub::{CloseReason, Delivery, Outbox, SubscribeError};
+use stackpulse_auth::Verified;
 
 /// Items written per flush at most, so pings and closes are not starved.
 const BATCH: usize = 64;
@@ -31,14 +32,30 @@ const BATCH: usize = 64;
 /// consumer gets this long to drain what is already in flight).
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(3);
 
-pub async fn run(socket: WebSocket, state: AppState, mut slot: Slot, remote: SocketAddr) {
+/// What admission granted a connection before its upgrade.
+pub struct Admitted {
+    pub slot: Slot,
+    pub remote: SocketAddr,
+    pub verified: Verified,
+    /// One of the user's places (with auth); released when the connection ends.
+    pub user_slot: Option<UserSlot>,
+}
+
+pub async fn run(socket: WebSocket, state: AppState, admitted: Admitted) {
+    let Admitted {
+        mut slot,
+        remote,
+        verified,
+        user_slot,
+    } = admitted;
     let (outbox, rx) = Outbox::new(state.config.queue_size);
     let session = state.hub.open_session(outbox.clone());
     let info = Arc::new(ConnInfo {
-        user: User::anonymous(),
+        user: verified.user,
         remote,
         connected_at: chrono::Utc::now(),
         last_ping: AtomicI64::new(0),
+        expires_at: AtomicU64::new(verified.expires_at),
         session: session.clone(),
     });
     slot.register(info.clone());
@@ -56,6 +73,7 @@ pub async fn run(socket: WebSocket, state: AppState, mut slot: Slot, remote: Soc
     state.hub.close_session(&session).await;
     let _ = writer.await;
     tracing::debug!(conn = session.id, "disconnected");
+    drop(user_slot);
     drop(slot);
 }
 
@@ -77,6 +95,21 @@ fn is_too_big(e: axum::Error) -> bool {
         .is_ok_and(|e| matches!(*e, Error::Capacity(_)))
 }
 
+/// Resolves when the connection's token expires (never without auth).
+async fn token_expiry(expires_at: u64) {
+    if expires_at == u64::MAX {
+        return std::future::pending().await;
+    }
+    let now_ms = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0);
+    let left = (expires_at.saturating_mul(1000)).saturating_sub(now_ms);
+    tokio::time::sleep(Duration::from_millis(left)).await;
+}
+
+fn expired(info: &ConnInfo) -> bool {
+    let exp = info.expires_at.load(Ordering::Acquire);
+    exp != u64::MAX && u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0) >= exp
+}
+
 async fn read_loop(mut stream: SplitStream<WebSocket>, state: &AppState, info: &Arc<ConnInfo>) {
     let outbox = &info.session.outbox;
     let idle = state.config.idle_timeout;
@@ -84,6 +117,15 @@ async fn read_loop(mut stream: SplitStream<WebSocket>, state: &AppState, info: &
         let next = tokio::select! {
             biased;
             _ = outbox.closing() => return,
+            _ = token_expiry(info.expires_at.load(Ordering::Acquire)) => {
+                // An in-band `auth` may have moved the deadline meanwhile.
+                if expired(info) {
+                    tracing::debug!(conn = info.session.id, "token expired");
+                    outbox.close(CloseReason::TokenExpired);
+                    return;
+                }
+                continue;
+            }
             next = tokio::time::timeout(idle, stream.next()) => next,
         };
         let message = match next {
@@ -125,7 +167,9 @@ async fn handle_text(state: &AppState, info: &Arc<ConnInfo>, text: &str) {
             epoch,
         }) => match state
             .hub
-            .subscribe(session, &deployment_id, since, epoch)
+            .subscribe(session, &deployment_id, since, epoch, &|acl| {
+                state.gate.may_subscribe(&info.user, acl)
+            })
             .await
         {
             Ok(()) | Err(SubscribeError::Closed) => {}
@@ -145,6 +189,7 @@ async fn handle_text(state: &AppState, info: &Arc<ConnInfo>, text: &str) {
             state.hub.unsubscribe(session, &deployment_id).await;
             reply(outbox, ServerMessage::Unsubscribed { deployment_id });
         }
+        Ok(ClientMessage::Auth { token }) => reauthenticate(state, info, &token).await,
         Ok(ClientMessage::Ping) => {
             info.touch_ping();
             reply(
@@ -154,6 +199,35 @@ async fn handle_text(state: &AppState, info: &Arc<ConnInfo>, text: &str) {
                 },
             );
         }
+    }
+}
+
+/// An in-band `{"action":"auth","token":…}`: a fresh token for the same user
+/// moves the connection's expiry forward.
+async fn reauthenticate(state: &AppState, info: &Arc<ConnInfo>, token: &str) {
+    let outbox = &info.session.outbox;
+    if !state.gate.is_enabled() {
+        reply(
+            outbox,
+            ServerMessage::error(400, "Authentication is not enabled on this server"),
+        );
+        return;
+    }
+    match state.gate.authenticate(Some(token)).await {
+        Ok(v) if v.user.sub == info.user.sub => {
+            info.expires_at.store(v.expires_at, Ordering::Release);
+            let expires_at = i64::try_from(v.expires_at)
+                .ok()
+                .and_then(|s| chrono::DateTime::from_timestamp(s, 0))
+                .map(stackpulse_protocol::time::format)
+                .unwrap_or_default();
+            reply(outbox, ServerMessage::Authenticated { expires_at });
+        }
+        Ok(_) => reply(
+            outbox,
+            ServerMessage::error(403, "Forbidden: the token belongs to another user"),
+        ),
+        Err(u) => reply(outbox, ServerMessage::error(401, u.message())),
     }
 }
 

@@ -1,8 +1,9 @@
 //! The `/ws` endpoint: admission, upgrade and the per-connection loops.
 //!
-//! A request flows: [`ws_handler`] reserves a place under the connection limit
-//! (503 when full or shutting down), upgrades with small buffers and the frame-size
-//! limit, and hands the socket to [`connection::run`], which splits it into a reader
+//! A request flows: [`ws_handler`] checks the client's attempt rate (429),
+//! authenticates its token (401, before any upgrade), takes one of the user's
+//! places (429) and a place under the connection limit (503 when full or shutting
+//! down), upgrades with small buffers and the frame-size limit, and hands the socket to [`connection::run`], which splits it into a reader
 //! (client requests → hub) and a writer (the connection's outbox → socket).
 //!
 //! # Layout
@@ -16,11 +17,13 @@ pub mod registry;
 
 use std::net::SocketAddr;
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, State};
-use axum::http::StatusCode;
+use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
+use crate::auth::gate::request_token;
 use crate::http::{error_body, AppState};
 
 /// Per-connection read buffer, allocated for every connection: client requests are
@@ -33,22 +36,59 @@ const WRITE_BUFFER: usize = 8 * 1024;
 /// outbox's bound, before writes fail.
 const MAX_WRITE_BUFFER: usize = 512 * 1024;
 
+/// Refuses a request before any upgrade, with a JSON `{"message"}` body.
+fn refuse(status: StatusCode, message: &str) -> Response {
+    error_body(status, message).into_response()
+}
+
 pub async fn ws_handler(
     State(state): State<AppState>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
-    ws: WebSocketUpgrade,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     if state.shutdown.is_cancelled() {
-        return error_body(StatusCode::SERVICE_UNAVAILABLE, "Server shutting down").into_response();
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "Server shutting down");
     }
+    let gate = &state.gate;
+    if let Err(r) = gate.admission.check_ip(remote.ip()) {
+        metrics::counter!("stackpulse_connections_refused_total", "reason" => r.label())
+            .increment(1);
+        return refuse(StatusCode::TOO_MANY_REQUESTS, &r.message());
+    }
+    let token = request_token(&headers, query.as_deref());
+    let verified = match gate.authenticate(token.as_deref()).await {
+        Ok(v) => v,
+        Err(u) => {
+            metrics::counter!("stackpulse_connections_refused_total", "reason" => "unauthorized")
+                .increment(1);
+            return refuse(StatusCode::UNAUTHORIZED, u.message());
+        }
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let user_slot = if gate.is_enabled() {
+        match gate.admission.admit_user(&verified.user.sub) {
+            Ok(slot) => Some(slot),
+            Err(r) => {
+                metrics::counter!("stackpulse_connections_refused_total", "reason" => r.label())
+                    .increment(1);
+                return refuse(StatusCode::TOO_MANY_REQUESTS, &r.message());
+            }
+        }
+    } else {
+        None
+    };
     let max = state.config.max_connections;
     let Some(slot) = state.registry.reserve(max) else {
         metrics::counter!("stackpulse_connections_refused_total", "reason" => "limit").increment(1);
-        return error_body(
+        return refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             &format!("Server at connection limit ({max})"),
-        )
-        .into_response();
+        );
     };
     let frame_limit = state.config.max_frame_bytes;
     let tracked = state.tasks.token();
@@ -58,7 +98,13 @@ pub async fn ws_handler(
         .max_message_size(frame_limit)
         .max_frame_size(frame_limit)
         .on_upgrade(move |socket| async move {
-            connection::run(socket, state, slot, remote).await;
+            let admitted = connection::Admitted {
+                slot,
+                remote,
+                verified,
+                user_slot,
+            };
+            connection::run(socket, state, admitted).await;
             drop(tracked);
         })
 }

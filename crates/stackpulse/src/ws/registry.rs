@@ -5,7 +5,7 @@
 //! [`Slot`] is dropped, however the connection ends.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -21,6 +21,9 @@ pub struct ConnInfo {
     pub connected_at: DateTime<Utc>,
     /// Unix milliseconds of the last ping (WebSocket pong or `{"action":"ping"}`).
     pub last_ping: AtomicI64,
+    /// Unix seconds when the connection's token expires (`u64::MAX` without auth);
+    /// moved forward by an in-band `auth`.
+    pub expires_at: AtomicU64,
     /// The connection's hub session: its id, queue and subscriptions.
     pub session: Arc<Session>,
 }

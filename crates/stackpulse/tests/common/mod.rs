@@ -16,6 +16,12 @@ pub const KEY: &str = "test-publisher-key";
 /// Upper bound for any single awaited frame; generous for a loaded CI machine.
 pub const WAIT: Duration = Duration::from_secs(15);
 
+/// An HTTP client for tests (TLS needs the process-wide rustls provider).
+pub fn http_client() -> reqwest::Client {
+    stackpulse::auth::jwks_http::install_crypto_provider();
+    reqwest::Client::new()
+}
+
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
@@ -67,7 +73,7 @@ impl Server {
         Server {
             child,
             addr,
-            http: reqwest::Client::new(),
+            http: http_client(),
         }
     }
 
