@@ -2,6 +2,8 @@
 //! talks to it with the real client over real sockets.
 #![allow(dead_code)]
 
+pub mod tokens;
+
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
@@ -89,6 +91,30 @@ impl Server {
         Client::connect(&self.ws_url(), None)
             .await
             .expect("connect")
+    }
+
+    pub async fn connect_as(&self, token: &str) -> Client {
+        Client::connect(&self.ws_url(), Some(token))
+            .await
+            .expect("connect")
+    }
+
+    /// A WebSocket upgrade request made with plain HTTP, to read refusals:
+    /// returns the status and the body.
+    pub async fn upgrade_status(&self, query: &str, authorization: Option<&str>) -> (u16, String) {
+        let mut req = self
+            .http
+            .get(self.url(&format!("/ws{query}")))
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+        if let Some(a) = authorization {
+            req = req.header("authorization", a);
+        }
+        let resp = req.send().await.expect("upgrade request");
+        let status = resp.status().as_u16();
+        (status, resp.text().await.unwrap_or_default())
     }
 
     /// Publishes a raw body with the test key; returns status and JSON body.
