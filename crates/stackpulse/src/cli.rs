@@ -32,6 +32,8 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Print a topic's events as JSON lines, resuming across reconnects.
     Tail(TailArgs),
+    /// Print the SHA-256 of a publisher key (read from stdin) for --publisher-key-sha256.
+    HashKey,
 }
 
 #[derive(Debug, clap::Args)]
@@ -124,7 +126,7 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
     tracing::warn!(
         "no authentication configured: serving loopback only ({addr}); anyone on this machine can subscribe"
     );
-    if config.publisher_keys.is_empty() {
+    if config.publisher_keys.is_empty() && config.publisher_key_hashes.is_empty() {
         tracing::warn!(
             "no publisher key configured: POST /v1/events will answer 401 (set --publisher-key)"
         );
@@ -136,6 +138,19 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Reads a key from stdin and prints its SHA-256 in hex.
+pub fn hash_key() -> ExitCode {
+    let mut key = String::new();
+    if std::io::stdin().read_line(&mut key).is_err() || key.trim().is_empty() {
+        eprintln!(
+            "stackpulse: write the key on stdin, e.g. `printf %s \"$KEY\" | stackpulse hash-key`"
+        );
+        return ExitCode::from(2);
+    }
+    println!("{}", crate::auth::PublisherKeys::hash_hex(key.trim()));
+    ExitCode::SUCCESS
 }
 
 pub async fn tail(args: TailArgs) -> ExitCode {

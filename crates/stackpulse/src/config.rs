@@ -31,6 +31,15 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub publisher_keys: Vec<String>,
+    /// SHA-256 (hex) of a publisher key, so the key itself need not be stored in
+    /// config (repeatable; env: comma-separated; `stackpulse hash-key` prints it).
+    #[arg(
+        long = "publisher-key-sha256",
+        env = "STACKPULSE_PUBLISHER_KEY_HASHES",
+        value_name = "HEX",
+        value_delimiter = ','
+    )]
+    pub publisher_key_hashes: Vec<String>,
     /// Log format [default: text].
     #[arg(long, env = "STACKPULSE_LOG_FORMAT", value_name = "text|json")]
     pub log_format: Option<LogFormat>,
@@ -79,6 +88,7 @@ pub enum LogFormat {
 struct FileConfig {
     bind: Option<SocketAddr>,
     publisher_keys: Option<Vec<String>>,
+    publisher_key_hashes: Option<Vec<String>>,
     log_format: Option<LogFormat>,
     history_size: Option<usize>,
     history_retention: Option<f64>,
@@ -97,6 +107,8 @@ struct FileConfig {
 pub struct Config {
     pub bind: SocketAddr,
     pub publisher_keys: Vec<String>,
+    /// SHA-256 digests of further publisher keys.
+    pub publisher_key_hashes: Vec<[u8; 32]>,
     pub log_format: LogFormat,
     pub history_size: usize,
     pub history_retention: Duration,
@@ -117,6 +129,7 @@ impl Default for Config {
         Config {
             bind: SocketAddr::from(([127, 0, 0, 1], 8000)),
             publisher_keys: Vec::new(),
+            publisher_key_hashes: Vec::new(),
             log_format: LogFormat::Text,
             history_size: 2000,
             history_retention: Duration::from_secs(86_400),
@@ -170,6 +183,28 @@ fn positive(name: &'static str, value: usize) -> Result<usize, ConfigError> {
     Ok(value)
 }
 
+/// Parses hex SHA-256 digests (64 hex digits each).
+fn parse_hashes(list: Vec<String>) -> Result<Vec<[u8; 32]>, ConfigError> {
+    let invalid = |h: &str| ConfigError::Invalid {
+        name: "publisher-key-sha256",
+        message: format!("{h:?} is not 64 hex digits"),
+    };
+    list.iter()
+        .map(|h| h.trim())
+        .filter(|h| !h.is_empty())
+        .map(|h| {
+            if h.len() != 64 || !h.is_ascii() {
+                return Err(invalid(h));
+            }
+            let mut out = [0u8; 32];
+            for (i, byte) in out.iter_mut().enumerate() {
+                *byte = u8::from_str_radix(&h[2 * i..2 * i + 2], 16).map_err(|_| invalid(h))?;
+            }
+            Ok(out)
+        })
+        .collect()
+}
+
 impl Config {
     /// Resolves flags/env over the optional file over the defaults.
     pub fn resolve(args: &ServeArgs) -> Result<Config, ConfigError> {
@@ -201,6 +236,11 @@ impl Config {
         Ok(Config {
             bind: args.bind.or(file.bind).unwrap_or(d.bind),
             publisher_keys: keys,
+            publisher_key_hashes: parse_hashes(if args.publisher_key_hashes.is_empty() {
+                file.publisher_key_hashes.clone().unwrap_or_default()
+            } else {
+                args.publisher_key_hashes.clone()
+            })?,
             log_format: args.log_format.or(file.log_format).unwrap_or(d.log_format),
             history_size: positive(
                 "history-size",
@@ -288,6 +328,18 @@ mod tests {
         );
         let mut file = tempfile::NamedTempFile::new().expect("tmp");
         writeln!(file, "bnid = 1").expect("write");
+        let args = ServeArgs {
+            config: Some(file.path().to_path_buf()),
+            ..ServeArgs::default()
+        };
+        let e = Config::resolve(&args).expect_err("unknown key");
+        assert!(e.to_string().contains("unknown field `bnid`"), "{e}");
+        let args = ServeArgs {
+            publisher_key_hashes: vec!["abc".into()],
+            ..ServeArgs::default()
+        };
+        let e = Config::resolve(&args).expect_err("bad hash");
+        assert!(e.to_string().contains("is not 64 hex digits"), "{e}");
         let args = ServeArgs {
             config: Some(file.path().to_path_buf()),
             ..ServeArgs::default()

@@ -11,5 +11,6 @@ async fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => stackpulse::cli::serve(*args).await,
         Command::Tail(args) => stackpulse::cli::tail(args).await,
+        Command::HashKey => stackpulse::cli::hash_key(),
     }
 }

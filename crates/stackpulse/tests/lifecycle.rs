@@ -395,3 +395,42 @@ async fn bad_configuration_exits_2_with_the_reason() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value for queue-size"));
 }
+
+#[tokio::test]
+async fn publisher_keys_can_be_configured_by_their_hash() {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_stackpulse"))
+        .arg("hash-key")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(b"hashed-secret\n").await.expect("write");
+    drop(stdin);
+    let out = child.wait_with_output().await.expect("run");
+    assert!(out.status.success());
+    let hash = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert_eq!(hash.len(), 64);
+    let server = Server::spawn(&["--publisher-key-sha256", &hash], &[]).await;
+    let url = server.url("/v1/events");
+    let body = json!({"type":"deployment.status","deployment_id":"P","data":{"status":"x"}});
+    let ok = server
+        .http
+        .post(&url)
+        .bearer_auth("hashed-secret")
+        .json(&body)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(ok.status().as_u16(), 202);
+    let bad = server
+        .http
+        .post(&url)
+        .bearer_auth(&hash)
+        .json(&body)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(bad.status().as_u16(), 401, "the digest itself is not a key");
+}

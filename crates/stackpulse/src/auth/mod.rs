@@ -40,10 +40,20 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 }
 
 impl PublisherKeys {
-    pub fn new<I: IntoIterator<Item = S>, S: AsRef<str>>(keys: I) -> PublisherKeys {
+    /// Keys given in clear and keys given as SHA-256 digests.
+    pub fn new<S: AsRef<str>>(keys: &[S], digests: &[[u8; 32]]) -> PublisherKeys {
         PublisherKeys {
-            digests: keys.into_iter().map(|k| digest(k.as_ref())).collect(),
+            digests: keys
+                .iter()
+                .map(|k| digest(k.as_ref()))
+                .chain(digests.iter().copied())
+                .collect(),
         }
+    }
+
+    /// The hex SHA-256 of a key, as `--publisher-key-sha256` takes it.
+    pub fn hash_hex(key: &str) -> String {
+        digest(key).iter().map(|b| format!("{b:02x}")).collect()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -73,10 +83,13 @@ mod tests {
 
     #[test]
     fn publisher_keys() {
-        let keys = PublisherKeys::new(["k1", "k2"]);
+        let k3 = digest("k3");
+        let keys = PublisherKeys::new(&["k1", "k2"], &[k3]);
         assert!(keys.matches("k2"));
+        assert!(keys.matches("k3"), "a key configured by its digest");
         assert!(!keys.matches("nope"));
         assert!(!PublisherKeys::default().matches("k1"));
+        assert_eq!(PublisherKeys::hash_hex("dev-secret").len(), 64);
         assert_eq!(bearer("bearer  k1 "), Some("k1"));
         assert_eq!(bearer("Basic k1"), None);
         assert_eq!(bearer("Bearer "), None);

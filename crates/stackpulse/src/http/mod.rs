@@ -48,7 +48,10 @@ impl AppState {
         Ok(AppState {
             hub,
             gate: Arc::new(gate),
-            publishers: Arc::new(PublisherKeys::new(&config.publisher_keys)),
+            publishers: Arc::new(PublisherKeys::new(
+                &config.publisher_keys,
+                &config.publisher_key_hashes,
+            )),
             config: Arc::new(config),
             registry: Arc::new(Registry::default()),
             shutdown: CancellationToken::new(),
