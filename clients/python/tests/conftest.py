@@ -1,0 +1,208 @@
+"""Test harness: starts the real ``stackpulse`` binary and publishes through its HTTP API.
+
+``STACKPULSE_BIN`` names the binary (``scripts/test-python.sh`` builds it and sets it).
+Each test gets its own server on a free port; ``Server.restart()`` starts a new
+process on the same port (the hub is in memory, so topics get new epochs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import selectors
+import signal
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, TypeVar
+
+import pytest
+
+KEY = "test-publisher-key"
+_LISTENING = re.compile(r"stackpulse listening on http://([\d.]+):(\d+)")
+
+T = TypeVar("T")
+
+
+def _binary() -> str:
+    path = os.environ.get("STACKPULSE_BIN")
+    if not path:
+        pytest.fail("STACKPULSE_BIN is not set: run scripts/test-python.sh (it builds the server)")
+    if not os.access(path, os.X_OK):
+        pytest.fail(f"STACKPULSE_BIN={path} is not an executable")
+    return path
+
+
+class Server:
+    """One ``stackpulse serve`` process (restartable on the same port)."""
+
+    def __init__(self, log_dir: Path, args: List[str]) -> None:
+        self.binary = _binary()
+        self.args = args
+        self.log_dir = log_dir
+        self.port = 0
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+        self.starts = 0
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    def start(self, timeout: float = 20.0) -> None:
+        assert self.proc is None, "already running"
+        self.starts += 1
+        log = open(self.log_dir / f"stackpulse-{self.starts}.log", "wb")
+        cmd = [
+            self.binary,
+            "serve",
+            "--bind",
+            f"127.0.0.1:{self.port}",
+            "--publisher-key",
+            KEY,
+            *self.args,
+        ]
+        deadline = time.monotonic() + timeout
+        while True:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log)
+            line = self._first_line(proc, deadline)
+            match = _LISTENING.search(line)
+            if match:
+                break
+            # Binding the same port right after a stop can fail briefly: retry.
+            proc.wait(timeout=5)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"stackpulse did not start: {line!r}; see {log.name}")
+            time.sleep(0.05)
+        self.port = int(match.group(2))
+        self.proc = proc
+        assert proc.stdout is not None
+        stdout = proc.stdout
+        threading.Thread(target=lambda: stdout.read(), daemon=True).start()
+
+    @staticmethod
+    def _first_line(proc: "subprocess.Popen[bytes]", deadline: float) -> str:
+        assert proc.stdout is not None
+        sel = selectors.DefaultSelector()
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        try:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not sel.select(remaining):
+                proc.kill()
+                raise RuntimeError("stackpulse printed nothing in time")
+            return proc.stdout.readline().decode("utf-8", "replace")
+        finally:
+            sel.close()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        """Stops the process (SIGTERM: clients get close 1001); returns its exit code."""
+        proc = self.proc
+        assert proc is not None, "not running"
+        self.proc = None
+        proc.send_signal(sig)
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait()
+
+    def restart(self) -> None:
+        """A new process on the same port (new epochs: resumes are not recovered)."""
+        self.stop()
+        self.start()
+
+    def publish(self, topic: str, data: Dict[str, Any], type_: str = "deployment.status") -> int:
+        """``POST /v1/events``; returns the assigned seq."""
+        body = json.dumps({"type": type_, "deployment_id": topic, "data": data}).encode()
+        req = urllib.request.Request(
+            f"{self.http}/v1/events",
+            data=body,
+            method="POST",
+            headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert resp.status == 202, resp.status
+            seq = json.loads(resp.read())["seq"]
+            assert isinstance(seq, int)
+            return seq
+
+    async def apublish(
+        self, topic: str, data: Dict[str, Any], type_: str = "deployment.status"
+    ) -> int:
+        return await asyncio.to_thread(self.publish, topic, data, type_)
+
+    def topic(self, topic: str) -> Dict[str, Any]:
+        with urllib.request.urlopen(f"{self.http}/v1/topics/{topic}", timeout=10) as resp:
+            result: Dict[str, Any] = json.loads(resp.read())
+            return result
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """``start_server(*flags)`` starts a real server; all are stopped after the test."""
+    servers: List[Server] = []
+
+    def start(*args: str) -> Server:
+        server = Server(tmp_path, list(args))
+        server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        if server.proc is not None:
+            server.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def server(start_server: Callable[..., Server]) -> Server:
+    return start_server()
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
+    """Polls ``predicate`` (for state with no event to await, e.g. a counter)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what or predicate}")
+        await asyncio.sleep(0.01)
+
+
+class Collector:
+    """A sync handler that records what it gets; ``until()`` awaits a condition on it."""
+
+    def __init__(self) -> None:
+        self.items: List[Any] = []
+        self._waiters: List[Any] = []
+
+    def __call__(self, item: Any) -> None:
+        self.items.append(item)
+        for predicate, future in list(self._waiters):
+            if not future.done() and predicate(self.items):
+                future.set_result(None)
+
+    async def until(
+        self, predicate: Callable[[List[Any]], bool], timeout: float = 15.0, what: str = ""
+    ) -> None:
+        if predicate(self.items):
+            return
+        future = asyncio.get_running_loop().create_future()
+        entry = (predicate, future)
+        self._waiters.append(entry)
+        try:
+            await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            raise AssertionError(f"timed out waiting for {what}; got {self.items!r}") from None
+        finally:
+            self._waiters.remove(entry)
+
+    async def count(self, n: int, timeout: float = 15.0) -> None:
+        await self.until(lambda items: len(items) >= n, timeout, f"{n} item(s)")
