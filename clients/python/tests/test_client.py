@@ -15,6 +15,7 @@ from stackpulse_client import (
     HandshakeError,
     AuthenticationError,
     NotConnectedError,
+    ReconnectError,
     SubscriptionError,
 )
 
@@ -466,3 +467,123 @@ async def test_unsubscribe_stops_delivery_and_subscribe_before_connect_is_sent_o
         assert client.subscriptions == {"B"}
     finally:
         await client.disconnect()
+
+
+async def test_keepalive_pings_keep_an_idle_subscriber_connected(start_server: Callable[..., Server]) -> None:
+    server = start_server("--idle-timeout", "0.5")
+    closes, pongs = Collector(), Collector()
+    client = CloudWebSocketClient(server.ws_url, ping_interval=0.1, on_disconnect=lambda c, r: closes(c))
+    client.on("pong", pongs)
+    await client.connect()
+    try:
+        await client.subscribe("D")
+        await pongs.count(15)  # 1.5 s: three idle timeouts' worth
+        assert all(TIMESTAMP.match(p["timestamp"]) for p in pongs.items)
+        assert closes.items == [] and client.connection_count == 1
+    finally:
+        await client.disconnect()
+
+
+async def test_gives_up_after_max_reconnect_attempts_and_disconnect_stops_retrying(
+    start_server: Callable[..., Server],
+) -> None:
+    server = start_server()
+    attempts = Collector()
+
+    def provider() -> str:
+        attempts("token")
+        return "t"
+
+    client = CloudWebSocketClient(
+        server.ws_url, token=provider, backoff_base=0.01, backoff_max=0.02, max_reconnect_attempts=3
+    )
+    await client.connect()
+    server.stop()
+    with pytest.raises(ReconnectError) as gave_up:
+        await asyncio.wait_for(client.run(), 15)
+    assert gave_up.value.attempts == 3
+    assert isinstance(gave_up.value.last_error, OSError)
+    assert len(attempts.items) == 4  # the first connect and three attempts
+    assert not client.running
+
+    # Without a limit it retries until disconnect(), which ends it promptly.
+    patient = CloudWebSocketClient(server.ws_url, token=provider, backoff_base=0.01, backoff_max=0.02)
+    server.start()
+    await patient.connect()
+    server.stop()
+    before = len(attempts.items)
+    await attempts.count(before + 3)  # retrying
+    await asyncio.wait_for(patient.disconnect(), 5)
+    assert not patient.running
+
+
+async def test_restarts_under_continuous_publishing_deliver_each_epoch_in_order(
+    start_server: Callable[..., Server],
+) -> None:
+    """Events are published without pause while the server is restarted twice on the
+    same port. Per epoch the client delivers a contiguous run of seqs (after the
+    snapshot it resynced from), never a duplicate, and after the last restart
+    everything published."""
+    server = start_server()
+    deliveries: List[Tuple[str, Any]] = []  # ("event", message) | ("resync", snapshot)
+    resyncs = Collector()
+
+    def on_resync(topic: str, snapshot: Optional[Dict[str, Any]]) -> None:
+        deliveries.append(("resync", snapshot))
+        resyncs(topic)
+
+    seen = Collector()
+
+    def on_status(message: Dict[str, Any]) -> None:
+        deliveries.append(("event", message))
+        seen(message)
+
+    client = CloudWebSocketClient(server.ws_url, backoff_base=0.02, backoff_max=0.1, on_resync=on_resync)
+    client.on("deployment.status", on_status)
+    published: Dict[int, List[Tuple[int, str]]] = {}  # server start -> [(seq, label)]
+    stop = asyncio.Event()
+    lock = asyncio.Lock()  # no publish in flight while the server restarts
+
+    async def keep_publishing() -> None:
+        n = 0
+        while not stop.is_set():
+            label = f"e{n}"
+            async with lock:
+                epoch = server.starts
+                seq = await server.apublish("D", {"status": label})
+            published.setdefault(epoch, []).append((seq, label))
+            n += 1
+
+    await client.connect()
+    await client.subscribe("D")
+    publisher = asyncio.ensure_future(keep_publishing())
+    try:
+        for restart in (1, 2):
+            await seen.count(len(seen.items) + 5)
+            async with lock:
+                server.restart()
+            await resyncs.count(restart)
+        await seen.count(len(seen.items) + 5)
+        stop.set()
+        await publisher
+        last = await server.apublish("D", {"status": "final"})
+        published[server.starts].append((last, "final"))
+        await seen.until(lambda s: s[-1]["data"]["status"] == "final", 15, "the final event")
+    finally:
+        stop.set()
+        await client.disconnect()
+
+    # Split what the client delivered at each resync.
+    segments: List[Tuple[int, List[Tuple[int, str]]]] = [(0, [])]
+    for kind, item in deliveries:
+        if kind == "resync":
+            segments.append((item["seq"] if item else 0, []))
+        else:
+            segments[-1][1].append((item["seq"], item["data"]["status"]))
+    assert len(segments) == 3
+    for epoch, (start, got) in enumerate(segments, start=1):
+        expected = [p for p in published[epoch] if p[0] > start]
+        assert got == expected[: len(got)], f"epoch {epoch}: not a contiguous run"
+        assert [s for s, _ in got] == list(range(start + 1, start + 1 + len(got)))
+    assert segments[-1][1] == [p for p in published[3] if p[0] > segments[-1][0]]
+    assert segments[-1][1][-1] == (last, "final")

@@ -505,7 +505,9 @@ class CloudWebSocketClient:
         While connected it waits for the server's ``subscribed`` reply and returns
         it (``{"type":"subscribed","deployment_id","seq","epoch","recovered"}``);
         an error reply raises :class:`SubscriptionError` (the topic is then not
-        subscribed). While disconnected (or from inside a handler, which must not
+        subscribed) and a reply slower than ``reply_timeout`` raises
+        ``asyncio.TimeoutError`` (the topic stays in :attr:`subscriptions`; the reply
+        may still come). While disconnected (or from inside a handler, which must not
         wait for the receiving loop it runs in) it returns ``None`` and the
         subscription is sent on (re)connect. A topic with state first yields a
         ``*.snapshot`` event, then live events.
@@ -677,6 +679,12 @@ class CloudWebSocketClient:
                 if self._closing or not self.auto_reconnect:
                     break
                 ws = await self._reconnect()
+                if ws is not None and self._closing:
+                    # disconnect() was called while this attempt was connecting.
+                    self._ws = None
+                    self._stop_ping()
+                    await ws.close()
+                    ws = None
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - kept and re-raised by run()/events()
