@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from http import HTTPStatus
 from typing import Any, List, Optional
 
@@ -55,7 +56,8 @@ async def test_401_with_a_static_token_raises_at_connect() -> None:
     assert not client.running
 
 
-async def test_401_on_reconnect_ends_run_after_one_fresh_token() -> None:
+async def test_401_on_reconnect_ends_run_after_one_fresh_token(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
     gate = Gate(accept=1)
     calls: List[str] = []
 
@@ -81,3 +83,9 @@ async def test_401_on_reconnect_ends_run_after_one_fresh_token() -> None:
     assert [r.headers["Authorization"] for r in gate.requests] == [f"Bearer {t}" for t in calls]
     assert [r.path for r in gate.requests] == [f"/ws?token={t}" for t in calls]
     assert not client.running
+    # Neither the header nor the query string leaks a token into the logs.
+    client_log = "\n".join(
+        r.getMessage() for r in caplog.records if not r.name.startswith("websockets.server")
+    )
+    assert "GET /ws?token=***" in client_log and "Bearer ***" in client_log
+    assert not any(t in client_log for t in calls)

@@ -460,6 +460,7 @@ class CloudWebSocketClient:
         if ws is not None:
             if inside:
                 self._closer = asyncio.ensure_future(ws.close())
+                self._closer.add_done_callback(lambda f: f.cancelled() or f.exception())
             else:
                 try:
                     await ws.close()
