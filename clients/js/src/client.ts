@@ -13,11 +13,15 @@
  *   event so the application can refetch state (a snapshot follows from the server);
  * - asks a token provider for a fresh token on every (re)connect and sends it as
  *   `?token=` (browsers cannot set headers on a WebSocket);
- * - pings, and treats a connection that stays silent after a ping as dead.
+ * - pings, and treats a connection that stays silent after a ping as dead;
+ * - before a JWT expires, asks the provider for a fresh one and sends it in-band
+ *   (`{"action":"auth"}`), so the connection outlives the token; a server close 4001
+ *   (token expired) reconnects with a fresh token.
  */
 
 import { BackoffOptions, backoffDelay } from './backoff.js';
 import {
+  AuthenticatedMessage,
   ClientMessage,
   ErrorMessage,
   KnownEvents,
@@ -66,6 +70,12 @@ export interface StackPulseClientOptions {
   pongTimeout?: number;
   /** A connection attempt not open after this many ms is abandoned. Default 10 000. */
   connectTimeout?: number;
+  /**
+   * With a token provider and a JWT carrying `exp`: refresh in-band this many ms
+   * before the connection's token expires (at most half its remaining lifetime).
+   * Default 60 000; 0 turns in-band refresh off.
+   */
+  refreshMargin?: number;
   /** Reconnect delays (see {@link BackoffOptions}). */
   backoff?: BackoffOptions;
   /** Source of randomness for the jitter (tests). Default `Math.random`. */
@@ -108,6 +118,7 @@ export interface ClientEventMap extends KnownEvents, ConnectionEvents {
   subscribed: SubscribedMessage;
   unsubscribed: UnsubscribedMessage;
   pong: PongMessage;
+  authenticated: AuthenticatedMessage;
   /** An error reply from the server (the connection stays usable). */
   error: ErrorMessage;
   /** Every event delivered to the application (after de-duplication). */
@@ -174,6 +185,22 @@ export function buildUrl(endpoint: string, token?: string | null): string {
   return u.toString();
 }
 
+/** Milliseconds since the epoch at which a JWT expires (its `exp`), or null. */
+export function jwtExpiry(token: string): number | null {
+  const parts = token.split('.');
+  if (parts.length !== 3) return null;
+  try {
+    let b64 = parts[1].replace(/-/g, '+').replace(/_/g, '/');
+    while (b64.length % 4) b64 += '=';
+    const bin = atob(b64);
+    const bytes = Uint8Array.from(bin, (c) => c.charCodeAt(0));
+    const claims = JSON.parse(new TextDecoder().decode(bytes)) as { exp?: unknown };
+    return typeof claims.exp === 'number' ? claims.exp * 1000 : null;
+  } catch {
+    return null;
+  }
+}
+
 /** Marks a promise as handled (a caller may still await it and see the rejection). */
 function quiet<T>(p: Promise<T>): Promise<T> {
   p.catch(() => undefined);
@@ -194,6 +221,7 @@ export class StackPulseClient {
   private readonly pingInterval: number;
   private readonly pongTimeout: number;
   private readonly connectTimeout: number;
+  private readonly refreshMargin: number;
   private readonly backoff: BackoffOptions;
   private readonly random: () => number;
   private readonly wsImpl: WebSocketConstructor | undefined;
@@ -214,6 +242,10 @@ export class StackPulseClient {
   private connectTimer: ReturnType<typeof setTimeout> | null = null;
   private pingTimer: ReturnType<typeof setInterval> | null = null;
   private pongTimer: ReturnType<typeof setTimeout> | null = null;
+  private refreshTimer: ReturnType<typeof setTimeout> | null = null;
+  private authWaiters: Waiter<AuthenticatedMessage>[] = [];
+  /** The token the current connection was opened (or last re-authenticated) with. */
+  private token: string | null = null;
   private duplicates = 0;
 
   constructor(options: StackPulseClientOptions) {
@@ -227,6 +259,7 @@ export class StackPulseClient {
     this.pingInterval = options.pingInterval ?? 30_000;
     this.pongTimeout = options.pongTimeout ?? 10_000;
     this.connectTimeout = options.connectTimeout ?? 10_000;
+    this.refreshMargin = options.refreshMargin ?? 60_000;
     this.backoff = options.backoff ?? {};
     this.random = options.random ?? Math.random;
     this.wsImpl = options.WebSocket;
@@ -293,7 +326,7 @@ export class StackPulseClient {
   reconnect(): Promise<void> {
     const p = new Promise<void>((resolve, reject) => this.connectWaiters.push({ resolve, reject }));
     this.wanted = true;
-    this.abandonSocket(4001, 'client reconnect');
+    this.abandonSocket(1000, 'client reconnect');
     this.clearTimer('reconnect');
     this.attempt = 0;
     for (const t of this.topics.values()) t.confirmed = false;
@@ -362,6 +395,25 @@ export class StackPulseClient {
     const p = new Promise<PongMessage>((resolve, reject) => this.pingWaiters.push({ resolve, reject }));
     this.sendPing();
     return quiet(p);
+  }
+
+  /**
+   * Sends a fresh token in-band (`{"action":"auth"}`) so the connection outlives its
+   * current one; without an argument, asks the token provider. Resolves with the
+   * server's `authenticated` reply; rejects on an `error` reply (401/403/400).
+   * The client does this by itself before a JWT's `exp` when it has a provider.
+   */
+  async authenticate(token?: string): Promise<AuthenticatedMessage> {
+    const fresh = token ?? (await this.resolveToken());
+    if (!fresh) throw new Error('No token to authenticate with');
+    if (!this.isOpen()) throw new Error('Not connected');
+    const p = new Promise<AuthenticatedMessage>((resolve, reject) =>
+      this.authWaiters.push({ resolve, reject }),
+    );
+    this.send({ action: 'auth', token: fresh });
+    const reply = await p;
+    this.token = fresh;
+    return reply;
   }
 
   /**
@@ -435,6 +487,7 @@ export class StackPulseClient {
       const Impl = this.wsImpl ?? (await defaultWebSocket());
       if (gen !== this.generation || !this.wanted) return;
       ws = new Impl(buildUrl(this.endpoint, token));
+      this.token = token;
     } catch (e) {
       if (gen !== this.generation || !this.wanted) return;
       this.dropped(undefined, e instanceof Error ? e.message : String(e));
@@ -455,6 +508,7 @@ export class StackPulseClient {
       this.setState('open');
       this.emit('open', { attempt });
       this.startPing();
+      this.scheduleRefresh(this.token ? jwtExpiry(this.token) : null);
       for (const [id, t] of this.topics) {
         t.confirmed = false;
         this.sendSubscribe(id, t);
@@ -548,9 +602,12 @@ export class StackPulseClient {
     const pings = this.pingWaiters;
     this.pingWaiters = [];
     for (const w of pings) w.reject(err);
+    const auths = this.authWaiters;
+    this.authWaiters = [];
+    for (const w of auths) w.reject(err);
   }
 
-  private clearTimer(which: 'reconnect' | 'connect' | 'pong'): void {
+  private clearTimer(which: 'reconnect' | 'connect' | 'pong' | 'refresh'): void {
     if (which === 'reconnect' && this.reconnectTimer) {
       clearTimeout(this.reconnectTimer);
       this.reconnectTimer = null;
@@ -560,6 +617,9 @@ export class StackPulseClient {
     } else if (which === 'pong' && this.pongTimer) {
       clearTimeout(this.pongTimer);
       this.pongTimer = null;
+    } else if (which === 'refresh' && this.refreshTimer) {
+      clearTimeout(this.refreshTimer);
+      this.refreshTimer = null;
     }
   }
 
@@ -591,6 +651,29 @@ export class StackPulseClient {
       this.pingTimer = null;
     }
     this.clearTimer('pong');
+    this.clearTimer('refresh');
+  }
+
+  /** Plans an in-band token refresh ahead of `expiresAt` (ms since the epoch). */
+  private scheduleRefresh(expiresAt: number | null): void {
+    this.clearTimer('refresh');
+    if (expiresAt === null || !Number.isFinite(expiresAt)) return;
+    if (typeof this.tokenSource !== 'function' || this.refreshMargin <= 0) return;
+    const remaining = expiresAt - Date.now();
+    const delay = Math.max(0, remaining - Math.min(this.refreshMargin, remaining / 2));
+    const gen = this.generation;
+    this.refreshTimer = setTimeout(() => {
+      this.refreshTimer = null;
+      if (gen !== this.generation || !this.isOpen()) return;
+      void this.resolveToken()
+        .then((fresh) => {
+          // The same token again cannot extend anything; at expiry the server closes
+          // with 4001 and the reconnect asks the provider once more.
+          if (gen === this.generation && fresh && fresh !== this.token) return this.authenticate(fresh);
+          return undefined;
+        })
+        .catch(() => undefined);
+    }, Math.min(delay, 2_147_000_000));
   }
 
   private sendPing(): void {
@@ -624,6 +707,15 @@ export class StackPulseClient {
         this.emit('unsubscribed', msg);
         return;
       }
+      case 'authenticated': {
+        const a = msg as AuthenticatedMessage;
+        const auths = this.authWaiters;
+        this.authWaiters = [];
+        for (const w of auths) w.resolve(a);
+        this.scheduleRefresh(Date.parse(a.expires_at));
+        this.emit('authenticated', a);
+        return;
+      }
       case 'pong': {
         const pings = this.pingWaiters;
         this.pingWaiters = [];
@@ -639,6 +731,12 @@ export class StackPulseClient {
           // The server refused the subscription: forget it so it is not retried.
           this.topics.delete(id);
           for (const w of t.waiters) w.reject(new SubscribeError(id, err.code, err.message));
+        } else if (id === undefined && this.authWaiters.length > 0) {
+          // Replies come in order: an untargeted error while an `auth` is pending
+          // answers it (401 invalid, 403 another user, 400 auth not enabled).
+          const auths = this.authWaiters;
+          this.authWaiters = [];
+          for (const w of auths) w.reject(new Error(`auth refused (${err.code}): ${err.message}`));
         }
         this.emit('error', err);
         return;

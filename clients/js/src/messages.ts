@@ -1,8 +1,8 @@
 /**
  * The stackpulse `/ws` protocol as TypeScript types.
  *
- * Every server frame is a JSON object with a `type`. Four types are control replies
- * (`subscribed`, `unsubscribed`, `pong`, `error`); every other type is an event of a
+ * Every server frame is a JSON object with a `type`. Five types are control replies
+ * (`subscribed`, `unsubscribed`, `pong`, `authenticated`, `error`); every other type is an event of a
  * topic, stamped with `deployment_id`, `seq` and `timestamp`. See `DESIGN.md`.
  */
 
@@ -10,7 +10,8 @@
 export type ClientMessage =
   | { action: 'subscribe'; deployment_id: string; since?: number; epoch?: string }
   | { action: 'unsubscribe'; deployment_id: string }
-  | { action: 'ping' };
+  | { action: 'ping' }
+  | { action: 'auth'; token: string };
 
 // ---------------------------------------------------------------------------
 // Control replies
@@ -36,6 +37,12 @@ export interface PongMessage {
   timestamp: string;
 }
 
+/** An in-band `auth` was accepted; the connection now lasts until `expires_at`. */
+export interface AuthenticatedMessage {
+  type: 'authenticated';
+  expires_at: string;
+}
+
 /** An error reply; the connection stays usable. */
 export interface ErrorMessage {
   type: 'error';
@@ -45,7 +52,12 @@ export interface ErrorMessage {
   deployment_id?: string;
 }
 
-export type ControlMessage = SubscribedMessage | UnsubscribedMessage | PongMessage | ErrorMessage;
+export type ControlMessage =
+  | SubscribedMessage
+  | UnsubscribedMessage
+  | PongMessage
+  | AuthenticatedMessage
+  | ErrorMessage;
 
 // ---------------------------------------------------------------------------
 // Events
@@ -203,7 +215,7 @@ export type ServerEvent = KnownEvent | EventEnvelope;
 /** Any frame the server sends. */
 export type ServerMessage = ControlMessage | ServerEvent;
 
-const CONTROL_TYPES = new Set(['subscribed', 'unsubscribed', 'pong', 'error']);
+const CONTROL_TYPES = new Set(['subscribed', 'unsubscribed', 'pong', 'authenticated', 'error']);
 
 /** Whether a decoded frame is a control reply (as opposed to an event). */
 export function isControlMessage(m: ServerMessage): m is ControlMessage {

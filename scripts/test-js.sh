@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# JavaScript tests, against the real stackpulse binary:
+#   - clients/js: the TypeScript client (@stackpulse/client) in Node (node --test);
+#   - web: the dashboard served at / by the binary, in headless Chromium driven by
+#     playwright-core (Debian's /usr/bin/chromium; no browser is ever downloaded).
+# Sets up everything itself on a fresh Debian machine: chromium (apt-get), the npm
+# packages (npm ci from the committed lockfiles), the client build (tsc), the server
+# binary (cargo build). Artifacts: target/dashboard.png, target/dashboard-phone.png.
+#
+# Environment: STACKPULSE_BIN (use this binary, skip cargo build), CHROMIUM_PATH
+# (default /usr/bin/chromium).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+for tool in node npm cargo; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    echo "error: $tool not found (needs Node.js 20+ with npm, and Rust)" >&2
+    exit 2
+  fi
+done
+node_major=$(node -p 'process.versions.node.split(".")[0]')
+if [ "$node_major" -lt 20 ]; then
+  echo "error: Node.js 20+ needed, found $(node --version)" >&2
+  exit 2
+fi
+
+chromium=${CHROMIUM_PATH:-/usr/bin/chromium}
+if [ ! -x "$chromium" ]; then
+  echo "== installing chromium (Debian package)"
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  if ! $sudo apt-get install -y chromium; then
+    $sudo apt-get update
+    $sudo apt-get install -y chromium
+  fi
+fi
+"$chromium" --version
+
+echo "== npm ci (clients/js, web)"
+(cd clients/js && npm ci --no-audit --no-fund --loglevel=error)
+(cd web && npm ci --no-audit --no-fund --loglevel=error)
+
+echo "== tsc: build the client, type-check the dashboard"
+(cd clients/js && npx tsc -p tsconfig.json)
+(cd web && npx tsc -p tsconfig.json)
+echo "== web/dist matches its sources"
+scripts/build-web.sh --check
+
+if [ -z "${STACKPULSE_BIN:-}" ]; then
+  echo "== cargo build -p stackpulse --bin stackpulse"
+  cargo build -p stackpulse --bin stackpulse
+  target_dir=$(cargo metadata --format-version 1 --no-deps |
+    node -e 'let s = ""; process.stdin.on("data", (d) => (s += d)).on("end", () => console.log(JSON.parse(s).target_directory))')
+  export STACKPULSE_BIN="$target_dir/debug/stackpulse"
+fi
+export CHROMIUM_PATH="$chromium"
+
+echo "== node --test (client in Node, dashboard in Chromium; server: $STACKPULSE_BIN)"
+node --test --test-reporter=spec --test-concurrency=1 \
+  clients/js/test/*.test.mjs web/test/*.test.mjs
+echo "== JavaScript tests passed"
