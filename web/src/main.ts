@@ -102,7 +102,14 @@ function num(v: unknown): number | undefined {
 const connEl = $('conn');
 const connText = $('conn-text');
 const tokenInput = $<HTMLInputElement>('token');
+const TOKEN_KEY = 'stackpulse.token';
 let usedToken = '';
+try {
+  // Per tab, gone when the tab closes; lets a reload re-watch the topics in the URL.
+  tokenInput.value = sessionStorage.getItem(TOKEN_KEY) ?? '';
+} catch {
+  // storage disabled
+}
 
 const client = new StackPulseClient({
   endpoint: `${location.protocol === 'https:' ? 'wss:' : 'ws:'}//${location.host}/ws`,
@@ -129,9 +136,15 @@ function showConnection(state: ConnectionState, detail = ''): void {
 }
 
 client.on('state', ({ state }) => showConnection(state));
-client.on('reconnecting', ({ attempt, delay }) =>
-  showConnection(client.state, `(attempt ${attempt}, next in ${(delay / 1000).toFixed(1)} s)`),
-);
+let everOpen = false;
+client.on('open', () => {
+  everOpen = true;
+});
+client.on('reconnecting', ({ attempt, delay }) => {
+  // Browsers do not expose why an upgrade failed; a server that wants a token answers 401.
+  const hint = !everOpen && attempt >= 2 ? ' — does the server need a token?' : '';
+  showConnection(client.state, `(attempt ${attempt}, next in ${(delay / 1000).toFixed(1)} s)${hint}`);
+});
 
 // ---------------------------------------------------------------------------
 // Topics
@@ -612,11 +625,18 @@ form.addEventListener('change', updatePreview);
 form.addEventListener('submit', (ev) => {
   ev.preventDefault();
   const topic = topicFor(input.value, currentKind());
-  if (!topic) return;
+  const token = tokenInput.value.trim();
+  try {
+    if (token) sessionStorage.setItem(TOKEN_KEY, token);
+    else sessionStorage.removeItem(TOKEN_KEY);
+  } catch {
+    // storage disabled
+  }
   // A changed token only takes effect on a new connection.
-  if (tokenInput.value.trim() !== usedToken && client.state !== 'idle' && client.state !== 'closed') {
+  if (token !== usedToken && client.state !== 'idle' && client.state !== 'closed') {
     void client.reconnect();
   }
+  if (!topic) return;
   watch(topic);
   input.value = '';
   updatePreview();

@@ -9,6 +9,7 @@ import { after, before, describe, test } from 'node:test';
 
 import { chromium } from 'playwright-core';
 
+import { startIssuer } from '../../clients/js/test/support/auth.mjs';
 import { ROOT, startServer } from '../../clients/js/test/support/server.mjs';
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
@@ -319,5 +320,32 @@ test('shows reconnecting while the server is away, and live again when it is bac
   } finally {
     await context.close();
     await server.kill();
+  }
+});
+
+test('with authentication on: refused without a token, live once one is entered', async () => {
+  const issuer = await startIssuer();
+  const server = await startServer({ args: issuer.serverArgs });
+  const { page, context, problems } = await openPage(`${server.httpUrl}/`);
+  try {
+    await watch(page, 'D-secret', 'deployment');
+    // The upgrade is refused (401); the page keeps trying and suggests a token.
+    await until(page, () => /does the server need a token\?/.test(document.querySelector('#conn').textContent));
+    assert.equal(await page.getAttribute('#conn', 'data-state'), 'connecting');
+    assert.equal(await page.locator(`${card('D-secret')} .sub-state.off`).count(), 1);
+
+    await page.click('.token summary');
+    await page.fill('#token', issuer.token('dana'));
+    await page.press('#token', 'Enter');
+    await page.locator('#conn[data-state="open"]').waitFor();
+    await page.locator(`${card('D-secret')} .sub-state.on`).waitFor();
+    await server.publish('D-secret', 'deployment.status', { status: 'deploying', current_layer: 1, total_layers: 4 });
+    await page.locator(`${card('D-secret')} .tl-entry[data-seq="1"]`).waitFor();
+    assert.equal(await page.locator('.card').count(), 1, 'applying the token did not add a card');
+    assert.deepEqual(problems, []);
+  } finally {
+    await context.close();
+    await server.kill();
+    await issuer.close();
   }
 });
