@@ -70,6 +70,10 @@ pub struct ServeArgs {
     /// Seconds to drain connections on shutdown [default: 5].
     #[arg(long, env = "STACKPULSE_SHUTDOWN_GRACE", value_name = "SECONDS")]
     pub shutdown_grace: Option<f64>,
+    /// Redis URL (redis:// or rediss://, with password and db) for running many
+    /// nodes; without it the hub is in memory.
+    #[arg(long, env = "STACKPULSE_REDIS_URL", value_name = "URL")]
+    pub redis_url: Option<String>,
     #[command(flatten)]
     pub auth: AuthArgs,
 }
@@ -100,6 +104,7 @@ struct FileConfig {
     idle_timeout: Option<f64>,
     shutdown_grace: Option<f64>,
     auth: Option<AuthFile>,
+    redis_url: Option<String>,
 }
 
 /// Resolved settings.
@@ -119,6 +124,8 @@ pub struct Config {
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// The shared backplane; `None` keeps the hub in memory.
+    pub redis_url: Option<String>,
     /// Token verification and topic policy; `None` serves loopback only.
     pub auth: Option<AuthSettings>,
     pub admission: AdmissionLimits,
@@ -140,6 +147,7 @@ impl Default for Config {
             ping_interval: Duration::from_secs(25),
             idle_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(5),
+            redis_url: None,
             auth: None,
             admission: AdmissionLimits {
                 max_connections_per_user: 100,
@@ -286,6 +294,7 @@ impl Config {
                 Some(s) => seconds("shutdown-grace", s)?,
                 None => d.shutdown_grace,
             },
+            redis_url: args.redis_url.clone().or(file.redis_url),
             auth: settings::resolve(&args.auth, &auth_file)?,
             admission: settings::resolve_limits(&args.auth, &auth_file)?,
         })

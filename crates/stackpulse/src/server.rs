@@ -49,6 +49,14 @@ pub fn build_state(config: Config) -> Result<AppState, String> {
         max_subscriptions_per_connection: config.max_subscriptions,
         replay_timeout: REPLAY_TIMEOUT,
     };
+    if let Some(url) = &config.redis_url {
+        let history = hub_config.history;
+        let (hub, _) = Hub::try_new(hub_config, |sink| {
+            crate::hub::redis::RedisBackplane::start(url, history, sink)
+        })?;
+        tracing::info!("hub on Redis (history, seqs, leases shared by every node)");
+        return finish_state(hub, config);
+    }
     let (hub, memory) = Hub::in_memory(hub_config);
     let every =
         (config.history_retention / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
@@ -61,6 +69,11 @@ pub fn build_state(config: Config) -> Result<AppState, String> {
             memory.sweep(std::time::Instant::now());
         }
     });
+    finish_state(hub, config)
+}
+
+/// The state around a built hub, and the admission sweeper.
+fn finish_state(hub: Hub, config: Config) -> Result<AppState, String> {
     let state = AppState::new(hub, config)?;
     let gate = Arc::downgrade(&state.gate);
     tokio::spawn(async move {

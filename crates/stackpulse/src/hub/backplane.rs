@@ -89,6 +89,10 @@ pub enum BackplaneError {
 pub trait Deliver: Send + Sync {
     /// Called once per event per node, in seq order per topic. Must not block.
     fn deliver(&self, event: &Arc<StampedEvent>);
+
+    /// Events may have been lost on the way to this node (its cross-node link was
+    /// down): every live subscription must check itself against history.
+    fn resync_all(&self) {}
 }
 
 #[async_trait]

@@ -12,7 +12,8 @@
 //! (or both, and then skipped by seq): resume is gap-free and duplicate-free.
 //!
 //! # Layout
-//! - [`backplane`]: the storage/cross-node trait; [`memory`]: its embedded impl.
+//! - [`backplane`]: the storage/cross-node trait; [`memory`]: its embedded impl;
+//!   [`redis`]: the shared one for many nodes.
 //! - [`event`]: the stamped, serialize-once event; [`snapshot`]: the state fold.
 //! - [`outbox`]: a connection's bounded queue and slow-consumer policy.
 //! - [`subscription`]: the per-subscription syncing/live state machine.
@@ -21,6 +22,7 @@ pub mod backplane;
 pub mod event;
 pub mod memory;
 pub mod outbox;
+pub mod redis;
 pub mod snapshot;
 pub mod subscription;
 
@@ -144,6 +146,25 @@ impl Fanout {
     }
 }
 
+impl Fanout {
+    /// Repairs `sub` from history after `from`, in the background.
+    fn spawn_repair(&self, sub: &Arc<Subscription>, from: u64, epoch: Arc<str>) {
+        let Some(hub) = self.hub.get().and_then(Weak::upgrade) else {
+            return;
+        };
+        let sub = sub.clone();
+        metrics::counter!("stackpulse_subscription_repairs_total").increment(1);
+        tokio::spawn(async move {
+            let hub = Hub(hub);
+            if let Err(e) = hub.sync(&sub, Resume::Repair { from, epoch }).await {
+                tracing::warn!(topic = %sub.topic, error = %e, "subscription repair failed");
+                sub.end();
+                sub.outbox.close(CloseReason::Resync);
+            }
+        });
+    }
+}
+
 impl Deliver for Fanout {
     fn deliver(&self, event: &Arc<StampedEvent>) {
         let Some(subs) = self.topics.get(&event.topic) else {
@@ -151,17 +172,16 @@ impl Deliver for Fanout {
         };
         for sub in subs.values() {
             if let Offer::NeedsRepair { from, epoch } = sub.offer(event) {
-                let hub = self.hub.get().and_then(Weak::upgrade);
-                if let Some(hub) = hub {
-                    let sub = sub.clone();
-                    metrics::counter!("stackpulse_subscription_repairs_total").increment(1);
-                    tokio::spawn(async move {
-                        let hub = Hub(hub);
-                        if let Err(e) = hub.sync(&sub, Resume::Repair { from, epoch }).await {
-                            tracing::warn!(topic = %sub.topic, error = %e, "subscription repair failed");
-                            sub.end();
-                        }
-                    });
+                self.spawn_repair(sub, from, epoch);
+            }
+        }
+    }
+
+    fn resync_all(&self) {
+        for topic in self.topics.iter() {
+            for sub in topic.values() {
+                if let Some((from, epoch)) = sub.force_repair() {
+                    self.spawn_repair(sub, from, epoch);
                 }
             }
         }
@@ -196,6 +216,10 @@ enum Resume<'a> {
     },
 }
 
+/// How long a repair keeps retrying an unavailable backplane before the
+/// connection is closed (1012) so the client resumes elsewhere.
+const REPAIR_PATIENCE: Duration = Duration::from_secs(30);
+
 /// Rounds of history reads before a subscription that keeps falling behind gives up.
 const MAX_SYNC_ROUNDS: usize = 16;
 
@@ -206,8 +230,19 @@ impl Hub {
         config: HubConfig,
         make: impl FnOnce(Arc<dyn Deliver>) -> Arc<B>,
     ) -> (Hub, Arc<B>) {
+        match Hub::try_new::<B, std::convert::Infallible>(config, |sink| Ok(make(sink))) {
+            Ok(built) => built,
+            Err(never) => match never {},
+        }
+    }
+
+    /// [`Hub::new`] for backplanes whose construction can fail.
+    pub fn try_new<B: Backplane, E>(
+        config: HubConfig,
+        make: impl FnOnce(Arc<dyn Deliver>) -> Result<Arc<B>, E>,
+    ) -> Result<(Hub, Arc<B>), E> {
         let fanout = Arc::new(Fanout::new());
-        let backplane = make(fanout.clone());
+        let backplane = make(fanout.clone())?;
         let inner = Arc::new(HubInner {
             backplane: backplane.clone(),
             fanout: fanout.clone(),
@@ -216,7 +251,7 @@ impl Hub {
             subscriptions: AtomicUsize::new(0),
         });
         let _ = fanout.hub.set(Arc::downgrade(&inner));
-        (Hub(inner), backplane)
+        Ok((Hub(inner), backplane))
     }
 
     /// An embedded single-node hub.
@@ -366,6 +401,27 @@ impl Hub {
         self.0.fanout.subscriber_count(topic)
     }
 
+    /// A read for a repair: the backplane may just be coming back (a repair often
+    /// follows an outage), so unavailability is retried with backoff for a while.
+    async fn read_patiently(
+        &self,
+        topic: &str,
+        since: Option<u64>,
+    ) -> Result<TopicRead, BackplaneError> {
+        let mut wait = Duration::from_millis(50);
+        let mut waited = Duration::ZERO;
+        loop {
+            match self.0.backplane.read(topic, since).await {
+                Err(BackplaneError::Unavailable(_)) if waited < REPAIR_PATIENCE => {
+                    tokio::time::sleep(wait).await;
+                    waited += wait;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Replays what a subscription is missing, then makes it live.
     async fn sync(
         &self,
@@ -379,7 +435,10 @@ impl Hub {
                 Resume::Subscribe { since, .. } => *since,
                 Resume::Repair { from, .. } => Some(*from),
             };
-            let read = self.0.backplane.read(&sub.topic, since).await?;
+            let read = match &resume {
+                Resume::Subscribe { .. } => self.0.backplane.read(&sub.topic, since).await?,
+                Resume::Repair { .. } => self.read_patiently(&sub.topic, since).await?,
+            };
             if let Resume::Subscribe { access, .. } = &resume {
                 if !access(read.acl.as_ref()) {
                     return Err(SubscribeError::Forbidden(sub.topic.to_string()));

@@ -52,6 +52,9 @@ pub enum CloseReason {
     ClientClosed,
     /// The connection's token expired without an in-band refresh (4001).
     TokenExpired,
+    /// A subscription could not be repaired from history (backplane down for
+    /// too long); the client should reconnect and resume (1012).
+    Resync,
 }
 
 /// Raised when a push could not be queued.

@@ -5,6 +5,7 @@
 //! one `deployment.snapshot` or `stack.snapshot` event carrying the seq it is current
 //! to. The fold is pure: it never looks at sockets or time.
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::event::encode_frame;
@@ -13,8 +14,8 @@ use axum::extract::ws::Utf8Bytes;
 /// How many recent `log.created` entries a deployment snapshot keeps.
 pub const SNAPSHOT_LOGS: usize = 20;
 
-/// The state of one topic.
-#[derive(Debug, Clone, Default)]
+/// The state of one topic (serializable, so a shared backplane can store it).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Snapshot {
     /// The seq of the last event applied (0: nothing yet).
     pub seq: u64,

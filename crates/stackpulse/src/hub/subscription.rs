@@ -152,6 +152,21 @@ impl Subscription {
         SyncStep::Live
     }
 
+    /// Sends a live subscription back to syncing (events may have been lost
+    /// upstream); returns where to repair from. `None` when it is not live.
+    pub fn force_repair(&self) -> Option<(u64, Arc<str>)> {
+        let mut state = self.state.lock();
+        let State::Live { last_seq, epoch } = &*state else {
+            return None;
+        };
+        let from = (*last_seq, epoch.clone());
+        *state = State::Syncing {
+            pending: Vec::new(),
+            overflowed: false,
+        };
+        Some(from)
+    }
+
     /// Stops all further deliveries.
     pub fn end(&self) {
         *self.state.lock() = State::Ended;

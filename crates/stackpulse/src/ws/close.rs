@@ -8,6 +8,9 @@ pub const NORMAL: u16 = 1000;
 pub const GOING_AWAY: u16 = 1001;
 /// A client frame exceeded the configured size limit.
 pub const MESSAGE_TOO_BIG: u16 = 1009;
+/// The server cannot keep a subscription gap-free right now (its backplane is
+/// unavailable): reconnect and resume with `since`.
+pub const SERVICE_RESTART: u16 = 1012;
 /// No frame from the client within the idle timeout.
 pub const IDLE_TIMEOUT: u16 = 4000;
 /// The connection's token expired and no fresh one was sent with `auth`.
@@ -24,5 +27,6 @@ pub fn for_reason(reason: CloseReason) -> (u16, &'static str) {
         CloseReason::MessageTooBig => (MESSAGE_TOO_BIG, "frame too large"),
         CloseReason::ClientClosed => (NORMAL, ""),
         CloseReason::TokenExpired => (TOKEN_EXPIRED, "token expired"),
+        CloseReason::Resync => (SERVICE_RESTART, "resubscribe with since"),
     }
 }

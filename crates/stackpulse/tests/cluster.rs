@@ -1,0 +1,260 @@
+//! Scale-out on Redis: several real `stackpulse serve` processes sharing one real
+//! `redis-server` (started on a free port by the test kit).
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::*;
+use serde_json::{json, Value};
+use stackpulse::client::{Client, Frame};
+use stackpulse_testkit::RedisServer;
+
+async fn cluster(redis: &RedisServer, n: usize) -> Vec<Server> {
+    let url = redis.url();
+    let mut nodes = Vec::new();
+    for _ in 0..n {
+        nodes.push(Server::start(&["--redis-url", &url]).await);
+    }
+    for node in &nodes {
+        wait_ready(node).await;
+    }
+    nodes
+}
+
+async fn wait_ready(node: &Server) {
+    tokio::time::timeout(WAIT, async {
+        while node.get("/readyz").await.0 != 200 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("node never became ready");
+}
+
+/// Publishes through `node`, retrying while the backplane is unavailable; returns the seq.
+async fn publish_retrying(node: &Server, topic: &str, n: u64) -> u64 {
+    let body =
+        json!({"type":"deployment.status","deployment_id":topic,"data":{"status":format!("s{n}")}});
+    tokio::time::timeout(WAIT * 2, async {
+        loop {
+            let (code, resp) = node.publish_raw(&body).await;
+            match code {
+                202 => return resp["seq"].as_u64().expect("seq"),
+                503 => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+                other => panic!("publish answered {other}: {resp}"),
+            }
+        }
+    })
+    .await
+    .expect("publish never succeeded")
+}
+
+/// Reads events until `last` arrives; returns the seqs (panics on a gap or dup).
+async fn collect_until(c: &mut Client, topic: &str, last: u64) -> Vec<u64> {
+    let mut seqs: Vec<u64> = Vec::new();
+    while seqs.last().copied() != Some(last) {
+        match next(c).await {
+            Frame::Event(e) if e.deployment_id == topic && !e.is_snapshot() => {
+                let expected = seqs.last().map_or(1, |s| s + 1);
+                assert_eq!(e.seq, expected, "gap or duplicate after {:?}", seqs.last());
+                seqs.push(e.seq);
+            }
+            Frame::Closed(c) => panic!("closed: {c:?}"),
+            _ => {}
+        }
+    }
+    seqs
+}
+
+async fn subscribe(node: &Server, topic: &str) -> Client {
+    let mut c = node.connect().await;
+    c.subscribe(topic, None, None).await.expect("send");
+    subscribed(&mut c).await;
+    c
+}
+
+#[tokio::test]
+async fn three_nodes_every_client_gets_every_event_once_in_order() {
+    let redis = RedisServer::start().await;
+    let nodes = cluster(&redis, 3).await;
+    let mut clients = Vec::new();
+    for i in 0..9 {
+        let topic = if i % 2 == 0 { "even" } else { "odd" };
+        clients.push((topic, subscribe(&nodes[i % 3], topic).await));
+    }
+    // Publishers on all three nodes, concurrently, into both topics.
+    let mut publishers = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let http = node.http.clone();
+        let url = node.url("/v1/events");
+        publishers.push(tokio::spawn(async move {
+            let mut seqs: HashMap<&str, Vec<u64>> = HashMap::new();
+            for n in 0..40 {
+                let topic = if n % 2 == 0 { "even" } else { "odd" };
+                let resp = http
+                    .post(&url)
+                    .bearer_auth(KEY)
+                    .json(&json!({"type":"deployment.status","deployment_id":topic,"data":{"status":format!("n{i}-{n}")}}))
+                    .send()
+                    .await
+                    .expect("publish");
+                assert_eq!(resp.status().as_u16(), 202);
+                let v: Value = resp.json().await.expect("json");
+                seqs.entry(topic).or_default().push(v["seq"].as_u64().expect("seq"));
+            }
+            seqs
+        }));
+    }
+    let mut all: HashMap<&str, Vec<u64>> = HashMap::new();
+    for p in publishers {
+        for (topic, seqs) in p.await.expect("publisher") {
+            all.entry(topic).or_default().extend(seqs);
+        }
+    }
+    for (topic, mut seqs) in all {
+        seqs.sort_unstable();
+        assert_eq!(
+            seqs,
+            (1..=60).collect::<Vec<_>>(),
+            "{topic}: seqs contiguous across nodes"
+        );
+    }
+    for (topic, mut c) in clients {
+        assert_eq!(collect_until(&mut c, topic, 60).await.len(), 60);
+    }
+}
+
+#[tokio::test]
+async fn a_client_moves_node_mid_stream_and_resumes_without_a_gap() {
+    let redis = RedisServer::start().await;
+    let nodes = cluster(&redis, 2).await;
+    let mut c = subscribe(&nodes[0], "M").await;
+    for n in 1..=30 {
+        publish_retrying(&nodes[n % 2], "M", n as u64).await;
+    }
+    let first = collect_until(&mut c, "M", 30).await;
+    let epoch = match c.positions().get("M") {
+        Some(p) => p.epoch.clone(),
+        None => None,
+    };
+    drop(c);
+    // Published while the client is away.
+    for n in 31..=45 {
+        publish_retrying(&nodes[0], "M", n).await;
+    }
+    let mut moved = nodes[1].connect().await;
+    moved
+        .subscribe("M", Some(30), epoch.as_deref())
+        .await
+        .expect("send");
+    let (seq, _, recovered) = subscribed(&mut moved).await;
+    assert!(recovered, "the other node resumes from the shared history");
+    assert!(seq >= 45);
+    for n in 46..=50 {
+        publish_retrying(&nodes[1], "M", n).await;
+    }
+    let mut rest: Vec<u64> = Vec::new();
+    while rest.last().copied() != Some(50) {
+        if let Frame::Event(e) = next(&mut moved).await {
+            rest.push(e.seq);
+        }
+    }
+    assert_eq!(first, (1..=30).collect::<Vec<_>>());
+    assert_eq!(rest, (31..=50).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn killed_pubsub_connections_are_repaired_from_the_stream() {
+    let redis = RedisServer::start().await;
+    let nodes = cluster(&redis, 2).await;
+    let mut c = subscribe(&nodes[1], "K").await;
+    for n in 1..=10 {
+        publish_retrying(&nodes[0], "K", n).await;
+    }
+    // Every node's pub/sub link is cut; publishing goes on meanwhile.
+    let killed = redis.command(&["CLIENT", "KILL", "TYPE", "pubsub"]).await;
+    assert!(
+        killed.is_some_and(|r| r.starts_with(':')),
+        "CLIENT KILL answered"
+    );
+    for n in 11..=40 {
+        publish_retrying(&nodes[0], "K", n).await;
+    }
+    assert_eq!(
+        collect_until(&mut c, "K", 40).await,
+        (1..=40).collect::<Vec<_>>()
+    );
+    assert!(
+        nodes[1]
+            .metric("stackpulse_subscription_repairs_total")
+            .await
+            >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn a_redis_restart_mid_stream_is_survived() {
+    let mut redis = RedisServer::start().await;
+    let nodes = cluster(&redis, 2).await;
+    let mut a = subscribe(&nodes[0], "R").await;
+    let mut b = subscribe(&nodes[1], "R").await;
+    for n in 1..=10 {
+        publish_retrying(&nodes[n % 2], "R", n as u64).await;
+    }
+    redis.stop();
+    // Sockets stay up; the nodes say they are not ready; publishing is refused.
+    tokio::time::timeout(WAIT, async {
+        while nodes[0].get("/readyz").await.0 != 503 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("readyz never reported the outage");
+    let (code, body) = nodes[0]
+        .publish_raw(&json!({"type":"deployment.status","deployment_id":"R","data":{"status":"x"}}))
+        .await;
+    assert_eq!(code, 503, "{body}");
+    redis.resume().await;
+    for node in &nodes {
+        wait_ready(node).await;
+    }
+    for n in 11..=30 {
+        publish_retrying(&nodes[n % 2], "R", n as u64).await;
+    }
+    assert_eq!(
+        collect_until(&mut a, "R", 30).await,
+        (1..=30).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        collect_until(&mut b, "R", 30).await,
+        (1..=30).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn snapshots_and_topic_info_are_shared() {
+    let redis = RedisServer::start().await;
+    let nodes = cluster(&redis, 2).await;
+    publish_retrying(&nodes[0], "S", 1).await;
+    let (code, _) = nodes[0]
+        .publish_raw(&json!({"type":"stack.deployed","deployment_id":"S","data":{"stack_name":"net","environment":"dev","duration_seconds":3,"resource_count":2}}))
+        .await;
+    assert_eq!(code, 202);
+    // A late joiner on the other node gets the snapshot of both events.
+    let mut c = nodes[1].connect().await;
+    c.subscribe("S", None, None).await.expect("send");
+    let (seq, _, _) = subscribed(&mut c).await;
+    assert_eq!(seq, 2);
+    let snap = next_event(&mut c).await;
+    assert_eq!(
+        (snap.event_type.as_str(), snap.seq),
+        ("deployment.snapshot", 2)
+    );
+    assert_eq!(snap.data["stacks"]["net"]["status"], "deployed");
+    assert_eq!(snap.data["status"], "s1");
+    let (code, body) = nodes[1].get("/v1/topics/S").await;
+    assert_eq!(code, 200);
+    let v: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["seq"], 2);
+}
