@@ -74,6 +74,9 @@ pub struct ServeArgs {
     /// nodes; without it the hub is in memory.
     #[arg(long, env = "STACKPULSE_REDIS_URL", value_name = "URL")]
     pub redis_url: Option<String>,
+    /// Seconds between presence reports to Redis (cluster-wide counts) [default: 5].
+    #[arg(long, env = "STACKPULSE_PRESENCE_INTERVAL", value_name = "SECONDS")]
+    pub presence_interval: Option<f64>,
     #[command(flatten)]
     pub auth: AuthArgs,
 }
@@ -105,6 +108,7 @@ struct FileConfig {
     shutdown_grace: Option<f64>,
     auth: Option<AuthFile>,
     redis_url: Option<String>,
+    presence_interval: Option<f64>,
 }
 
 /// Resolved settings.
@@ -126,6 +130,7 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// The shared backplane; `None` keeps the hub in memory.
     pub redis_url: Option<String>,
+    pub presence_interval: Duration,
     /// Token verification and topic policy; `None` serves loopback only.
     pub auth: Option<AuthSettings>,
     pub admission: AdmissionLimits,
@@ -148,6 +153,7 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(5),
             redis_url: None,
+            presence_interval: Duration::from_secs(5),
             auth: None,
             admission: AdmissionLimits {
                 max_connections_per_user: 100,
@@ -295,6 +301,10 @@ impl Config {
                 None => d.shutdown_grace,
             },
             redis_url: args.redis_url.clone().or(file.redis_url),
+            presence_interval: match args.presence_interval.or(file.presence_interval) {
+                Some(s) => seconds("presence-interval", s)?,
+                None => d.presence_interval,
+            },
             auth: settings::resolve(&args.auth, &auth_file)?,
             admission: settings::resolve_limits(&args.auth, &auth_file)?,
         })

@@ -55,7 +55,22 @@ pub fn build_state(config: Config) -> Result<AppState, String> {
             crate::hub::redis::RedisBackplane::start(url, history, sink)
         })?;
         tracing::info!("hub on Redis (history, seqs, leases shared by every node)");
-        return finish_state(hub, config);
+        let every = config.presence_interval;
+        let state = finish_state(hub, config)?;
+        let (hub, registry) = (state.hub.clone(), Arc::downgrade(&state.registry));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let Some(registry) = registry.upgrade() else {
+                    return;
+                };
+                if let Err(e) = hub.report_presence(registry.len()).await {
+                    tracing::debug!(error = %e, "presence report failed");
+                }
+            }
+        });
+        return Ok(state);
     }
     let (hub, memory) = Hub::in_memory(hub_config);
     let every =

@@ -258,3 +258,31 @@ async fn snapshots_and_topic_info_are_shared() {
     let v: Value = serde_json::from_str(&body).expect("json");
     assert_eq!(v["seq"], 2);
 }
+
+#[tokio::test]
+async fn presence_counts_subscribers_on_every_node() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let a = Server::start(&["--redis-url", &url, "--presence-interval", "0.1"]).await;
+    let b = Server::start(&["--redis-url", &url, "--presence-interval", "0.1"]).await;
+    wait_ready(&a).await;
+    wait_ready(&b).await;
+    publish_retrying(&a, "P", 1).await;
+    let _c1 = subscribe(&a, "P").await;
+    let _c2 = subscribe(&b, "P").await;
+    let _c3 = subscribe(&b, "P").await;
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let (_, body) = a.get("/v1/topics/P").await;
+            let v: Value = serde_json::from_str(&body).expect("json");
+            if v["subscribers"] == 3 && v["local_subscribers"] == 1 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("node a never saw the 3 subscribers of both nodes");
+    assert!(a.metric("stackpulse_cluster_connections").await >= 3.0);
+    assert_eq!(a.metric("stackpulse_cluster_nodes").await, 2.0);
+}

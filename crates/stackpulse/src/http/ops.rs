@@ -43,6 +43,10 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     metrics::gauge!("stackpulse_connections").set(state.registry.len() as f64);
     metrics::gauge!("stackpulse_subscriptions").set(state.hub.subscription_count() as f64);
     metrics::gauge!("stackpulse_topics").set(state.hub.backplane().topic_count() as f64);
+    if let Ok(Some((nodes, connections))) = state.hub.backplane().cluster_presence().await {
+        metrics::gauge!("stackpulse_cluster_nodes").set(nodes as f64);
+        metrics::gauge!("stackpulse_cluster_connections").set(connections as f64);
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         handle.render(),
@@ -71,16 +75,26 @@ pub async fn topic(
         return error_body(StatusCode::FORBIDDEN, &format!("Forbidden: {id}")).into_response();
     }
     match info {
-        Ok(Some(info)) => Json(json!({
+        Ok(Some(info)) => {
+            let local = state.hub.local_subscribers(&id);
+            let subscribers = match state.hub.backplane().topic_presence(&id).await {
+                Ok(Some(n)) => n.max(local),
+                _ => local,
+            };
+            Json(json!({
             "deployment_id": id,
             "seq": info.latest_seq,
             "epoch": &*info.epoch,
             "retained_events": info.retained,
-            "subscribers": state.hub.local_subscribers(&id),
+            "subscribers": subscribers,
+            "local_subscribers": local,
             "snapshot": info.snapshot.map(|data| json!({ "type": info.snapshot_type, "data": data })),
         }))
-        .into_response(),
-        Ok(None) => error_body(StatusCode::NOT_FOUND, &format!("Unknown topic: {id}")).into_response(),
+            .into_response()
+        }
+        Ok(None) => {
+            error_body(StatusCode::NOT_FOUND, &format!("Unknown topic: {id}")).into_response()
+        }
         Err(e) => error_body(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()).into_response(),
     }
 }

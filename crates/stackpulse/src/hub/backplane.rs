@@ -133,4 +133,25 @@ pub trait Backplane: Send + Sync + 'static {
 
     /// Whether the backplane can serve requests (for `/readyz`).
     async fn ready(&self) -> Result<(), BackplaneError>;
+
+    /// Shares this node's presence (its connections, its subscribers per topic)
+    /// so any node can answer cluster-wide counts without asking the others.
+    async fn report_presence(
+        &self,
+        _connections: usize,
+        _topics: &[(Arc<str>, usize)],
+    ) -> Result<(), BackplaneError> {
+        Ok(())
+    }
+
+    /// Subscribers of a topic on every live node; `None` when this backplane only
+    /// knows the local node.
+    async fn topic_presence(&self, _topic: &str) -> Result<Option<usize>, BackplaneError> {
+        Ok(None)
+    }
+
+    /// Live nodes and their connections in total; `None` for a single node.
+    async fn cluster_presence(&self) -> Result<Option<(usize, usize)>, BackplaneError> {
+        Ok(None)
+    }
 }

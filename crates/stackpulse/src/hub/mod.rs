@@ -144,6 +144,14 @@ impl Fanout {
     pub fn subscriber_count(&self, topic: &str) -> usize {
         self.topics.get(topic).map_or(0, |s| s.len())
     }
+
+    /// Local subscribers of every topic that has some.
+    pub fn topic_counts(&self) -> Vec<(Arc<str>, usize)> {
+        self.topics
+            .iter()
+            .map(|e| (e.key().clone(), e.value().len()))
+            .collect()
+    }
 }
 
 impl Fanout {
@@ -399,6 +407,12 @@ impl Hub {
     /// Local subscribers of one topic.
     pub fn local_subscribers(&self, topic: &str) -> usize {
         self.0.fanout.subscriber_count(topic)
+    }
+
+    /// Reports this node's presence to the backplane (called periodically).
+    pub async fn report_presence(&self, connections: usize) -> Result<(), BackplaneError> {
+        let topics = self.0.fanout.topic_counts();
+        self.0.backplane.report_presence(connections, &topics).await
     }
 
     /// A read for a repair: the backplane may just be coming back (a repair often

@@ -204,6 +204,32 @@ pub struct RedisBackplane {
     reconnects: AtomicUsize,
     /// A handle on itself, for the background snapshot folds.
     me: std::sync::OnceLock<Weak<RedisBackplane>>,
+    /// This process's id in presence records.
+    node_id: String,
+    /// Topics this node reported subscribers for last time (to clear them).
+    reported: parking_lot::Mutex<Vec<Arc<str>>>,
+}
+
+/// A presence record older than this belongs to a dead node and is ignored.
+const PRESENCE_FRESH_MS: i64 = 15_000;
+
+/// Sums the fresh `count:unix_ms` values of a presence hash.
+fn sum_fresh(entries: &HashMap<String, String>, now_ms: i64) -> (usize, usize) {
+    let mut nodes = 0;
+    let mut total = 0;
+    for value in entries.values() {
+        let Some((count, at)) = value.split_once(':') else {
+            continue;
+        };
+        let (Ok(count), Ok(at)) = (count.parse::<usize>(), at.parse::<i64>()) else {
+            continue;
+        };
+        if now_ms - at < PRESENCE_FRESH_MS {
+            nodes += 1;
+            total += count;
+        }
+    }
+    (nodes, total)
 }
 
 impl RedisBackplane {
@@ -242,6 +268,8 @@ impl RedisBackplane {
             folding: DashMap::new(),
             reconnects: AtomicUsize::new(0),
             me: std::sync::OnceLock::new(),
+            node_id: format!("node-{}", new_epoch()),
+            reported: parking_lot::Mutex::new(Vec::new()),
         });
         let _ = backplane.me.set(Arc::downgrade(&backplane));
         tokio::spawn(pubsub_task(Arc::downgrade(&backplane)));
@@ -699,6 +727,66 @@ impl Backplane for RedisBackplane {
         self.watched.lock().len()
     }
 
+    async fn report_presence(
+        &self,
+        connections: usize,
+        topics: &[(Arc<str>, usize)],
+    ) -> Result<(), BackplaneError> {
+        let now = chrono::Utc::now().timestamp_millis();
+        let ttl_ms = PRESENCE_FRESH_MS * 2;
+        let mut pipe = redis::pipe();
+        pipe.hset("sp:nodes", &self.node_id, format!("{connections}:{now}"))
+            .ignore()
+            .pexpire("sp:nodes", ttl_ms)
+            .ignore();
+        let mut current = Vec::with_capacity(topics.len());
+        for (topic, count) in topics {
+            let key = format!("sp:{{{topic}}}:presence");
+            pipe.hset(&key, &self.node_id, format!("{count}:{now}"))
+                .ignore()
+                .pexpire(&key, ttl_ms)
+                .ignore();
+            current.push(topic.clone());
+        }
+        let gone: Vec<Arc<str>> = {
+            let mut last = self.reported.lock();
+            let gone = last
+                .iter()
+                .filter(|t| !current.contains(t))
+                .cloned()
+                .collect();
+            *last = current;
+            gone
+        };
+        for topic in gone {
+            pipe.hdel(format!("sp:{{{topic}}}:presence"), &self.node_id)
+                .ignore();
+        }
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(COMMAND_TIMEOUT, pipe.query_async::<()>(&mut conn)).await {
+            Ok(r) => r.map_err(unavailable),
+            Err(_) => Err(unavailable("command timed out")),
+        }
+    }
+
+    async fn topic_presence(&self, topic: &str) -> Result<Option<usize>, BackplaneError> {
+        let entries: HashMap<String, String> = self
+            .command(redis::cmd("HGETALL").arg(format!("sp:{{{topic}}}:presence")))
+            .await?;
+        Ok(Some(
+            sum_fresh(&entries, chrono::Utc::now().timestamp_millis()).1,
+        ))
+    }
+
+    async fn cluster_presence(&self) -> Result<Option<(usize, usize)>, BackplaneError> {
+        let entries: HashMap<String, String> =
+            self.command(redis::cmd("HGETALL").arg("sp:nodes")).await?;
+        Ok(Some(sum_fresh(
+            &entries,
+            chrono::Utc::now().timestamp_millis(),
+        )))
+    }
+
     async fn ready(&self) -> Result<(), BackplaneError> {
         let pong: String = self.command(&redis::cmd("PING")).await?;
         if pong != "PONG" {
@@ -729,5 +817,20 @@ mod tests {
         );
         assert_eq!(ev.frame.as_str(), "{\"a\":\"b\nc\"}");
         assert!(decode_message("sp:{D1}:ch", b"x\n").is_none());
+    }
+
+    #[test]
+    fn presence_counts_only_fresh_records() {
+        let now = 1_000_000;
+        let entries: HashMap<String, String> = [
+            ("a", format!("3:{}", now - 1000)),
+            ("b", format!("4:{}", now - 2000)),
+            ("dead", format!("50:{}", now - 60_000)),
+            ("junk", "x".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        assert_eq!(sum_fresh(&entries, now), (2, 7));
     }
 }
