@@ -23,6 +23,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, TypeVar
 
 import pytest
 
+from jwt_issuer import Issuer
+
 KEY = "test-publisher-key"
 _LISTENING = re.compile(r"stackpulse listening on http://([\d.]+):(\d+)")
 
@@ -119,9 +121,18 @@ class Server:
         self.stop()
         self.start()
 
-    def publish(self, topic: str, data: Dict[str, Any], type_: str = "deployment.status") -> int:
-        """``POST /v1/events``; returns the assigned seq."""
-        body = json.dumps({"type": type_, "deployment_id": topic, "data": data}).encode()
+    def publish(
+        self,
+        topic: str,
+        data: Dict[str, Any],
+        type_: str = "deployment.status",
+        acl: Optional[Dict[str, Any]] = None,
+    ) -> int:
+        """``POST /v1/events`` with the publisher key; returns the assigned seq."""
+        event: Dict[str, Any] = {"type": type_, "deployment_id": topic, "data": data}
+        if acl is not None:
+            event["acl"] = acl
+        body = json.dumps(event).encode()
         req = urllib.request.Request(
             f"{self.http}/v1/events",
             data=body,
@@ -135,14 +146,13 @@ class Server:
             return seq
 
     async def apublish(
-        self, topic: str, data: Dict[str, Any], type_: str = "deployment.status"
+        self,
+        topic: str,
+        data: Dict[str, Any],
+        type_: str = "deployment.status",
+        acl: Optional[Dict[str, Any]] = None,
     ) -> int:
-        return await asyncio.to_thread(self.publish, topic, data, type_)
-
-    def topic(self, topic: str) -> Dict[str, Any]:
-        with urllib.request.urlopen(f"{self.http}/v1/topics/{topic}", timeout=10) as resp:
-            result: Dict[str, Any] = json.loads(resp.read())
-            return result
+        return await asyncio.to_thread(self.publish, topic, data, type_, acl)
 
 
 @pytest.fixture
@@ -165,6 +175,14 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
 @pytest.fixture
 def server(start_server: Callable[..., Server]) -> Server:
     return start_server()
+
+
+@pytest.fixture(scope="session")
+def issuer() -> Iterator[Issuer]:
+    """An RS256 token issuer with a JWKS endpoint (for ``serve --jwks-url``)."""
+    made = Issuer()
+    yield made
+    made.close()
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:

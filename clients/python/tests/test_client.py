@@ -587,3 +587,33 @@ async def test_restarts_under_continuous_publishing_deliver_each_epoch_in_order(
         assert [s for s, _ in got] == list(range(start + 1, start + 1 + len(got)))
     assert segments[-1][1] == [p for p in published[3] if p[0] > segments[-1][0]]
     assert segments[-1][1][-1] == (last, "final")
+
+
+async def test_backoff_continues_across_connections_that_drop_at_once(start_server: Callable[..., Server]) -> None:
+    """A server that keeps dropping fresh connections (idle timeout 0.2 s) is not
+    reconnected to at the base delay forever: the backoff step keeps growing until a
+    connection outlives backoff_max."""
+    server = start_server("--idle-timeout", "0.2")
+    connects = Collector()
+    flapping = CloudWebSocketClient(
+        server.ws_url, ping_interval=None, backoff_base=0.01, backoff_max=5.0,
+        on_connect=lambda: connects(flapping._backoff_step),
+    )
+    await flapping.connect()
+    try:
+        await connects.count(5)
+    finally:
+        await flapping.disconnect()
+    assert connects.items == [0, 1, 2, 3, 4]
+
+    stable_connects = Collector()
+    stable = CloudWebSocketClient(
+        server.ws_url, ping_interval=None, backoff_base=0.01, backoff_max=0.1,
+        on_connect=lambda: stable_connects(stable._backoff_step),
+    )
+    await stable.connect()
+    try:
+        await stable_connects.count(4)
+    finally:
+        await stable.disconnect()
+    assert stable_connects.items == [0, 1, 1, 1]  # each 0.2 s connection restarted the sequence

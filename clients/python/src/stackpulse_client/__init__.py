@@ -38,6 +38,7 @@ from .errors import (
 )
 from .messages import (
     CONTROL_TYPES,
+    AuthenticatedMessage,
     ErrorMessage,
     EventMessage,
     Message,
@@ -70,6 +71,7 @@ __all__ = [
     "SubscribedMessage",
     "UnsubscribedMessage",
     "PongMessage",
+    "AuthenticatedMessage",
     "ErrorMessage",
     "CONTROL_TYPES",
     "is_snapshot",

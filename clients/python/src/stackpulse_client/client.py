@@ -24,11 +24,13 @@ turns the protocol into callbacks and an async iterator:
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import inspect
 import json
 import logging
 import re
+import time
 import urllib.parse
 import weakref
 from dataclasses import dataclass, field
@@ -190,6 +192,22 @@ def _body_message(body: Optional[Union[bytes, bytearray]]) -> str:
     return text[:200]
 
 
+def _jwt_exp(token: str) -> Optional[float]:
+    """The ``exp`` claim of a JWT (not verified: only to time a refresh), else ``None``."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    payload = parts[1] + "=" * (-len(parts[1]) % 4)
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(payload))
+    except (ValueError, TypeError):
+        return None
+    exp = claims.get("exp") if isinstance(claims, dict) else None
+    if isinstance(exp, (int, float)) and not isinstance(exp, bool):
+        return float(exp)
+    return None
+
+
 class _End:
     """Marks the end of an :class:`EventStream`."""
 
@@ -274,6 +292,9 @@ class CloudWebSocketClient:
             the same interval); ``None`` or 0 disables them.
         backoff_base, backoff_max: reconnect delays are drawn uniformly from
             ``[0, min(backoff_max, backoff_base * 2**attempt))`` (full jitter).
+            ``attempt`` restarts at 0 once a connection has stayed up for
+            ``backoff_max`` seconds; a connection dropped sooner continues the
+            sequence, so a server that accepts and drops at once is not hammered.
         max_reconnect_attempts: give up after this many failed attempts in a row
             (``None``: never); the client then ends with :class:`ReconnectError`.
         on_resync: ``on_resync(deployment_id, snapshot_or_None)``, called when the
@@ -286,6 +307,12 @@ class CloudWebSocketClient:
             (``code`` is the WebSocket close code, ``None`` if the socket just died).
         token_in_query: also send the token as ``?token=`` (for proxies that drop
             the header); off by default because URLs end up in access logs.
+        refresh_margin: with a token provider and a JWT carrying ``exp``, the
+            provider is asked for a fresh token this many seconds before the
+            current one expires (or halfway through a shorter lifetime) and the new
+            token is sent in-band (``{"action":"auth"}``), so the server does not
+            close the connection (4001) when the old one expires. ``None``
+            disables this (the client then reconnects after a 4001 close).
         open_timeout: seconds allowed for one connection handshake.
         reply_timeout: seconds :meth:`subscribe` waits for ``subscribed``.
         max_message_size: largest server message accepted, in bytes.
@@ -310,6 +337,7 @@ class CloudWebSocketClient:
         on_connect: Optional[ConnectCallback] = None,
         on_disconnect: Optional[DisconnectCallback] = None,
         token_in_query: bool = False,
+        refresh_margin: Optional[float] = 60.0,
         open_timeout: float = 10.0,
         reply_timeout: float = 10.0,
         max_message_size: Optional[int] = 16 * 1024 * 1024,
@@ -326,6 +354,7 @@ class CloudWebSocketClient:
         self.on_connect = on_connect
         self.on_disconnect = on_disconnect
         self.token_in_query = token_in_query
+        self.refresh_margin = refresh_margin
         self.open_timeout = open_timeout
         self.reply_timeout = reply_timeout
         self.max_message_size = max_message_size
@@ -345,6 +374,8 @@ class CloudWebSocketClient:
         self._ws: Optional[ClientConnection] = None
         self._supervisor: Optional["asyncio.Task[None]"] = None
         self._ping_task: Optional["asyncio.Task[None]"] = None
+        self._refresh_task: Optional["asyncio.Task[None]"] = None
+        self._current_token: Optional[str] = None
         self._closer: Optional["asyncio.Future[None]"] = None
         self._stop: Optional[asyncio.Event] = None
         self._closing = False
@@ -356,6 +387,9 @@ class CloudWebSocketClient:
         )
         #: Successful connections so far (the first one included).
         self.connection_count = 0
+        self._connected_at = 0.0
+        # Position in the backoff sequence; it restarts after a stable connection.
+        self._backoff_step = 0
 
     # ------------------------------------------------------------------ state
 
@@ -400,8 +434,9 @@ class CloudWebSocketClient:
         ``log.created``, ``resource.status``, ``deployment.snapshot``,
         ``stack.snapshot`` or any other the server publishes; ``"*"`` receives every
         event (not the control replies). Control replies: ``subscribed``,
-        ``unsubscribed``, ``pong`` and ``error`` (server error replies; without an
-        ``error`` handler they are logged). Several handlers per type run in
+        ``unsubscribed``, ``pong``, ``authenticated`` (an in-band token refresh was
+        accepted) and ``error`` (server error replies; without an ``error`` handler
+        they are logged). Several handlers per type run in
         registration order; a handler's exception is logged and does not stop the
         client. Returns ``handler``.
         """
@@ -442,6 +477,7 @@ class CloudWebSocketClient:
             return
         self._closing = False
         self._fatal = None
+        self._backoff_step = 0
         self._stop = asyncio.Event()
         ws = await self._open()
         self._supervisor = asyncio.ensure_future(self._supervise(ws))
@@ -589,6 +625,7 @@ class CloudWebSocketClient:
     async def _open(self) -> ClientConnection:
         """One connection attempt: token, handshake, resubscribe, keep-alive."""
         token = await self._get_token()
+        self._current_token = token
         url = self.endpoint
         headers: Dict[str, str] = {}
         if token:
@@ -624,9 +661,17 @@ class CloudWebSocketClient:
             ws.transport.abort()
             raise
         self._ws = ws
+        self._connected_at = time.monotonic()
         self.connection_count += 1
         if self.ping_interval:
             self._ping_task = asyncio.ensure_future(self._ping_loop(ws, self.ping_interval))
+        if (
+            self.refresh_margin is not None
+            and callable(self._token)
+            and token
+            and _jwt_exp(token) is not None
+        ):
+            self._refresh_task = asyncio.ensure_future(self._refresh_loop(ws))
         self._log.info(
             "connected to %s (%d topic(s) resubscribed)", self._safe_endpoint, len(self._topics)
         )
@@ -657,9 +702,46 @@ class CloudWebSocketClient:
                 return
 
     def _stop_ping(self) -> None:
+        """Stops the per-connection tasks (keep-alive, token refresh)."""
         if self._ping_task is not None:
             self._ping_task.cancel()
             self._ping_task = None
+        task = self._refresh_task
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+        self._refresh_task = None
+
+    async def _refresh_loop(self, ws: ClientConnection) -> None:
+        """Sends a fresh token in-band before the current one expires."""
+        while True:
+            token = self._current_token
+            exp = _jwt_exp(token) if token else None
+            if exp is None:
+                return
+            remaining = exp - time.time()
+            if remaining <= 0:
+                return  # too late: the server closes with 4001 and we reconnect
+            margin = self.refresh_margin or 0.0
+            await asyncio.sleep(max(remaining - margin, remaining / 2))
+            try:
+                fresh = await self._get_token()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - retry a little later
+                self._log.warning("token provider failed: %s", e)
+                await asyncio.sleep(min(10.0, max(remaining / 4, 0.5)))
+                continue
+            if not fresh or fresh == token:
+                if exp - time.time() <= 1.0:
+                    return
+                await asyncio.sleep(min(10.0, max((exp - time.time()) / 4, 0.5)))
+                continue
+            try:
+                await ws.send(json.dumps({"action": "auth", "token": fresh}))
+            except ConnectionClosed:
+                return
+            self._current_token = fresh
+            self._log.info("sent a fresh token in-band")
 
     async def _supervise(self, ws: Optional[ClientConnection]) -> None:
         """Receives, and reconnects when the connection ends, until told to stop."""
@@ -679,6 +761,14 @@ class CloudWebSocketClient:
                     await self._call(self.on_disconnect, code, reason)
                 if self._closing or not self.auto_reconnect:
                     break
+                if code == 4001 and not callable(self._token):
+                    raise AuthenticationError(
+                        401,
+                        "the token expired (close 4001); a fixed token cannot be renewed, "
+                        "pass a token provider",
+                    )
+                if time.monotonic() - self._connected_at >= self.backoff_max:
+                    self._backoff_step = 0  # that connection was stable
                 ws = await self._reconnect()
                 if ws is not None and self._closing:
                     # disconnect() was called while this attempt was connecting.
@@ -726,7 +816,8 @@ class CloudWebSocketClient:
         while not self._closing:
             if self.max_reconnect_attempts is not None and attempt >= self.max_reconnect_attempts:
                 raise ReconnectError(attempt, last_error)
-            delay = backoff_delay(attempt, self.backoff_base, self.backoff_max)
+            delay = backoff_delay(self._backoff_step, self.backoff_base, self.backoff_max)
+            self._backoff_step += 1
             self._log.info("reconnecting in %.2fs (attempt %d)", delay, attempt + 1)
             if await self._sleep_unless_closing(delay):
                 return None
@@ -787,7 +878,7 @@ class CloudWebSocketClient:
             await self._on_subscribed(message)
         elif kind == "error":
             await self._on_error(message)
-        elif kind in ("unsubscribed", "pong"):
+        elif kind in ("unsubscribed", "pong", "authenticated"):
             await self._run_handlers(kind, message)
         else:
             await self._on_event(message)
@@ -826,6 +917,13 @@ class CloudWebSocketClient:
                 waiter.set_result(message)
 
     async def _on_error(self, message: Message) -> None:
+        if str(message.get("message", "")).startswith("Authentication is not enabled"):
+            # Our in-band refresh reached a server without auth: stop refreshing.
+            self._log.debug("server has no auth: in-band token refresh stopped")
+            if self._refresh_task is not None:
+                self._refresh_task.cancel()
+                self._refresh_task = None
+            return
         topic = message.get("deployment_id")
         if isinstance(topic, str):
             st = self._topics.get(topic)

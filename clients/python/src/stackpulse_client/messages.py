@@ -20,6 +20,7 @@ __all__ = [
     "SubscribedMessage",
     "UnsubscribedMessage",
     "PongMessage",
+    "AuthenticatedMessage",
     "ErrorMessage",
     "CONTROL_TYPES",
     "is_snapshot",
@@ -29,7 +30,7 @@ __all__ = [
 Message = Dict[str, Any]
 
 #: Server replies that are not events.
-CONTROL_TYPES = frozenset({"subscribed", "unsubscribed", "pong", "error"})
+CONTROL_TYPES = frozenset({"subscribed", "unsubscribed", "pong", "authenticated", "error"})
 
 
 def is_snapshot(message_type: str) -> bool:
@@ -78,6 +79,13 @@ class PongMessage(TypedDict):
 
     type: str
     timestamp: str
+
+
+class AuthenticatedMessage(TypedDict):
+    """Reply to an in-band ``{"action":"auth","token":...}``: the new expiry."""
+
+    type: str
+    expires_at: str
 
 
 class _ErrorRequired(TypedDict):
