@@ -10,5 +10,7 @@ async fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => stackpulse::cli::serve(args).await,
         Command::Tail(args) => stackpulse::cli::tail(args).await,
+        Command::Watch(args) => stackpulse::watch::watch(args).await,
+        Command::Deploy(args) => stackpulse::watch::deploy(args).await,
     }
 }

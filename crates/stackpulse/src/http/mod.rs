@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::PublisherKeys;
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::tracking::{aws::AwsSettings, Tracking, TrackingConfig};
 use crate::ws::registry::Registry;
 
 /// Shared by every handler.
@@ -37,11 +38,25 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Every WebSocket connection, so shutdown can wait for them to drain.
     pub tasks: TaskTracker,
+    /// The CloudFormation pollers of `stack:*` topics.
+    pub tracking: Arc<Tracking>,
 }
 
 impl AppState {
     pub fn new(hub: Hub, config: Config) -> AppState {
+        let tracking = Tracking::new(
+            hub.clone(),
+            TrackingConfig {
+                aws: AwsSettings {
+                    endpoint_url: config.aws_endpoint_url.clone(),
+                    region: config.aws_region.clone(),
+                },
+                poll_interval: config.poll_interval,
+                grace: config.tracker_grace,
+            },
+        );
         AppState {
+            tracking,
             hub,
             publishers: Arc::new(PublisherKeys::new(&config.publisher_keys)),
             config: Arc::new(config),
@@ -62,6 +77,11 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/ws", get(crate::ws::ws_handler))
         .route("/v1/events", post(publish::publish))
+        .route(
+            "/canvas/deploy/track/{stack_name}",
+            get(crate::canvas::track::track_handler),
+        )
+        .route("/canvas/deploy", post(crate::canvas::deploy::deploy))
         .route("/v1/topics/{id}", get(ops::topic))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))

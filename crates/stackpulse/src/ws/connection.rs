@@ -123,11 +123,7 @@ async fn handle_text(state: &AppState, info: &Arc<ConnInfo>, text: &str) {
             deployment_id,
             since,
             epoch,
-        }) => match state
-            .hub
-            .subscribe(session, &deployment_id, since, epoch)
-            .await
-        {
+        }) => match subscribe(state, session, &deployment_id, since, epoch).await {
             Ok(()) | Err(SubscribeError::Closed) => {}
             Err(e) => {
                 metrics::counter!("stackpulse_client_errors_total").increment(1);
@@ -155,6 +151,18 @@ async fn handle_text(state: &AppState, info: &Arc<ConnInfo>, text: &str) {
             );
         }
     }
+}
+
+/// Subscribes; a `stack:*` topic first starts (or joins) that stack's poller.
+async fn subscribe(
+    state: &AppState,
+    session: &Arc<crate::hub::Session>,
+    topic: &str,
+    since: Option<u64>,
+    epoch: Option<String>,
+) -> Result<(), SubscribeError> {
+    state.tracking.ensure(topic);
+    state.hub.subscribe(session, topic, since, epoch).await
 }
 
 type Sink = SplitSink<WebSocket, Message>;
