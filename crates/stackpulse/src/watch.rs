@@ -335,11 +335,21 @@ pub async fn via_server<W: Write>(
         match frame {
             Some(Ok(Frame::Event(e))) => {
                 failures = 0;
+                let final_error = e.event_type == crate::tracking::events::TRACKER_ERROR
+                    && e.data.get("final").and_then(serde_json::Value::as_bool) == Some(true);
                 for msg in from_hub(&e.event_type, &e.timestamp, &e.data, stack) {
                     if let Some(end) = view.apply(&msg) {
                         client.close().await;
                         return end;
                     }
+                }
+                if final_error {
+                    let message = e.data.get("message").and_then(serde_json::Value::as_str);
+                    client.close().await;
+                    return WatchEnd::Error(format!(
+                        "the server stopped tracking {stack}: {}",
+                        message.unwrap_or("unknown error")
+                    ));
                 }
             }
             Some(Ok(Frame::Control(ServerMessage::Error { code, message, .. }))) => {

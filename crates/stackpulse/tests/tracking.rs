@@ -528,6 +528,15 @@ async fn failing_stack_throttling_and_watch_exit_codes() {
         out.contains("Root cause: Db (AWS::S3::Bucket) CREATE_FAILED: Subnet not found"),
         "{out}"
     );
+    // A stack the server cannot track (access denied): exit 2 with AWS's reason.
+    fake.world().faults.push_back(Fault::AccessDenied);
+    let (code, out, err) = cli(&["watch", "denied", "--server", &server_url], &[]).await;
+    assert_eq!(code, 2, "stdout: {out}\nstderr: {err}");
+    assert!(
+        err.contains("stopped tracking denied") && err.contains("AccessDenied"),
+        "{err}"
+    );
+
     // The /ws topic has the seed-002 failure event.
     let mut c = server.connect().await;
     c.subscribe("stack:failing", Some(0), None)
@@ -565,6 +574,23 @@ async fn failing_stack_throttling_and_watch_exit_codes() {
         "{out}"
     );
     assert!(out.contains("Root cause: Db"), "{out}");
+
+    fake2.world().faults.push_back(Fault::AccessDenied);
+    let (code, out, err) = cli(
+        &[
+            "watch",
+            "denied",
+            "--direct",
+            "--aws-endpoint-url",
+            &fake2.endpoint,
+            "--region",
+            "us-east-1",
+        ],
+        AWS_ENV,
+    )
+    .await;
+    assert_eq!(code, 2, "stdout: {out}\nstderr: {err}");
+    assert!(err.contains("AccessDenied"), "{err}");
 
     // Nothing listening: a connection error is exit 2; so is a bad stack name.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");

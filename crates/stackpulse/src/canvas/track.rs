@@ -3,13 +3,14 @@
 //! Admission is the same as `/ws` (connection limit, 503 while shutting down); an
 //! invalid stack name or region is refused with 400 before the upgrade. The
 //! connection then:
-//! 1. asks [`crate::tracking::Tracking::ensure`] for the stack's poller (the topic is
-//!    `stack:<name>`, or `stack:<region>:<name>` for a region other than the default,
-//!    the same topic `/ws` clients subscribe to, so both share one poller);
-//! 2. subscribes a hub session to the topic, without `since`: a late joiner first
-//!    gets the topic's `stack.snapshot`, sent as one `resource_update` per known
-//!    resource (timestamped with the snapshot's time), then the last operation's
+//! 1. subscribes a hub session to the stack's topic (`stack:<name>`, or
+//!    `stack:<region>:<name>` for a region other than the default: the same topic
+//!    `/ws` clients subscribe to), without `since`: a late joiner first gets the
+//!    topic's `stack.snapshot`, sent as one `resource_update` per known resource
+//!    (timestamped with the snapshot's time), then the last operation's
 //!    `deployment_complete` if the stack is still in the status it ended in;
+//! 2. asks [`crate::tracking::Tracking::ensure`] for the stack's poller, so `/ws`
+//!    subscribers and canvas sockets share one;
 //! 3. writes every later event translated ([`crate::tracking::events::from_hub`]):
 //!    `resource.status` → `resource_update`, `stack.deployed`/`stack.failed` →
 //!    `deployment_complete`, `tracker.error` → `error`; other events (`log.created`)
@@ -131,13 +132,14 @@ async fn run(
         state.config.ping_interval,
         stack_name,
     ));
-    state.tracking.ensure(&topic);
     if let Err(e) = state.hub.subscribe(&session, &topic, None, None).await {
         let error = TrackerMessage::Error(TrackerError {
             message: format!("Cannot track {topic}: {e}"),
             retrying: false,
         });
         let _ = outbox.push(Delivery::Frame(Utf8Bytes::from(encode(&error))));
+    } else {
+        state.tracking.ensure(&topic);
     }
     read_loop(stream, &state, &info).await;
     outbox.close(CloseReason::ClientClosed);

@@ -11,7 +11,8 @@
 //!   duration_seconds, resource_count, outputs, stack, root_cause: null}` or
 //!   `stack.failed` `{stack_name, environment, error_message, root_cause, stack,
 //!   outputs: [], duration_seconds}`;
-//! - `Error` → `tracker.error` `{message, retrying}`; `Snapshot` → nothing (the hub
+//! - `Error` → `tracker.error` `{message, retrying}` (plus `final: true`, added by
+//!   the poller, when the run ended with it); `Snapshot` → nothing (the hub
 //!   folds its own `stack.snapshot` from the events).
 //!
 //! Back ([`from_hub`]): the `/canvas/deploy/track` socket and `stackpulse watch

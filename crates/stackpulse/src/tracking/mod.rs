@@ -2,8 +2,8 @@
 //! subscriber, publishing into the hub.
 //!
 //! Topics `stack:<StackName>` (the default region) and `stack:<region>:<StackName>`
-//! are tracked stacks (CloudFormation stack names cannot contain `:`). When a `/ws`
-//! client subscribes to one, or a `/canvas/deploy/track/{stack}` socket opens,
+//! are tracked stacks (CloudFormation stack names cannot contain `:`). Once a `/ws`
+//! client has subscribed to one, or a `/canvas/deploy/track/{stack}` socket has,
 //! [`Tracking::ensure`] starts its poller unless this node already runs one. The
 //! poller:
 //! 1. takes the backplane lease `poll:<topic>` (so that one node polls a stack
@@ -13,7 +13,9 @@
 //!    publishes no duplicates;
 //! 3. runs a [`stackpulse_cfn::Tracker`] and publishes what it sends (see
 //!    [`events`]) with the lease as fence, renewing the lease meanwhile; a refused
-//!    (fenced) publish or a lost renewal stops the tracker and goes back to 1;
+//!    (fenced) publish or a lost renewal stops the tracker and goes back to 1. The
+//!    `tracker.error` that ends a run without completion (stack not found, access
+//!    denied) carries `"final": true`, so `stackpulse watch` can stop;
 //! 4. once the operation ended (or the stack could not be tracked), stays registered,
 //!    idle, until the topic has no local subscriber, so that clients joining later
 //!    share the finished poller instead of starting another.
@@ -144,6 +146,7 @@ pub struct Tracking {
 
 impl Tracking {
     pub fn new(hub: Hub, config: TrackingConfig) -> Arc<Tracking> {
+        describe_metrics();
         Arc::new(Tracking {
             hub,
             aws: AwsClients::new(config.aws.clone()),
@@ -183,7 +186,8 @@ impl Tracking {
     }
 
     /// Starts the poller of `topic` if it is a stack topic and none runs here yet.
-    /// Call it before subscribing. Returns whether `topic` is a stack topic.
+    /// Call it after a successful subscribe (so nobody starts a poller for a topic
+    /// they may not read). Returns whether `topic` is a stack topic.
     pub fn ensure(self: &Arc<Self>, topic: &str) -> bool {
         let Some(stack) = StackTopic::parse(topic) else {
             return false;
@@ -341,28 +345,54 @@ impl Tracking {
         let mut next_renew = Instant::now() + renew_every;
         let mut check = tokio::time::interval(CHECK_EVERY);
         let mut published_updates = 0u64;
+        let mut held: Option<TrackerMessage> = None;
         let end = loop {
             tokio::select! {
                 msg = rx.recv() => {
-                    let Some(msg) = msg else { break RunEnd::Finished };
-                    if let TrackerMessage::DeploymentComplete(_) = &msg {
-                        if published_updates == 0 && completed_before {
+                    // A non-retrying error is held back until we know whether the run
+                    // goes on (the final poll failed, completion follows) or ends
+                    // (the stack cannot be tracked): then it is marked `final`.
+                    let mut out: Vec<(TrackerMessage, bool)> = Vec::new();
+                    let ended = msg.is_none();
+                    if let Some(e) = held.take() {
+                        out.push((e, ended));
+                    }
+                    match msg {
+                        Some(TrackerMessage::Error(e)) if !e.retrying => {
+                            held = Some(TrackerMessage::Error(e));
+                        }
+                        Some(TrackerMessage::DeploymentComplete(_))
+                            if published_updates == 0 && completed_before =>
+                        {
                             tracing::debug!(%topic, "operation already complete in the topic's history");
-                            continue;
                         }
-                    }
-                    if let TrackerMessage::ResourceUpdate(_) = &msg {
-                        published_updates += 1;
-                    }
-                    match self.publish(topic, &msg, &origin, lease).await {
-                        Ok(()) => {}
-                        Err(BackplaneError::Fenced(_)) => {
-                            tracing::warn!(%topic, "poller lease lost; stopping");
-                            break RunEnd::LeaseLost;
+                        Some(m) => {
+                            if let TrackerMessage::ResourceUpdate(_) = &m {
+                                published_updates += 1;
+                            }
+                            out.push((m, false));
                         }
-                        Err(e) => tracing::warn!(%topic, error = %e, "cannot publish a tracker event"),
+                        None => {}
+                    }
+                    let mut fenced = false;
+                    for (m, last) in &out {
+                        match self.publish(topic, m, &origin, lease, *last).await {
+                            Ok(()) => {}
+                            Err(BackplaneError::Fenced(_)) => {
+                                fenced = true;
+                                break;
+                            }
+                            Err(e) => tracing::warn!(%topic, error = %e, "cannot publish a tracker event"),
+                        }
                     }
                     self.report_calls(topic, &calls);
+                    if fenced {
+                        tracing::warn!(%topic, "poller lease lost; stopping");
+                        break RunEnd::LeaseLost;
+                    }
+                    if ended {
+                        break RunEnd::Finished;
+                    }
                 }
                 _ = check.tick() => {
                     self.report_calls(topic, &calls);
@@ -405,8 +435,12 @@ impl Tracking {
         msg: &TrackerMessage,
         origin: &Origin,
         lease: &Lease,
+        last: bool,
     ) -> Result<(), BackplaneError> {
-        for (event_type, data) in events::to_hub(msg, origin) {
+        for (event_type, mut data) in events::to_hub(msg, origin) {
+            if last && event_type == events::TRACKER_ERROR {
+                data.insert("final".into(), Value::Bool(true));
+            }
             self.hub
                 .publish_draft(
                     topic,
@@ -421,6 +455,21 @@ impl Tracking {
         }
         Ok(())
     }
+}
+
+fn describe_metrics() {
+    metrics::describe_gauge!(
+        "stackpulse_tracking_pollers",
+        "Stack pollers registered on this node"
+    );
+    metrics::describe_counter!(
+        "stackpulse_tracking_pollers_started_total",
+        "Tracker runs started (one per stack operation when all goes well)"
+    );
+    metrics::describe_counter!(
+        "stackpulse_tracking_aws_calls_total",
+        "CloudFormation requests sent, per stack topic"
+    );
 }
 
 /// Why a tracker run ended.

@@ -153,7 +153,7 @@ async fn handle_text(state: &AppState, info: &Arc<ConnInfo>, text: &str) {
     }
 }
 
-/// Subscribes; a `stack:*` topic first starts (or joins) that stack's poller.
+/// Subscribes; a `stack:*` topic then starts (or joins) that stack's poller.
 async fn subscribe(
     state: &AppState,
     session: &Arc<crate::hub::Session>,
@@ -161,8 +161,9 @@ async fn subscribe(
     since: Option<u64>,
     epoch: Option<String>,
 ) -> Result<(), SubscribeError> {
+    state.hub.subscribe(session, topic, since, epoch).await?;
     state.tracking.ensure(topic);
-    state.hub.subscribe(session, topic, since, epoch).await
+    Ok(())
 }
 
 type Sink = SplitSink<WebSocket, Message>;
