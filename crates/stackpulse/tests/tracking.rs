@@ -372,6 +372,38 @@ async fn deploy_track_and_watch_a_stack_on_moto() {
         "{out}"
     );
 
+    // The stack is updated while the /ws subscriber stays: the finished poller sees
+    // the new operation and tracks it too.
+    let mut updated: Value = serde_json::from_str(&template()).expect("template");
+    updated["Resources"]["Topic"] = json!({"Type": "AWS::SNS::Topic"});
+    sdk_client(&moto.endpoint)
+        .update_stack()
+        .stack_name(&name)
+        .template_body(updated.to_string())
+        .parameters(
+            aws_sdk_cloudformation::types::Parameter::builder()
+                .parameter_key("Env")
+                .parameter_value("test")
+                .build(),
+        )
+        .send()
+        .await
+        .expect("update_stack");
+    let events = ws_until_complete(&mut c).await;
+    let statuses: Vec<&str> = events
+        .iter()
+        .filter(|e| e.event_type == "resource.status")
+        .map(|e| e.data["resource"]["status"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        statuses,
+        ["UPDATE_IN_PROGRESS", "UPDATE_COMPLETE"],
+        "{events:?}"
+    );
+    let deployed = events.last().expect("stack.deployed");
+    assert_eq!(deployed.event_type, "stack.deployed");
+    assert_eq!(deployed.data["resource_count"], 3);
+
     // `deploy --watch` creates through the SDK and watches through the server.
     let dir = tempfile::tempdir().expect("tmp");
     let file = dir.path().join("template.json");
@@ -403,12 +435,13 @@ async fn deploy_track_and_watch_a_stack_on_moto() {
     );
     assert!(out.contains("Output Env = ci"), "{out}");
 
-    // One poller per stack: this server polled each stack once.
+    // One poller per stack, one tracker run per operation: the first stack's create
+    // and update, the second stack's create.
     assert_eq!(
         server
             .metric("stackpulse_tracking_pollers_started_total")
             .await,
-        2.0
+        3.0
     );
 }
 

@@ -16,15 +16,18 @@
 //!    (fenced) publish or a lost renewal stops the tracker and goes back to 1. The
 //!    `tracker.error` that ends a run without completion (stack not found, access
 //!    denied) carries `"final": true`, so `stackpulse watch` can stop;
-//! 4. once the operation ended (or the stack could not be tracked), stays registered,
-//!    idle, until the topic has no local subscriber, so that clients joining later
-//!    share the finished poller instead of starting another.
+//! 4. once the operation ended (or the stack could not be tracked), stays registered
+//!    until the topic has no local subscriber, so that clients joining later share
+//!    the finished poller instead of starting another. Meanwhile it looks at the
+//!    stack every 5 poll intervals (at most every minute; one `DescribeStacks`):
+//!    when a new operation started (the stack is busy, was updated, replaced or
+//!    created), it goes back to 1 and tracks it.
 //!
 //! While the stack is busy and nobody is subscribed, the poller keeps going for the
-//! grace time (`--tracker-grace`), then stops. A poller covers one operation: a
-//! subscriber arriving after it stopped starts a fresh one, which tracks the stack's
-//! then current operation (and does not publish the completion of an operation
-//! whose completion the topic already has).
+//! grace time (`--tracker-grace`), then stops. A subscriber arriving after it
+//! stopped starts a fresh one, which tracks the stack's then current operation (and
+//! does not publish the completion of an operation whose completion the topic
+//! already has).
 //!
 //! Metrics: `stackpulse_tracking_pollers` (running here),
 //! `stackpulse_tracking_pollers_started_total`, and
@@ -62,6 +65,8 @@ const CHECK_EVERY: Duration = Duration::from_millis(250);
 /// A finished poller stays at least this long after the last `ensure`, so that a
 /// subscriber between its `ensure` and its `subscribe` still finds it.
 const LINGER: Duration = Duration::from_secs(2);
+/// Timeout of the `DescribeStacks` a finished poller makes now and then.
+const LOOK_TIMEOUT: Duration = Duration::from_secs(20);
 /// Tracker messages buffered between the tracker and the publisher.
 const CHANNEL: usize = 256;
 
@@ -246,7 +251,8 @@ impl Tracking {
 
     async fn poller(&self, topic: Arc<str>, stack: StackTopic, slot: Arc<Slot>) {
         let lease_name = format!("poll:{topic}");
-        loop {
+        let look_every = (self.config.poll_interval * 5).min(Duration::from_secs(60));
+        'run: loop {
             // 1. The lease (another node may be polling this stack).
             let lease = loop {
                 match self
@@ -273,16 +279,54 @@ impl Tracking {
             match end {
                 RunEnd::Unwanted => return,
                 RunEnd::LeaseLost => continue,
-                RunEnd::Finished => break,
+                RunEnd::Finished => {}
+            }
+            // 4. Finished: stay while anybody is subscribed, looking at the stack now
+            // and then (one DescribeStacks); a new operation is tracked again.
+            let mut seen = self.look(&topic, &stack).await;
+            let mut next_look = Instant::now() + look_every;
+            loop {
+                tokio::time::sleep(CHECK_EVERY).await;
+                if self.leave_if_unwanted(&topic, &slot, LINGER) {
+                    return;
+                }
+                if Instant::now() < next_look {
+                    continue;
+                }
+                next_look = Instant::now() + look_every;
+                let now = self.look(&topic, &stack).await;
+                if seen.new_operation(&now) {
+                    tracing::info!(%topic, "a new operation started; tracking it");
+                    continue 'run;
+                }
+                if now != Look::Unknown {
+                    seen = now;
+                }
             }
         }
-        // 4. Finished: stay until nobody is subscribed.
-        loop {
-            tokio::time::sleep(CHECK_EVERY).await;
-            if self.leave_if_unwanted(&topic, &slot, LINGER) {
-                return;
+    }
+
+    /// One `DescribeStacks` of a finished stack.
+    async fn look(&self, topic: &Arc<str>, stack: &StackTopic) -> Look {
+        let calls = self.counter(topic);
+        let client = self.aws.client(stack.region.as_deref()).await;
+        let api = stackpulse_cfn::aws::Api::new(client, calls.clone(), LOOK_TIMEOUT);
+        let look = match api.describe_stack(&stack.stack).await {
+            Ok(info) => Look::Stack {
+                arn: info.arn,
+                updated: info.last_updated_time,
+                terminal: stackpulse_cfn::status::stack_phase(&info.status).is_terminal(),
+                status: info.status,
+                operations: info.operation_ids,
+            },
+            Err(stackpulse_cfn::AwsError::NotFound(_)) => Look::Missing,
+            Err(e) => {
+                tracing::debug!(%topic, error = %e, "cannot look at the stack");
+                Look::Unknown
             }
-        }
+        };
+        self.report_calls(topic, &calls);
+        look
     }
 
     /// What the topic's history says: event ids already published, and whether the
@@ -470,6 +514,45 @@ fn describe_metrics() {
         "stackpulse_tracking_aws_calls_total",
         "CloudFormation requests sent, per stack topic"
     );
+}
+
+/// What a look at a finished stack saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Look {
+    Missing,
+    Stack {
+        arn: String,
+        updated: Option<chrono::DateTime<chrono::Utc>>,
+        terminal: bool,
+        status: String,
+        operations: Vec<String>,
+    },
+    /// The call failed (throttled, denied, network): no conclusion.
+    Unknown,
+}
+
+impl Look {
+    /// Whether `now` shows an operation the finished run did not track: the stack
+    /// is busy, was updated (its last update time, status or operation ids
+    /// changed), was replaced (another ARN) or appeared.
+    fn new_operation(&self, now: &Look) -> bool {
+        match (self, now) {
+            (_, Look::Unknown) => false,
+            (
+                _,
+                Look::Stack {
+                    terminal: false, ..
+                },
+            ) => true,
+            (Look::Stack { .. }, Look::Stack { terminal: true, .. }) => {
+                // Anything but `terminal` differs (ARN, last update, status,
+                // operation ids: endpoints fill in different ones).
+                self != now
+            }
+            (Look::Missing | Look::Unknown, Look::Stack { .. }) => true,
+            (_, Look::Missing) => false,
+        }
+    }
 }
 
 /// Why a tracker run ended.
