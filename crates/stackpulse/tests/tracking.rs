@@ -644,3 +644,73 @@ async fn failing_stack_throttling_and_watch_exit_codes() {
     let (code, _, err) = cli(&["watch", "not_a_stack"], &[]).await;
     assert_eq!(code, 2, "{err}");
 }
+
+/// Waits (polling `/metrics`, bounded) until a gauge reaches `value`.
+async fn await_metric(server: &Server, name: &str, value: f64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if server.metric(name).await == value {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} never reached {value}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn poller_stops_after_the_grace_time_and_a_new_one_publishes_no_duplicates() {
+    let fake = FakeCfn::start(vec![slow_stack("graceful", 60)]).await;
+    let server = Server::spawn(
+        &[
+            "--aws-endpoint-url",
+            &fake.endpoint,
+            "--aws-region",
+            "us-east-1",
+            "--poll-interval",
+            "0.05",
+            "--tracker-grace",
+            "0.3",
+        ],
+        AWS_ENV,
+    )
+    .await;
+
+    // The first subscriber sees the first events, then leaves mid-operation.
+    let mut ws = canvas(&server, "graceful").await;
+    let first = next_json(&mut ws).await;
+    assert_eq!(first["type"], "resource_update", "{first}");
+    drop(ws);
+    await_metric(&server, "stackpulse_tracking_pollers", 0.0).await;
+    let requests = fake.request_count();
+    let (_, topic) = server.get("/v1/topics/stack:graceful").await;
+    let topic: Value = serde_json::from_str(&topic).expect("topic JSON");
+    assert_eq!(topic["subscribers"], 0, "{topic}");
+    assert!(
+        fake.world().steps_left("graceful") > 0,
+        "the stack was still busy when its poller stopped"
+    );
+
+    // A new subscriber starts a new poller, which publishes only what is new.
+    let mut c = server.connect().await;
+    c.subscribe("stack:graceful", Some(0), None)
+        .await
+        .expect("subscribe");
+    let events = ws_until_complete(&mut c).await;
+    let ids: Vec<&str> = events
+        .iter()
+        .filter(|e| e.event_type == "resource.status")
+        .map(|e| e.data["eventId"].as_str().unwrap_or_default())
+        .collect();
+    let expected: Vec<String> = (0..6).map(|n| format!("graceful-ev-{n:05}")).collect();
+    assert_eq!(ids, expected, "every stack event exactly once, in order");
+    assert!(fake.request_count() > requests);
+    assert_eq!(
+        server
+            .metric("stackpulse_tracking_pollers_started_total")
+            .await,
+        2.0
+    );
+}

@@ -157,6 +157,14 @@ pub struct World {
 }
 
 impl World {
+    /// Steps of stack `name` not taken yet.
+    pub fn steps_left(&self, name: &str) -> usize {
+        self.stacks
+            .iter()
+            .find(|s| s.name == name)
+            .map_or(0, |s| s.steps.len())
+    }
+
     fn find(&self, id: &str) -> Option<usize> {
         self.stacks.iter().position(|s| {
             s.arn == id || (s.name == id && s.missing_for == 0 && s.status != "DELETE_COMPLETE")
