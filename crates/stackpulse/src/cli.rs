@@ -1,4 +1,5 @@
-//! The `stackpulse` command line: `serve` and `tail`.
+//! The `stackpulse` command line: `serve`, `tail`, `watch` and `deploy` (the last
+//! two live in [`crate::watch`]).
 //!
 //! Parsing lives here; the work lives in the library ([`crate::server::serve`],
 //! [`crate::client::Client`]). Exit codes: 0 success, 2 usage, connection or
@@ -27,6 +28,8 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once per process: the size of `ServeArgs` does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run the server (in-memory hub, 127.0.0.1:8000 by default).
     Serve(Box<ServeArgs>),
@@ -34,6 +37,12 @@ pub enum Command {
     Tail(TailArgs),
     /// Print the SHA-256 of a publisher key (read from stdin) for --publisher-key-sha256.
     HashKey,
+    /// Watch one CloudFormation stack's operation live (exit 0 success, 1 failure,
+    /// 2 usage/connection/auth error).
+    Watch(crate::watch::WatchArgs),
+    /// Create a stack from a template (with this machine's AWS credentials), and
+    /// with `--watch` watch it.
+    Deploy(crate::watch::DeployArgs),
 }
 
 #[derive(Debug, clap::Args)]

@@ -79,6 +79,19 @@ pub struct ServeArgs {
     pub presence_interval: Option<f64>,
     #[command(flatten)]
     pub auth: AuthArgs,
+    /// Send every AWS request to this endpoint (moto, LocalStack) [default: AWS].
+    #[arg(long, env = "STACKPULSE_AWS_ENDPOINT_URL", value_name = "URL")]
+    pub aws_endpoint_url: Option<String>,
+    /// Default AWS region of tracked stacks [default: the standard AWS chain].
+    #[arg(long, env = "STACKPULSE_AWS_REGION", value_name = "REGION")]
+    pub aws_region: Option<String>,
+    /// Seconds between two CloudFormation polls of a stack, fractions allowed [default: 2].
+    #[arg(long, env = "STACKPULSE_POLL_INTERVAL", value_name = "SECONDS")]
+    pub poll_interval: Option<f64>,
+    /// Seconds a stack poller keeps going after its last subscriber left, while the
+    /// stack is not terminal [default: 60].
+    #[arg(long, env = "STACKPULSE_TRACKER_GRACE", value_name = "SECONDS")]
+    pub tracker_grace: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
@@ -109,6 +122,10 @@ struct FileConfig {
     auth: Option<AuthFile>,
     redis_url: Option<String>,
     presence_interval: Option<f64>,
+    aws_endpoint_url: Option<String>,
+    aws_region: Option<String>,
+    poll_interval: Option<f64>,
+    tracker_grace: Option<f64>,
 }
 
 /// Resolved settings.
@@ -134,6 +151,14 @@ pub struct Config {
     /// Token verification and topic policy; `None` serves loopback only.
     pub auth: Option<AuthSettings>,
     pub admission: AdmissionLimits,
+    /// Endpoint of every AWS client (moto, LocalStack); `None`: AWS itself.
+    pub aws_endpoint_url: Option<String>,
+    /// Default region of tracked stacks; `None`: from the standard AWS chain.
+    pub aws_region: Option<String>,
+    /// Time between two polls of one stack.
+    pub poll_interval: Duration,
+    /// How long a poller outlives its last subscriber while the stack is busy.
+    pub tracker_grace: Duration,
 }
 
 impl Default for Config {
@@ -160,6 +185,10 @@ impl Default for Config {
                 connect_rate_per_ip: 50.0,
                 connect_rate_per_user: 20.0,
             },
+            aws_endpoint_url: None,
+            aws_region: None,
+            poll_interval: Duration::from_secs(2),
+            tracker_grace: Duration::from_secs(60),
         }
     }
 }
@@ -185,6 +214,10 @@ fn seconds(name: &'static str, value: f64) -> Result<Duration, ConfigError> {
             name,
             message: format!("{value} is not a positive number of seconds"),
         })
+}
+
+fn non_empty(value: Option<String>) -> Option<String> {
+    value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
 }
 
 fn positive(name: &'static str, value: usize) -> Result<usize, ConfigError> {
@@ -307,6 +340,16 @@ impl Config {
             },
             auth: settings::resolve(&args.auth, &auth_file)?,
             admission: settings::resolve_limits(&args.auth, &auth_file)?,
+            aws_endpoint_url: non_empty(args.aws_endpoint_url.clone().or(file.aws_endpoint_url)),
+            aws_region: non_empty(args.aws_region.clone().or(file.aws_region)),
+            poll_interval: match args.poll_interval.or(file.poll_interval) {
+                Some(s) => seconds("poll-interval", s)?,
+                None => d.poll_interval,
+            },
+            tracker_grace: match args.tracker_grace.or(file.tracker_grace) {
+                Some(s) => seconds("tracker-grace", s)?,
+                None => d.tracker_grace,
+            },
         })
     }
 }
@@ -332,6 +375,30 @@ mod tests {
         assert_eq!(c.queue_size, 7);
         assert_eq!(c.publisher_keys, vec!["f".to_string()]);
         assert_eq!(c.max_frame_bytes, 65536);
+        assert_eq!(c.poll_interval, Duration::from_secs(2));
+        assert_eq!(c.tracker_grace, Duration::from_secs(60));
+        assert_eq!(c.aws_endpoint_url, None);
+    }
+
+    #[test]
+    fn aws_settings_from_flags_and_file() {
+        let mut file = tempfile::NamedTempFile::new().expect("tmp");
+        writeln!(
+            file,
+            "aws_region = \"eu-west-1\"\npoll_interval = 0.5\ntracker_grace = 5"
+        )
+        .expect("write");
+        let args = ServeArgs {
+            config: Some(file.path().to_path_buf()),
+            aws_endpoint_url: Some("http://127.0.0.1:5000".into()),
+            poll_interval: Some(0.25),
+            ..ServeArgs::default()
+        };
+        let c = Config::resolve(&args).expect("valid");
+        assert_eq!(c.aws_region.as_deref(), Some("eu-west-1"));
+        assert_eq!(c.aws_endpoint_url.as_deref(), Some("http://127.0.0.1:5000"));
+        assert_eq!(c.poll_interval, Duration::from_millis(250));
+        assert_eq!(c.tracker_grace, Duration::from_secs(5));
     }
 
     #[test]

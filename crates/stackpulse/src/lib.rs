@@ -9,6 +9,11 @@
 //!   [`hub::Backplane`] (in-memory now; Redis fits the same seam).
 //! - [`ws`]: the `/ws` endpoint: admission, connection loops, registry, close codes.
 //! - [`http`]: routes, shared state, publish API, health/readiness/metrics.
+//! - [`tracking`]: one CloudFormation poller per `stack:*` topic, publishing into
+//!   the hub.
+//! - [`canvas`]: the seed-000 endpoints `/canvas/deploy/track/{stack}` (socket) and
+//!   `POST /canvas/deploy`.
+//! - [`watch`]: `stackpulse watch`'s terminal view of one stack.
 //! - [`auth`]: users and publisher keys.
 //! - [`config`]: flags, environment and TOML file → [`config::Config`].
 //! - [`server`]: [`server::serve`]: run until shutdown, then drain.
@@ -18,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod canvas;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -25,4 +31,6 @@ pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod server;
+pub mod tracking;
+pub mod watch;
 pub mod ws;

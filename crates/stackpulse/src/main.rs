@@ -12,5 +12,7 @@ async fn main() -> ExitCode {
         Command::Serve(args) => stackpulse::cli::serve(*args).await,
         Command::Tail(args) => stackpulse::cli::tail(args).await,
         Command::HashKey => stackpulse::cli::hash_key(),
+        Command::Watch(args) => stackpulse::watch::watch(args).await,
+        Command::Deploy(args) => stackpulse::watch::deploy(args).await,
     }
 }

@@ -25,6 +25,7 @@ use crate::auth::gate::Gate;
 use crate::auth::PublisherKeys;
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::tracking::{aws::AwsSettings, Tracking, TrackingConfig};
 use crate::ws::registry::Registry;
 
 /// Shared by every handler.
@@ -40,12 +41,26 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Every WebSocket connection, so shutdown can wait for them to drain.
     pub tasks: TaskTracker,
+    /// The CloudFormation pollers of `stack:*` topics.
+    pub tracking: Arc<Tracking>,
 }
 
 impl AppState {
     pub fn new(hub: Hub, config: Config) -> Result<AppState, String> {
         let gate = Gate::new(config.auth.clone(), config.admission)?;
+        let tracking = Tracking::new(
+            hub.clone(),
+            TrackingConfig {
+                aws: AwsSettings {
+                    endpoint_url: config.aws_endpoint_url.clone(),
+                    region: config.aws_region.clone(),
+                },
+                poll_interval: config.poll_interval,
+                grace: config.tracker_grace,
+            },
+        );
         Ok(AppState {
+            tracking,
             hub,
             gate: Arc::new(gate),
             publishers: Arc::new(PublisherKeys::new(
@@ -70,6 +85,11 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/ws", get(crate::ws::ws_handler))
         .route("/v1/events", post(publish::publish))
+        .route(
+            "/canvas/deploy/track/{stack_name}",
+            get(crate::canvas::track::track_handler),
+        )
+        .route("/canvas/deploy", post(crate::canvas::deploy::deploy))
         .route("/v1/topics/{id}", get(ops::topic))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))

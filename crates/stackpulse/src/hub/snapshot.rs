@@ -58,6 +58,12 @@ impl Snapshot {
                 };
                 entry.insert("status".into(), Value::from(status));
                 entry.insert("updated_at".into(), Value::from(timestamp));
+                // A tracked stack's completion carries its final summary.
+                if self.tracks_stack {
+                    if let Some(stack @ Value::Object(_)) = data.get("stack") {
+                        self.state.insert("stack".into(), stack.clone());
+                    }
+                }
                 self.object("stacks")
                     .insert(name.to_owned(), Value::Object(entry));
             }

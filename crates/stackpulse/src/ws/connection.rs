@@ -96,7 +96,7 @@ fn is_too_big(e: axum::Error) -> bool {
 }
 
 /// Resolves when the connection's token expires (never without auth).
-async fn token_expiry(expires_at: u64) {
+pub(crate) async fn token_expiry(expires_at: u64) {
     if expires_at == u64::MAX {
         return std::future::pending().await;
     }
@@ -105,7 +105,7 @@ async fn token_expiry(expires_at: u64) {
     tokio::time::sleep(Duration::from_millis(left)).await;
 }
 
-fn expired(info: &ConnInfo) -> bool {
+pub(crate) fn expired(info: &ConnInfo) -> bool {
     let exp = info.expires_at.load(Ordering::Acquire);
     exp != u64::MAX && u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0) >= exp
 }
@@ -165,13 +165,7 @@ async fn handle_text(state: &AppState, info: &Arc<ConnInfo>, text: &str) {
             deployment_id,
             since,
             epoch,
-        }) => match state
-            .hub
-            .subscribe(session, &deployment_id, since, epoch, &|acl| {
-                state.gate.may_subscribe(&info.user, acl)
-            })
-            .await
-        {
+        }) => match subscribe(state, info, &deployment_id, since, epoch).await {
             Ok(()) | Err(SubscribeError::Closed) => {}
             Err(e) => {
                 metrics::counter!("stackpulse_client_errors_total").increment(1);
@@ -229,6 +223,25 @@ async fn reauthenticate(state: &AppState, info: &Arc<ConnInfo>, token: &str) {
         ),
         Err(u) => reply(outbox, ServerMessage::error(401, u.message())),
     }
+}
+
+/// Subscribes (checking the topic's ACL for this connection's user); a
+/// `stack:*` topic then starts (or joins) that stack's poller.
+async fn subscribe(
+    state: &AppState,
+    info: &Arc<ConnInfo>,
+    topic: &str,
+    since: Option<u64>,
+    epoch: Option<String>,
+) -> Result<(), SubscribeError> {
+    state
+        .hub
+        .subscribe(&info.session, topic, since, epoch, &|acl| {
+            state.gate.may_subscribe(&info.user, acl)
+        })
+        .await?;
+    state.tracking.ensure(topic);
+    Ok(())
 }
 
 type Sink = SplitSink<WebSocket, Message>;

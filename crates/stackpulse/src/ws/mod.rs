@@ -41,34 +41,43 @@ fn refuse(status: StatusCode, message: &str) -> Response {
     error_body(status, message).into_response()
 }
 
-pub async fn ws_handler(
-    State(state): State<AppState>,
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Response {
+/// What admission grants a WebSocket request before its upgrade.
+pub struct Admission {
+    pub slot: registry::Slot,
+    pub verified: stackpulse_auth::Verified,
+    /// One of the user's places (with auth); released when the connection ends.
+    pub user_slot: Option<crate::auth::limits::UserSlot>,
+}
+
+/// The admission every WebSocket endpoint applies, in order: shutting down (503),
+/// the client's attempt rate (429), its token (401, before any upgrade), the
+/// user's places (429), the connection limit (503).
+pub async fn admit(
+    state: &AppState,
+    remote: SocketAddr,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Admission, Response> {
     if state.shutdown.is_cancelled() {
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, "Server shutting down");
+        return Err(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Server shutting down",
+        ));
     }
     let gate = &state.gate;
     if let Err(r) = gate.admission.check_ip(remote.ip()) {
         metrics::counter!("stackpulse_connections_refused_total", "reason" => r.label())
             .increment(1);
-        return refuse(StatusCode::TOO_MANY_REQUESTS, &r.message());
+        return Err(refuse(StatusCode::TOO_MANY_REQUESTS, &r.message()));
     }
-    let token = request_token(&headers, query.as_deref());
+    let token = request_token(headers, query);
     let verified = match gate.authenticate(token.as_deref()).await {
         Ok(v) => v,
         Err(u) => {
             metrics::counter!("stackpulse_connections_refused_total", "reason" => "unauthorized")
                 .increment(1);
-            return refuse(StatusCode::UNAUTHORIZED, u.message());
+            return Err(refuse(StatusCode::UNAUTHORIZED, u.message()));
         }
-    };
-    let ws = match ws {
-        Ok(ws) => ws,
-        Err(rejection) => return rejection.into_response(),
     };
     let user_slot = if gate.is_enabled() {
         match gate.admission.admit_user(&verified.user.sub) {
@@ -76,7 +85,7 @@ pub async fn ws_handler(
             Err(r) => {
                 metrics::counter!("stackpulse_connections_refused_total", "reason" => r.label())
                     .increment(1);
-                return refuse(StatusCode::TOO_MANY_REQUESTS, &r.message());
+                return Err(refuse(StatusCode::TOO_MANY_REQUESTS, &r.message()));
             }
         }
     } else {
@@ -85,26 +94,57 @@ pub async fn ws_handler(
     let max = state.config.max_connections;
     let Some(slot) = state.registry.reserve(max) else {
         metrics::counter!("stackpulse_connections_refused_total", "reason" => "limit").increment(1);
-        return refuse(
+        return Err(refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             &format!("Server at connection limit ({max})"),
-        );
+        ));
     };
-    let frame_limit = state.config.max_frame_bytes;
-    let tracked = state.tasks.token();
+    Ok(Admission {
+        slot,
+        verified,
+        user_slot,
+    })
+}
+
+/// Applies the buffer sizes and frame limits every WebSocket endpoint uses.
+pub fn configure(ws: WebSocketUpgrade, frame_limit: usize) -> WebSocketUpgrade {
     ws.read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(MAX_WRITE_BUFFER.max(frame_limit * 2))
         .max_message_size(frame_limit)
         .max_frame_size(frame_limit)
-        .on_upgrade(move |socket| async move {
-            let admitted = connection::Admitted {
-                slot,
-                remote,
-                verified,
-                user_slot,
-            };
-            connection::run(socket, state, admitted).await;
-            drop(tracked);
-        })
+}
+
+pub async fn ws_handler(
+    State(state): State<AppState>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let admission = match admit(&state, remote, &headers, query.as_deref()).await {
+        Ok(a) => a,
+        Err(refusal) => return refusal,
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let Admission {
+        slot,
+        verified,
+        user_slot,
+    } = admission;
+    let frame_limit = state.config.max_frame_bytes;
+    let tracked = state.tasks.token();
+    configure(ws, frame_limit).on_upgrade(move |socket| async move {
+        let admitted = connection::Admitted {
+            slot,
+            remote,
+            verified,
+            user_slot,
+        };
+        connection::run(socket, state, admitted).await;
+        drop(tracked);
+    })
 }

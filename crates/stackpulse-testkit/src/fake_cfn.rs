@@ -1,0 +1,581 @@
+//! A scripted fake CloudFormation endpoint, for what moto cannot show over time.
+//!
+//! It speaks the AWS query protocol the SDK uses (form-encoded POST bodies with
+//! `Action=...`, XML answers shaped like AWS's, `ErrorResponse` for errors) over plain
+//! HTTP/1.1 on `127.0.0.1:0`, implemented on a bare `TcpListener` so a test can also
+//! drop a connection without an answer (a reset).
+//!
+//! A stack is played over time by its [`Step`]s: every `DescribeStacks` call on a
+//! script's root stack takes the next step, which reveals more events (of the root or
+//! of its nested stacks), may change the status, and may queue faults (throttling,
+//! dropped connections, 500s) for the next requests. So a test advances the
+//! deployment exactly one step per tracker cycle, without sleeps.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use chrono::{DateTime, Duration, SecondsFormat, TimeZone, Utc};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A fault answered instead of the next request (whatever its action).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// `400 <Code>Throttling</Code><Message>Rate exceeded</Message>`.
+    Throttle,
+    /// The connection is closed without an answer.
+    Reset,
+    /// `500 InternalFailure`.
+    Internal,
+    /// `403 AccessDenied`: not retryable.
+    AccessDenied,
+}
+
+/// One stack event of a script.
+#[derive(Debug, Clone)]
+pub struct FakeEvent {
+    pub id: String,
+    pub logical_id: String,
+    pub physical_id: String,
+    pub resource_type: String,
+    pub status: String,
+    pub reason: String,
+    pub timestamp: DateTime<Utc>,
+    pub operation_id: Option<String>,
+}
+
+/// What one `DescribeStacks` call on the root moves forward.
+#[derive(Debug, Clone, Default)]
+pub struct Step {
+    /// (stack name, number of further events made visible).
+    pub reveal: Vec<(String, usize)>,
+    pub status: Option<String>,
+    pub status_reason: Option<String>,
+    pub faults: Vec<Fault>,
+    /// Replaces `LastOperations` (ids, type).
+    pub operations: Option<Vec<(String, String)>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FakeStack {
+    pub name: String,
+    pub arn: String,
+    /// Every event the stack will ever have, oldest first.
+    pub events: Vec<FakeEvent>,
+    /// How many of `events` are visible.
+    pub visible: usize,
+    pub status: String,
+    pub status_reason: String,
+    pub outputs: Vec<(String, String, String)>,
+    pub operations: Vec<(String, String)>,
+    /// `ListStackResources`: (logical id, type, status).
+    pub resources: Vec<(String, String, String)>,
+    /// Number of resources of the template (`GetTemplate` answers a YAML body with
+    /// that many, `GetTemplateSummary` that many resource types).
+    pub template_resources: usize,
+    /// `false`: `GetTemplate` is refused (the tracker falls back to the summary).
+    pub get_template: bool,
+    pub created: DateTime<Utc>,
+    pub last_updated: Option<DateTime<Utc>>,
+    /// `DescribeStacks` calls answered "does not exist" before the stack appears.
+    pub missing_for: usize,
+    /// Steps taken by `DescribeStacks` calls on this stack.
+    pub steps: VecDeque<Step>,
+}
+
+impl FakeStack {
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            arn: arn(name),
+            events: Vec::new(),
+            visible: 0,
+            status: "CREATE_IN_PROGRESS".into(),
+            status_reason: String::new(),
+            outputs: Vec::new(),
+            operations: Vec::new(),
+            resources: Vec::new(),
+            template_resources: 0,
+            get_template: true,
+            created: base_time(),
+            last_updated: None,
+            missing_for: 0,
+            steps: VecDeque::new(),
+        }
+    }
+
+    /// Appends an event of a resource (or of the stack itself when `logical` is the
+    /// stack's name) at `sec` seconds after the base time.
+    pub fn push(&mut self, logical: &str, status: &str, reason: &str, sec: i64) -> &mut FakeEvent {
+        let is_stack = logical == self.name;
+        let n = self.events.len();
+        self.events.push(FakeEvent {
+            id: format!("{}-ev-{n:05}", self.name),
+            logical_id: logical.to_string(),
+            physical_id: if is_stack {
+                self.arn.clone()
+            } else {
+                format!("{}-{logical}-phys", self.name)
+            },
+            resource_type: if is_stack {
+                STACK.to_string()
+            } else {
+                "AWS::S3::Bucket".to_string()
+            },
+            status: status.to_string(),
+            reason: reason.to_string(),
+            timestamp: base_time() + Duration::seconds(sec),
+            operation_id: None,
+        });
+        let last = self.events.len() - 1;
+        &mut self.events[last]
+    }
+}
+
+pub const STACK: &str = "AWS::CloudFormation::Stack";
+
+pub fn arn(name: &str) -> String {
+    format!("arn:aws:cloudformation:us-east-1:123456789012:stack/{name}/0000-{name}")
+}
+
+pub fn base_time() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2025, 10, 23, 10, 0, 0)
+        .single()
+        .unwrap_or_else(Utc::now)
+}
+
+/// Everything the endpoint knows and did.
+#[derive(Debug, Default)]
+pub struct World {
+    pub stacks: Vec<FakeStack>,
+    pub faults: VecDeque<Fault>,
+    /// (action, StackName parameter) of every request received.
+    pub requests: Vec<(String, String)>,
+    pub page_size: usize,
+}
+
+impl World {
+    /// Steps of stack `name` not taken yet.
+    pub fn steps_left(&self, name: &str) -> usize {
+        self.stacks
+            .iter()
+            .find(|s| s.name == name)
+            .map_or(0, |s| s.steps.len())
+    }
+
+    fn find(&self, id: &str) -> Option<usize> {
+        self.stacks.iter().position(|s| {
+            s.arn == id || (s.name == id && s.missing_for == 0 && s.status != "DELETE_COMPLETE")
+        })
+    }
+}
+
+/// The running endpoint; stops when dropped.
+pub struct FakeCfn {
+    pub endpoint: String,
+    pub world: Arc<Mutex<World>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeCfn {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FakeCfn {
+    pub async fn start(stacks: Vec<FakeStack>) -> FakeCfn {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind fake endpoint");
+        let addr: SocketAddr = listener.local_addr().expect("local addr");
+        let world = Arc::new(Mutex::new(World {
+            stacks,
+            page_size: 100,
+            ..World::default()
+        }));
+        let w = world.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((sock, _)) = listener.accept().await else {
+                    continue;
+                };
+                let w = w.clone();
+                tokio::spawn(async move {
+                    let _ = serve_connection(sock, w).await;
+                });
+            }
+        });
+        FakeCfn {
+            endpoint: format!("http://{addr}"),
+            world,
+            task,
+        }
+    }
+
+    pub fn world(&self) -> MutexGuard<'_, World> {
+        self.world.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn request_count(&self) -> usize {
+        self.world().requests.len()
+    }
+}
+
+async fn serve_connection(mut sock: TcpStream, world: Arc<Mutex<World>>) -> std::io::Result<()> {
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        // Read one request: headers, then Content-Length bytes of body.
+        let header_end = loop {
+            if let Some(p) = find(&buf, b"\r\n\r\n") {
+                break p + 4;
+            }
+            let mut chunk = [0u8; 8192];
+            let n = sock.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..header_end]).to_string();
+        let len = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse::<usize>().ok())?
+            })
+            .unwrap_or(0);
+        while buf.len() < header_end + len {
+            let mut chunk = [0u8; 8192];
+            let n = sock.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let body = String::from_utf8_lossy(&buf[header_end..header_end + len]).to_string();
+        buf.drain(..header_end + len);
+        let params = parse_form(&body);
+        let answer = {
+            let mut w = world.lock().unwrap_or_else(|p| p.into_inner());
+            handle(&mut w, &params)
+        };
+        let Some((status, xml)) = answer else {
+            // Reset: close without answering.
+            return Ok(());
+        };
+        let reason = match status {
+            200 => "OK",
+            400 => "Bad Request",
+            403 => "Forbidden",
+            _ => "Internal Server Error",
+        };
+        let resp = format!(
+            "HTTP/1.1 {status} {reason}\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nx-amzn-RequestId: fake\r\n\r\n{xml}",
+            xml.len()
+        );
+        sock.write_all(resp.as_bytes()).await?;
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn parse_form(body: &str) -> HashMap<String, String> {
+    body.split('&')
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            Some((decode(k), decode(v)))
+        })
+        .collect()
+}
+
+fn decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).to_string()
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&apos;")
+}
+
+fn ts(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+const NS: &str = "http://cloudformation.amazonaws.com/doc/2010-05-15/";
+
+fn error(status: u16, kind: &str, code: &str, message: &str) -> Option<(u16, String)> {
+    Some((
+        status,
+        format!(
+            "<ErrorResponse xmlns=\"{NS}\"><Error><Type>{kind}</Type><Code>{code}</Code><Message>{}</Message></Error><RequestId>fake</RequestId></ErrorResponse>",
+            esc(message)
+        ),
+    ))
+}
+
+fn ok(action: &str, result: &str) -> Option<(u16, String)> {
+    Some((
+        200,
+        format!(
+            "<{action}Response xmlns=\"{NS}\"><{action}Result>{result}</{action}Result><ResponseMetadata><RequestId>fake</RequestId></ResponseMetadata></{action}Response>"
+        ),
+    ))
+}
+
+fn not_found(id: &str) -> Option<(u16, String)> {
+    error(
+        400,
+        "Sender",
+        "ValidationError",
+        &format!("Stack with id {id} does not exist"),
+    )
+}
+
+/// Answers one request; `None` means "drop the connection".
+fn handle(w: &mut World, p: &HashMap<String, String>) -> Option<(u16, String)> {
+    let action = p.get("Action").cloned().unwrap_or_default();
+    let stack = p.get("StackName").cloned().unwrap_or_default();
+    w.requests.push((action.clone(), stack.clone()));
+    if let Some(f) = w.faults.pop_front() {
+        return match f {
+            Fault::Throttle => error(400, "Sender", "Throttling", "Rate exceeded"),
+            Fault::Reset => None,
+            Fault::Internal => error(500, "Receiver", "InternalFailure", "We encountered an internal error"),
+            Fault::AccessDenied => error(
+                403,
+                "Sender",
+                "AccessDenied",
+                "User: arn:aws:iam::123456789012:user/t is not authorized to perform: cloudformation:DescribeStacks",
+            ),
+        };
+    }
+    match action.as_str() {
+        "DescribeStacks" => {
+            // A stack that does not exist yet answers "does not exist" a few times.
+            if let Some(s) = w
+                .stacks
+                .iter_mut()
+                .find(|s| s.name == stack && s.missing_for > 0)
+            {
+                s.missing_for -= 1;
+                return not_found(&stack);
+            }
+            let Some(i) = w.find(&stack) else {
+                return not_found(&stack);
+            };
+            if let Some(step) = w.stacks[i].steps.pop_front() {
+                apply_step(w, i, step);
+            }
+            let s = &w.stacks[i];
+            let mut x = String::new();
+            let _ = write!(
+                x,
+                "<Stacks><member><StackId>{}</StackId><StackName>{}</StackName><CreationTime>{}</CreationTime>",
+                esc(&s.arn),
+                esc(&s.name),
+                ts(&s.created)
+            );
+            if let Some(t) = &s.last_updated {
+                let _ = write!(x, "<LastUpdatedTime>{}</LastUpdatedTime>", ts(t));
+            }
+            let _ = write!(x, "<StackStatus>{}</StackStatus>", esc(&s.status));
+            if !s.status_reason.is_empty() {
+                let _ = write!(
+                    x,
+                    "<StackStatusReason>{}</StackStatusReason>",
+                    esc(&s.status_reason)
+                );
+            }
+            x.push_str("<Outputs>");
+            for (k, v, d) in &s.outputs {
+                let _ = write!(
+                    x,
+                    "<member><OutputKey>{}</OutputKey><OutputValue>{}</OutputValue><Description>{}</Description></member>",
+                    esc(k),
+                    esc(v),
+                    esc(d)
+                );
+            }
+            x.push_str("</Outputs>");
+            if !s.operations.is_empty() {
+                x.push_str("<LastOperations>");
+                for (id, kind) in &s.operations {
+                    let _ = write!(
+                        x,
+                        "<member><OperationType>{}</OperationType><OperationId>{}</OperationId></member>",
+                        esc(kind),
+                        esc(id)
+                    );
+                }
+                x.push_str("</LastOperations>");
+            }
+            x.push_str("</member></Stacks>");
+            ok("DescribeStacks", &x)
+        }
+        "DescribeStackEvents" => {
+            let Some(i) = w.find(&stack) else {
+                return not_found(&stack);
+            };
+            let page = w.page_size.max(1);
+            let s = &w.stacks[i];
+            // The token is the index (oldest first) of the newest event of the page:
+            // stable while new events arrive, like AWS's.
+            let start: Option<usize> = match p.get("NextToken") {
+                Some(t) => t.strip_prefix("idx-").and_then(|n| n.parse().ok()),
+                None => s.visible.checked_sub(1),
+            };
+            let mut x = String::from("<StackEvents>");
+            let mut next = None;
+            if let Some(start) = start {
+                let end = start.saturating_sub(page - 1);
+                for idx in (end..=start).rev() {
+                    let e = &s.events[idx];
+                    let _ = write!(
+                        x,
+                        "<member><StackId>{}</StackId><EventId>{}</EventId><StackName>{}</StackName>",
+                        esc(&s.arn),
+                        esc(&e.id),
+                        esc(&s.name)
+                    );
+                    if let Some(op) = &e.operation_id {
+                        let _ = write!(x, "<OperationId>{}</OperationId>", esc(op));
+                    }
+                    let _ = write!(
+                        x,
+                        "<LogicalResourceId>{}</LogicalResourceId><PhysicalResourceId>{}</PhysicalResourceId><ResourceType>{}</ResourceType><Timestamp>{}</Timestamp><ResourceStatus>{}</ResourceStatus>",
+                        esc(&e.logical_id),
+                        esc(&e.physical_id),
+                        esc(&e.resource_type),
+                        ts(&e.timestamp),
+                        esc(&e.status)
+                    );
+                    if !e.reason.is_empty() {
+                        let _ = write!(
+                            x,
+                            "<ResourceStatusReason>{}</ResourceStatusReason>",
+                            esc(&e.reason)
+                        );
+                    }
+                    x.push_str("</member>");
+                }
+                if end > 0 {
+                    next = Some(end - 1);
+                }
+            }
+            x.push_str("</StackEvents>");
+            if let Some(n) = next {
+                let _ = write!(x, "<NextToken>idx-{n}</NextToken>");
+            }
+            ok("DescribeStackEvents", &x)
+        }
+        "ListStackResources" => {
+            let Some(i) = w.find(&stack) else {
+                return not_found(&stack);
+            };
+            let s = &w.stacks[i];
+            let mut x = String::from("<StackResourceSummaries>");
+            for (l, t, st) in &s.resources {
+                let _ = write!(
+                    x,
+                    "<member><LogicalResourceId>{}</LogicalResourceId><PhysicalResourceId>{}-{}-phys</PhysicalResourceId><ResourceType>{}</ResourceType><LastUpdatedTimestamp>{}</LastUpdatedTimestamp><ResourceStatus>{}</ResourceStatus></member>",
+                    esc(l),
+                    esc(&s.name),
+                    esc(l),
+                    esc(t),
+                    ts(&s.created),
+                    esc(st)
+                );
+            }
+            x.push_str("</StackResourceSummaries>");
+            ok("ListStackResources", &x)
+        }
+        "GetTemplate" => {
+            let Some(i) = w.find(&stack) else {
+                return not_found(&stack);
+            };
+            let s = &w.stacks[i];
+            if !s.get_template {
+                return error(
+                    403,
+                    "Sender",
+                    "AccessDenied",
+                    "not authorized to perform: cloudformation:GetTemplate",
+                );
+            }
+            let mut body = String::from("AWSTemplateFormatVersion: '2010-09-09'\nResources:\n");
+            for n in 0..s.template_resources {
+                let _ = write!(body, "  R{n:03}:\n    Type: AWS::S3::Bucket\n    Properties:\n      Tags:\n        - Key: k\n          Value: v\n");
+            }
+            body.push_str("Outputs:\n  Out:\n    Value: x\n");
+            ok(
+                "GetTemplate",
+                &format!("<TemplateBody>{}</TemplateBody><StagesAvailable><member>Original</member><member>Processed</member></StagesAvailable>", esc(&body)),
+            )
+        }
+        "GetTemplateSummary" => {
+            let Some(i) = w.find(&stack) else {
+                return not_found(&stack);
+            };
+            let mut x = String::from("<ResourceTypes>");
+            for _ in 0..w.stacks[i].template_resources {
+                x.push_str("<member>AWS::S3::Bucket</member>");
+            }
+            x.push_str("</ResourceTypes><Parameters/>");
+            ok("GetTemplateSummary", &x)
+        }
+        other => error(
+            400,
+            "Sender",
+            "InvalidAction",
+            &format!("Could not find operation {other}"),
+        ),
+    }
+}
+
+fn apply_step(w: &mut World, root: usize, step: Step) {
+    for (name, n) in &step.reveal {
+        if let Some(s) = w.stacks.iter_mut().find(|s| &s.name == name) {
+            s.visible = (s.visible + n).min(s.events.len());
+        }
+    }
+    let s = &mut w.stacks[root];
+    if let Some(st) = step.status {
+        s.status = st;
+    }
+    if let Some(r) = step.status_reason {
+        s.status_reason = r;
+    }
+    if let Some(ops) = step.operations {
+        s.operations = ops;
+    }
+    w.faults.extend(step.faults);
+}

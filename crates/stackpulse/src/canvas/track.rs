@@ -1,0 +1,301 @@
+//! `GET /canvas/deploy/track/{stack_name}?region=`: the seed-000 tracking socket.
+//!
+//! An invalid stack name or region is refused with 400 before the upgrade; then
+//! admission is exactly `/ws`'s ([`crate::ws::admit`]: rate limits, the token when
+//! auth is on, connection limits), and the topic's ACL is checked like a `/ws`
+//! subscribe; the token's expiry closes the socket with 4001. The
+//! connection then:
+//! 1. subscribes a hub session to the stack's topic (`stack:<name>`, or
+//!    `stack:<region>:<name>` for a region other than the default: the same topic
+//!    `/ws` clients subscribe to), without `since`: a late joiner first gets the
+//!    topic's `stack.snapshot`, sent as one `resource_update` per known resource
+//!    (timestamped with the snapshot's time), then the last operation's
+//!    `deployment_complete` if the stack is still in the status it ended in;
+//! 2. asks [`crate::tracking::Tracking::ensure`] for the stack's poller, so `/ws`
+//!    subscribers and canvas sockets share one;
+//! 3. writes every later event translated ([`crate::tracking::events::from_hub`]):
+//!    `resource.status` → `resource_update`, `stack.deployed`/`stack.failed` →
+//!    `deployment_complete`, `tracker.error` → `error`; other events (`log.created`)
+//!    are not part of this endpoint's contract and are skipped.
+//!
+//! The socket stays open after `deployment_complete`; the client closes it. Client
+//! frames are read (for pongs, close and the idle timeout) and otherwise ignored.
+//! Close codes are those of `/ws` (1001 shutdown, 4000 idle, 4008 slow consumer).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Path, Query, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::Value;
+use stackpulse_cfn::{TrackerError, TrackerMessage};
+use tokio::sync::mpsc;
+
+use crate::http::{error_body, AppState};
+use crate::hub::{CloseReason, Delivery, Outbox};
+use crate::tracking::events::from_hub;
+use crate::tracking::{valid_region, valid_stack_name};
+use crate::ws::close;
+use crate::ws::connection::{expired, token_expiry};
+use crate::ws::registry::ConnInfo;
+use crate::ws::{admit, configure, Admission};
+
+const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Deserialize)]
+pub struct TrackQuery {
+    pub region: Option<String>,
+}
+
+pub async fn track_handler(
+    State(state): State<AppState>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    Path(stack_name): Path<String>,
+    Query(query): Query<TrackQuery>,
+    headers: HeaderMap,
+    RawQuery(raw_query): RawQuery,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if !valid_stack_name(&stack_name) {
+        return error_body(
+            StatusCode::BAD_REQUEST,
+            &format!("Invalid stack name: {stack_name}"),
+        )
+        .into_response();
+    }
+    let region = query.region.filter(|r| !r.is_empty());
+    if let Some(r) = &region {
+        if !valid_region(r) {
+            return error_body(StatusCode::BAD_REQUEST, &format!("Invalid region: {r}"))
+                .into_response();
+        }
+    }
+    let admission = match admit(&state, remote, &headers, raw_query.as_deref()).await {
+        Ok(a) => a,
+        Err(refusal) => return refusal,
+    };
+    let topic = state
+        .tracking
+        .topic_for(&stack_name, region.as_deref())
+        .await;
+    let frame_limit = state.config.max_frame_bytes;
+    let tracked = state.tasks.token();
+    configure(ws, frame_limit).on_upgrade(move |socket| async move {
+        run(socket, state, admission, remote, topic, stack_name).await;
+        drop(tracked);
+    })
+}
+
+async fn run(
+    socket: WebSocket,
+    state: AppState,
+    admission: Admission,
+    remote: SocketAddr,
+    topic: String,
+    stack_name: String,
+) {
+    let Admission {
+        mut slot,
+        verified,
+        user_slot,
+    } = admission;
+    let (outbox, rx) = Outbox::new(state.config.queue_size);
+    let session = state.hub.open_session(outbox.clone());
+    let info = Arc::new(ConnInfo {
+        user: verified.user,
+        remote,
+        connected_at: chrono::Utc::now(),
+        last_ping: AtomicI64::new(0),
+        expires_at: AtomicU64::new(verified.expires_at),
+        session: session.clone(),
+    });
+    slot.register(info.clone());
+    tracing::debug!(conn = session.id, %remote, %topic, "canvas tracker connected");
+
+    let (sink, stream) = socket.split();
+    let writer = tokio::spawn(write_loop(
+        sink,
+        rx,
+        outbox.clone(),
+        state.config.ping_interval,
+        stack_name,
+    ));
+    let access = |acl: Option<&stackpulse_protocol::Acl>| state.gate.may_subscribe(&info.user, acl);
+    if let Err(e) = state
+        .hub
+        .subscribe(&session, &topic, None, None, &access)
+        .await
+    {
+        let error = TrackerMessage::Error(TrackerError {
+            message: format!("Cannot track {topic}: {e}"),
+            retrying: false,
+        });
+        let _ = outbox.push(Delivery::Frame(Utf8Bytes::from(encode(&error))));
+    } else {
+        state.tracking.ensure(&topic);
+    }
+    read_loop(stream, &state, &info).await;
+    outbox.close(CloseReason::ClientClosed);
+    state.hub.close_session(&session).await;
+    let _ = writer.await;
+    tracing::debug!(conn = session.id, "canvas tracker disconnected");
+    drop(user_slot);
+    drop(slot);
+}
+
+async fn read_loop(mut stream: SplitStream<WebSocket>, state: &AppState, info: &Arc<ConnInfo>) {
+    let outbox = &info.session.outbox;
+    let idle = state.config.idle_timeout;
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = outbox.closing() => return,
+            _ = token_expiry(info.expires_at.load(Ordering::Acquire)) => {
+                if expired(info) {
+                    outbox.close(CloseReason::TokenExpired);
+                    return;
+                }
+                continue;
+            }
+            next = tokio::time::timeout(idle, stream.next()) => next,
+        };
+        match next {
+            Err(_) => {
+                outbox.close(CloseReason::IdleTimeout);
+                return;
+            }
+            Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => return,
+            Ok(Some(Ok(Message::Pong(_)))) => info.touch_ping(),
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+/// A tracker message as this endpoint sends it (no `eventId`: not in its contract).
+fn encode(msg: &TrackerMessage) -> String {
+    let value = match msg {
+        TrackerMessage::ResourceUpdate(u) => {
+            let mut u = u.clone();
+            u.event_id.clear();
+            serde_json::to_string(&u)
+        }
+        other => serde_json::to_string(other),
+    };
+    value.unwrap_or_default()
+}
+
+/// The frames to write for one queued item.
+fn translate(item: Delivery, stack_name: &str) -> Vec<String> {
+    let text = match &item {
+        Delivery::Event(event) => event.frame.as_str(),
+        Delivery::Frame(frame) => frame.as_str(),
+        Delivery::Subscribed(_) => return Vec::new(),
+    };
+    let Ok(frame) = serde_json::from_str::<Value>(text) else {
+        return Vec::new();
+    };
+    let event_type = frame
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if event_type == "error" {
+        // Already in this endpoint's format (queued by `run`).
+        return vec![text.to_owned()];
+    }
+    let timestamp = frame
+        .get("timestamp")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let data = frame.get("data").cloned().unwrap_or(Value::Null);
+    from_hub(event_type, timestamp, &data, stack_name)
+        .iter()
+        .map(encode)
+        .collect()
+}
+
+type Sink = SplitSink<WebSocket, Message>;
+
+async fn write_loop(
+    mut sink: Sink,
+    mut rx: mpsc::Receiver<Delivery>,
+    outbox: Arc<Outbox>,
+    ping_every: Duration,
+    stack_name: String,
+) {
+    let delivered = metrics::counter!("stackpulse_messages_delivered_total");
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let written = tokio::select! {
+            biased;
+            reason = outbox.closing() => {
+                send_close(&mut sink, reason).await;
+                return;
+            }
+            item = rx.recv() => match item {
+                Some(item) => {
+                    let frames = translate(item, &stack_name);
+                    let n = frames.len() as u64;
+                    let mut r = Ok(());
+                    for f in frames {
+                        r = sink.feed(Message::Text(Utf8Bytes::from(f))).await;
+                        if r.is_err() {
+                            break;
+                        }
+                    }
+                    if r.is_ok() {
+                        r = sink.flush().await;
+                    }
+                    delivered.increment(n);
+                    r
+                }
+                None => return,
+            },
+            _ = ping.tick() => sink.send(Message::Ping(Default::default())).await,
+        };
+        if written.is_err() {
+            outbox.close(CloseReason::ClientClosed);
+            return;
+        }
+    }
+}
+
+async fn send_close(sink: &mut Sink, reason: CloseReason) {
+    if reason == CloseReason::ClientClosed {
+        let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, sink.close()).await;
+        return;
+    }
+    let (code, text) = close::for_reason(reason);
+    let frame = CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(text),
+    };
+    let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hub_events_become_canvas_messages() {
+        let frame = r#"{"type":"resource.status","deployment_id":"stack:s","seq":1,"timestamp":"2025-11-15T10:30:46.000Z","data":{"resource":{"logicalId":"B","type":"AWS::S3::Bucket","status":"CREATE_COMPLETE","physicalId":"b","statusReason":"","progress":100},"stack":{"name":"s","status":"CREATE_IN_PROGRESS","totalResources":1,"completedResources":1,"inProgressResources":0,"failedResources":0,"progress":100},"eventId":"e1","eventTimestamp":"2025-11-15T10:30:45.000Z"}}"#;
+        let out = translate(Delivery::Frame(Utf8Bytes::from(frame)), "s");
+        assert_eq!(out.len(), 1);
+        let v: Value = serde_json::from_str(&out[0]).expect("json");
+        assert_eq!(v["type"], "resource_update");
+        assert_eq!(v["timestamp"], "2025-11-15T10:30:45.000Z");
+        assert_eq!(v["resource"]["logicalId"], "B");
+        assert_eq!(v["stack"]["completedResources"], 1);
+        assert!(v.get("eventId").is_none());
+        let log = r#"{"type":"log.created","deployment_id":"stack:s","seq":2,"timestamp":"t","data":{"level":"info","message":"m"}}"#;
+        assert!(translate(Delivery::Frame(Utf8Bytes::from(log)), "s").is_empty());
+    }
+}

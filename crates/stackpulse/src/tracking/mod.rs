@@ -1,0 +1,597 @@
+//! Stack tracking: one CloudFormation poller per stack topic, started by the first
+//! subscriber, publishing into the hub.
+//!
+//! Topics `stack:<StackName>` (the default region) and `stack:<region>:<StackName>`
+//! are tracked stacks (CloudFormation stack names cannot contain `:`). Once a `/ws`
+//! client has subscribed to one, or a `/canvas/deploy/track/{stack}` socket has,
+//! [`Tracking::ensure`] starts its poller unless this node already runs one. The
+//! poller:
+//! 1. takes the backplane lease `poll:<topic>` (so that one node polls a stack
+//!    cluster-wide; while another node holds it, this one only retries);
+//! 2. reads the topic's history and seeds the tracker's `seen_event_ids` with the
+//!    `eventId` of every `resource.status` already published, so a takeover
+//!    publishes no duplicates;
+//! 3. runs a [`stackpulse_cfn::Tracker`] and publishes what it sends (see
+//!    [`events`]) with the lease as fence, renewing the lease meanwhile; a refused
+//!    (fenced) publish or a lost renewal stops the tracker and goes back to 1. The
+//!    `tracker.error` that ends a run without completion (stack not found, access
+//!    denied) carries `"final": true`, so `stackpulse watch` can stop;
+//! 4. once the operation ended (or the stack could not be tracked), stays registered
+//!    until the topic has no local subscriber, so that clients joining later share
+//!    the finished poller instead of starting another. Meanwhile it looks at the
+//!    stack every 5 poll intervals (at most every minute; one `DescribeStacks`):
+//!    when a new operation started (the stack is busy, was updated, replaced or
+//!    created), it goes back to 1 and tracks it.
+//!
+//! While the stack is busy and nobody is subscribed, the poller keeps going for the
+//! grace time (`--tracker-grace`), then stops. A subscriber arriving after it
+//! stopped starts a fresh one, which tracks the stack's then current operation (and
+//! does not publish the completion of an operation whose completion the topic
+//! already has).
+//!
+//! Metrics: `stackpulse_tracking_pollers` (running here),
+//! `stackpulse_tracking_pollers_started_total`, and
+//! `stackpulse_tracking_aws_calls_total{topic}` (AWS requests per stack).
+//!
+//! # Layout
+//! - [`aws`]: AWS configuration from the standard chain, CloudFormation clients.
+//! - [`events`]: tracker messages ↔ hub events.
+
+pub mod aws;
+pub mod events;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use parking_lot::Mutex;
+use serde_json::Value;
+use stackpulse_cfn::{CallCounter, Outcome, Tracker, TrackerConfig, TrackerMessage};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::hub::{BackplaneError, Draft, Hub, Lease};
+use aws::{AwsClients, AwsSettings};
+use events::Origin;
+
+/// Prefix of tracked stack topics.
+pub const TOPIC_PREFIX: &str = "stack:";
+/// How long a poller lease lasts without renewal.
+const LEASE_TTL: Duration = Duration::from_secs(30);
+/// How often a poller looks at its subscribers (and renews nothing).
+const CHECK_EVERY: Duration = Duration::from_millis(250);
+/// A finished poller stays at least this long after the last `ensure`, so that a
+/// subscriber between its `ensure` and its `subscribe` still finds it.
+const LINGER: Duration = Duration::from_secs(2);
+/// Timeout of the `DescribeStacks` a finished poller makes now and then.
+const LOOK_TIMEOUT: Duration = Duration::from_secs(20);
+/// Tracker messages buffered between the tracker and the publisher.
+const CHANNEL: usize = 256;
+
+/// A stack named by a topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StackTopic {
+    /// `None`: the default region.
+    pub region: Option<String>,
+    pub stack: String,
+}
+
+/// Whether `name` is a valid CloudFormation stack name (`[A-Za-z][-A-Za-z0-9]*`,
+/// at most 128 characters).
+pub fn valid_stack_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= 128
+        && chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
+/// Whether `region` looks like an AWS region name (`eu-west-1`).
+pub fn valid_region(region: &str) -> bool {
+    !region.is_empty()
+        && region.len() <= 32
+        && region
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+impl StackTopic {
+    /// Parses `stack:<name>` or `stack:<region>:<name>`; `None` for other topics.
+    pub fn parse(topic: &str) -> Option<StackTopic> {
+        let rest = topic.strip_prefix(TOPIC_PREFIX)?;
+        let (region, stack) = match rest.split_once(':') {
+            Some((r, s)) => (Some(r), s),
+            None => (None, rest),
+        };
+        if !valid_stack_name(stack) || region.is_some_and(|r| !valid_region(r)) {
+            return None;
+        }
+        Some(StackTopic {
+            region: region.map(str::to_owned),
+            stack: stack.to_owned(),
+        })
+    }
+
+    /// The topic name (`stack:<name>` or `stack:<region>:<name>`).
+    pub fn topic(&self) -> String {
+        match &self.region {
+            Some(r) => format!("{TOPIC_PREFIX}{r}:{}", self.stack),
+            None => format!("{TOPIC_PREFIX}{}", self.stack),
+        }
+    }
+}
+
+/// Settings of the pollers.
+#[derive(Debug, Clone)]
+pub struct TrackingConfig {
+    pub aws: AwsSettings,
+    pub poll_interval: Duration,
+    /// How long a poller outlives its last subscriber while the stack is busy.
+    pub grace: Duration,
+}
+
+/// One poller's registration.
+struct Slot {
+    /// Bumped by every `ensure`; a poller leaves only if nobody ensured it since
+    /// it last looked.
+    generation: AtomicU64,
+    last_wanted: Mutex<Instant>,
+}
+
+/// The poller manager (one per node).
+pub struct Tracking {
+    hub: Hub,
+    aws: AwsClients,
+    config: TrackingConfig,
+    pollers: DashMap<Arc<str>, Arc<Slot>>,
+    /// AWS calls per topic, over every poller this node ran for it.
+    calls: DashMap<Arc<str>, CallCounter>,
+}
+
+impl Tracking {
+    pub fn new(hub: Hub, config: TrackingConfig) -> Arc<Tracking> {
+        describe_metrics();
+        Arc::new(Tracking {
+            hub,
+            aws: AwsClients::new(config.aws.clone()),
+            config,
+            pollers: DashMap::new(),
+            calls: DashMap::new(),
+        })
+    }
+
+    /// The AWS clients (also used by `POST /canvas/deploy`).
+    pub fn aws(&self) -> &AwsClients {
+        &self.aws
+    }
+
+    /// Pollers registered on this node.
+    pub fn poller_count(&self) -> usize {
+        self.pollers.len()
+    }
+
+    /// AWS calls made for `topic` by this node's pollers.
+    pub fn aws_calls(&self, topic: &str) -> u64 {
+        self.calls.get(topic).map_or(0, |c| c.total())
+    }
+
+    /// The topic of a stack, with the region left out when it is the default one
+    /// (so `/canvas/deploy/track/s` and `?region=<default>` share one poller).
+    pub async fn topic_for(&self, stack: &str, region: Option<&str>) -> String {
+        let region = match region {
+            Some(r) if r != self.aws.default_region().await => Some(r.to_owned()),
+            _ => None,
+        };
+        StackTopic {
+            region,
+            stack: stack.to_owned(),
+        }
+        .topic()
+    }
+
+    /// Starts the poller of `topic` if it is a stack topic and none runs here yet.
+    /// Call it after a successful subscribe (so nobody starts a poller for a topic
+    /// they may not read). Returns whether `topic` is a stack topic.
+    pub fn ensure(self: &Arc<Self>, topic: &str) -> bool {
+        let Some(stack) = StackTopic::parse(topic) else {
+            return false;
+        };
+        let topic: Arc<str> = Arc::from(topic);
+        match self.pollers.entry(topic.clone()) {
+            dashmap::Entry::Occupied(e) => {
+                let slot = e.get();
+                slot.generation.fetch_add(1, Ordering::AcqRel);
+                *slot.last_wanted.lock() = Instant::now();
+            }
+            dashmap::Entry::Vacant(e) => {
+                let slot = Arc::new(Slot {
+                    generation: AtomicU64::new(0),
+                    last_wanted: Mutex::new(Instant::now()),
+                });
+                e.insert(slot.clone());
+                metrics::gauge!("stackpulse_tracking_pollers").increment(1.0);
+                let this = self.clone();
+                tokio::spawn(async move {
+                    this.poller(topic.clone(), stack, slot.clone()).await;
+                    metrics::gauge!("stackpulse_tracking_pollers").decrement(1.0);
+                    tracing::info!(%topic, "stack poller stopped");
+                });
+            }
+        }
+        true
+    }
+
+    fn counter(&self, topic: &Arc<str>) -> CallCounter {
+        self.calls.entry(topic.clone()).or_default().clone()
+    }
+
+    fn report_calls(&self, topic: &Arc<str>, calls: &CallCounter) {
+        metrics::counter!("stackpulse_tracking_aws_calls_total", "topic" => topic.to_string())
+            .absolute(calls.total());
+    }
+
+    /// Unregisters the poller if nobody wants it: no local subscriber, nobody
+    /// ensured it for `idle`. True when it left.
+    fn leave_if_unwanted(&self, topic: &Arc<str>, slot: &Arc<Slot>, idle: Duration) -> bool {
+        let generation = slot.generation.load(Ordering::Acquire);
+        if self.hub.local_subscribers(topic) > 0 {
+            *slot.last_wanted.lock() = Instant::now();
+            return false;
+        }
+        if slot.last_wanted.lock().elapsed() < idle {
+            return false;
+        }
+        self.pollers
+            .remove_if(topic, |_, s| {
+                Arc::ptr_eq(s, slot) && s.generation.load(Ordering::Acquire) == generation
+            })
+            .is_some()
+    }
+
+    async fn poller(&self, topic: Arc<str>, stack: StackTopic, slot: Arc<Slot>) {
+        let lease_name = format!("poll:{topic}");
+        let look_every = (self.config.poll_interval * 5).min(Duration::from_secs(60));
+        'run: loop {
+            // 1. The lease (another node may be polling this stack).
+            let lease = loop {
+                match self
+                    .hub
+                    .backplane()
+                    .acquire_lease(&lease_name, LEASE_TTL)
+                    .await
+                {
+                    Ok(Some(lease)) => break lease,
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(%topic, error = %e, "cannot take the poller lease"),
+                }
+                let wait = Instant::now() + LEASE_TTL / 3;
+                while Instant::now() < wait {
+                    tokio::time::sleep(CHECK_EVERY).await;
+                    if self.leave_if_unwanted(&topic, &slot, self.config.grace) {
+                        return;
+                    }
+                }
+            };
+            // 2 and 3. Poll until the operation ends, the lease is lost or nobody wants it.
+            let end = self.track(&topic, &stack, &slot, &lease).await;
+            self.hub.backplane().release_lease(&lease).await;
+            match end {
+                RunEnd::Unwanted => return,
+                RunEnd::LeaseLost => continue,
+                RunEnd::Finished => {}
+            }
+            // 4. Finished: stay while anybody is subscribed, looking at the stack now
+            // and then (one DescribeStacks); a new operation is tracked again.
+            let mut seen = self.look(&topic, &stack).await;
+            let mut next_look = Instant::now() + look_every;
+            loop {
+                tokio::time::sleep(CHECK_EVERY).await;
+                if self.leave_if_unwanted(&topic, &slot, LINGER) {
+                    return;
+                }
+                if Instant::now() < next_look {
+                    continue;
+                }
+                next_look = Instant::now() + look_every;
+                let now = self.look(&topic, &stack).await;
+                if seen.new_operation(&now) {
+                    tracing::info!(%topic, "a new operation started; tracking it");
+                    continue 'run;
+                }
+                if now != Look::Unknown {
+                    seen = now;
+                }
+            }
+        }
+    }
+
+    /// One `DescribeStacks` of a finished stack.
+    async fn look(&self, topic: &Arc<str>, stack: &StackTopic) -> Look {
+        let calls = self.counter(topic);
+        let client = self.aws.client(stack.region.as_deref()).await;
+        let api = stackpulse_cfn::aws::Api::new(client, calls.clone(), LOOK_TIMEOUT);
+        let look = match api.describe_stack(&stack.stack).await {
+            Ok(info) => Look::Stack {
+                arn: info.arn,
+                updated: info.last_updated_time,
+                terminal: stackpulse_cfn::status::stack_phase(&info.status).is_terminal(),
+                status: info.status,
+                operations: info.operation_ids,
+            },
+            Err(stackpulse_cfn::AwsError::NotFound(_)) => Look::Missing,
+            Err(e) => {
+                tracing::debug!(%topic, error = %e, "cannot look at the stack");
+                Look::Unknown
+            }
+        };
+        self.report_calls(topic, &calls);
+        look
+    }
+
+    /// What the topic's history says: event ids already published, and whether the
+    /// last operation's completion is already there.
+    async fn history(&self, topic: &str) -> (HashSet<String>, bool) {
+        let mut seen = HashSet::new();
+        let mut completed = false;
+        let read = match self.hub.backplane().read(topic, Some(0)).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(%topic, error = %e, "cannot read the topic's history");
+                return (seen, completed);
+            }
+        };
+        for event in &read.events {
+            match &*event.event_type {
+                events::RESOURCE_STATUS => {
+                    let frame: Value =
+                        serde_json::from_str(event.frame.as_str()).unwrap_or_default();
+                    if let Some(id) = frame["data"]["eventId"].as_str() {
+                        seen.insert(id.to_owned());
+                    }
+                    completed = false;
+                }
+                events::STACK_DEPLOYED | events::STACK_FAILED => completed = true,
+                _ => {}
+            }
+        }
+        (seen, completed)
+    }
+
+    async fn track(
+        &self,
+        topic: &Arc<str>,
+        stack: &StackTopic,
+        slot: &Arc<Slot>,
+        lease: &Lease,
+    ) -> RunEnd {
+        let (seen, completed_before) = self.history(topic).await;
+        let calls = self.counter(topic);
+        let mut config = TrackerConfig::new(stack.stack.clone());
+        config.poll_interval = self.config.poll_interval;
+        config.seen_event_ids = seen;
+        config.calls = calls.clone();
+        let client = self.aws.client(stack.region.as_deref()).await;
+        let origin = Origin {
+            stack_name: stack.stack.clone(),
+            environment: match &stack.region {
+                Some(r) => r.clone(),
+                None => self.aws.default_region().await,
+            },
+        };
+        let (tx, mut rx) = mpsc::channel(CHANNEL);
+        let run = tokio::spawn(Tracker::new(client, config).run(tx));
+        let abort = run.abort_handle();
+        metrics::counter!("stackpulse_tracking_pollers_started_total").increment(1);
+        tracing::info!(%topic, stack = %stack.stack, "stack poller started");
+
+        let renew_every = LEASE_TTL / 3;
+        let mut next_renew = Instant::now() + renew_every;
+        let mut check = tokio::time::interval(CHECK_EVERY);
+        let mut published_updates = 0u64;
+        let mut held: Option<TrackerMessage> = None;
+        let end = loop {
+            tokio::select! {
+                msg = rx.recv() => {
+                    // A non-retrying error is held back until we know whether the run
+                    // goes on (the final poll failed, completion follows) or ends
+                    // (the stack cannot be tracked): then it is marked `final`.
+                    let mut out: Vec<(TrackerMessage, bool)> = Vec::new();
+                    let ended = msg.is_none();
+                    if let Some(e) = held.take() {
+                        out.push((e, ended));
+                    }
+                    match msg {
+                        Some(TrackerMessage::Error(e)) if !e.retrying => {
+                            held = Some(TrackerMessage::Error(e));
+                        }
+                        Some(TrackerMessage::DeploymentComplete(_))
+                            if published_updates == 0 && completed_before =>
+                        {
+                            tracing::debug!(%topic, "operation already complete in the topic's history");
+                        }
+                        Some(m) => {
+                            if let TrackerMessage::ResourceUpdate(_) = &m {
+                                published_updates += 1;
+                            }
+                            out.push((m, false));
+                        }
+                        None => {}
+                    }
+                    let mut fenced = false;
+                    for (m, last) in &out {
+                        match self.publish(topic, m, &origin, lease, *last).await {
+                            Ok(()) => {}
+                            Err(BackplaneError::Fenced(_)) => {
+                                fenced = true;
+                                break;
+                            }
+                            Err(e) => tracing::warn!(%topic, error = %e, "cannot publish a tracker event"),
+                        }
+                    }
+                    self.report_calls(topic, &calls);
+                    if fenced {
+                        tracing::warn!(%topic, "poller lease lost; stopping");
+                        break RunEnd::LeaseLost;
+                    }
+                    if ended {
+                        break RunEnd::Finished;
+                    }
+                }
+                _ = check.tick() => {
+                    self.report_calls(topic, &calls);
+                    if self.leave_if_unwanted(topic, slot, self.config.grace) {
+                        tracing::info!(%topic, "no subscriber within the grace time; stopping");
+                        break RunEnd::Unwanted;
+                    }
+                    if Instant::now() >= next_renew {
+                        next_renew = Instant::now() + renew_every;
+                        match self.hub.backplane().renew_lease(lease, LEASE_TTL).await {
+                            Ok(true) => {}
+                            Ok(false) => {
+                                tracing::warn!(%topic, "poller lease lost; stopping");
+                                break RunEnd::LeaseLost;
+                            }
+                            Err(e) => tracing::warn!(%topic, error = %e, "cannot renew the poller lease"),
+                        }
+                    }
+                }
+            }
+        };
+        drop(rx);
+        if !matches!(end, RunEnd::Finished) {
+            abort.abort();
+        }
+        match run.await {
+            Ok(Outcome::Completed(d)) => {
+                tracing::info!(%topic, success = d.success, calls = calls.total(), "operation complete")
+            }
+            Ok(other) => tracing::info!(%topic, outcome = ?other, "tracker ended"),
+            Err(_) => {}
+        }
+        self.report_calls(topic, &calls);
+        end
+    }
+
+    async fn publish(
+        &self,
+        topic: &str,
+        msg: &TrackerMessage,
+        origin: &Origin,
+        lease: &Lease,
+        last: bool,
+    ) -> Result<(), BackplaneError> {
+        for (event_type, mut data) in events::to_hub(msg, origin) {
+            if last && event_type == events::TRACKER_ERROR {
+                data.insert("final".into(), Value::Bool(true));
+            }
+            self.hub
+                .publish_draft(
+                    topic,
+                    Draft {
+                        event_type: event_type.to_owned(),
+                        data,
+                        acl: None,
+                        fence: Some(lease.clone()),
+                    },
+                )
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+fn describe_metrics() {
+    metrics::describe_gauge!(
+        "stackpulse_tracking_pollers",
+        "Stack pollers registered on this node"
+    );
+    metrics::describe_counter!(
+        "stackpulse_tracking_pollers_started_total",
+        "Tracker runs started (one per stack operation when all goes well)"
+    );
+    metrics::describe_counter!(
+        "stackpulse_tracking_aws_calls_total",
+        "CloudFormation requests sent, per stack topic"
+    );
+}
+
+/// What a look at a finished stack saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Look {
+    Missing,
+    Stack {
+        arn: String,
+        updated: Option<chrono::DateTime<chrono::Utc>>,
+        terminal: bool,
+        status: String,
+        operations: Vec<String>,
+    },
+    /// The call failed (throttled, denied, network): no conclusion.
+    Unknown,
+}
+
+impl Look {
+    /// Whether `now` shows an operation the finished run did not track: the stack
+    /// is busy, was updated (its last update time, status or operation ids
+    /// changed), was replaced (another ARN) or appeared.
+    fn new_operation(&self, now: &Look) -> bool {
+        match (self, now) {
+            (_, Look::Unknown) => false,
+            (
+                _,
+                Look::Stack {
+                    terminal: false, ..
+                },
+            ) => true,
+            (Look::Stack { .. }, Look::Stack { terminal: true, .. }) => {
+                // Anything but `terminal` differs (ARN, last update, status,
+                // operation ids: endpoints fill in different ones).
+                self != now
+            }
+            (Look::Missing | Look::Unknown, Look::Stack { .. }) => true,
+            (_, Look::Missing) => false,
+        }
+    }
+}
+
+/// Why a tracker run ended.
+enum RunEnd {
+    /// The operation ended (or the stack cannot be tracked): nothing more to poll.
+    Finished,
+    /// Nobody subscribed within the grace time; the poller is unregistered.
+    Unwanted,
+    /// Another node took the lease.
+    LeaseLost,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stack_topics() {
+        assert_eq!(
+            StackTopic::parse("stack:my-stack"),
+            Some(StackTopic {
+                region: None,
+                stack: "my-stack".into()
+            })
+        );
+        let t = StackTopic::parse("stack:eu-west-1:S1").expect("regional");
+        assert_eq!(t.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(t.topic(), "stack:eu-west-1:S1");
+        for bad in [
+            "D1BRV40",
+            "stack:",
+            "stack:1abc",
+            "stack:a_b",
+            "stack:EU:x",
+            "stack:a:b:c",
+        ] {
+            assert_eq!(StackTopic::parse(bad), None, "{bad}");
+        }
+        assert!(valid_stack_name(&"a".repeat(128)));
+        assert!(!valid_stack_name(&"a".repeat(129)));
+    }
+}
