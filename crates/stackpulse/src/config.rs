@@ -92,6 +92,10 @@ pub struct ServeArgs {
     /// stack is not terminal [default: 60].
     #[arg(long, env = "STACKPULSE_TRACKER_GRACE", value_name = "SECONDS")]
     pub tracker_grace: Option<f64>,
+    /// Seconds a stack's poller lease lasts without renewal; another node takes a
+    /// dead node's stacks over within it [default: 30].
+    #[arg(long, env = "STACKPULSE_POLLER_LEASE", value_name = "SECONDS")]
+    pub poller_lease: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
@@ -126,6 +130,7 @@ struct FileConfig {
     aws_region: Option<String>,
     poll_interval: Option<f64>,
     tracker_grace: Option<f64>,
+    poller_lease: Option<f64>,
 }
 
 /// Resolved settings.
@@ -159,6 +164,8 @@ pub struct Config {
     pub poll_interval: Duration,
     /// How long a poller outlives its last subscriber while the stack is busy.
     pub tracker_grace: Duration,
+    /// How long a poller lease lasts without renewal.
+    pub poller_lease: Duration,
 }
 
 impl Default for Config {
@@ -189,6 +196,7 @@ impl Default for Config {
             aws_region: None,
             poll_interval: Duration::from_secs(2),
             tracker_grace: Duration::from_secs(60),
+            poller_lease: Duration::from_secs(30),
         }
     }
 }
@@ -349,6 +357,10 @@ impl Config {
             tracker_grace: match args.tracker_grace.or(file.tracker_grace) {
                 Some(s) => seconds("tracker-grace", s)?,
                 None => d.tracker_grace,
+            },
+            poller_lease: match args.poller_lease.or(file.poller_lease) {
+                Some(s) => seconds("poller-lease", s)?,
+                None => d.poller_lease,
             },
         })
     }

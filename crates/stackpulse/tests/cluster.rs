@@ -286,3 +286,171 @@ async fn presence_counts_subscribers_on_every_node() {
     assert!(a.metric("stackpulse_cluster_connections").await >= 3.0);
     assert_eq!(a.metric("stackpulse_cluster_nodes").await, 2.0);
 }
+
+async fn aws_calls(node: &Server) -> f64 {
+    node.metric("stackpulse_tracking_aws_calls_total{topic=\"stack:takeover\"}")
+        .await
+}
+
+/// A stack of `n` resources whose events appear one per poll (three busy polls
+/// between them), then succeeds.
+fn gradual_stack(name: &str, n: usize) -> stackpulse_testkit::fake_cfn::FakeStack {
+    use stackpulse_testkit::fake_cfn::{FakeStack, Step};
+    let mut s = FakeStack::new(name);
+    s.push(name, "CREATE_IN_PROGRESS", "User Initiated", 0);
+    for i in 0..n {
+        let id = format!("R{i}");
+        s.push(&id, "CREATE_IN_PROGRESS", "", 1 + 2 * i as i64);
+        s.push(&id, "CREATE_COMPLETE", "", 2 + 2 * i as i64);
+    }
+    s.push(name, "CREATE_COMPLETE", "", 2 + 2 * n as i64);
+    s.template_resources = n;
+    s.visible = 1;
+    let mut steps = Vec::new();
+    for _ in 0..2 * n {
+        steps.push(Step {
+            reveal: vec![(name.to_string(), 1)],
+            ..Step::default()
+        });
+        steps.extend(std::iter::repeat_n(Step::default(), 3));
+    }
+    steps.push(Step {
+        reveal: vec![(name.to_string(), 1)],
+        status: Some("CREATE_COMPLETE".into()),
+        ..Step::default()
+    });
+    s.steps = steps.into();
+    s
+}
+
+#[tokio::test]
+async fn a_killed_poller_node_is_taken_over_without_loss_or_duplicates() {
+    const RESOURCES: usize = 12;
+    let redis = RedisServer::start().await;
+    let fake =
+        stackpulse_testkit::fake_cfn::FakeCfn::start(vec![gradual_stack("takeover", RESOURCES)])
+            .await;
+    let env: &[(&str, &str)] = &[
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_CONFIG_FILE", "/nonexistent/stackpulse-test-aws-config"),
+        (
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "/nonexistent/stackpulse-test-aws-credentials",
+        ),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ];
+    let url = redis.url();
+    let args = [
+        "--publisher-key",
+        KEY,
+        "--redis-url",
+        &url,
+        "--aws-endpoint-url",
+        &fake.endpoint,
+        "--aws-region",
+        "us-east-1",
+        "--poll-interval",
+        "0.05",
+        "--poller-lease",
+        "1",
+    ];
+    let mut nodes = vec![
+        Server::spawn(&args, env).await,
+        Server::spawn(&args, env).await,
+    ];
+    for node in &nodes {
+        wait_ready(node).await;
+    }
+    let mut clients = Vec::new();
+    for node in &nodes {
+        let mut c = node.connect().await;
+        c.subscribe("stack:takeover", Some(0), None)
+            .await
+            .expect("send");
+        subscribed(&mut c).await;
+        clients.push(c);
+    }
+    // Some events flow, then the node holding the lease dies.
+    let mut seen_ids = std::collections::HashSet::new();
+    let mut updates = 0;
+    while updates < 8 {
+        if let Frame::Event(e) = next(&mut clients[0]).await {
+            if e.event_type == "resource.status" {
+                updates += 1;
+            }
+        }
+    }
+    let holder = if aws_calls(&nodes[0]).await > 0.0 {
+        0
+    } else {
+        1
+    };
+    assert!(
+        aws_calls(&nodes[1 - holder]).await == 0.0,
+        "only one node polls"
+    );
+    let _ = nodes[holder].child.start_kill();
+    let _ = nodes[holder].child.wait().await;
+    let survivor = nodes.swap_remove(1 - holder);
+    let mut client = clients.swap_remove(1 - holder);
+    drop(clients);
+
+    // The survivor's client gets the whole operation: every stack event once, in
+    // seq order (the client checks the order), then the completion.
+    let mut seqs = Vec::new();
+    let mut resource_updates = Vec::new();
+    loop {
+        match next(&mut client).await {
+            Frame::Event(e) if !e.is_snapshot() => {
+                seqs.push(e.seq);
+                if e.event_type == "resource.status" {
+                    let id = e.data["resource"]["logicalId"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_owned();
+                    let status = e.data["resource"]["status"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_owned();
+                    assert!(
+                        seen_ids.insert((id.clone(), status.clone())),
+                        "duplicate {id} {status}"
+                    );
+                    resource_updates.push((id, status));
+                }
+                if e.event_type == "stack.deployed" {
+                    break;
+                }
+                assert_ne!(e.event_type, "stack.failed");
+            }
+            Frame::Closed(c) => panic!("closed {c:?}"),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "no gap, no duplicate"
+    );
+    assert_eq!(
+        resource_updates.len(),
+        2 * RESOURCES + 2,
+        "every stack event once: {resource_updates:?}"
+    );
+    assert!(
+        aws_calls(&survivor).await > 0.0,
+        "the survivor took the poller over"
+    );
+    let describe_stacks = fake
+        .world()
+        .requests
+        .iter()
+        .filter(|(a, _)| a == "DescribeStacks")
+        .count();
+    let steps = 8 * RESOURCES + 1;
+    assert!(
+        describe_stacks <= steps + 20,
+        "{describe_stacks} DescribeStacks for {steps} steps: one poller's rate"
+    );
+}

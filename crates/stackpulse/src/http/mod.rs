@@ -57,6 +57,7 @@ impl AppState {
                 },
                 poll_interval: config.poll_interval,
                 grace: config.tracker_grace,
+                lease_ttl: config.poller_lease,
             },
         );
         Ok(AppState {

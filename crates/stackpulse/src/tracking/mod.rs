@@ -58,8 +58,6 @@ use events::Origin;
 
 /// Prefix of tracked stack topics.
 pub const TOPIC_PREFIX: &str = "stack:";
-/// How long a poller lease lasts without renewal.
-const LEASE_TTL: Duration = Duration::from_secs(30);
 /// How often a poller looks at its subscribers (and renews nothing).
 const CHECK_EVERY: Duration = Duration::from_millis(250);
 /// A finished poller stays at least this long after the last `ensure`, so that a
@@ -129,6 +127,9 @@ pub struct TrackingConfig {
     pub poll_interval: Duration,
     /// How long a poller outlives its last subscriber while the stack is busy.
     pub grace: Duration,
+    /// How long a poller lease lasts without renewal: a dead node's stacks are
+    /// taken over by another node within this time (renewed every third of it).
+    pub lease_ttl: Duration,
 }
 
 /// One poller's registration.
@@ -258,14 +259,14 @@ impl Tracking {
                 match self
                     .hub
                     .backplane()
-                    .acquire_lease(&lease_name, LEASE_TTL)
+                    .acquire_lease(&lease_name, self.config.lease_ttl)
                     .await
                 {
                     Ok(Some(lease)) => break lease,
                     Ok(None) => {}
                     Err(e) => tracing::warn!(%topic, error = %e, "cannot take the poller lease"),
                 }
-                let wait = Instant::now() + LEASE_TTL / 3;
+                let wait = Instant::now() + self.config.lease_ttl / 3;
                 while Instant::now() < wait {
                     tokio::time::sleep(CHECK_EVERY).await;
                     if self.leave_if_unwanted(&topic, &slot, self.config.grace) {
@@ -385,7 +386,7 @@ impl Tracking {
         metrics::counter!("stackpulse_tracking_pollers_started_total").increment(1);
         tracing::info!(%topic, stack = %stack.stack, "stack poller started");
 
-        let renew_every = LEASE_TTL / 3;
+        let renew_every = self.config.lease_ttl / 3;
         let mut next_renew = Instant::now() + renew_every;
         let mut check = tokio::time::interval(CHECK_EVERY);
         let mut published_updates = 0u64;
@@ -446,7 +447,7 @@ impl Tracking {
                     }
                     if Instant::now() >= next_renew {
                         next_renew = Instant::now() + renew_every;
-                        match self.hub.backplane().renew_lease(lease, LEASE_TTL).await {
+                        match self.hub.backplane().renew_lease(lease, self.config.lease_ttl).await {
                             Ok(true) => {}
                             Ok(false) => {
                                 tracing::warn!(%topic, "poller lease lost; stopping");
