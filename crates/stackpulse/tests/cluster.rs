@@ -454,3 +454,45 @@ async fn a_killed_poller_node_is_taken_over_without_loss_or_duplicates() {
         "{describe_stacks} DescribeStacks for {steps} steps: one poller's rate"
     );
 }
+
+#[tokio::test]
+async fn password_and_database_in_the_url() {
+    let redis = RedisServer::start().await;
+    assert_eq!(
+        redis
+            .command(&["CONFIG", "SET", "requirepass", "s3cret"])
+            .await
+            .as_deref(),
+        Some("+OK")
+    );
+    let good = format!("redis://:s3cret@127.0.0.1:{}/3", redis.port);
+    let bad = format!("redis://:wrong@127.0.0.1:{}/3", redis.port);
+    let node = Server::start(&["--redis-url", &good]).await;
+    wait_ready(&node).await;
+    let mut c = subscribe(&node, "db3").await;
+    publish_retrying(&node, "db3", 1).await;
+    assert_eq!(collect_until(&mut c, "db3", 1).await, vec![1]);
+    let refused = Server::start(&["--redis-url", &bad]).await;
+    let (status, body) = refused.get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    let (code, _) = refused
+        .publish_raw(
+            &json!({"type":"deployment.status","deployment_id":"db3","data":{"status":"x"}}),
+        )
+        .await;
+    assert_eq!(code, 503);
+    // An invalid URL is refused at start with the reason.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_stackpulse"))
+        .args([
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--redis-url",
+            "mysql://nope",
+        ])
+        .output()
+        .await
+        .expect("run");
+    assert_ne!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid --redis-url"));
+}
