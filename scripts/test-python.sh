@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Tests the Python client (clients/python) against the real stackpulse binary.
 #
-# Needs only Python >= 3.9 with venv/pip and cargo: builds the server, creates (or
-# reuses) the virtualenv target/py-venv, installs the client in editable mode with
-# pytest, pytest-asyncio and mypy, type-checks the package and runs the tests with
-# STACKPULSE_BIN pointing at the freshly built binary.
+# Needs only Python >= 3.9 with venv/pip and cargo: builds the server, ensures a
+# redis-server (scripts/ensure-redis.sh), creates (or reuses) the virtualenv
+# target/py-venv, installs the client in editable mode with pytest, pytest-asyncio and
+# mypy, type-checks the package and runs the tests with STACKPULSE_BIN pointing at the
+# freshly built binary.
 # Extra arguments go to pytest (e.g. scripts/test-python.sh -k restart -x).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +38,12 @@ target_dir=$(cargo metadata --format-version 1 --no-deps 2>/dev/null \
 bin="$target_dir/debug/stackpulse"
 [ -x "$bin" ] || { echo "error: $bin was not built" >&2; exit 1; }
 
+# A real redis-server for the multi-node test (installed from Debian when missing).
+redis_server=""
+if [ -x scripts/ensure-redis.sh ]; then
+  redis_server=$(scripts/ensure-redis.sh)
+fi
+
 venv="$root/target/py-venv"
 echo "== python environment ($venv)"
 if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import sys' >/dev/null 2>&1; then
@@ -56,4 +63,7 @@ echo "== mypy --strict (clients/python)"
 
 echo "== pytest (clients/python)"
 cd clients/python
+if [ -n "$redis_server" ]; then
+  export REDIS_SERVER="$redis_server" STACKPULSE_REQUIRE_REDIS=1
+fi
 STACKPULSE_BIN="$bin" exec "$venv/bin/python" -m pytest -p no:cacheprovider "$@"

@@ -12,6 +12,8 @@ import json
 import os
 import re
 import selectors
+import shutil
+import socket
 import signal
 import subprocess
 import threading
@@ -224,3 +226,56 @@ class Collector:
 
     async def count(self, n: int, timeout: float = 15.0) -> None:
         await self.until(lambda items: len(items) >= n, timeout, f"{n} item(s)")
+
+
+class Redis:
+    """A throwaway ``redis-server`` on a free loopback port (no persistence needed:
+    it outlives the stackpulse processes that use it)."""
+
+    def __init__(self, exe: str, workdir: Path) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while not self._ping():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.proc.kill()
+                raise RuntimeError(f"redis-server did not start on port {self.port}")
+            time.sleep(0.02)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def _ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
+                conn.sendall(b"PING\r\n")
+                return conn.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[Redis]:
+    """A real Redis for multi-node tests (``REDIS_SERVER`` or ``redis-server`` on PATH;
+    ``scripts/test-python.sh`` installs it with ``scripts/ensure-redis.sh``)."""
+    exe = os.environ.get("REDIS_SERVER") or shutil.which("redis-server")
+    if not exe:
+        if os.environ.get("STACKPULSE_REQUIRE_REDIS"):
+            pytest.fail("redis-server not found")
+        pytest.skip("redis-server not found (scripts/test-python.sh installs it)")
+    workdir = tmp_path / "redis"
+    workdir.mkdir()
+    server = Redis(exe, workdir)
+    yield server
+    server.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import signal
 import urllib.request
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -617,3 +618,95 @@ async def test_backoff_continues_across_connections_that_drop_at_once(start_serv
     finally:
         await stable.disconnect()
     assert stable_connects.items == [0, 1, 1, 1]  # each 0.2 s connection restarted the sequence
+
+
+async def test_restart_with_history_in_redis_resumes_without_gap_or_duplicate(
+    start_server: Callable[..., Server], redis: Any
+) -> None:
+    """Two nodes share Redis. The client's node is killed (no close frame) and
+    restarted on the same port while events keep being published through the other
+    node: the resume is recovered (same epoch, history in Redis) and the handler sees
+    every seq exactly once, in order."""
+    node_a = start_server("--redis-url", redis.url)
+    node_b = start_server("--redis-url", redis.url)
+    seen, closes, subscribed, resyncs = Collector(), Collector(), Collector(), Collector()
+    client = CloudWebSocketClient(
+        node_a.ws_url, backoff_base=0.05, backoff_max=0.3,
+        on_disconnect=lambda c, r: closes(c), on_resync=lambda t, s: resyncs(t),
+    )
+    client.on("deployment.status", seen)
+    client.on("subscribed", subscribed)
+    stop = asyncio.Event()
+
+    async def keep_publishing() -> None:  # through node B, unaffected by A's restart
+        i = 0
+        while not stop.is_set():
+            await node_b.apublish("D", {"status": f"b-{i}"})
+            i += 1
+
+    await client.connect()
+    try:
+        await client.subscribe("D")
+        publisher = asyncio.ensure_future(keep_publishing())
+        await seen.count(5)
+        node_a.stop(signal.SIGKILL)
+        await closes.count(1)
+        before_restart = len(seen.items)
+        node_a.start()  # same port, same Redis
+        await subscribed.count(2)
+        await seen.count(before_restart + 5)
+        stop.set()
+        await publisher
+        last = await node_b.apublish("D", {"status": "final"})
+        await seen.until(lambda s: s[-1]["seq"] == last, 15, "the final event")
+    finally:
+        stop.set()
+        await client.disconnect()
+
+    assert [m["seq"] for m in seen.items] == list(range(1, last + 1))
+    assert closes.items[0] is None  # killed: no close frame
+    first, resumed = subscribed.items[0], subscribed.items[1]
+    assert resumed["recovered"] is True and resumed["epoch"] == first["epoch"]
+    assert resyncs.items == []
+
+
+async def test_subscribe_resumes_from_a_saved_position(server: Server) -> None:
+    first = CloudWebSocketClient(server.ws_url)
+    statuses = Collector()
+    first.on("deployment.status", statuses)
+    await first.connect()
+    await first.subscribe("D")
+    for i in (1, 2, 3):
+        await server.apublish("D", {"status": f"s{i}"})
+    await statuses.count(3)
+    saved = first.positions["D"]
+    await first.disconnect()
+    assert saved.seq == 3 and saved.epoch
+    for i in (4, 5):
+        await server.apublish("D", {"status": f"s{i}"})
+
+    # A later run resumes from the saved position: only what it missed, no snapshot.
+    later = CloudWebSocketClient(server.ws_url)
+    seen = Collector()
+    later.on("*", seen)
+    await later.connect()
+    try:
+        reply = await later.subscribe("D", since=saved.seq, epoch=saved.epoch)
+        assert reply is not None and reply["recovered"] is True
+        await seen.count(2)
+        assert [(m["type"], m["seq"]) for m in seen.items] == [("deployment.status", 4), ("deployment.status", 5)]
+    finally:
+        await later.disconnect()
+
+    # A position from another epoch is not recovered: resync with the snapshot.
+    resyncs = Collector()
+    stale = CloudWebSocketClient(server.ws_url, on_resync=lambda t, s: resyncs((t, s)))
+    await stale.connect()
+    try:
+        reply = await stale.subscribe("D", since=3, epoch="not-the-epoch")
+        assert reply is not None and reply["recovered"] is False
+        await resyncs.count(1)
+        topic, snapshot = resyncs.items[0]
+        assert topic == "D" and snapshot is not None and snapshot["seq"] == 5
+    finally:
+        await stale.disconnect()

@@ -536,8 +536,18 @@ class CloudWebSocketClient:
 
     # --------------------------------------------------------- subscriptions
 
-    async def subscribe(self, deployment_id: str) -> Optional[Message]:
+    async def subscribe(
+        self,
+        deployment_id: str,
+        since: Optional[int] = None,
+        epoch: Optional[str] = None,
+    ) -> Optional[Message]:
         """Subscribes to a topic (a deployment id or stack name); kept across reconnects.
+
+        ``since``/``epoch`` resume from a position saved earlier (e.g. a previous
+        run's :attr:`positions`): the events after ``since`` are replayed instead of
+        a snapshot; if the server cannot, ``on_resync`` is called as after a
+        reconnect. Without them the topic starts from its current state.
 
         While connected it waits for the server's ``subscribed`` reply and returns
         it (``{"type":"subscribed","deployment_id","seq","epoch","recovered"}``);
@@ -551,9 +561,11 @@ class CloudWebSocketClient:
         """
         if not isinstance(deployment_id, str) or not deployment_id:
             raise ValueError("deployment_id must be a non-empty string")
+        if since is not None and (not isinstance(since, int) or since < 0):
+            raise ValueError("since must be a non-negative integer")
         st = self._topics.get(deployment_id)
         if st is None:
-            st = _Topic()
+            st = _Topic(position=Position(since, epoch if since is not None else None))
             self._topics[deployment_id] = st
         elif st.confirmed:
             return st.last_subscribed
@@ -682,9 +694,10 @@ class CloudWebSocketClient:
     async def _send_subscribe(self, ws: ClientConnection, topic: str, st: _Topic) -> None:
         message: Dict[str, Any] = {"action": "subscribe", "deployment_id": topic}
         pos = st.position
-        if pos.seq is not None and pos.epoch is not None:
+        if pos.seq is not None:
             message["since"] = pos.seq
-            message["epoch"] = pos.epoch
+            if pos.epoch is not None:
+                message["epoch"] = pos.epoch
             st.sent_since = pos.seq
         else:
             st.sent_since = None
