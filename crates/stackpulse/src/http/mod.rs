@@ -7,7 +7,9 @@
 //! # Layout
 //! - [`publish`]: the publish API.
 //! - [`ops`]: health, readiness, metrics and topic inspection.
+//! - [`dashboard`]: the web dashboard's page and assets, embedded in the binary.
 
+pub mod dashboard;
 pub mod ops;
 pub mod publish;
 
@@ -95,6 +97,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .merge(dashboard::routes())
         .fallback(not_found)
         .with_state(state)
 }
