@@ -54,7 +54,7 @@ stamp="$venv/.stackpulse-client-installed"
 if [ ! -f "$stamp" ] || [ clients/python/pyproject.toml -nt "$stamp" ]; then
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-    -e clients/python pytest pytest-asyncio mypy
+    -e "clients/python[test]"
   touch "$stamp"
 fi
 

@@ -710,3 +710,36 @@ async def test_subscribe_resumes_from_a_saved_position(server: Server) -> None:
         assert topic == "D" and snapshot is not None and snapshot["seq"] == 5
     finally:
         await stale.disconnect()
+
+
+async def test_stack_tracking_events_and_stack_snapshot(server: Server) -> None:
+    resource_event = {
+        "resource": {
+            "logicalId": "Bucket", "type": "AWS::S3::Bucket", "status": "CREATE_COMPLETE",
+            "physicalId": "b-1", "statusReason": "", "progress": 50,
+        },
+        "stack": {
+            "name": "stack-1", "status": "CREATE_IN_PROGRESS", "totalResources": 2,
+            "completedResources": 1, "inProgressResources": 1, "failedResources": 0, "progress": 50,
+        },
+    }
+    await server.apublish("stack-1", resource_event, "resource.status")
+    client = CloudWebSocketClient(server.ws_url)
+    snapshots, resources = Collector(), Collector()
+    client.on("stack.snapshot", snapshots)
+    client.on("resource.status", resources)
+    await client.connect()
+    try:
+        await client.subscribe("stack-1")
+        await snapshots.count(1)
+        snap = snapshots.items[0]
+        assert snap["seq"] == 1
+        assert snap["data"]["resources"]["Bucket"]["status"] == "CREATE_COMPLETE"
+        assert snap["data"]["stack"]["progress"] == 50
+        resource_event["resource"]["logicalId"] = "Queue"
+        await server.apublish("stack-1", resource_event, "resource.status")
+        await resources.count(1)
+        assert resources.items[0]["seq"] == 2
+        assert resources.items[0]["data"]["resource"]["logicalId"] == "Queue"
+    finally:
+        await client.disconnect()
