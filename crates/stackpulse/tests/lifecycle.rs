@@ -10,10 +10,14 @@ use serde_json::{json, Value};
 use stackpulse::client::{Client, Frame};
 use stackpulse_protocol::ServerMessage;
 
-#[tokio::test]
+// Multi-threaded, so the fast reader is not starved by the publisher on a loaded
+// machine: the test is about the server, not about the test's own scheduling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_closed_and_others_keep_receiving() {
     const N: u64 = 600;
-    let server = Server::start(&["--queue-size", "8"]).await;
+    // 64 queued messages of 32 KiB (2 MiB) per connection: far less than the
+    // ~19 MiB published, far more than a reading client ever lags.
+    let server = Server::start(&["--queue-size", "64"]).await;
     let mut slow = server.connect().await;
     slow.subscribe("S", None, None).await.expect("send");
     let mut fast = server.connect().await;

@@ -25,29 +25,24 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::stream::SplitStream;
+use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::Value;
 use stackpulse_cfn::{TrackerError, TrackerMessage};
-use tokio::sync::mpsc;
 
 use crate::http::{error_body, AppState};
 use crate::hub::{CloseReason, Delivery, Outbox};
 use crate::tracking::events::from_hub;
 use crate::tracking::{valid_region, valid_stack_name};
-use crate::ws::close;
-use crate::ws::connection::{expired, token_expiry};
+use crate::ws::connection::{expired, token_expiry, write_loop, Encoded, Encoder};
 use crate::ws::registry::ConnInfo;
 use crate::ws::{admit, configure, Admission};
-
-const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Deserialize)]
 pub struct TrackQuery {
@@ -125,7 +120,7 @@ async fn run(
         rx,
         outbox.clone(),
         state.config.ping_interval,
-        stack_name,
+        CanvasEncoder { stack_name },
     ));
     let access = |acl: Option<&stackpulse_protocol::Acl>| state.gate.may_subscribe(&info.user, acl);
     if let Err(e) = state
@@ -220,64 +215,21 @@ fn translate(item: Delivery, stack_name: &str) -> Vec<String> {
         .collect()
 }
 
-type Sink = SplitSink<WebSocket, Message>;
-
-async fn write_loop(
-    mut sink: Sink,
-    mut rx: mpsc::Receiver<Delivery>,
-    outbox: Arc<Outbox>,
-    ping_every: Duration,
+/// The canvas dialect: hub events translated to the seed-000 messages.
+struct CanvasEncoder {
     stack_name: String,
-) {
-    let delivered = metrics::counter!("stackpulse_messages_delivered_total");
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let written = tokio::select! {
-            biased;
-            reason = outbox.closing() => {
-                send_close(&mut sink, reason).await;
-                return;
-            }
-            item = rx.recv() => match item {
-                Some(item) => {
-                    let frames = translate(item, &stack_name);
-                    let n = frames.len() as u64;
-                    let mut r = Ok(());
-                    for f in frames {
-                        r = sink.feed(Message::Text(Utf8Bytes::from(f))).await;
-                        if r.is_err() {
-                            break;
-                        }
-                    }
-                    if r.is_ok() {
-                        r = sink.flush().await;
-                    }
-                    delivered.increment(n);
-                    r
-                }
-                None => return,
-            },
-            _ = ping.tick() => sink.send(Message::Ping(Default::default())).await,
-        };
-        if written.is_err() {
-            outbox.close(CloseReason::ClientClosed);
-            return;
-        }
-    }
 }
 
-async fn send_close(sink: &mut Sink, reason: CloseReason) {
-    if reason == CloseReason::ClientClosed {
-        let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, sink.close()).await;
-        return;
+impl Encoder for CanvasEncoder {
+    fn encode(&mut self, item: Delivery) -> (Encoded, u64) {
+        let frames = translate(item, &self.stack_name);
+        let n = frames.len() as u64;
+        let messages = frames
+            .into_iter()
+            .map(|f| Message::Text(Utf8Bytes::from(f)))
+            .collect();
+        (Encoded::Many(messages), n)
     }
-    let (code, text) = close::for_reason(reason);
-    let frame = CloseFrame {
-        code,
-        reason: Utf8Bytes::from_static(text),
-    };
-    let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
 }
 
 #[cfg(test)]

@@ -62,11 +62,15 @@ pub async fn run(socket: WebSocket, state: AppState, admitted: Admitted) {
     tracing::debug!(conn = session.id, %remote, "connected");
 
     let (sink, stream) = socket.split();
+    let encoder = JsonEncoder {
+        latency: metrics::histogram!("stackpulse_delivery_latency_seconds"),
+    };
     let writer = tokio::spawn(write_loop(
         sink,
         rx,
         outbox.clone(),
         state.config.ping_interval,
+        encoder,
     ));
     read_loop(stream, &state, &info).await;
     outbox.close(CloseReason::ClientClosed);
@@ -244,64 +248,99 @@ async fn subscribe(
     Ok(())
 }
 
-type Sink = SplitSink<WebSocket, Message>;
+pub(crate) type Sink = SplitSink<WebSocket, Message>;
 
-/// Counts and latency recorded by one writer.
-struct WriterMetrics {
-    delivered: metrics::Counter,
+/// What one queued item becomes on the wire.
+pub(crate) enum Encoded {
+    One(Message),
+    Many(Vec<Message>),
+}
+
+/// Turns queued items into frames; one per WebSocket dialect (`/ws` JSON, the
+/// canvas tracker's translation). Returns how many events the frames carry, for
+/// the delivered-messages metric.
+pub(crate) trait Encoder: Send + 'static {
+    fn encode(&mut self, item: Delivery) -> (Encoded, u64);
+}
+
+/// The `/ws` encoder: events go out as the hub serialized them.
+struct JsonEncoder {
     latency: metrics::Histogram,
 }
 
-fn encode(item: Delivery, m: &WriterMetrics, events: &mut u64) -> Message {
-    match item {
-        Delivery::Event(event) => {
-            *events += 1;
-            m.latency.record(event.published_at.elapsed().as_secs_f64());
-            Message::Text(event.frame.clone())
-        }
-        Delivery::Frame(frame) => Message::Text(frame),
-        Delivery::Subscribed(info) => Message::Text(Utf8Bytes::from(
-            ServerMessage::Subscribed {
-                deployment_id: info.topic.to_string(),
-                seq: info.seq,
-                epoch: info.epoch.to_string(),
-                recovered: info.recovered,
+impl Encoder for JsonEncoder {
+    fn encode(&mut self, item: Delivery) -> (Encoded, u64) {
+        match item {
+            Delivery::Event(event) => {
+                self.latency
+                    .record(event.published_at.elapsed().as_secs_f64());
+                (Encoded::One(Message::Text(event.frame.clone())), 1)
             }
-            .to_json(),
-        )),
+            Delivery::Frame(frame) => (Encoded::One(Message::Text(frame)), 0),
+            Delivery::Subscribed(info) => {
+                let reply = ServerMessage::Subscribed {
+                    deployment_id: info.topic.to_string(),
+                    seq: info.seq,
+                    epoch: info.epoch.to_string(),
+                    recovered: info.recovered,
+                };
+                (
+                    Encoded::One(Message::Text(Utf8Bytes::from(reply.to_json()))),
+                    0,
+                )
+            }
+        }
+    }
+}
+
+async fn feed(sink: &mut Sink, encoded: Encoded) -> Result<(), axum::Error> {
+    match encoded {
+        Encoded::One(m) => sink.feed(m).await,
+        Encoded::Many(list) => {
+            for m in list {
+                sink.feed(m).await?;
+            }
+            Ok(())
+        }
     }
 }
 
 /// Feeds `first` and whatever else is ready (up to [`BATCH`]), then flushes once.
-async fn write_batch(
+async fn write_batch<E: Encoder>(
     sink: &mut Sink,
     first: Delivery,
     rx: &mut mpsc::Receiver<Delivery>,
-    m: &WriterMetrics,
+    encoder: &mut E,
+    delivered: &metrics::Counter,
 ) -> Result<(), axum::Error> {
-    let mut events = 0;
-    sink.feed(encode(first, m, &mut events)).await?;
+    let (encoded, mut events) = encoder.encode(first);
+    feed(sink, encoded).await?;
     for _ in 1..BATCH {
         match rx.try_recv() {
-            Ok(item) => sink.feed(encode(item, m, &mut events)).await?,
+            Ok(item) => {
+                let (encoded, n) = encoder.encode(item);
+                events += n;
+                feed(sink, encoded).await?;
+            }
             Err(_) => break,
         }
     }
     sink.flush().await?;
-    m.delivered.increment(events);
+    delivered.increment(events);
     Ok(())
 }
 
-async fn write_loop(
+/// Drains a connection's outbox into its socket with `encoder`, pings every
+/// `ping_every`, and writes the close frame when the outbox is closed (even while
+/// a write to a peer that stopped reading is pending).
+pub(crate) async fn write_loop<E: Encoder>(
     mut sink: Sink,
     mut rx: mpsc::Receiver<Delivery>,
     outbox: Arc<Outbox>,
     ping_every: Duration,
+    mut encoder: E,
 ) {
-    let m = WriterMetrics {
-        delivered: metrics::counter!("stackpulse_messages_delivered_total"),
-        latency: metrics::histogram!("stackpulse_delivery_latency_seconds"),
-    };
+    let delivered = metrics::counter!("stackpulse_messages_delivered_total");
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -318,7 +357,7 @@ async fn write_loop(
                         send_close(&mut sink, reason).await;
                         return;
                     }
-                    r = write_batch(&mut sink, item, &mut rx, &m) => r,
+                    r = write_batch(&mut sink, item, &mut rx, &mut encoder, &delivered) => r,
                 },
                 None => return,
             },
