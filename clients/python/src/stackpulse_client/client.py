@@ -289,7 +289,8 @@ class CloudWebSocketClient:
         auto_reconnect: reconnect and resume after the connection drops.
         ping_interval: seconds between keep-alive pings (an application
             ``{"action":"ping"}`` and a WebSocket ping whose pong must come back within
-            the same interval); ``None`` or 0 disables them.
+            the same interval, at least 5 s, or the connection is dropped and
+            reconnected); ``None`` or 0 disables them.
         backoff_base, backoff_max: reconnect delays are drawn uniformly from
             ``[0, min(backoff_max, backoff_base * 2**attempt))`` (full jitter).
             ``attempt`` restarts at 0 once a connection has stayed up for
@@ -652,7 +653,7 @@ class CloudWebSocketClient:
                 additional_headers=headers or None,
                 open_timeout=self.open_timeout,
                 ping_interval=keepalive,
-                ping_timeout=keepalive,
+                ping_timeout=max(keepalive, 5.0) if keepalive else None,
                 max_size=self.max_message_size,
                 logger=self._ws_log,
             )
