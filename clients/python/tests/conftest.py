@@ -187,15 +187,6 @@ def issuer() -> Iterator[Issuer]:
     made.close()
 
 
-async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
-    """Polls ``predicate`` (for state with no event to await, e.g. a counter)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what or predicate}")
-        await asyncio.sleep(0.01)
-
-
 class Collector:
     """A sync handler that records what it gets; ``until()`` awaits a condition on it."""
 

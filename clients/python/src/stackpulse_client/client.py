@@ -598,7 +598,9 @@ class CloudWebSocketClient:
         if st is not None:
             for waiter in st.waiters:
                 if not waiter.done():
-                    waiter.cancel()
+                    waiter.set_exception(
+                        SubscriptionError(deployment_id, 0, "unsubscribed before the server replied")
+                    )
         ws = self._ws
         if ws is not None:
             try:
