@@ -743,3 +743,27 @@ async def test_stack_tracking_events_and_stack_snapshot(server: Server) -> None:
         assert resources.items[0]["data"]["resource"]["logicalId"] == "Queue"
     finally:
         await client.disconnect()
+
+
+async def test_subscribes_made_before_and_during_connect_are_sent(server: Server) -> None:
+    client = CloudWebSocketClient(server.ws_url)
+    statuses = Collector()
+    client.on("deployment.status", statuses)
+    for i in range(20):
+        assert await client.subscribe(f"early-{i}") is None  # not connected: sent by connect()
+
+    async def subscribe_during_connect() -> None:
+        for i in range(5):
+            await asyncio.sleep(0)
+            await client.subscribe(f"late-{i}")
+
+    await asyncio.gather(client.connect(), subscribe_during_connect())
+    try:
+        topics = [f"early-{i}" for i in range(20)] + [f"late-{i}" for i in range(5)]
+        assert client.subscriptions == set(topics)
+        for topic in topics:
+            await server.apublish(topic, {"status": "x"})
+        await statuses.count(len(topics))
+        assert sorted(m["deployment_id"] for m in statuses.items) == sorted(topics)
+    finally:
+        await client.disconnect()

@@ -667,15 +667,19 @@ class CloudWebSocketClient:
             raise HandshakeError(status, message) from None
         except InvalidURI:
             raise ValueError(f"invalid endpoint {self._safe_endpoint!r}") from None
+        # Published before resubscribing: a subscribe() that runs meanwhile sends
+        # its own request on this connection instead of being missed.
+        self._ws = ws
         try:
             for topic, st in list(self._topics.items()):
-                await self._send_subscribe(ws, topic, st)
+                if self._topics.get(topic) is st and not st.in_flight:
+                    await self._send_subscribe(ws, topic, st)
         except BaseException:
+            self._ws = None
             for st in self._topics.values():
                 st.in_flight = False
             ws.transport.abort()
             raise
-        self._ws = ws
         self._connected_at = time.monotonic()
         self.connection_count += 1
         if self.ping_interval:
