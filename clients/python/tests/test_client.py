@@ -767,3 +767,39 @@ async def test_subscribes_made_before_and_during_connect_are_sent(server: Server
         assert sorted(m["deployment_id"] for m in statuses.items) == sorted(topics)
     finally:
         await client.disconnect()
+
+
+async def test_backplane_outage_subscribe_errors_are_retried(
+    start_server: Callable[..., Server], redis: Any
+) -> None:
+    """While Redis is down the server answers subscribes with 503: the client keeps
+    the topic, reports the error, retries with backoff and gets it once Redis is back."""
+    server = start_server("--redis-url", redis.url)
+    errors, closes, statuses, resyncs = Collector(), Collector(), Collector(), Collector()
+    client = CloudWebSocketClient(
+        server.ws_url, backoff_base=0.05, backoff_max=0.3, reply_timeout=30,
+        on_disconnect=lambda c, r: closes(c), on_resync=lambda t, s: resyncs(t),
+    )
+    client.on("error", errors)
+    client.on("deployment.status", statuses)
+    await client.connect()
+    try:
+        await client.subscribe("A")
+        await server.apublish("A", {"status": "before"})
+        await statuses.count(1)
+        redis.stop()
+        pending = asyncio.ensure_future(client.subscribe("B"))
+        await errors.until(lambda e: any(m["code"] == 503 and m.get("deployment_id") == "B" for m in e), 20, "a 503")
+        assert not pending.done() and "B" in client.subscriptions
+        redis.start()  # empty: the topics' history is gone
+        reply = await asyncio.wait_for(pending, 30)
+        assert reply is not None and reply["deployment_id"] == "B"
+        await server.apublish("B", {"status": "b-after"})
+        await server.apublish("A", {"status": "a-after"})
+        await statuses.until(lambda s: {m["data"]["status"] for m in s} >= {"b-after", "a-after"}, 30, "both topics")
+    finally:
+        await client.disconnect()
+    # A's counter was lost with Redis: the server said so (recovered: false) and the
+    # new epoch's seq 1 was delivered, not dropped as a duplicate of the old seq 1.
+    assert resyncs.items == ["A"]
+    assert [m["seq"] for m in statuses.items if m["deployment_id"] == "A"] == [1, 1]

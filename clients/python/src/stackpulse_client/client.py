@@ -119,6 +119,14 @@ class _Topic:
     sent_since: Optional[int] = None
     last_subscribed: Optional[Message] = None
     waiters: List["asyncio.Future[Message]"] = field(default_factory=list)
+    #: A subscribe answered with a 5xx error is retried with backoff.
+    retry_step: int = 0
+    retry_task: Optional["asyncio.Task[None]"] = None
+
+    def cancel_retry(self) -> None:
+        if self.retry_task is not None:
+            self.retry_task.cancel()
+            self.retry_task = None
 
 
 class _RedactingLogger(_LoggerAdapter):
@@ -553,7 +561,8 @@ class CloudWebSocketClient:
         While connected it waits for the server's ``subscribed`` reply and returns
         it (``{"type":"subscribed","deployment_id","seq","epoch","recovered"}``);
         an error reply raises :class:`SubscriptionError` (the topic is then not
-        subscribed) and a reply slower than ``reply_timeout`` raises
+        subscribed), except a 5xx one (the server's backplane is unavailable),
+        which is retried with backoff while the call keeps waiting; and a reply slower than ``reply_timeout`` raises
         ``asyncio.TimeoutError`` (the topic stays in :attr:`subscriptions`; the reply
         may still come). While disconnected (or from inside a handler, which must not
         wait for the receiving loop it runs in) it returns ``None`` and the
@@ -596,6 +605,7 @@ class CloudWebSocketClient:
         """Unsubscribes; no event of that topic is delivered after this returns."""
         st = self._topics.pop(deployment_id, None)
         if st is not None:
+            st.cancel_retry()
             for waiter in st.waiters:
                 if not waiter.done():
                     waiter.set_exception(
@@ -773,6 +783,7 @@ class CloudWebSocketClient:
                 for st in self._topics.values():
                     st.in_flight = False
                     st.confirmed = False
+                    st.cancel_retry()
                 if self._closing:
                     self._log.info("connection closed (code %s)", code)
                 else:
@@ -809,6 +820,7 @@ class CloudWebSocketClient:
                 current.transport.abort()
             error = self._fatal or NotConnectedError("client disconnected")
             for st in self._topics.values():
+                st.cancel_retry()
                 for waiter in st.waiters:
                     if not waiter.done():
                         waiter.set_exception(error)
@@ -925,6 +937,8 @@ class CloudWebSocketClient:
         st.position.epoch = epoch if isinstance(epoch, str) else None
         st.confirmed = True
         st.in_flight = False
+        st.retry_step = 0
+        st.cancel_retry()
         st.last_subscribed = message
         await self._run_handlers("subscribed", message)
         if st.position.seq is None and latest == 0:
@@ -947,10 +961,15 @@ class CloudWebSocketClient:
         topic = message.get("deployment_id")
         if isinstance(topic, str):
             st = self._topics.get(topic)
-            if st is not None and not st.confirmed:
+            code = message.get("code")
+            if st is not None and not st.confirmed and isinstance(code, int) and code >= 500:
+                # The server could not subscribe right now (backplane unavailable):
+                # the topic stays subscribed and the request is retried.
+                st.in_flight = False
+                self._retry_subscribe(topic, st)
+            elif st is not None and not st.confirmed:
                 # The server refused this subscribe: the topic is not subscribed.
                 del self._topics[topic]
-                code = message.get("code")
                 error = SubscriptionError(
                     topic, code if isinstance(code, int) else 0, str(message.get("message", ""))
                 )
@@ -963,6 +982,26 @@ class CloudWebSocketClient:
             self._log.warning(
                 "server error %s: %s", message.get("code"), message.get("message")
             )
+
+    def _retry_subscribe(self, topic: str, st: _Topic) -> None:
+        ws = self._ws
+        if ws is None:
+            return  # the reconnect resubscribes
+        delay = backoff_delay(st.retry_step, self.backoff_base, self.backoff_max)
+        st.retry_step += 1
+        self._log.warning("subscribe %s failed on the server; retrying in %.2fs", topic, delay)
+
+        async def retry() -> None:
+            await asyncio.sleep(delay)
+            st.retry_task = None
+            if self._ws is ws and self._topics.get(topic) is st and not st.in_flight:
+                try:
+                    await self._send_subscribe(ws, topic, st)
+                except ConnectionClosed:
+                    pass
+
+        st.cancel_retry()
+        st.retry_task = asyncio.ensure_future(retry())
 
     async def _on_event(self, message: Message) -> None:
         topic = message.get("deployment_id")
