@@ -76,7 +76,8 @@ impl AuthError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
     pub user: User,
-    /// `exp`, in Unix seconds: the connection must re-authenticate by then.
+    /// `exp` plus the leeway, in Unix seconds: the first second at which this token
+    /// is refused, so the connection must re-authenticate before it.
     pub expires_at: u64,
 }
 
@@ -212,8 +213,13 @@ impl Verifier {
             .unwrap_or_else(|| sub.clone());
         let mut groups = claims.cognito_groups;
         groups.extend(claims.groups);
-        // `exp` passed validation with leeway; report the real instant.
-        let _ = now_secs();
+        // One rule for "expired", shared with the connection's expiry timer: the
+        // token is good while now < exp + leeway (RFC 7519: "on or after" exp is
+        // expired). jsonwebtoken alone would still accept it at exactly exp + leeway.
+        let expires_at = claims.exp.saturating_add(self.validation.leeway);
+        if now_secs() >= expires_at {
+            return Err(AuthError::Expired);
+        }
         Ok(Verified {
             user: User {
                 sub,
@@ -221,7 +227,7 @@ impl Verifier {
                 email: claims.email,
                 groups,
             },
-            expires_at: claims.exp,
+            expires_at,
         })
     }
 }
