@@ -44,6 +44,8 @@ interface TopicState {
   deployment: { status?: string; current_layer?: number; total_layers?: number } | null;
   timeline: TimelineEntry[];
   error: string | null;
+  /** The stack tracker's last problem (AWS unreachable, stack not found…), until it recovers. */
+  trackerError: { message: string; retrying: boolean; final: boolean } | null;
   subscribed: boolean;
   el: HTMLElement;
   dirty: boolean;
@@ -192,6 +194,7 @@ function watch(topic: string): void {
     deployment: null,
     timeline: [],
     error: null,
+    trackerError: null,
     subscribed: false,
     el,
     dirty: true,
@@ -291,6 +294,11 @@ function stackLabel(name: string, env?: unknown): string {
 function apply(view: TopicState, e: ServerEvent): void {
   const d = (e.data ?? {}) as Record<string, unknown>;
   const at = { seq: e.seq, timestamp: e.timestamp, type: e.type };
+  if (e.type !== 'tracker.error' && e.type !== 'log.created' && !e.type.endsWith('.snapshot')) view.trackerError = null;
+  // A stack.deployed / stack.failed from the tracker carries the final stack summary.
+  if ((e.type === 'stack.deployed' || e.type === 'stack.failed') && d.stack && typeof d.stack === 'object' && view.kind === 'stack') {
+    view.stack = d.stack as StackSummary;
+  }
   switch (e.type) {
     case 'resource.status': {
       const r = d.resource as ResourceSummary | undefined;
@@ -299,6 +307,8 @@ function apply(view: TopicState, e: ServerEvent): void {
         view.resources.set(resourceKey(r, nested), { ...r, nestedStack: nested, updatedAt: e.timestamp });
         addTimeline(view, {
           ...at,
+          // When CloudFormation recorded it (the envelope's time is when the hub stamped it).
+          timestamp: typeof d.eventTimestamp === 'string' ? d.eventTimestamp : e.timestamp,
           status: r.status,
           text: `${nested ? `${nested} / ` : ''}${r.logicalId} ${r.status}${r.statusReason ? ` — ${r.statusReason}` : ''}`,
         });
@@ -364,11 +374,25 @@ function apply(view: TopicState, e: ServerEvent): void {
       return;
     }
     case 'log.created': {
+      // The tracker follows each resource.status with a log line saying the same thing.
+      const prev = view.timeline[view.timeline.length - 1];
+      if (view.kind === 'stack' && prev && prev.type === 'resource.status' && prev.seq === e.seq - 1) return;
       const level = str(d.level) || 'info';
       addTimeline(view, {
         ...at,
         status: level === 'error' ? 'failed' : level === 'warning' || level === 'warn' ? 'rollback' : undefined,
         text: `[${level}]${d.stack_name ? ` ${stackLabel(str(d.stack_name), d.environment)}:` : ''} ${str(d.message)}`,
+      });
+      return;
+    }
+    case 'tracker.error': {
+      const final = d.final === true;
+      const retrying = d.retrying === true && !final;
+      view.trackerError = { message: str(d.message), retrying, final };
+      addTimeline(view, {
+        ...at,
+        status: final ? 'failed' : 'rollback',
+        text: `Tracker ${final ? 'stopped' : 'problem'}: ${str(d.message)}${retrying ? ' (retrying)' : ''}`,
       });
       return;
     }
@@ -477,6 +501,18 @@ function render(view: TopicState): void {
   el.append(head);
 
   if (view.error) el.append(h('p', 'topic-error', view.error));
+  if (view.trackerError) {
+    const t = view.trackerError;
+    const box = h('div', `tracker-error ${t.final ? 'st-failed' : 'st-rollback'}`);
+    box.setAttribute('role', 'status');
+    box.append(h('strong', null, t.final ? 'Tracking stopped' : 'Tracking trouble'));
+    const msg = t.message.length > 400 ? `${t.message.slice(0, 399)}…` : t.message;
+    const p = h('p', 'tracker-message', msg);
+    p.title = t.message;
+    box.append(p);
+    if (t.retrying) box.append(h('span', 'muted', 'The server keeps retrying.'));
+    el.append(box);
+  }
 
   // Progress: the tracked stack, the deployment's layers, and each stack of a deployment.
   const progress = h('div', 'progress-list');
@@ -484,7 +520,7 @@ function render(view: TopicState): void {
     const s = view.stack;
     progress.append(
       progressBar(
-        view.kind === 'stack' && s.name === view.topic.slice(STACK_PREFIX.length) ? 'Resources' : s.name || view.topic,
+        view.kind === 'stack' && s.name === view.topic.slice(STACK_PREFIX.length) ? 'Progress' : s.name || view.topic,
         num(s.progress) ?? 0,
         s.status,
         `${s.completedResources ?? 0} of ${s.totalResources ?? 0} complete · ${s.inProgressResources ?? 0} in progress · ${s.failedResources ?? 0} failed`,

@@ -147,6 +147,9 @@ interface Waiter<T> {
 }
 
 interface TopicState {
+  /** Consecutive 5xx refusals (server-side trouble, e.g. the backplane is down). */
+  failures: number;
+  retryTimer: ReturnType<typeof setTimeout> | null;
   /** The last seq delivered (or covered by a snapshot); null: no position yet. */
   lastSeq: number | null;
   epoch: string | null;
@@ -357,6 +360,8 @@ export class StackPulseClient {
     const isNew = !t;
     if (!t) {
       t = {
+        failures: 0,
+        retryTimer: null,
         lastSeq: options.since ?? null,
         epoch: options.epoch ?? null,
         confirmed: false,
@@ -378,6 +383,7 @@ export class StackPulseClient {
     const t = this.topics.get(deploymentId);
     if (!t) return Promise.resolve();
     this.topics.delete(deploymentId);
+    if (t.retryTimer) clearTimeout(t.retryTimer);
     for (const w of t.waiters) w.reject(new Error(`Unsubscribed from ${deploymentId}`));
     if (!this.isOpen()) return Promise.resolve();
     const p = new Promise<void>((resolve) => {
@@ -727,7 +733,11 @@ export class StackPulseClient {
         const err = msg as ErrorMessage;
         const id = err.deployment_id;
         const t = id !== undefined ? this.topics.get(id) : undefined;
-        if (id !== undefined && t && !t.confirmed) {
+        if (id !== undefined && t && !t.confirmed && err.code >= 500) {
+          // Trouble on the server's side (e.g. its backplane is down): keep the topic
+          // and ask again after a backoff delay; the subscribe() promise keeps waiting.
+          this.retrySubscribe(id, t);
+        } else if (id !== undefined && t && !t.confirmed) {
           // The server refused the subscription: forget it so it is not retried.
           this.topics.delete(id);
           for (const w of t.waiters) w.reject(new SubscribeError(id, err.code, err.message));
@@ -746,9 +756,22 @@ export class StackPulseClient {
     }
   }
 
+  private retrySubscribe(id: string, t: TopicState): void {
+    t.failures++;
+    if (t.retryTimer) clearTimeout(t.retryTimer);
+    const gen = this.generation;
+    t.retryTimer = setTimeout(() => {
+      t.retryTimer = null;
+      // A reconnect resubscribes by itself; only retry on the same connection.
+      if (gen !== this.generation || this.topics.get(id) !== t || t.confirmed) return;
+      this.sendSubscribe(id, t);
+    }, backoffDelay(t.failures, this.backoff, this.random));
+  }
+
   private onSubscribed(msg: SubscribedMessage): void {
     const t = this.topics.get(msg.deployment_id);
     if (!t) return; // unsubscribed meanwhile
+    t.failures = 0;
     const previousSeq = t.lastSeq;
     const previousEpoch = t.epoch;
     t.epoch = msg.epoch;
