@@ -630,7 +630,9 @@ function render(view: TopicState): void {
     if (t.seq !== null) li.dataset.seq = String(t.seq);
     const time = h('time', 'tl-time', clock(t.timestamp));
     time.dateTime = t.timestamp;
-    li.append(time, h('span', 'tl-type', t.type), h('span', 'tl-text', t.text));
+    const text = h('span', 'tl-text', t.text.length > 300 ? `${t.text.slice(0, 299)}…` : t.text);
+    if (t.text.length > 300) text.title = t.text;
+    li.append(time, h('span', 'tl-type', t.type), text);
     ol.append(li);
   }
   tl.append(ol);
