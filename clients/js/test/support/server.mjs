@@ -22,7 +22,7 @@ export async function startServer({ port = 0, args = [] } = {}) {
   const proc = spawn(
     serverBinary(),
     ['serve', '--bind', `127.0.0.1:${port}`, '--publisher-key', KEY, ...args],
-    { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, STACKPULSE_LOG: 'warn' } },
+    { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, STACKPULSE_LOG: 'warn', AWS_EC2_METADATA_DISABLED: 'true' } },
   );
   let stderr = '';
   proc.stderr.on('data', (d) => {
