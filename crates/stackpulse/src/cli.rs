@@ -115,6 +115,13 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
         Ok(n) => tracing::debug!(limit = n, "open file limit"),
         Err(e) => tracing::warn!(error = %e, "could not raise the open file limit"),
     }
+    let tls = match config.tls.as_ref().map(crate::tls::load).transpose() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("stackpulse: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let listener = match TcpListener::bind(config.bind).await {
         Ok(l) => l,
         Err(e) => {
@@ -130,7 +137,8 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     // Tests and scripts read this line to learn the port.
-    println!("stackpulse listening on http://{addr}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("stackpulse listening on {scheme}://{addr}");
     let _ = std::io::stdout().flush();
     tracing::warn!(
         "no authentication configured: serving loopback only ({addr}); anyone on this machine can subscribe"
@@ -140,7 +148,7 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
             "no publisher key configured: POST /v1/events will answer 401 (set --publisher-key)"
         );
     }
-    match crate::server::serve(listener, config, shutdown_signal()).await {
+    match crate::server::serve_with_tls(listener, config, tls, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("stackpulse: server error: {e}");

@@ -77,6 +77,16 @@ pub struct ServeArgs {
     /// Seconds between presence reports to Redis (cluster-wide counts) [default: 5].
     #[arg(long, env = "STACKPULSE_PRESENCE_INTERVAL", value_name = "SECONDS")]
     pub presence_interval: Option<f64>,
+    /// PEM certificate chain: serve HTTPS and WSS on --bind (needs --tls-key).
+    #[arg(long, env = "STACKPULSE_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+    #[arg(long, env = "STACKPULSE_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Seconds between `ka` messages on `/graphql/realtime` (AppSync clients give
+    /// up after 65 s without one) [default: 30].
+    #[arg(long, env = "STACKPULSE_GRAPHQL_KEEPALIVE", value_name = "SECONDS")]
+    pub graphql_keepalive: Option<f64>,
     #[command(flatten)]
     pub auth: AuthArgs,
     /// Send every AWS request to this endpoint (moto, LocalStack) [default: AWS].
@@ -124,6 +134,9 @@ struct FileConfig {
     idle_timeout: Option<f64>,
     shutdown_grace: Option<f64>,
     auth: Option<AuthFile>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    graphql_keepalive: Option<f64>,
     redis_url: Option<String>,
     presence_interval: Option<f64>,
     aws_endpoint_url: Option<String>,
@@ -131,6 +144,13 @@ struct FileConfig {
     poll_interval: Option<f64>,
     tracker_grace: Option<f64>,
     poller_lease: Option<f64>,
+}
+
+/// The files `--tls-cert` and `--tls-key` name (read by [`crate::tls::load`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// Resolved settings.
@@ -156,6 +176,10 @@ pub struct Config {
     /// Token verification and topic policy; `None` serves loopback only.
     pub auth: Option<AuthSettings>,
     pub admission: AdmissionLimits,
+    /// Certificate and key files: serve HTTPS/WSS; `None`: plain HTTP.
+    pub tls: Option<TlsFiles>,
+    /// Interval of the AppSync `ka` keep-alive message.
+    pub graphql_keepalive: Duration,
     /// Endpoint of every AWS client (moto, LocalStack); `None`: AWS itself.
     pub aws_endpoint_url: Option<String>,
     /// Default region of tracked stacks; `None`: from the standard AWS chain.
@@ -192,6 +216,8 @@ impl Default for Config {
                 connect_rate_per_ip: 50.0,
                 connect_rate_per_user: 20.0,
             },
+            tls: None,
+            graphql_keepalive: Duration::from_secs(30),
             aws_endpoint_url: None,
             aws_region: None,
             poll_interval: Duration::from_secs(2),
@@ -348,6 +374,30 @@ impl Config {
             },
             auth: settings::resolve(&args.auth, &auth_file)?,
             admission: settings::resolve_limits(&args.auth, &auth_file)?,
+            tls: match (
+                args.tls_cert.clone().or(file.tls_cert),
+                args.tls_key.clone().or(file.tls_key),
+            ) {
+                (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+                (None, None) => None,
+                (Some(_), None) => {
+                    return Err(ConfigError::Invalid {
+                        name: "tls-key",
+                        message: "--tls-cert needs --tls-key (the certificate's private key)"
+                            .into(),
+                    })
+                }
+                (None, Some(_)) => {
+                    return Err(ConfigError::Invalid {
+                        name: "tls-cert",
+                        message: "--tls-key needs --tls-cert (the certificate chain)".into(),
+                    })
+                }
+            },
+            graphql_keepalive: match args.graphql_keepalive.or(file.graphql_keepalive) {
+                Some(s) => seconds("graphql-keepalive", s)?,
+                None => d.graphql_keepalive,
+            },
             aws_endpoint_url: non_empty(args.aws_endpoint_url.clone().or(file.aws_endpoint_url)),
             aws_region: non_empty(args.aws_region.clone().or(file.aws_region)),
             poll_interval: match args.poll_interval.or(file.poll_interval) {
@@ -390,6 +440,37 @@ mod tests {
         assert_eq!(c.poll_interval, Duration::from_secs(2));
         assert_eq!(c.tracker_grace, Duration::from_secs(60));
         assert_eq!(c.aws_endpoint_url, None);
+        assert_eq!(c.tls, None);
+    }
+
+    #[test]
+    fn tls_files_from_file_and_flags_need_each_other() {
+        let mut file = tempfile::NamedTempFile::new().expect("tmp");
+        writeln!(
+            file,
+            "tls_cert = \"/etc/sp/cert.pem\"\ngraphql_keepalive = 5"
+        )
+        .expect("write");
+        let args = ServeArgs {
+            config: Some(file.path().to_path_buf()),
+            tls_key: Some("/etc/sp/key.pem".into()),
+            ..ServeArgs::default()
+        };
+        let c = Config::resolve(&args).expect("valid");
+        assert_eq!(
+            c.tls,
+            Some(TlsFiles {
+                cert: "/etc/sp/cert.pem".into(),
+                key: "/etc/sp/key.pem".into()
+            })
+        );
+        assert_eq!(c.graphql_keepalive, Duration::from_secs(5));
+        let only_cert = ServeArgs {
+            tls_cert: Some("c.pem".into()),
+            ..ServeArgs::default()
+        };
+        let e = Config::resolve(&only_cert).expect_err("needs key");
+        assert!(e.to_string().contains("--tls-cert needs --tls-key"), "{e}");
     }
 
     #[test]

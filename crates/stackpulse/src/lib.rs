@@ -1,4 +1,4 @@
-//! stackpulse: live cloud deployments over WebSocket.
+//! stackpulse: live cloud deployments over WebSocket and GraphQL.
 //!
 //! A source publishes typed events; the hub stamps them (topic, seq, epoch,
 //! timestamp), stores them and fans them out; delivery adapters only encode and
@@ -9,6 +9,9 @@
 //!   [`hub::Backplane`] (in-memory now; Redis fits the same seam).
 //! - [`ws`]: the `/ws` endpoint: admission, connection loops, registry, close codes.
 //! - [`http`]: routes, shared state, publish API, health/readiness/metrics.
+//! - [`graphql`]: the GraphQL schema over the hub, `POST /graphql`, and its
+//!   subscriptions over AppSync's real-time protocol and `graphql-transport-ws`.
+//! - [`tls`]: `--tls-cert`/`--tls-key`: HTTPS and WSS on the same port.
 //! - [`tracking`]: one CloudFormation poller per `stack:*` topic, publishing into
 //!   the hub.
 //! - [`canvas`]: the seed-000 endpoints `/canvas/deploy/track/{stack}` (socket) and
@@ -27,10 +30,12 @@ pub mod canvas;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod graphql;
 pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod server;
+pub mod tls;
 pub mod tracking;
 pub mod watch;
 pub mod ws;

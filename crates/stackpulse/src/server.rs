@@ -102,10 +102,27 @@ fn finish_state(hub: Hub, config: Config) -> Result<AppState, String> {
     Ok(state)
 }
 
-/// Serves on `listener` until `shutdown` resolves, then drains.
+/// Serves on `listener` until `shutdown` resolves, then drains. With
+/// [`Config::tls`] set, the certificate and key are loaded first and the server
+/// speaks HTTPS/WSS.
 pub async fn serve(
     listener: TcpListener,
     config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let tls = match &config.tls {
+        Some(files) => Some(crate::tls::load(files).map_err(std::io::Error::other)?),
+        None => None,
+    };
+    serve_with_tls(listener, config, tls, shutdown).await
+}
+
+/// [`serve`] with the TLS config already loaded (the binary loads it before it
+/// prints its listening line, so a bad file is a start-up error).
+pub async fn serve_with_tls(
+    listener: TcpListener,
+    config: Config,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     crate::metrics::install();
@@ -113,17 +130,23 @@ pub async fn serve(
     let state = build_state(config).map_err(std::io::Error::other)?;
     let app = router(state.clone());
     let closing = state.clone();
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    let shutdown = async move {
         shutdown.await;
         tracing::info!("shutting down: closing connections with 1001");
         closing.shutdown.cancel();
         closing.registry.close_all(CloseReason::Shutdown);
-    })
-    .await?;
+    };
+    match tls {
+        Some(tls) => crate::tls::serve(listener, app, tls, shutdown, grace).await?,
+        None => {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(shutdown)
+            .await?
+        }
+    }
     state.registry.close_all(CloseReason::Shutdown);
     state.tasks.close();
     if tokio::time::timeout(grace, state.tasks.wait())

@@ -127,12 +127,22 @@ impl Gate {
         headers: &HeaderMap,
         keys: &PublisherKeys,
     ) -> Result<(), (StatusCode, String)> {
-        let unauthorized = |m: &str| (StatusCode::UNAUTHORIZED, m.to_owned());
         let token = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(bearer);
-        let Some(token) = token else {
+        self.authorize_publisher_token(token, keys).await
+    }
+
+    /// [`Gate::authorize_publisher`] for a credential already taken from its
+    /// request (GraphQL sends it raw, as `x-api-key`, or in a WebSocket message).
+    pub async fn authorize_publisher_token(
+        &self,
+        token: Option<&str>,
+        keys: &PublisherKeys,
+    ) -> Result<(), (StatusCode, String)> {
+        let unauthorized = |m: &str| (StatusCode::UNAUTHORIZED, m.to_owned());
+        let Some(token) = token.map(str::trim).filter(|t| !t.is_empty()) else {
             return Err(unauthorized(
                 "Unauthorized: Missing publisher key (send Authorization: Bearer <key>)",
             ));

@@ -1,7 +1,8 @@
 //! HTTP routes and the state every handler shares.
 //!
 //! [`router`] maps every path: `/ws` (the monitoring socket, in [`crate::ws`]),
-//! `POST /v1/events` ([`publish`]), and the operational endpoints ([`ops`]). Errors
+//! `POST /v1/events` ([`publish`]), `/graphql` and `/graphql/realtime`
+//! ([`crate::graphql`]), and the operational endpoints ([`ops`]). Errors
 //! leave as `{"message": …}` JSON with a status, through [`error_body`].
 //!
 //! # Layout
@@ -97,6 +98,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .merge(crate::graphql::routes(state.clone()))
         .merge(dashboard::routes())
         .fallback(not_found)
         .with_state(state)

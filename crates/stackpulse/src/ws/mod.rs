@@ -58,20 +58,9 @@ pub async fn admit(
     headers: &HeaderMap,
     query: Option<&str>,
 ) -> Result<Admission, Response> {
-    if state.shutdown.is_cancelled() {
-        return Err(refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Server shutting down",
-        ));
-    }
-    let gate = &state.gate;
-    if let Err(r) = gate.admission.check_ip(remote.ip()) {
-        metrics::counter!("stackpulse_connections_refused_total", "reason" => r.label())
-            .increment(1);
-        return Err(refuse(StatusCode::TOO_MANY_REQUESTS, &r.message()));
-    }
+    precheck(state, remote)?;
     let token = request_token(headers, query);
-    let verified = match gate.authenticate(token.as_deref()).await {
+    let verified = match state.gate.authenticate(token.as_deref()).await {
         Ok(v) => v,
         Err(u) => {
             metrics::counter!("stackpulse_connections_refused_total", "reason" => "unauthorized")
@@ -79,30 +68,62 @@ pub async fn admit(
             return Err(refuse(StatusCode::UNAUTHORIZED, u.message()));
         }
     };
-    let user_slot = if gate.is_enabled() {
-        match gate.admission.admit_user(&verified.user.sub) {
-            Ok(slot) => Some(slot),
-            Err(r) => {
-                metrics::counter!("stackpulse_connections_refused_total", "reason" => r.label())
-                    .increment(1);
-                return Err(refuse(StatusCode::TOO_MANY_REQUESTS, &r.message()));
-            }
-        }
-    } else {
-        None
-    };
-    let max = state.config.max_connections;
-    let Some(slot) = state.registry.reserve(max) else {
-        metrics::counter!("stackpulse_connections_refused_total", "reason" => "limit").increment(1);
-        return Err(refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &format!("Server at connection limit ({max})"),
-        ));
-    };
+    let user_slot =
+        admit_user(state, &verified).map_err(|m| refuse(StatusCode::TOO_MANY_REQUESTS, &m))?;
+    let slot = reserve(state)?;
     Ok(Admission {
         slot,
         verified,
         user_slot,
+    })
+}
+
+/// The checks before any credential is looked at: shutting down (503) and the
+/// client's attempt rate (429). Endpoints whose credential arrives inside the
+/// socket (the GraphQL ones) apply this, then [`reserve`], before the upgrade.
+pub fn precheck(state: &AppState, remote: SocketAddr) -> Result<(), Response> {
+    if state.shutdown.is_cancelled() {
+        return Err(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Server shutting down",
+        ));
+    }
+    if let Err(r) = state.gate.admission.check_ip(remote.ip()) {
+        metrics::counter!("stackpulse_connections_refused_total", "reason" => r.label())
+            .increment(1);
+        return Err(refuse(StatusCode::TOO_MANY_REQUESTS, &r.message()));
+    }
+    Ok(())
+}
+
+/// Takes one of an authenticated user's places (none without auth); the error is
+/// the refusal's message.
+pub fn admit_user(
+    state: &AppState,
+    verified: &stackpulse_auth::Verified,
+) -> Result<Option<crate::auth::limits::UserSlot>, String> {
+    if !state.gate.is_enabled() {
+        return Ok(None);
+    }
+    match state.gate.admission.admit_user(&verified.user.sub) {
+        Ok(slot) => Ok(Some(slot)),
+        Err(r) => {
+            metrics::counter!("stackpulse_connections_refused_total", "reason" => r.label())
+                .increment(1);
+            Err(r.message())
+        }
+    }
+}
+
+/// A place under the connection limit (503 when full).
+pub fn reserve(state: &AppState) -> Result<registry::Slot, Response> {
+    let max = state.config.max_connections;
+    state.registry.reserve(max).ok_or_else(|| {
+        metrics::counter!("stackpulse_connections_refused_total", "reason" => "limit").increment(1);
+        refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("Server at connection limit ({max})"),
+        )
     })
 }
 

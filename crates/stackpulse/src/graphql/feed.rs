@@ -1,0 +1,184 @@
+//! One GraphQL subscription field's hub subscription, as a stream of events.
+//!
+//! [`Feed::open`] gives the field its own hub [`Session`] and bounded [`Outbox`]
+//! (a GraphQL connection may watch one topic through several fields, and a hub
+//! session holds one subscription per topic), checks the topic's ACL through the
+//! gate and subscribes with the optional `since`: the hub replays every event
+//! after it, gap-free, before live ones. Without `since` the feed starts with the
+//! next live event: the `subscribed` notice and the snapshot the hub queues first
+//! are skipped (a GraphQL subscription carries changes; the current state is a
+//! query).
+//!
+//! Overflow follows the hub's policy: the fan-out never waits, so when the
+//! transport stops pulling (its socket is slow) the outbox fills and the hub closes
+//! it as a slow consumer; the feed then ends with [`FeedEnded`], whose message
+//! names the last seq delivered so the client can subscribe again with `since`.
+//! Dropping the feed leaves the hub.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+
+use crate::auth::User;
+use crate::http::AppState;
+use crate::hub::{CloseReason, Delivery, Hub, Outbox, Session, StampedEvent, SubscribeError};
+
+/// A hub event as the GraphQL types read it, decoded from its serialized frame.
+#[derive(Debug, Clone, Deserialize)]
+pub struct HubEvent {
+    #[serde(rename = "type")]
+    pub event_type: String,
+    #[serde(rename = "deployment_id")]
+    pub topic: String,
+    pub seq: u64,
+    pub timestamp: String,
+    #[serde(default)]
+    pub data: Map<String, Value>,
+}
+
+impl HubEvent {
+    /// Decodes a stamped event's frame (the hub serializes each event once).
+    pub fn decode(event: &StampedEvent) -> Option<HubEvent> {
+        serde_json::from_str(event.frame.as_str()).ok()
+    }
+
+    pub fn str(&self, key: &str) -> Option<String> {
+        self.data
+            .get(key)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    }
+
+    pub fn uint(&self, key: &str) -> Option<u64> {
+        self.data.get(key).and_then(Value::as_u64)
+    }
+}
+
+/// Why a feed stopped before its client unsubscribed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FeedEnded {
+    #[error(
+        "Slow consumer: this subscription fell too far behind and was ended; \
+         subscribe again with since: {0}"
+    )]
+    SlowConsumer(u64),
+    #[error(
+        "The subscription lost its place in the topic (backplane unavailable); \
+         subscribe again with since: {0}"
+    )]
+    Resync(u64),
+    #[error("The server is shutting down")]
+    Shutdown,
+}
+
+/// Leaves the hub when the feed is dropped (the transport stopped the stream).
+struct Leave {
+    hub: Hub,
+    session: Arc<Session>,
+}
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        self.session.outbox.close(CloseReason::ClientClosed);
+        let hub = self.hub.clone();
+        let session = self.session.clone();
+        tokio::spawn(async move { hub.close_session(&session).await });
+    }
+}
+
+pub struct Feed {
+    rx: mpsc::Receiver<Delivery>,
+    outbox: Arc<Outbox>,
+    /// The last seq handed out (the resume point named by [`FeedEnded`]).
+    last_seq: u64,
+    ended: bool,
+    _leave: Leave,
+}
+
+impl Feed {
+    /// Subscribes to `topic` for `user` (ACL checked by the gate), replaying after
+    /// `since` when given; a `stack:*` topic starts (or joins) its poller.
+    pub async fn open(
+        state: &AppState,
+        user: &User,
+        topic: &str,
+        since: Option<u64>,
+    ) -> Result<Feed, SubscribeError> {
+        let (outbox, rx) = Outbox::new(state.config.queue_size);
+        let session = state.hub.open_session(outbox.clone());
+        let leave = Leave {
+            hub: state.hub.clone(),
+            session: session.clone(),
+        };
+        state
+            .hub
+            .subscribe(&session, topic, since, None, &|acl| {
+                state.gate.may_subscribe(user, acl)
+            })
+            .await?;
+        state.tracking.ensure(topic);
+        Ok(Feed {
+            rx,
+            outbox,
+            last_seq: since.unwrap_or(0),
+            ended: false,
+            _leave: leave,
+        })
+    }
+
+    /// The next event, `Err` once when the hub ended the subscription, then `None`.
+    pub async fn next(&mut self) -> Option<Result<HubEvent, FeedEnded>> {
+        if self.ended {
+            return None;
+        }
+        loop {
+            tokio::select! {
+                biased;
+                item = self.rx.recv() => match item {
+                    Some(Delivery::Event(event)) => {
+                        let Some(decoded) = HubEvent::decode(&event) else { continue };
+                        self.last_seq = decoded.seq;
+                        return Some(Ok(decoded));
+                    }
+                    // `subscribed` and the snapshot: not part of a GraphQL stream.
+                    Some(Delivery::Subscribed(_) | Delivery::Frame(_)) => continue,
+                    None => return None,
+                },
+                reason = self.outbox.closing() => {
+                    self.ended = true;
+                    return match reason {
+                        CloseReason::SlowConsumer => Some(Err(FeedEnded::SlowConsumer(self.last_seq))),
+                        CloseReason::Resync => Some(Err(FeedEnded::Resync(self.last_seq))),
+                        CloseReason::Shutdown => Some(Err(FeedEnded::Shutdown)),
+                        _ => None,
+                    };
+                }
+            }
+        }
+    }
+
+    /// The feed as a stream of `T`, keeping the events `convert` accepts.
+    pub fn into_stream<T, F>(
+        self,
+        convert: F,
+    ) -> impl futures_util::Stream<Item = Result<T, FeedEnded>> + Send + 'static
+    where
+        T: Send + 'static,
+        F: Fn(&HubEvent) -> Option<T> + Send + Sync + 'static,
+    {
+        futures_util::stream::unfold((self, convert), |(mut feed, convert)| async move {
+            loop {
+                match feed.next().await? {
+                    Ok(event) => {
+                        if let Some(item) = convert(&event) {
+                            return Some((Ok(item), (feed, convert)));
+                        }
+                    }
+                    Err(ended) => return Some((Err(ended), (feed, convert))),
+                }
+            }
+        })
+    }
+}

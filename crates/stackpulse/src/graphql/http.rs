@@ -1,0 +1,64 @@
+//! `POST /graphql`: queries and mutations over HTTP.
+//!
+//! The credential is `Authorization` (a JWT raw, as AppSync clients send it, or
+//! `Bearer`) or `x-api-key` (a publisher key: it may only run the mutation). A
+//! missing or invalid one is refused with 401 before anything runs, in AppSync's
+//! body shape `{"errors":[{"errorType":"UnauthorizedException","message":…}]}`;
+//! then the request runs with the [`Caller`](super::caller::Caller) in its data
+//! and the answer is the usual `{"data", "errors"}` with 200.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use super::caller::{header_credential, resolve};
+use super::StackpulseSchema;
+use crate::http::AppState;
+
+/// An AppSync-shaped error response.
+pub fn error_response(status: StatusCode, error_type: &str, message: &str) -> Response {
+    (
+        status,
+        Json(json!({ "errors": [{ "errorType": error_type, "message": message }] })),
+    )
+        .into_response()
+}
+
+pub async fn graphql_post(
+    State(schema): State<StackpulseSchema>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(state) = schema.data::<AppState>() else {
+        return error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalFailure",
+            "GraphQL schema without state",
+        );
+    };
+    let caller = match resolve(state, header_credential(&headers)).await {
+        Ok(c) => c,
+        Err(u) => {
+            return error_response(
+                StatusCode::UNAUTHORIZED,
+                "UnauthorizedException",
+                u.message(),
+            )
+        }
+    };
+    let request: async_graphql::Request = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "BadRequestException",
+                &format!("Invalid GraphQL request body (expected {{\"query\", \"variables\"?, \"operationName\"?}}): {e}"),
+            )
+        }
+    };
+    let response = schema.execute(request.data(caller)).await;
+    Json(response).into_response()
+}
