@@ -27,6 +27,8 @@ pub fn http_client() -> reqwest::Client {
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
+    /// `http`, or `https` for a server started with `--tls-cert`.
+    pub scheme: &'static str,
     pub http: reqwest::Client,
 }
 
@@ -65,22 +67,26 @@ impl Server {
             .expect("server start timed out")
             .expect("read stdout")
             .expect("server exited before listening");
-        let addr = line
-            .strip_prefix("stackpulse listening on http://")
-            .unwrap_or_else(|| panic!("unexpected first line: {line}"))
-            .parse()
-            .expect("address");
+        let (scheme, addr) = [
+            ("http", "stackpulse listening on http://"),
+            ("https", "stackpulse listening on https://"),
+        ]
+        .into_iter()
+        .find_map(|(scheme, prefix)| line.strip_prefix(prefix).map(|a| (scheme, a)))
+        .unwrap_or_else(|| panic!("unexpected first line: {line}"));
+        let addr = addr.parse().expect("address");
         // Keep draining stdout so the server never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Server {
             child,
             addr,
+            scheme,
             http: http_client(),
         }
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        format!("{}://{}{}", self.scheme, self.addr, path)
     }
 
     pub fn ws_url(&self) -> String {
