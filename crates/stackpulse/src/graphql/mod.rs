@@ -101,11 +101,11 @@ async fn socket_handler(
         .into_response();
     }
     if let Err(refusal) = crate::ws::precheck(&state, remote) {
-        return refusal;
+        return refusal.into_response();
     }
     let slot = match crate::ws::reserve(&state) {
         Ok(s) => s,
-        Err(refusal) => return refusal,
+        Err(refusal) => return refusal.into_response(),
     };
     let ws = crate::ws::configure(ws, state.config.max_frame_bytes);
     let tracked = state.tasks.token();

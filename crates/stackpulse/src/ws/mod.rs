@@ -41,6 +41,29 @@ fn refuse(status: StatusCode, message: &str) -> Response {
     error_body(status, message).into_response()
 }
 
+/// Why admission refused a request before its upgrade (answered with a JSON
+/// `{"message"}` body and this status).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, message: &str) -> Refusal {
+        Refusal {
+            status,
+            message: message.to_owned(),
+        }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        refuse(self.status, &self.message)
+    }
+}
+
 /// What admission grants a WebSocket request before its upgrade.
 pub struct Admission {
     pub slot: registry::Slot,
@@ -58,7 +81,7 @@ pub async fn admit(
     headers: &HeaderMap,
     query: Option<&str>,
 ) -> Result<Admission, Response> {
-    precheck(state, remote)?;
+    precheck(state, remote).map_err(IntoResponse::into_response)?;
     let token = request_token(headers, query);
     let verified = match state.gate.authenticate(token.as_deref()).await {
         Ok(v) => v,
@@ -70,7 +93,7 @@ pub async fn admit(
     };
     let user_slot =
         admit_user(state, &verified).map_err(|m| refuse(StatusCode::TOO_MANY_REQUESTS, &m))?;
-    let slot = reserve(state)?;
+    let slot = reserve(state).map_err(IntoResponse::into_response)?;
     Ok(Admission {
         slot,
         verified,
@@ -81,9 +104,9 @@ pub async fn admit(
 /// The checks before any credential is looked at: shutting down (503) and the
 /// client's attempt rate (429). Endpoints whose credential arrives inside the
 /// socket (the GraphQL ones) apply this, then [`reserve`], before the upgrade.
-pub fn precheck(state: &AppState, remote: SocketAddr) -> Result<(), Response> {
+pub fn precheck(state: &AppState, remote: SocketAddr) -> Result<(), Refusal> {
     if state.shutdown.is_cancelled() {
-        return Err(refuse(
+        return Err(Refusal::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "Server shutting down",
         ));
@@ -91,7 +114,7 @@ pub fn precheck(state: &AppState, remote: SocketAddr) -> Result<(), Response> {
     if let Err(r) = state.gate.admission.check_ip(remote.ip()) {
         metrics::counter!("stackpulse_connections_refused_total", "reason" => r.label())
             .increment(1);
-        return Err(refuse(StatusCode::TOO_MANY_REQUESTS, &r.message()));
+        return Err(Refusal::new(StatusCode::TOO_MANY_REQUESTS, &r.message()));
     }
     Ok(())
 }
@@ -116,11 +139,11 @@ pub fn admit_user(
 }
 
 /// A place under the connection limit (503 when full).
-pub fn reserve(state: &AppState) -> Result<registry::Slot, Response> {
+pub fn reserve(state: &AppState) -> Result<registry::Slot, Refusal> {
     let max = state.config.max_connections;
     state.registry.reserve(max).ok_or_else(|| {
         metrics::counter!("stackpulse_connections_refused_total", "reason" => "limit").increment(1);
-        refuse(
+        Refusal::new(
             StatusCode::SERVICE_UNAVAILABLE,
             &format!("Server at connection limit ({max})"),
         )
