@@ -2,7 +2,10 @@
 # JavaScript tests, against the real stackpulse binary:
 #   - clients/js: the TypeScript client (@stackpulse/client) in Node (node --test);
 #   - web: the dashboard served at / by the binary, in headless Chromium driven by
-#     playwright-core (Debian's /usr/bin/chromium; no browser is ever downloaded).
+#     playwright-core (Debian's /usr/bin/chromium; no browser is ever downloaded);
+#   - tests/graphql-clients: unmodified aws-amplify 6 and graphql-ws clients against
+#     the binary on TLS (a self-signed certificate made with openssl), with Cognito
+#     tokens from moto (scripts/ensure-moto.sh installs it).
 # Sets up everything itself on a fresh Debian machine: chromium (apt-get), the npm
 # packages (npm ci from the committed lockfiles), the client build (tsc), the server
 # binary (cargo build). Artifacts: target/dashboard.png, target/dashboard-phone.png.
@@ -37,9 +40,21 @@ if [ ! -x "$chromium" ]; then
 fi
 "$chromium" --version
 
-echo "== npm ci (clients/js, web)"
+if ! command -v openssl >/dev/null 2>&1; then
+  echo "== installing openssl (Debian package; the GraphQL client tests make certificates)"
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  if ! $sudo apt-get install -y openssl; then
+    $sudo apt-get update
+    $sudo apt-get install -y openssl
+  fi
+fi
+
+echo "== npm ci (clients/js, web, tests/graphql-clients)"
 (cd clients/js && npm ci --no-audit --no-fund --loglevel=error)
 (cd web && npm ci --no-audit --no-fund --loglevel=error)
+(cd tests/graphql-clients && npm ci --no-audit --no-fund --loglevel=error)
 
 echo "== tsc: build the client, type-check the dashboard"
 (cd clients/js && npx tsc -p tsconfig.json)
@@ -59,4 +74,6 @@ export CHROMIUM_PATH="$chromium"
 echo "== node --test (client in Node, dashboard in Chromium; server: $STACKPULSE_BIN)"
 node --test --test-reporter=spec --test-concurrency=1 \
   clients/js/test/*.test.mjs web/test/*.test.mjs
+echo "== node --test (GraphQL clients: aws-amplify 6, graphql-ws; server: $STACKPULSE_BIN)"
+node --test --test-reporter=spec --test-concurrency=1 tests/graphql-clients/test/*.test.mjs
 echo "== JavaScript tests passed"
