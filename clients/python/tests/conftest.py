@@ -15,6 +15,7 @@ import selectors
 import shutil
 import socket
 import signal
+import ssl
 import subprocess
 import threading
 import time
@@ -28,7 +29,7 @@ import pytest
 from jwt_issuer import Issuer
 
 KEY = "test-publisher-key"
-_LISTENING = re.compile(r"stackpulse listening on http://([\d.]+):(\d+)")
+_LISTENING = re.compile(r"stackpulse listening on (https?)://([\d.]+):(\d+)")
 
 T = TypeVar("T")
 
@@ -52,10 +53,13 @@ class Server:
         self.port = 0
         self.proc: Optional[subprocess.Popen[bytes]] = None
         self.starts = 0
+        self.scheme = "http"
+        # Trusts the certificate of a server started with --tls-cert (set by the test).
+        self.ssl_context: Optional[ssl.SSLContext] = None
 
     @property
     def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     @property
     def ws_url(self) -> str:
@@ -86,7 +90,8 @@ class Server:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"stackpulse did not start: {line!r}; see {log.name}")
             time.sleep(0.05)
-        self.port = int(match.group(2))
+        self.scheme = match.group(1)
+        self.port = int(match.group(3))
         self.proc = proc
         assert proc.stdout is not None
         stdout = proc.stdout
@@ -141,7 +146,7 @@ class Server:
             method="POST",
             headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
         )
-        with urllib.request.urlopen(req, timeout=10) as resp:
+        with urllib.request.urlopen(req, timeout=10, context=self.ssl_context) as resp:
             assert resp.status == 202, resp.status
             seq = json.loads(resp.read())["seq"]
             assert isinstance(seq, int)
