@@ -182,3 +182,68 @@ impl Feed {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use stackpulse_protocol::PublishRequest;
+
+    fn status(topic: &str, status: &str) -> PublishRequest {
+        let body = serde_json::json!({"type": "deployment.status", "deployment_id": topic, "data": {"status": status}});
+        PublishRequest::from_json(body.to_string().as_bytes()).expect("valid")
+    }
+
+    #[tokio::test]
+    async fn an_unread_feed_ends_as_a_slow_consumer_naming_its_resume_point() {
+        let config = Config {
+            queue_size: 4,
+            ..Config::default()
+        };
+        let state = crate::server::build_state(config).expect("state");
+        let user = User::anonymous();
+        let mut feed = Feed::open(&state, &user, "T", None).await.expect("open");
+        // `subscribed` takes one place of four: seqs 1-3 fit, 4 overflows.
+        for i in 0..10 {
+            state
+                .hub
+                .publish(status("T", &format!("s{i}")))
+                .await
+                .expect("publish");
+        }
+        for seq in 1..=3 {
+            let event = feed.next().await.expect("item").expect("event");
+            assert_eq!(
+                (event.seq, event.event_type.as_str()),
+                (seq, "deployment.status")
+            );
+        }
+        let ended = feed.next().await.expect("item").expect_err("ended");
+        assert!(matches!(ended, FeedEnded::SlowConsumer(3)), "{ended:?}");
+        assert!(ended.to_string().contains("since: 3"), "{ended}");
+        assert!(feed.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn since_replays_history_and_a_dropped_feed_leaves_the_hub() {
+        let state = crate::server::build_state(Config::default()).expect("state");
+        for s in ["a", "b", "c"] {
+            state.hub.publish(status("R", s)).await.expect("publish");
+        }
+        let user = User::anonymous();
+        let feed = Feed::open(&state, &user, "R", Some(1)).await.expect("open");
+        assert_eq!(state.hub.local_subscribers("R"), 1);
+        let mut stream = Box::pin(feed.into_stream(|e| e.str("status")));
+        use futures_util::StreamExt;
+        assert_eq!(stream.next().await.map(|r| r.ok()), Some(Some("b".into())));
+        assert_eq!(stream.next().await.map(|r| r.ok()), Some(Some("c".into())));
+        drop(stream);
+        for _ in 0..100 {
+            if state.hub.local_subscribers("R") == 0 {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("the dropped feed is still subscribed");
+    }
+}

@@ -564,18 +564,21 @@ mod tests {
 
     #[test]
     fn auth_header_from_subprotocol_or_raw_query() {
-        let json = r#"{"host":"h:1","Authorization":"a.b>c~"}"#;
+        let json = r#"{"host":"h:1","Authorization":"a.b>>>~~~"}"#;
         let url = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json);
         let std = base64::engine::general_purpose::STANDARD.encode(json);
         assert!(std.contains('+') || std.contains('/'), "{std}");
         let offered = vec!["graphql-ws".to_owned(), format!("header-{url}")];
         let a = handshake_auth(&offered, None).expect("ok").expect("some");
-        assert_eq!(a["Authorization"], "a.b>c~");
+        assert_eq!(a["Authorization"], "a.b>>>~~~");
         let q = format!("header={std}&payload=e30=");
         let b = handshake_auth(&["graphql-ws".to_owned()], Some(&q))
             .expect("ok")
             .expect("some");
-        assert_eq!(b["Authorization"], "a.b>c~", "a + in the query stays a +");
+        assert_eq!(
+            b["Authorization"], "a.b>>>~~~",
+            "a + in the query stays a +"
+        );
         assert!(handshake_auth(&[], None).expect("ok").is_none());
         assert!(handshake_auth(&[], Some("header=%%%")).is_err());
     }
