@@ -530,3 +530,28 @@ impl Subscription {
             .map(|r| r.map_err(feed_error)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The SDL the README documents (names, nullability, arguments).
+    #[tokio::test]
+    async fn schema_has_the_documented_shape() {
+        let state = crate::server::build_state(crate::config::Config::default()).expect("state");
+        let sdl = build(state).sdl();
+        for line in [
+            "onDeploymentUpdated(deployment_id: ID!, since: Int): DeploymentUpdate!",
+            "onStackResourceUpdated(stack_name: String!, region: String, since: Int): ResourceUpdate!",
+            "onLogLine(deployment_id: ID!, since: Int): LogLine!",
+            "deployment(deployment_id: ID!): TopicState",
+            "stack(stack_name: String!, region: String): TopicState",
+            "publishDeploymentUpdate(deployment_id: ID!, status: String!, current_layer: Int, total_layers: Int): DeploymentUpdate!",
+            "recent_events(limit: Int! = 20): [Event!]!",
+            "updated_at: String!",
+            "snapshot: JSON!",
+        ] {
+            assert!(sdl.contains(line), "missing {line:?} in\n{sdl}");
+        }
+    }
+}
