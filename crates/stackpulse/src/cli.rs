@@ -76,25 +76,31 @@ pub fn init_logging(format: LogFormat) {
     };
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGINT or SIGTERM. The SIGTERM handler is installed by this call, not on first
+/// poll, so a signal that arrives right after the listening line is not lost.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            match term {
+                Some(mut term) => {
+                    tokio::select! {
+                        _ = ctrl_c => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                None => {
+                    let _ = ctrl_c.await;
                 }
             }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
+        #[cfg(not(unix))]
+        {
+            let _ = ctrl_c.await;
+        }
     }
 }
 
@@ -137,6 +143,7 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     // Tests and scripts read this line to learn the port.
+    let shutdown = shutdown_signal();
     let scheme = if tls.is_some() { "https" } else { "http" };
     println!("stackpulse listening on {scheme}://{addr}");
     let _ = std::io::stdout().flush();
@@ -148,7 +155,7 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
             "no publisher key configured: POST /v1/events will answer 401 (set --publisher-key)"
         );
     }
-    match crate::server::serve_with_tls(listener, config, tls, shutdown_signal()).await {
+    match crate::server::serve_with_tls(listener, config, tls, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("stackpulse: server error: {e}");

@@ -510,14 +510,7 @@ async fn graphql_transport_ws_subscription() {
         json!({"type": "connection_init", "payload": {"Authorization": "bad"}}),
     )
     .await;
-    let code = loop {
-        match tokio::time::timeout(WAIT, ws.next()).await.expect("close") {
-            Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
-            Some(Ok(_)) => continue,
-            _ => break None,
-        }
-    };
-    assert_eq!(code, Some(4403));
+    assert_eq!(ws_close_code(&mut ws).await, Some(4403));
 
     let mut ws = connect().await;
     send(
@@ -655,4 +648,75 @@ async fn unusable_tls_files_are_start_up_errors() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("invalid TLS certificate"), "{err}");
+}
+
+/// The close code the server sends (skipping other frames).
+async fn ws_close_code(ws: &mut Ws) -> Option<u16> {
+    loop {
+        match tokio::time::timeout(WAIT, ws.next()).await.expect("close") {
+            Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            _ => return None,
+        }
+    }
+}
+
+fn sigterm(server: &Server) {
+    let pid = server.child.id().expect("pid");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn sigterm_closes_graphql_sockets_with_1001() {
+    let mut server = Server::start(&[]).await;
+    let mut appsync = connect_subprotocol(&server, &json!({"host": "h"})).await;
+    init(&mut appsync).await;
+    send(
+        &mut appsync,
+        start("1", SUB, json!({"deploymentId": "Z"}), None),
+    )
+    .await;
+    assert_eq!(recv(&mut appsync).await["type"], "start_ack");
+    let mut req = format!("ws://{}/graphql", server.addr)
+        .into_client_request()
+        .expect("request");
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        "graphql-transport-ws".parse().expect("header"),
+    );
+    let (mut gws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("connect");
+    send(&mut gws, json!({"type": "connection_init"})).await;
+    assert_eq!(recv(&mut gws).await["type"], "connection_ack");
+
+    sigterm(&server);
+    assert_eq!(ws_close_code(&mut appsync).await, Some(1001));
+    assert_eq!(ws_close_code(&mut gws).await, Some(1001));
+    let exit = tokio::time::timeout(WAIT, server.child.wait())
+        .await
+        .expect("server did not exit")
+        .expect("wait");
+    assert!(exit.success(), "{exit:?}");
+}
+
+#[tokio::test]
+async fn a_tls_server_shuts_down_cleanly() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (cert, key) = self_signed(dir.path());
+    let (cert, key) = (
+        cert.to_string_lossy().into_owned(),
+        key.to_string_lossy().into_owned(),
+    );
+    let mut server = Server::start(&["--tls-cert", &cert, "--tls-key", &key]).await;
+    sigterm(&server);
+    let exit = tokio::time::timeout(WAIT, server.child.wait())
+        .await
+        .expect("server did not exit")
+        .expect("wait");
+    assert!(exit.success(), "{exit:?}");
 }

@@ -82,9 +82,13 @@ struct Leave {
 impl Drop for Leave {
     fn drop(&mut self) {
         self.session.outbox.close(CloseReason::ClientClosed);
-        let hub = self.hub.clone();
-        let session = self.session.clone();
-        tokio::spawn(async move { hub.close_session(&session).await });
+        // Leaving is async; without a runtime (the process is ending) there is
+        // nothing left to leave.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let hub = self.hub.clone();
+            let session = self.session.clone();
+            runtime.spawn(async move { hub.close_session(&session).await });
+        }
     }
 }
 

@@ -6,12 +6,12 @@
 //! `connection_init` payload (`Authorization`, raw or Bearer, or `token`), else
 //! from the upgrade (`?token=`, `Authorization`, `x-api-key`); a refused one
 //! closes the socket with 4403 ("Forbidden", the protocol's code for it), a user
-//! over their connection limit with 4429. Subscriptions run on the same schema and
-//! feeds as the AppSync endpoint, so `since` and the slow-consumer policy hold;
-//! shutdown closes the socket with 1001.
+//! over their connection limit with 4429; the token's expiry closes it with 4001.
+//! Subscriptions run on the same schema and feeds as the AppSync endpoint, so
+//! `since` and the slow-consumer policy hold; shutdown closes the socket with 1001.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_graphql::http::{WebSocket, WebSocketProtocols, WsMessage};
@@ -28,6 +28,7 @@ use crate::auth::User;
 use crate::http::AppState;
 use crate::hub::{CloseReason, Outbox};
 use crate::ws::close;
+use crate::ws::connection::{expired, token_expiry};
 use crate::ws::registry::{ConnInfo, Slot};
 
 /// Prefix of the init error that means "bad credential" (mapped to 4403).
@@ -57,6 +58,7 @@ pub async fn run(
     let user_slot: Arc<Mutex<Option<UserSlot>>> = Arc::new(Mutex::new(None));
     let init_state = state.clone();
     let init_slot = user_slot.clone();
+    let init_info = info.clone();
     let (mut sink, stream) = socket.split();
     let input = stream
         .take_while(|m| std::future::ready(matches!(m, Ok(m) if !matches!(m, Message::Close(_)))))
@@ -83,6 +85,9 @@ pub async fn run(
                     .map_err(|m| async_graphql::Error::new(format!("Limit: {m}")))?;
                 *init_slot.lock() = slot;
             }
+            init_info
+                .expires_at
+                .store(caller.expires_at, Ordering::Release);
             let mut data = Data::default();
             data.insert(caller);
             Ok(data)
@@ -95,6 +100,12 @@ pub async fn run(
                 let frame = CloseFrame { code, reason: Utf8Bytes::from_static(text) };
                 let _ = sink.send(Message::Close(Some(frame))).await;
                 break;
+            }
+            _ = token_expiry(info.expires_at.load(Ordering::Acquire)) => {
+                if expired(&info) {
+                    outbox.close(CloseReason::TokenExpired);
+                }
+                continue;
             }
             out = protocol.next() => out,
         };
