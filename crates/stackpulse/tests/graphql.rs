@@ -720,3 +720,81 @@ async fn a_tls_server_shuts_down_cleanly() {
         .expect("wait");
     assert!(exit.success(), "{exit:?}");
 }
+
+#[tokio::test]
+async fn log_lines_stack_resources_and_introspection() {
+    let env = [
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ];
+    let server = Server::start_with_env(&["--aws-endpoint-url", "http://127.0.0.1:9"], &env).await;
+    let (code, _) = server
+        .publish_raw(&json!({"type":"log.created","deployment_id":"L1",
+            "data":{"level":"warn","message":"disk 91%","stack_name":"web"}}))
+        .await;
+    assert_eq!(code, 202);
+    let resource = json!({"type":"resource.status","deployment_id":"stack:web","data":{
+        "resource":{"logicalId":"Bucket","type":"AWS::S3::Bucket","status":"CREATE_COMPLETE",
+                    "physicalId":"web-bucket-1","statusReason":"","progress":100},
+        "stack":{"name":"web","status":"CREATE_IN_PROGRESS","totalResources":2,"completedResources":1,
+                 "inProgressResources":1,"failedResources":0,"progress":50},
+        "eventId":"e1","eventTimestamp":"2025-11-15T10:30:45.000Z"}});
+    let (code, body) = server.publish_raw(&resource).await;
+    assert_eq!(code, 202, "{body}");
+
+    let mut ws = connect_subprotocol(&server, &json!({"host": "h"})).await;
+    init(&mut ws).await;
+    let logs = "subscription L($d: ID!) { onLogLine(deployment_id: $d, since: 0) { seq level message stack_name environment } }";
+    send(&mut ws, start("logs", logs, json!({"d": "L1"}), None)).await;
+    assert_eq!(recv(&mut ws).await["type"], "start_ack");
+    let v = recv(&mut ws).await;
+    assert_eq!(
+        v["payload"]["data"]["onLogLine"],
+        json!({"seq": 1, "level": "warn", "message": "disk 91%", "stack_name": "web", "environment": null})
+    );
+    let res = "subscription R { onStackResourceUpdated(stack_name: \"web\", since: 0) { deployment_id logical_id resource_type status physical_id stack_status progress updated_at } }";
+    send(&mut ws, start("res", res, json!({}), None)).await;
+    assert_eq!(recv(&mut ws).await["type"], "start_ack");
+    let v = recv(&mut ws).await;
+    assert_eq!(v["id"], "res", "{v}");
+    assert_eq!(
+        v["payload"]["data"]["onStackResourceUpdated"],
+        json!({"deployment_id": "stack:web", "logical_id": "Bucket", "resource_type": "AWS::S3::Bucket",
+               "status": "CREATE_COMPLETE", "physical_id": "web-bucket-1", "stack_status": "CREATE_IN_PROGRESS",
+               "progress": 50, "updated_at": "2025-11-15T10:30:45.000Z"})
+    );
+    // The stack query reads the same topic's snapshot.
+    let (_, body) = graphql(
+        &server,
+        &[],
+        "{ stack(stack_name: \"web\") { deployment_id snapshot_type } }",
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        body["data"]["stack"]["deployment_id"], "stack:web",
+        "{body}"
+    );
+    let (_, body) = graphql(
+        &server,
+        &[],
+        "{ stack(stack_name: \"no such stack!\") { seq } }",
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["errorType"], "BadRequestException",
+        "{body}"
+    );
+
+    // The standard introspection query's depth (ofType seven levels down) is allowed.
+    let introspect = "{ __schema { subscriptionType { name } types { name fields { name type { kind name ofType { kind name ofType { kind name ofType { kind name ofType { kind name ofType { kind name ofType { kind name ofType { kind name } } } } } } } } } } } }";
+    let (code, body) = graphql(&server, &[], introspect, json!({})).await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        body["data"]["__schema"]["subscriptionType"]["name"], "Subscription",
+        "{body}"
+    );
+}

@@ -42,8 +42,9 @@ const MAX_RECENT: usize = 500;
 pub fn build(state: AppState) -> StackpulseSchema {
     Schema::build(Query, Mutation, Subscription)
         .data(state)
-        .limit_depth(12)
-        .limit_complexity(2_000)
+        // Deep enough for the standard introspection query (codegen, GraphiQL).
+        .limit_depth(32)
+        .limit_complexity(10_000)
         .finish()
 }
 
