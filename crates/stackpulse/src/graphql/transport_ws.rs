@@ -8,11 +8,14 @@
 //! closes the socket with 4403 ("Forbidden", the protocol's code for it), a user
 //! over their connection limit with 4429; the token's expiry closes it with 4001.
 //! Subscriptions run on the same schema and feeds as the AppSync endpoint, so
-//! `since` and the slow-consumer policy hold; shutdown closes the socket with 1001.
+//! `since` and the slow-consumer policy hold, and a socket that takes longer than
+//! the hub's replay wait to accept a frame is closed with 4008; shutdown closes the
+//! socket with 1001.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_graphql::http::{WebSocket, WebSocketProtocols, WsMessage};
 use async_graphql::Data;
@@ -92,6 +95,7 @@ pub async fn run(
             data.insert(caller);
             Ok(data)
         });
+    let wait = state.hub.config().replay_timeout;
     loop {
         let out = tokio::select! {
             biased;
@@ -110,7 +114,24 @@ pub async fn run(
             out = protocol.next() => out,
         };
         let sent = match out {
-            Some(WsMessage::Text(text)) => sink.send(Message::Text(Utf8Bytes::from(text))).await,
+            Some(WsMessage::Text(text)) => {
+                let write = sink.send(Message::Text(Utf8Bytes::from(text)));
+                match tokio::time::timeout(wait, write).await {
+                    Ok(sent) => sent,
+                    Err(_) => {
+                        // The client stopped reading: the hub's slow-consumer close.
+                        metrics::counter!("stackpulse_slow_consumer_closes_total").increment(1);
+                        let (code, text) = close::for_reason(CloseReason::SlowConsumer);
+                        let frame = CloseFrame {
+                            code,
+                            reason: Utf8Bytes::from_static(text),
+                        };
+                        let close = sink.send(Message::Close(Some(frame)));
+                        let _ = tokio::time::timeout(Duration::from_secs(3), close).await;
+                        break;
+                    }
+                }
+            }
             Some(WsMessage::Close(code, reason)) => {
                 let code = match code {
                     1002 if reason.starts_with(UNAUTHORIZED) => 4403,
