@@ -798,3 +798,93 @@ async fn log_lines_stack_resources_and_introspection() {
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn a_slow_appsync_subscriber_is_cut_off_without_slowing_a_fast_one() {
+    const N: u64 = 600;
+    let server = Server::start(&["--queue-size", "64"]).await;
+    let sub = "subscription L($d: ID!) { onLogLine(deployment_id: $d) { seq message } }";
+    let mut slow = connect_subprotocol(&server, &json!({"host": "h"})).await;
+    init(&mut slow).await;
+    send(&mut slow, start("1", sub, json!({"d": "S"}), None)).await;
+    assert_eq!(recv(&mut slow).await["type"], "start_ack");
+    let mut fast = connect_subprotocol(&server, &json!({"host": "h"})).await;
+    init(&mut fast).await;
+    send(&mut fast, start("1", sub, json!({"d": "S"}), None)).await;
+    assert_eq!(recv(&mut fast).await["type"], "start_ack");
+
+    // 600 events of 32 KiB: ~19 MiB, far more than the slow socket's buffers.
+    let payload = "x".repeat(32 * 1024);
+    let publisher = {
+        let http = server.http.clone();
+        let url = server.url("/v1/events");
+        tokio::spawn(async move {
+            for _ in 0..N {
+                let resp = http
+                    .post(&url)
+                    .bearer_auth(KEY)
+                    .json(&json!({"type":"log.created","deployment_id":"S","data":{"level":"info","message":payload}}))
+                    .send()
+                    .await
+                    .expect("publish");
+                assert_eq!(resp.status().as_u16(), 202);
+            }
+        })
+    };
+    let mut seqs = Vec::new();
+    while seqs.len() < N as usize {
+        let v = recv(&mut fast).await;
+        assert_eq!(
+            v["type"],
+            "data",
+            "{}",
+            &v.to_string()[..200.min(v.to_string().len())]
+        );
+        seqs.push(
+            v["payload"]["data"]["onLogLine"]["seq"]
+                .as_u64()
+                .expect("seq"),
+        );
+    }
+    publisher.await.expect("publisher");
+    assert_eq!(
+        seqs,
+        (1..=N).collect::<Vec<_>>(),
+        "the fast subscriber got everything in order"
+    );
+
+    // The slow one got part of it, then its subscription's error, or the socket's
+    // close (4008 if the close frame made it into the socket).
+    let mut received = 0u64;
+    let end = loop {
+        match tokio::time::timeout(WAIT, slow.next())
+            .await
+            .expect("the slow client was never cut off")
+        {
+            Some(Ok(Message::Text(t))) => {
+                let v: Value = serde_json::from_str(&t).expect("json");
+                match v["type"].as_str() {
+                    Some("data") => received += 1,
+                    Some("error") => {
+                        break format!("error {}", v["payload"]["errors"][0]["errorType"])
+                    }
+                    _ => {}
+                }
+            }
+            Some(Ok(Message::Close(frame))) => {
+                break format!("close {:?}", frame.map(|f| u16::from(f.code)))
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => break "closed".to_owned(),
+        }
+    };
+    assert!(
+        received < N,
+        "the slow client did not get everything: {received}"
+    );
+    assert!(
+        ["error \"SlowConsumer\"", "close Some(4008)", "closed"].contains(&end.as_str()),
+        "{end}"
+    );
+    assert!(server.metric("stackpulse_slow_consumer_closes_total").await >= 1.0);
+}
