@@ -888,3 +888,34 @@ async fn a_slow_appsync_subscriber_is_cut_off_without_slowing_a_fast_one() {
     );
     assert!(server.metric("stackpulse_slow_consumer_closes_total").await >= 1.0);
 }
+
+#[tokio::test]
+async fn a_mutation_on_one_node_reaches_a_subscriber_on_another() {
+    let redis = stackpulse_testkit::RedisServer::start().await;
+    let url = redis.url();
+    let a = Server::start(&["--redis-url", &url]).await;
+    let b = Server::start(&["--redis-url", &url]).await;
+    for node in [&a, &b] {
+        tokio::time::timeout(WAIT, async {
+            while node.get("/readyz").await.0 != 200 {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("node never became ready");
+    }
+    let mut ws = connect_subprotocol(&a, &json!({"host": "a"})).await;
+    init(&mut ws).await;
+    send(&mut ws, start("1", SUB_SINCE, json!({"d": "X1"}), None)).await;
+    assert_eq!(recv(&mut ws).await["type"], "start_ack");
+    let mutation =
+        "mutation { publishDeploymentUpdate(deployment_id: \"X1\", status: \"from-b\") { seq } }";
+    let (code, body) = graphql(&b, &[("x-api-key", KEY)], mutation, json!({})).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["data"]["publishDeploymentUpdate"]["seq"], 1, "{body}");
+    let v = recv(&mut ws).await;
+    assert_eq!(
+        v["payload"]["data"]["onDeploymentUpdated"],
+        json!({"seq": 1, "status": "from-b"})
+    );
+}
