@@ -11,6 +11,8 @@
 //! - [`http`]: routes, shared state, publish API, health/readiness/metrics.
 //! - [`tracking`]: one CloudFormation poller per `stack:*` topic, publishing into
 //!   the hub.
+//! - [`deployments`]: `POST /v1/deployments`: several stacks followed as one
+//!   deployment topic (`deployment.status` per finished layer).
 //! - [`canvas`]: the seed-000 endpoints `/canvas/deploy/track/{stack}` (socket) and
 //!   `POST /canvas/deploy`.
 //! - [`watch`]: `stackpulse watch`'s terminal view of one stack.
@@ -27,6 +29,7 @@ pub mod canvas;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod deployments;
 pub mod http;
 pub mod hub;
 pub mod metrics;

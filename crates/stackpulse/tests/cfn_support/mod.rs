@@ -3,6 +3,7 @@
 //! played step by step, failures, throttling).
 #![allow(dead_code)]
 
+#[allow(unused_imports)]
 pub use stackpulse_testkit::{fake_cfn, moto};
 
 /// Environment for a server or CLI process talking to a local endpoint: static
