@@ -276,4 +276,33 @@ async fn bad_requests_are_refused_and_use_no_seq() {
     }
     let (code, _) = server.get("/v1/topics/D3").await;
     assert_eq!(code, 404, "no refused request created the topic");
+
+    // More stacks than one subscriber may follow: refused with the limit.
+    let limited = Server::spawn(
+        &[
+            "--publisher-key",
+            KEY,
+            "--aws-endpoint-url",
+            &fake.endpoint,
+            "--aws-region",
+            "us-east-1",
+            "--max-subscriptions",
+            "1",
+        ],
+        AWS_ENV,
+    )
+    .await;
+    let two = json!({"deployment_id": "D4", "stacks": [{"name": "a"}, {"name": "b"}]}).to_string();
+    let (code, body) = post(&limited, Some(KEY), &two).await;
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(
+        body["message"],
+        "Cannot track stack:b: Too many subscriptions (limit 1 per connection)"
+    );
+    let (code, _) = limited.get("/v1/topics/D4").await;
+    assert_eq!(code, 404, "a refused deployment publishes nothing");
+    // And the id is free again.
+    let one = json!({"deployment_id": "D4", "stacks": [{"name": "a"}]}).to_string();
+    let (code, body) = post(&limited, Some(KEY), &one).await;
+    assert_eq!(code, 202, "{body}");
 }

@@ -167,7 +167,12 @@ impl Deployments {
                 .topic_for(&spec.name, spec.region.as_deref())
                 .await;
             let subscribed = async {
-                let position = self.hub.backplane().read(&topic, None).await?;
+                let position = self
+                    .hub
+                    .backplane()
+                    .read(&topic, None)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 let allow_all = |_: Option<&stackpulse_protocol::Acl>| true;
                 self.hub
                     .subscribe(
@@ -178,14 +183,11 @@ impl Deployments {
                         &allow_all,
                     )
                     .await
-                    .map_err(|e| crate::hub::BackplaneError::Unavailable(e.to_string()))
+                    .map_err(|e| e.to_string())
             };
             if let Err(e) = subscribed.await {
                 self.hub.close_session(&session).await;
-                return Err(StartError::Subscribe {
-                    topic,
-                    reason: e.to_string(),
-                });
+                return Err(StartError::Subscribe { topic, reason: e });
             }
             self.tracking.ensure(&topic);
             topics.push(topic);
