@@ -6,64 +6,12 @@
 mod cfn_support;
 mod common;
 
-use cfn_support::fake_cfn::{FakeCfn, FakeStack, Step};
-use cfn_support::AWS_ENV;
+use cfn_support::fake_cfn::FakeCfn;
+use cfn_support::{failing_stack, slow_stack, AWS_ENV};
 use common::*;
 use serde_json::{json, Value};
 use stackpulse::client::Frame;
 use stackpulse_protocol::Event;
-
-/// A stack that succeeds after `busy_steps` polls that show nothing new.
-fn slow_stack(name: &str, busy_steps: usize) -> FakeStack {
-    let mut s = FakeStack::new(name);
-    s.push(name, "CREATE_IN_PROGRESS", "User Initiated", 0);
-    s.push("Bucket", "CREATE_IN_PROGRESS", "", 1);
-    s.push("Bucket", "CREATE_COMPLETE", "", 2);
-    s.push(name, "CREATE_COMPLETE", "", 3);
-    s.template_resources = 1;
-    s.visible = 2;
-    let mut steps = vec![Step::default(); busy_steps];
-    steps.push(Step {
-        reveal: vec![(name.to_string(), 2)],
-        status: Some("CREATE_COMPLETE".into()),
-        ..Step::default()
-    });
-    s.steps = steps.into();
-    s
-}
-
-/// A stack whose `Db` fails and which rolls back.
-fn failing_stack(name: &str) -> FakeStack {
-    let mut s = FakeStack::new(name);
-    s.push(name, "CREATE_IN_PROGRESS", "User Initiated", 0);
-    s.push("Db", "CREATE_IN_PROGRESS", "", 1);
-    s.push("Db", "CREATE_FAILED", "Subnet not found", 2);
-    s.push(
-        name,
-        "ROLLBACK_IN_PROGRESS",
-        "The following resource(s) failed to create: [Db].",
-        3,
-    );
-    s.push("Db", "DELETE_COMPLETE", "", 4);
-    s.push(name, "ROLLBACK_COMPLETE", "", 5);
-    s.template_resources = 1;
-    s.visible = 2;
-    s.steps = vec![
-        Step::default(),
-        Step {
-            reveal: vec![(name.to_string(), 2)],
-            status: Some("ROLLBACK_IN_PROGRESS".into()),
-            ..Step::default()
-        },
-        Step {
-            reveal: vec![(name.to_string(), 2)],
-            status: Some("ROLLBACK_COMPLETE".into()),
-            ..Step::default()
-        },
-    ]
-    .into();
-    s
-}
 
 async fn start_server(endpoint: &str) -> Server {
     Server::spawn(
@@ -180,13 +128,13 @@ async fn two_stacks_deploy_as_one_deployment_topic() {
         .find(|e| e.event_type == "stack.deployed")
         .expect("stack.deployed");
     assert_eq!(first.data["environment"], "dev");
-    assert_eq!(first.data["resource_count"], 1, "{first:?}");
+    assert_eq!(first.data["resource_count"], 2, "{first:?}");
     let logs = events
         .iter()
         .filter(|e| e.event_type == "log.created")
         .count();
     assert_eq!(
-        logs, 8,
+        logs, 12,
         "one log line per stack event of both stacks: {events:?}"
     );
 
@@ -245,7 +193,7 @@ async fn a_failing_stack_fails_the_deployment_with_its_root_cause() {
         .iter()
         .filter(|e| e.event_type == "log.created" && e.data["level"] == "error")
         .count();
-    assert_eq!(errors, 1, "the CREATE_FAILED line: {events:?}");
+    assert_eq!(errors, 2, "the two CREATE_FAILED lines: {events:?}");
 }
 
 #[tokio::test]

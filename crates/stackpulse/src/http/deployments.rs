@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
+use super::publish::publisher_body;
 use super::{error_body, AppState};
 use crate::deployments::request::DeploymentRequest;
 use crate::deployments::StartError;
@@ -24,22 +25,9 @@ pub async fn start(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if let Err((status, message)) = state
-        .gate
-        .authorize_publisher(&headers, &state.publishers)
-        .await
-    {
-        return error_body(status, &message).into_response();
-    }
-    let body = match body {
+    let body = match publisher_body(&state, &headers, body).await {
         Ok(body) => body,
-        Err(rejection) => {
-            return error_body(
-                rejection.status(),
-                &format!("Invalid body: {}", rejection.body_text()),
-            )
-            .into_response()
-        }
+        Err(refusal) => return refusal,
     };
     let request = match DeploymentRequest::from_json(&body) {
         Ok(r) => r,
