@@ -223,12 +223,7 @@ async fn every_bad_token_is_refused_before_the_upgrade() {
         )
     };
     let refused = server
-        .http
-        .get(server.url("/ws"))
-        .header("connection", "upgrade")
-        .header("upgrade", "websocket")
-        .header("sec-websocket-version", "13")
-        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .upgrade_request("/ws")
         .header("sec-websocket-protocol", offer(&tamper_signature(&valid)))
         .send()
         .await
