@@ -106,6 +106,10 @@ pub struct ServeArgs {
     /// dead node's stacks over within it [default: 30].
     #[arg(long, env = "STACKPULSE_POLLER_LEASE", value_name = "SECONDS")]
     pub poller_lease: Option<f64>,
+    /// Seconds a `POST /v1/deployments` deployment may run before the stacks that
+    /// have not finished are reported failed [default: 21600].
+    #[arg(long, env = "STACKPULSE_DEPLOYMENT_TIMEOUT", value_name = "SECONDS")]
+    pub deployment_timeout: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
@@ -144,6 +148,7 @@ struct FileConfig {
     poll_interval: Option<f64>,
     tracker_grace: Option<f64>,
     poller_lease: Option<f64>,
+    deployment_timeout: Option<f64>,
 }
 
 /// The files `--tls-cert` and `--tls-key` name (read by [`crate::tls::load`]).
@@ -190,6 +195,8 @@ pub struct Config {
     pub tracker_grace: Duration,
     /// How long a poller lease lasts without renewal.
     pub poller_lease: Duration,
+    /// How long a multi-stack deployment may run.
+    pub deployment_timeout: Duration,
 }
 
 impl Default for Config {
@@ -223,6 +230,7 @@ impl Default for Config {
             poll_interval: Duration::from_secs(2),
             tracker_grace: Duration::from_secs(60),
             poller_lease: Duration::from_secs(30),
+            deployment_timeout: Duration::from_secs(6 * 3600),
         }
     }
 }
@@ -411,6 +419,10 @@ impl Config {
             poller_lease: match args.poller_lease.or(file.poller_lease) {
                 Some(s) => seconds("poller-lease", s)?,
                 None => d.poller_lease,
+            },
+            deployment_timeout: match args.deployment_timeout.or(file.deployment_timeout) {
+                Some(s) => seconds("deployment-timeout", s)?,
+                None => d.deployment_timeout,
             },
         })
     }

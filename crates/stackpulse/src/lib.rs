@@ -14,6 +14,8 @@
 //! - [`tls`]: `--tls-cert`/`--tls-key`: HTTPS and WSS on the same port.
 //! - [`tracking`]: one CloudFormation poller per `stack:*` topic, publishing into
 //!   the hub.
+//! - [`deployments`]: `POST /v1/deployments`: several stacks followed as one
+//!   deployment topic (`deployment.status` per finished layer).
 //! - [`canvas`]: the seed-000 endpoints `/canvas/deploy/track/{stack}` (socket) and
 //!   `POST /canvas/deploy`.
 //! - [`watch`]: `stackpulse watch`'s terminal view of one stack.
@@ -30,6 +32,7 @@ pub mod canvas;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod deployments;
 pub mod graphql;
 pub mod http;
 pub mod hub;

@@ -209,6 +209,66 @@ async fn every_bad_token_is_refused_before_the_upgrade() {
     let mut c = server.connect_as(&sign(&access_claims("alice", &[]))).await;
     c.subscribe("T", None, None).await.expect("send");
     subscribed(&mut c).await;
+
+    // Browsers pass the token as a subprotocol (Kubernetes' convention) and get
+    // `stackpulse.v1` selected; a bad token there is refused like anywhere else.
+    let b64 = |t: &str| {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(t)
+    };
+    let offer = |t: &str| {
+        format!(
+            "stackpulse.v1, base64url.bearer.authorization.k8s.io.{}",
+            b64(t)
+        )
+    };
+    let refused = server
+        .upgrade_request("/ws")
+        .header("sec-websocket-protocol", offer(&tamper_signature(&valid)))
+        .send()
+        .await
+        .expect("upgrade request");
+    assert_eq!(refused.status().as_u16(), 401);
+    assert_eq!(
+        refused.text().await.unwrap_or_default(),
+        r#"{"message":"Unauthorized: Invalid token"}"#
+    );
+    {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = server.ws_url().into_client_request().expect("request");
+        request.headers_mut().insert(
+            "sec-websocket-protocol",
+            offer(&valid).parse().expect("header value"),
+        );
+        let (mut ws, response) = tokio_tungstenite::connect_async(request)
+            .await
+            .expect("a token in the subprotocol is accepted");
+        assert_eq!(
+            response
+                .headers()
+                .get("sec-websocket-protocol")
+                .and_then(|v| v.to_str().ok()),
+            Some("stackpulse.v1")
+        );
+        use futures_util::{SinkExt, StreamExt};
+        ws.send(tokio_tungstenite::tungstenite::Message::text(
+            r#"{"action":"subscribe","deployment_id":"T"}"#,
+        ))
+        .await
+        .expect("send");
+        let reply = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("reply in time")
+            .expect("open")
+            .expect("frame");
+        assert!(
+            reply
+                .to_text()
+                .unwrap_or_default()
+                .contains(r#""type":"subscribed""#),
+            "{reply:?}"
+        );
+    }
     assert!(
         server
             .metric("stackpulse_auth_failures_total{reason=\"signature\"}")

@@ -138,16 +138,7 @@ async fn connection_limit_refuses_with_503_before_upgrade() {
     };
     assert!(err.contains("503"), "{err}");
     // A plain HTTP look at the same refusal shows the reason.
-    let resp = server
-        .http
-        .get(server.url("/ws"))
-        .header("connection", "upgrade")
-        .header("upgrade", "websocket")
-        .header("sec-websocket-version", "13")
-        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
-        .send()
-        .await
-        .expect("request");
+    let resp = server.upgrade_request("/ws").send().await.expect("request");
     assert_eq!(resp.status().as_u16(), 503);
     let body: Value = resp.json().await.expect("json");
     assert_eq!(body["message"], "Server at connection limit (2)");

@@ -12,9 +12,9 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use cfn_support::fake_cfn::{FakeCfn, FakeStack, Fault, Step};
+use cfn_support::fake_cfn::{FakeCfn, Fault};
 use cfn_support::moto::Moto;
-use cfn_support::AWS_ENV;
+use cfn_support::{failing_stack, slow_stack, AWS_ENV};
 use common::*;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
@@ -156,68 +156,6 @@ async fn cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-/// A stack that fails: Db fails ("Subnet not found"), Bucket is cancelled, rollback.
-fn failing_stack(name: &str) -> FakeStack {
-    let mut s = FakeStack::new(name);
-    s.push(name, "CREATE_IN_PROGRESS", "User Initiated", 0);
-    s.push("Bucket", "CREATE_IN_PROGRESS", "", 1);
-    s.push("Db", "CREATE_IN_PROGRESS", "", 1);
-    s.push("Db", "CREATE_FAILED", "Subnet not found", 2);
-    s.push("Bucket", "CREATE_FAILED", "Resource creation cancelled", 3);
-    s.push(
-        name,
-        "ROLLBACK_IN_PROGRESS",
-        "The following resource(s) failed to create: [Db, Bucket].",
-        3,
-    );
-    s.push("Bucket", "DELETE_COMPLETE", "", 4);
-    s.push("Db", "DELETE_COMPLETE", "", 4);
-    s.push(name, "ROLLBACK_COMPLETE", "", 5);
-    s.template_resources = 2;
-    s.visible = 1;
-    s.steps = vec![
-        Step::default(),
-        Step {
-            reveal: vec![(name.to_string(), 3)],
-            ..Step::default()
-        },
-        Step {
-            reveal: vec![(name.to_string(), 2)],
-            status: Some("ROLLBACK_IN_PROGRESS".into()),
-            ..Step::default()
-        },
-        Step {
-            reveal: vec![(name.to_string(), 3)],
-            status: Some("ROLLBACK_COMPLETE".into()),
-            ..Step::default()
-        },
-    ]
-    .into();
-    s
-}
-
-/// A stack that succeeds after `busy_steps` polls that show nothing new.
-fn slow_stack(name: &str, busy_steps: usize) -> FakeStack {
-    let mut s = FakeStack::new(name);
-    s.push(name, "CREATE_IN_PROGRESS", "User Initiated", 0);
-    s.push("Bucket", "CREATE_IN_PROGRESS", "", 1);
-    s.push("Bucket", "CREATE_COMPLETE", "", 2);
-    s.push("Queue", "CREATE_IN_PROGRESS", "", 2);
-    s.push("Queue", "CREATE_COMPLETE", "", 3);
-    s.push(name, "CREATE_COMPLETE", "", 4);
-    s.template_resources = 2;
-    s.visible = 2;
-    s.outputs = vec![("Url".into(), "https://example.test".into(), "Entry".into())];
-    let mut steps = vec![Step::default(); busy_steps];
-    steps.push(Step {
-        reveal: vec![(name.to_string(), 4)],
-        status: Some("CREATE_COMPLETE".into()),
-        ..Step::default()
-    });
-    s.steps = steps.into();
-    s
 }
 
 #[tokio::test]

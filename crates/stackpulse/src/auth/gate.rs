@@ -44,7 +44,15 @@ pub struct Gate {
     pub admission: Admission,
 }
 
-/// The token of a request: `?token=` first, then `Authorization: Bearer`.
+/// The subprotocol a browser offers beside [`BEARER_SUBPROTOCOL_PREFIX`]`<token>`
+/// (browsers cannot set `Authorization` on a WebSocket); the server selects it.
+pub const SUBPROTOCOL: &str = "stackpulse.v1";
+/// Kubernetes' convention for a bearer token in `Sec-WebSocket-Protocol`: this
+/// prefix, then the token in unpadded base64url.
+pub const BEARER_SUBPROTOCOL_PREFIX: &str = "base64url.bearer.authorization.k8s.io.";
+
+/// The token of a request: `?token=` first, then `Authorization: Bearer`, then a
+/// `Sec-WebSocket-Protocol` entry [`BEARER_SUBPROTOCOL_PREFIX`]`<base64url token>`.
 pub fn request_token(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
     if let Some(q) = query {
         for (k, v) in url::form_urlencoded::parse(q.as_bytes()) {
@@ -53,11 +61,31 @@ pub fn request_token(headers: &HeaderMap, query: Option<&str>) -> Option<String>
             }
         }
     }
-    headers
+    if let Some(token) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(bearer)
-        .map(str::to_owned)
+    {
+        return Some(token.to_owned());
+    }
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| p.trim().strip_prefix(BEARER_SUBPROTOCOL_PREFIX))
+        // An entry that does not decode is a token that cannot verify: keep it
+        // so the refusal says "Invalid token", not "Missing token".
+        .map(|b64| base64url_text(b64).unwrap_or_else(|| b64.to_owned()))
+}
+
+/// Decodes unpadded (or padded) base64url into UTF-8 text.
+fn base64url_text(s: &str) -> Option<String> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s.trim_end_matches('='))
+        .ok()?;
+    String::from_utf8(bytes).ok()
 }
 
 fn looks_like_jwt(token: &str) -> bool {

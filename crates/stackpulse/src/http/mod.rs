@@ -1,16 +1,19 @@
 //! HTTP routes and the state every handler shares.
 //!
 //! [`router`] maps every path: `/ws` (the monitoring socket, in [`crate::ws`]),
-//! `POST /v1/events` ([`publish`]), `/graphql` and `/graphql/realtime`
-//! ([`crate::graphql`]), and the operational endpoints ([`ops`]). Errors
-//! leave as `{"message": …}` JSON with a status, through [`error_body`].
+//! `POST /v1/events` ([`publish`]), `POST /v1/deployments` ([`deployments`]),
+//! `/graphql` and `/graphql/realtime` ([`crate::graphql`]), and the operational
+//! endpoints ([`ops`]). Errors leave as `{"message": …}` JSON with a status,
+//! through [`error_body`].
 //!
 //! # Layout
 //! - [`publish`]: the publish API.
+//! - [`deployments`]: `POST /v1/deployments`, several stacks as one topic.
 //! - [`ops`]: health, readiness, metrics and topic inspection.
 //! - [`dashboard`]: the web dashboard's page and assets, embedded in the binary.
 
 pub mod dashboard;
+pub mod deployments;
 pub mod ops;
 pub mod publish;
 
@@ -27,6 +30,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::gate::Gate;
 use crate::auth::PublisherKeys;
 use crate::config::Config;
+use crate::deployments::{Deployments, DeploymentsConfig};
 use crate::hub::Hub;
 use crate::tracking::{aws::AwsSettings, Tracking, TrackingConfig};
 use crate::ws::registry::Registry;
@@ -46,6 +50,8 @@ pub struct AppState {
     pub tasks: TaskTracker,
     /// The CloudFormation pollers of `stack:*` topics.
     pub tracking: Arc<Tracking>,
+    /// Multi-stack deployments followed by this node.
+    pub deployments: Arc<Deployments>,
 }
 
 impl AppState {
@@ -63,8 +69,17 @@ impl AppState {
                 lease_ttl: config.poller_lease,
             },
         );
+        let deployments = Deployments::new(
+            hub.clone(),
+            tracking.clone(),
+            DeploymentsConfig {
+                timeout: config.deployment_timeout,
+                lease_ttl: config.poller_lease,
+            },
+        );
         Ok(AppState {
             tracking,
+            deployments,
             hub,
             gate: Arc::new(gate),
             publishers: Arc::new(PublisherKeys::new(
@@ -89,6 +104,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/ws", get(crate::ws::ws_handler))
         .route("/v1/events", post(publish::publish))
+        .route("/v1/deployments", post(deployments::start))
         .route(
             "/canvas/deploy/track/{stack_name}",
             get(crate::canvas::track::track_handler),

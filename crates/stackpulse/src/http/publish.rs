@@ -15,27 +15,37 @@ use stackpulse_protocol::PublishRequest;
 
 use super::{error_body, AppState};
 
+/// The body of a request that publishes: the publisher credential is checked
+/// first (401/403), then the body is read; an `Err` is the response to send.
+pub async fn publisher_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, Response> {
+    if let Err((status, message)) = state
+        .gate
+        .authorize_publisher(headers, &state.publishers)
+        .await
+    {
+        return Err(error_body(status, &message).into_response());
+    }
+    body.map_err(|rejection| {
+        error_body(
+            rejection.status(),
+            &format!("Invalid body: {}", rejection.body_text()),
+        )
+        .into_response()
+    })
+}
+
 pub async fn publish(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if let Err((status, message)) = state
-        .gate
-        .authorize_publisher(&headers, &state.publishers)
-        .await
-    {
-        return error_body(status, &message).into_response();
-    }
-    let body = match body {
+    let body = match publisher_body(&state, &headers, body).await {
         Ok(body) => body,
-        Err(rejection) => {
-            return error_body(
-                rejection.status(),
-                &format!("Invalid body: {}", rejection.body_text()),
-            )
-            .into_response()
-        }
+        Err(refusal) => return refusal,
     };
     let request = match PublishRequest::from_json(&body) {
         Ok(r) => r,

@@ -152,7 +152,10 @@ pub fn reserve(state: &AppState) -> Result<registry::Slot, Refusal> {
 
 /// Applies the buffer sizes and frame limits every WebSocket endpoint uses.
 pub fn configure(ws: WebSocketUpgrade, frame_limit: usize) -> WebSocketUpgrade {
-    ws.read_buffer_size(READ_BUFFER)
+    // Selected when offered (a browser passing its token as a subprotocol must
+    // also offer one the server selects, or the browser fails the handshake).
+    ws.protocols([crate::auth::gate::SUBPROTOCOL])
+        .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(MAX_WRITE_BUFFER.max(frame_limit * 2))
         .max_message_size(frame_limit)

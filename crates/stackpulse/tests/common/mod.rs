@@ -105,16 +105,20 @@ impl Server {
             .expect("connect")
     }
 
-    /// A WebSocket upgrade request made with plain HTTP, to read refusals:
-    /// returns the status and the body.
-    pub async fn upgrade_status(&self, query: &str, authorization: Option<&str>) -> (u16, String) {
-        let mut req = self
-            .http
-            .get(self.url(&format!("/ws{query}")))
+    /// A plain HTTP request with WebSocket upgrade headers, for reading refusals.
+    pub fn upgrade_request(&self, path_and_query: &str) -> reqwest::RequestBuilder {
+        self.http
+            .get(self.url(path_and_query))
             .header("connection", "upgrade")
             .header("upgrade", "websocket")
             .header("sec-websocket-version", "13")
-            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+    }
+
+    /// A WebSocket upgrade request made with plain HTTP, to read refusals:
+    /// returns the status and the body.
+    pub async fn upgrade_status(&self, query: &str, authorization: Option<&str>) -> (u16, String) {
+        let mut req = self.upgrade_request(&format!("/ws{query}"));
         if let Some(a) = authorization {
             req = req.header("authorization", a);
         }
