@@ -14,7 +14,7 @@ import subprocess
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Dict, Iterator, List, Tuple
+from typing import Any, Awaitable, Callable, Dict, Iterator, List, Sequence, Tuple
 
 import pytest
 from gql import Client, GraphQLRequest
@@ -85,7 +85,7 @@ class Cognito:
         result: Dict[str, Any] = json.loads(text) if text else {}
         return result
 
-    def access_token(self, user: str, groups: List[str] = []) -> str:
+    def access_token(self, user: str, groups: Sequence[str] = ()) -> str:
         self.call("AdminCreateUser", {"UserPoolId": self.pool, "Username": user,
                                       "TemporaryPassword": "Tmp-Passw0rd!", "MessageAction": "SUPPRESS"})
         self.call("AdminSetUserPassword", {"UserPoolId": self.pool, "Username": user,
