@@ -40,16 +40,7 @@ if [ ! -x "$chromium" ]; then
 fi
 "$chromium" --version
 
-if ! command -v openssl >/dev/null 2>&1; then
-  echo "== installing openssl (Debian package; the GraphQL client tests make certificates)"
-  sudo=""
-  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
-  export DEBIAN_FRONTEND=noninteractive
-  if ! $sudo apt-get install -y openssl; then
-    $sudo apt-get update
-    $sudo apt-get install -y openssl
-  fi
-fi
+scripts/ensure-openssl.sh
 
 echo "== npm ci (clients/js, web, tests/graphql-clients)"
 (cd clients/js && npm ci --no-audit --no-fund --loglevel=error)

@@ -44,6 +44,9 @@ if [ -x scripts/ensure-redis.sh ]; then
   redis_server=$(scripts/ensure-redis.sh)
 fi
 
+# openssl makes the certificate of the TLS (gql) tests.
+scripts/ensure-openssl.sh
+
 venv="$root/target/py-venv"
 echo "== python environment ($venv)"
 if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import sys' >/dev/null 2>&1; then
