@@ -36,24 +36,8 @@ async fn a_client_that_stops_reading_is_closed_and_others_keep_receiving() {
         tokio::task::yield_now().await;
     }
 
-    // 600 events of 32 KiB: ~19 MiB, far more than the slow socket's kernel buffers.
-    let payload = "x".repeat(32 * 1024);
-    let publisher = {
-        let http = server.http.clone();
-        let url = server.url("/v1/events");
-        tokio::spawn(async move {
-            for _ in 0..N {
-                let resp = http
-                    .post(&url)
-                    .bearer_auth(KEY)
-                    .json(&json!({"type":"log.created","deployment_id":"S","data":{"level":"info","message":payload}}))
-                    .send()
-                    .await
-                    .expect("publish");
-                assert_eq!(resp.status().as_u16(), 202);
-            }
-        })
-    };
+    // 600 events of 32 KiB: ~19 MiB, far more than the slow socket's buffers.
+    let publisher = server.publish_in_background("S", N as usize, 32 * 1024);
     let mut seqs = Vec::new();
     while seqs.len() < N as usize {
         seqs.push(next_event(&mut fast).await.seq);

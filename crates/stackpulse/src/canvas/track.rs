@@ -23,7 +23,7 @@
 //! Close codes are those of `/ws` (1001 shutdown, 4000 idle, 4008 slow consumer).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -103,14 +103,7 @@ async fn run(
     } = admission;
     let (outbox, rx) = Outbox::new(state.config.queue_size);
     let session = state.hub.open_session(outbox.clone());
-    let info = Arc::new(ConnInfo {
-        user: verified.user,
-        remote,
-        connected_at: chrono::Utc::now(),
-        last_ping: AtomicI64::new(0),
-        expires_at: AtomicU64::new(verified.expires_at),
-        session: session.clone(),
-    });
+    let info = ConnInfo::new(verified.user, remote, verified.expires_at, session.clone());
     slot.register(info.clone());
     tracing::debug!(conn = session.id, %remote, %topic, "canvas tracker connected");
 

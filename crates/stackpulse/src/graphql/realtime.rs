@@ -32,7 +32,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -248,14 +248,7 @@ pub async fn run(
 
     let (outbox, rx) = Outbox::new(state.config.queue_size);
     let session = state.hub.open_session(outbox.clone());
-    let info = Arc::new(ConnInfo {
-        user: verified.user,
-        remote,
-        connected_at: chrono::Utc::now(),
-        last_ping: AtomicI64::new(0),
-        expires_at: AtomicU64::new(verified.expires_at),
-        session,
-    });
+    let info = ConnInfo::new(verified.user, remote, verified.expires_at, session);
     slot.register(info.clone());
     tracing::debug!(conn = info.session.id, %remote, "AppSync real-time client connected");
 

@@ -9,7 +9,7 @@
 //! closes the outbox; the connection then leaves the hub and the registry.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,14 +50,7 @@ pub async fn run(socket: WebSocket, state: AppState, admitted: Admitted) {
     } = admitted;
     let (outbox, rx) = Outbox::new(state.config.queue_size);
     let session = state.hub.open_session(outbox.clone());
-    let info = Arc::new(ConnInfo {
-        user: verified.user,
-        remote,
-        connected_at: chrono::Utc::now(),
-        last_ping: AtomicI64::new(0),
-        expires_at: AtomicU64::new(verified.expires_at),
-        session: session.clone(),
-    });
+    let info = ConnInfo::new(verified.user, remote, verified.expires_at, session.clone());
     slot.register(info.clone());
     tracing::debug!(conn = session.id, %remote, "connected");
 

@@ -29,6 +29,24 @@ pub struct ConnInfo {
 }
 
 impl ConnInfo {
+    /// A connection that just opened: `expires_at` is its token's expiry (Unix
+    /// seconds, `u64::MAX` without auth).
+    pub fn new(
+        user: User,
+        remote: SocketAddr,
+        expires_at: u64,
+        session: Arc<Session>,
+    ) -> Arc<ConnInfo> {
+        Arc::new(ConnInfo {
+            user,
+            remote,
+            connected_at: Utc::now(),
+            last_ping: AtomicI64::new(0),
+            expires_at: AtomicU64::new(expires_at),
+            session,
+        })
+    }
+
     pub fn touch_ping(&self) {
         self.last_ping
             .store(Utc::now().timestamp_millis(), Ordering::Relaxed);

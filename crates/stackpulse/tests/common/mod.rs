@@ -152,6 +152,31 @@ impl Server {
         body["seq"].as_u64().expect("seq")
     }
 
+    /// Publishes `n` `log.created` events of `bytes` bytes each to `topic` from a
+    /// task of its own (asserting each is accepted), for slow-consumer tests.
+    pub fn publish_in_background(
+        &self,
+        topic: &str,
+        n: usize,
+        bytes: usize,
+    ) -> tokio::task::JoinHandle<()> {
+        let http = self.http.clone();
+        let url = self.url("/v1/events");
+        let body = json!({"type":"log.created","deployment_id":topic,"data":{"level":"info","message":"x".repeat(bytes)}});
+        tokio::spawn(async move {
+            for _ in 0..n {
+                let resp = http
+                    .post(&url)
+                    .bearer_auth(KEY)
+                    .json(&body)
+                    .send()
+                    .await
+                    .expect("publish");
+                assert_eq!(resp.status().as_u16(), 202);
+            }
+        })
+    }
+
     pub async fn get(&self, path: &str) -> (u16, String) {
         let resp = self.http.get(self.url(path)).send().await.expect("get");
         let status = resp.status().as_u16();
