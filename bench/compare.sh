@@ -93,7 +93,7 @@ start_stackpulse() {
   server_pid=$!
   local addr=""
   for _ in $(seq 200); do
-    addr=$(sed -n 's|^stackpulse listening on http://||p' "$tmp/stackpulse.out")
+    addr=$(sed -n 's|^stackpulse listening on http://||p' "$tmp/stackpulse.out" 2>/dev/null || true)
     [[ -n $addr ]] && break
     kill -0 "$server_pid" 2>/dev/null || { cat "$tmp/stackpulse.err" >&2; die "stackpulse exited"; }
     sleep 0.05
@@ -170,7 +170,7 @@ start_issuer() {
     --token-file "$tmp/token" >"$tmp/issuer.out" &
   issuer_pid=$!
   for _ in $(seq 200); do
-    jwks_url=$(sed -n 's|^jwks at ||p' "$tmp/issuer.out")
+    jwks_url=$(sed -n 's|^jwks at ||p' "$tmp/issuer.out" 2>/dev/null || true)
     [[ -n $jwks_url ]] && return
     sleep 0.05
   done

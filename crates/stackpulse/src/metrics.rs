@@ -15,6 +15,9 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
+/// How often histogram samples are folded into their buckets.
+const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Installs the process-wide recorder (once) and returns its handle.
 pub fn install() -> Option<&'static PrometheusHandle> {
     HANDLE
@@ -32,6 +35,22 @@ pub fn install() -> Option<&'static PrometheusHandle> {
             Some(handle)
         })
         .as_ref()
+}
+
+/// Folds histogram samples into their buckets every few seconds, for as long as
+/// the runtime runs. `build_recorder` (unlike `install`) spawns no upkeep task, and
+/// without one every recorded latency stays in memory until `/metrics` is scraped:
+/// 2 million deliveries grew the server by ~40 MB in the benchmark.
+pub fn spawn_upkeep() {
+    let Some(handle) = install() else { return };
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            handle.run_upkeep();
+        }
+    });
 }
 
 fn describe() {
@@ -73,6 +92,6 @@ fn describe() {
     describe_histogram!(
         "stackpulse_delivery_latency_seconds",
         Unit::Seconds,
-        "From stamping an event to writing it to a socket"
+        "From stamping an event to writing it to a socket (sampled: one socket write in 16, its oldest event)"
     );
 }

@@ -49,8 +49,14 @@ fn assert_complete(report: &Value, connections: u64, deliveries: u64) {
     assert!(f(&["rss_idle_kib"]) > 0.0, "{report}");
     assert!(f(&["server_cpu_load_s"]) >= 0.0, "{report}");
     assert!(f(&["deliveries_per_s"]) > 0.0, "{report}");
-    assert!(f(&["latency", "p50_ms"]) <= f(&["latency", "p99_ms"]), "{report}");
-    assert!(f(&["latency", "p99_ms"]) <= f(&["latency", "max_ms"]), "{report}");
+    assert!(
+        f(&["latency", "p50_ms"]) <= f(&["latency", "p99_ms"]),
+        "{report}"
+    );
+    assert!(
+        f(&["latency", "p99_ms"]) <= f(&["latency", "max_ms"]),
+        "{report}"
+    );
     assert!(f(&["connect", "p50_ms"]) > 0.0, "{report}");
 }
 
@@ -96,7 +102,14 @@ async fn smoke_run_with_rs256_auth_from_the_bench_issuer() {
     let dir = tempfile::tempdir().expect("tempdir");
     let token_file = dir.path().join("token");
     let mut issuer = Command::new(env!("CARGO_BIN_EXE_stackpulse"))
-        .args(["bench", "issuer", "--issuer", "https://bench.test", "--client-id", "bench"])
+        .args([
+            "bench",
+            "issuer",
+            "--issuer",
+            "https://bench.test",
+            "--client-id",
+            "bench",
+        ])
         .arg("--token-file")
         .arg(&token_file)
         .stdout(Stdio::piped())
@@ -150,8 +163,23 @@ async fn smoke_run_with_rs256_auth_from_the_bench_issuer() {
 
     // Without the token the same run is refused at the handshake.
     let output = Command::new(env!("CARGO_BIN_EXE_stackpulse"))
-        .args(["bench", "run", "--json", "--ws-url", &ws, "--publish-url", &publish])
-        .args(["--publisher-key", KEY, "--server-pid", &pid, "--connections", "2"])
+        .args([
+            "bench",
+            "run",
+            "--json",
+            "--ws-url",
+            &ws,
+            "--publish-url",
+            &publish,
+        ])
+        .args([
+            "--publisher-key",
+            KEY,
+            "--server-pid",
+            &pid,
+            "--connections",
+            "2",
+        ])
         .args(["--events", "0", "--settle", "0"])
         .stderr(Stdio::null())
         .output()

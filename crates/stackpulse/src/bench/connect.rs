@@ -72,7 +72,9 @@ impl Dialer {
         let sample = target::url_for(ws_template, "x");
         let url = url::Url::parse(&sample).map_err(|_| ConnectError::Url(sample.clone()))?;
         if url.scheme() != "ws" {
-            return Err(ConnectError::Url(format!("{sample} (only ws:// is supported)")));
+            return Err(ConnectError::Url(format!(
+                "{sample} (only ws:// is supported)"
+            )));
         }
         let host = url
             .host_str()

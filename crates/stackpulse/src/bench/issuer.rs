@@ -71,7 +71,8 @@ pub struct Issuer {
 
 impl Issuer {
     pub fn generate() -> Result<Issuer, IssuerError> {
-        let key = KeyPair::generate(KeySize::Rsa2048).map_err(|e| IssuerError::Key(e.to_string()))?;
+        let key =
+            KeyPair::generate(KeySize::Rsa2048).map_err(|e| IssuerError::Key(e.to_string()))?;
         let public = key.public_key();
         let jwks = json!({"keys": [{
             "kty": "RSA", "alg": "RS256", "use": "sig", "kid": KID,

@@ -229,6 +229,7 @@ pub async fn run(args: RunArgs) -> Result<Report, BenchError> {
         report.load_seconds = load_seconds;
         report.deliveries_per_s = deliveries as f64 / load_seconds.max(1e-9);
         report.server_cpu_load_s = cpu;
+        report.server_sys_load_s = after.sys.saturating_sub(load_before.sys).as_secs_f64();
         // One USER_HZ tick (10 ms) is the resolution: below it the ratio is noise.
         report.deliveries_per_cpu_s = if cpu > 0.0 {
             deliveries as f64 / cpu

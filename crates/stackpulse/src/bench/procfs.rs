@@ -12,7 +12,9 @@ const USER_HZ: u64 = 100;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProcError {
-    #[error("cannot read /proc/{pid}/{file} (is the server running, and on this machine?): {source}")]
+    #[error(
+        "cannot read /proc/{pid}/{file} (is the server running, and on this machine?): {source}"
+    )]
     Read {
         pid: u32,
         file: &'static str,
@@ -27,6 +29,9 @@ pub enum ProcError {
 pub struct Sample {
     /// User + system CPU time.
     pub cpu: Duration,
+    /// The system (kernel) part of `cpu`: on loopback it includes the receiving
+    /// side's TCP processing, which runs in the sender's softirq.
+    pub sys: Duration,
     /// Resident set size, KiB.
     pub rss_kib: u64,
 }
@@ -35,22 +40,28 @@ pub struct Sample {
 pub fn sample(pids: &[u32]) -> Result<Sample, ProcError> {
     let mut total = Sample::default();
     for &pid in pids {
-        total.cpu += cpu(pid)?;
+        let (cpu, sys) = cpu(pid)?;
+        total.cpu += cpu;
+        total.sys += sys;
         total.rss_kib += rss_kib(pid)?;
     }
     Ok(total)
 }
 
 fn read(pid: u32, file: &'static str) -> Result<String, ProcError> {
-    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
-        .map_err(|source| ProcError::Read { pid, file, source })
+    std::fs::read_to_string(format!("/proc/{pid}/{file}")).map_err(|source| ProcError::Read {
+        pid,
+        file,
+        source,
+    })
 }
 
-/// `utime + stime` of one process.
-pub fn cpu(pid: u32) -> Result<Duration, ProcError> {
+/// `utime + stime` and `stime` of one process.
+pub fn cpu(pid: u32) -> Result<(Duration, Duration), ProcError> {
     let stat = read(pid, "stat")?;
+    let ticks = |t: u64| Duration::from_millis(t * 1000 / USER_HZ);
     parse_cpu_ticks(&stat)
-        .map(|ticks| Duration::from_millis(ticks * 1000 / USER_HZ))
+        .map(|(user, sys)| (ticks(user + sys), ticks(sys)))
         .ok_or(ProcError::Format { pid, file: "stat" })
 }
 
@@ -63,15 +74,16 @@ pub fn rss_kib(pid: u32) -> Result<u64, ProcError> {
     })
 }
 
-/// Ticks of `utime + stime` from a `/proc/PID/stat` line. The command name (field 2)
-/// is in parentheses and may hold spaces, so fields are counted after the last `)`.
-fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+/// Ticks of `utime` and `stime` from a `/proc/PID/stat` line. The command name
+/// (field 2) is in parentheses and may hold spaces, so fields are counted after the
+/// last `)`.
+fn parse_cpu_ticks(stat: &str) -> Option<(u64, u64)> {
     let rest = &stat[stat.rfind(')')? + 1..];
     // After ")": field 3 (state) is index 0, so utime (14) is 11 and stime (15) is 12.
     let mut fields = rest.split_whitespace().skip(11);
     let utime: u64 = fields.next()?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
+    Some((utime, stime))
 }
 
 fn parse_rss_kib(status: &str) -> Option<u64> {
@@ -87,8 +99,9 @@ mod tests {
 
     #[test]
     fn parses_stat_with_spaces_in_the_name() {
-        let stat = "4242 (tokio worker) S 1 4242 4242 0 -1 4194560 1 0 0 0 150 27 0 0 20 0 3 0 9 1 2";
-        assert_eq!(parse_cpu_ticks(stat), Some(177));
+        let stat =
+            "4242 (tokio worker) S 1 4242 4242 0 -1 4194560 1 0 0 0 150 27 0 0 20 0 3 0 9 1 2";
+        assert_eq!(parse_cpu_ticks(stat), Some((150, 27)));
         assert_eq!(parse_cpu_ticks("garbage"), None);
     }
 

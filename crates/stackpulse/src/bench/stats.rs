@@ -65,6 +65,8 @@ pub struct Report {
     pub load_seconds: f64,
     pub deliveries_per_s: f64,
     pub server_cpu_load_s: f64,
+    /// The kernel part of `server_cpu_load_s`.
+    pub server_sys_load_s: f64,
     pub deliveries_per_cpu_s: f64,
     pub rss_after_kib: u64,
 }
@@ -124,8 +126,8 @@ impl Report {
                 self.latency.max_ms
             );
             s += &format!(
-                "  server CPU {:.2} s for the load: {:.0} deliveries per server CPU-second; RSS after {} KiB\n",
-                self.server_cpu_load_s, self.deliveries_per_cpu_s, self.rss_after_kib
+                "  server CPU {:.2} s ({:.2} s of it in the kernel) for the load: {:.0} deliveries per server CPU-second; RSS after {} KiB\n",
+                self.server_cpu_load_s, self.server_sys_load_s, self.deliveries_per_cpu_s, self.rss_after_kib
             );
         }
         if let Some(e) = &self.first_publish_error {

@@ -33,9 +33,9 @@ impl Target {
     /// The subscribe request to send after the handshake, if the dialect has one.
     pub fn subscribe_request(self, topic: &str) -> Option<String> {
         match self {
-            Target::Stackpulse => Some(
-                serde_json::json!({"action": "subscribe", "deployment_id": topic}).to_string(),
-            ),
+            Target::Stackpulse => {
+                Some(serde_json::json!({"action": "subscribe", "deployment_id": topic}).to_string())
+            }
             Target::Nchan => None,
         }
     }

@@ -7,10 +7,14 @@
 //! (and counted), so one client that stops reading never slows the others or grows
 //! the server's memory. Replays after a `subscribe` are pushed with a bounded wait.
 
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
+use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -64,6 +68,13 @@ pub struct QueueClosed;
 /// The sending side of one connection's queue.
 pub struct Outbox {
     tx: mpsc::Sender<Delivery>,
+    /// Set once by [`Outbox::close`]. Read on every push and by the writer on every
+    /// wake-up, so it is a plain atomic: the token below takes a mutex per check,
+    /// which was ~10% of the server's CPU when fanning out 200k deliveries/s.
+    closed: AtomicBool,
+    /// The one writer task waiting in [`Outbox::writer_closing`].
+    writer: AtomicWaker,
+    /// For any other waiter ([`Outbox::closing`]: the reader, tests).
     closing: CancellationToken,
     reason: Mutex<Option<CloseReason>>,
 }
@@ -74,6 +85,8 @@ impl Outbox {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let outbox = Arc::new(Outbox {
             tx,
+            closed: AtomicBool::new(false),
+            writer: AtomicWaker::new(),
             closing: CancellationToken::new(),
             reason: Mutex::new(None),
         });
@@ -82,7 +95,7 @@ impl Outbox {
 
     /// Queues without waiting; a full queue closes the connection as a slow consumer.
     pub fn push(&self, item: Delivery) -> Result<(), QueueClosed> {
-        if self.closing.is_cancelled() {
+        if self.is_closing() {
             metrics::counter!("stackpulse_messages_dropped_total").increment(1);
             return Err(QueueClosed);
         }
@@ -103,7 +116,7 @@ impl Outbox {
     /// Queues, waiting up to `timeout` for room; used for replays, whose size is
     /// bounded by the history and may exceed the queue.
     pub async fn push_wait(&self, item: Delivery, timeout: Duration) -> Result<(), QueueClosed> {
-        if self.closing.is_cancelled() {
+        if self.is_closing() {
             return Err(QueueClosed);
         }
         tokio::select! {
@@ -129,7 +142,9 @@ impl Outbox {
             return false;
         }
         *slot = Some(reason);
+        self.closed.store(true, Ordering::Release);
         self.closing.cancel();
+        self.writer.wake();
         true
     }
 
@@ -139,8 +154,25 @@ impl Outbox {
         self.reason.lock().unwrap_or(CloseReason::Shutdown)
     }
 
+    /// Resolves once [`close`](Self::close) was called, without locks: for the
+    /// connection's single writer task, which polls it on every wake-up.
+    pub fn writer_closing(&self) -> impl Future<Output = CloseReason> + '_ {
+        std::future::poll_fn(|cx| self.poll_writer_closing(cx))
+    }
+
+    fn poll_writer_closing(&self, cx: &mut Context<'_>) -> Poll<CloseReason> {
+        if !self.is_closing() {
+            // Register before the second check, so a close in between still wakes us.
+            self.writer.register(cx.waker());
+            if !self.is_closing() {
+                return Poll::Pending;
+            }
+        }
+        Poll::Ready(self.reason.lock().unwrap_or(CloseReason::Shutdown))
+    }
+
     pub fn is_closing(&self) -> bool {
-        self.closing.is_cancelled()
+        self.closed.load(Ordering::Acquire)
     }
 }
 
