@@ -63,7 +63,7 @@ pub async fn run(socket: WebSocket, state: AppState, admitted: Admitted) {
 
     let (sink, stream) = socket.split();
     let encoder = JsonEncoder {
-        latency: metrics::histogram!("stackpulse_delivery_latency_seconds"),
+        latency: crate::metrics::delivery_latency(),
         writes: 0,
         sample: true,
     };
@@ -85,7 +85,7 @@ pub async fn run(socket: WebSocket, state: AppState, admitted: Admitted) {
 
 fn reply(outbox: &Outbox, message: ServerMessage) {
     // A full queue closes the connection; nothing else to do here.
-    let _ = outbox.push(Delivery::Frame(Utf8Bytes::from(message.to_json())));
+    let _ = outbox.push(Delivery::frame(message.to_json()));
 }
 
 fn reply_error(outbox: &Outbox, e: &ProtocolError) {
@@ -293,7 +293,7 @@ impl Encoder for JsonEncoder {
                 }
                 (Encoded::One(Message::Text(event.frame.clone())), 1)
             }
-            Delivery::Frame(frame) => (Encoded::One(Message::Text(frame)), 0),
+            Delivery::Frame(frame) => (Encoded::One(Message::Text(*frame)), 0),
             Delivery::Subscribed(info) => {
                 let reply = ServerMessage::Subscribed {
                     deployment_id: info.topic.to_string(),
@@ -363,7 +363,7 @@ pub(crate) async fn write_loop<E: Encoder>(
     ping_every: Duration,
     mut encoder: E,
 ) {
-    let delivered = metrics::counter!("stackpulse_messages_delivered_total");
+    let delivered = crate::metrics::delivered();
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
