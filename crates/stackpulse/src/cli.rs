@@ -1,5 +1,5 @@
-//! The `stackpulse` command line: `serve`, `tail`, `watch` and `deploy` (the last
-//! two live in [`crate::watch`]).
+//! The `stackpulse` command line: `serve`, `tail`, `watch`, `deploy` (the last
+//! two live in [`crate::watch`]) and `bench` (in [`crate::bench`]).
 //!
 //! Parsing lives here; the work lives in the library ([`crate::server::serve`],
 //! [`crate::client::Client`]). Exit codes: 0 success, 2 usage, connection or
@@ -43,6 +43,9 @@ pub enum Command {
     /// Create a stack from a template (with this machine's AWS credentials), and
     /// with `--watch` watch it.
     Deploy(crate::watch::DeployArgs),
+    /// Load-test a fan-out server (stackpulse or nchan): connections, latency,
+    /// deliveries per server CPU-second, RSS per connection.
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -78,7 +81,7 @@ pub fn init_logging(format: LogFormat) {
 
 /// SIGINT or SIGTERM. The SIGTERM handler is installed by this call, not on first
 /// poll, so a signal that arrives right after the listening line is not lost.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     async move {

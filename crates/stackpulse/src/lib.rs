@@ -24,10 +24,12 @@
 //! - [`server`]: [`server::serve`]: run until shutdown, then drain.
 //! - [`client`]: a Rust client of the `/ws` protocol (CLI and tests).
 //! - [`cli`]: the `stackpulse` command line.
+//! - [`bench`]: `stackpulse bench`, the load generator (stackpulse or nchan).
 //! - [`metrics`]: the Prometheus recorder.
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod bench;
 pub mod canvas;
 pub mod cli;
 pub mod client;

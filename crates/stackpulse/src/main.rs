@@ -14,5 +14,6 @@ async fn main() -> ExitCode {
         Command::HashKey => stackpulse::cli::hash_key(),
         Command::Watch(args) => stackpulse::watch::watch(args).await,
         Command::Deploy(args) => stackpulse::watch::deploy(args).await,
+        Command::Bench(args) => stackpulse::bench::main(args).await,
     }
 }

@@ -9,11 +9,37 @@ use std::sync::OnceLock;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+static DELIVERY_LATENCY: OnceLock<metrics::Histogram> = OnceLock::new();
+static DELIVERED: OnceLock<metrics::Counter> = OnceLock::new();
+
+/// The delivery-latency histogram, registered once per process: registering it per
+/// connection kept ~400 bytes per idle connection alive in the recorder.
+pub fn delivery_latency() -> metrics::Histogram {
+    DELIVERY_LATENCY
+        .get_or_init(|| {
+            install();
+            metrics::histogram!("stackpulse_delivery_latency_seconds")
+        })
+        .clone()
+}
+
+/// The delivered-messages counter, registered once per process.
+pub fn delivered() -> metrics::Counter {
+    DELIVERED
+        .get_or_init(|| {
+            install();
+            metrics::counter!("stackpulse_messages_delivered_total")
+        })
+        .clone()
+}
 
 /// Delivery latency buckets, in seconds.
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
+
+/// How often histogram samples are folded into their buckets.
+const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Installs the process-wide recorder (once) and returns its handle.
 pub fn install() -> Option<&'static PrometheusHandle> {
@@ -32,6 +58,22 @@ pub fn install() -> Option<&'static PrometheusHandle> {
             Some(handle)
         })
         .as_ref()
+}
+
+/// Folds histogram samples into their buckets every few seconds, for as long as
+/// the runtime runs. `build_recorder` (unlike `install`) spawns no upkeep task, and
+/// without one every recorded latency stays in memory until `/metrics` is scraped:
+/// 2 million deliveries grew the server by ~40 MB in the benchmark.
+pub fn spawn_upkeep() {
+    let Some(handle) = install() else { return };
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            handle.run_upkeep();
+        }
+    });
 }
 
 fn describe() {
@@ -73,6 +115,6 @@ fn describe() {
     describe_histogram!(
         "stackpulse_delivery_latency_seconds",
         Unit::Seconds,
-        "From stamping an event to writing it to a socket"
+        "From stamping an event to writing it to a socket (sampled: one socket write in 16, its oldest event)"
     );
 }

@@ -125,7 +125,7 @@ pub async fn serve_with_tls(
     tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    crate::metrics::install();
+    crate::metrics::spawn_upkeep();
     let grace = config.shutdown_grace;
     let state = build_state(config).map_err(std::io::Error::other)?;
     let app = router(state.clone());

@@ -125,7 +125,7 @@ async fn run(
             message: format!("Cannot track {topic}: {e}"),
             retrying: false,
         });
-        let _ = outbox.push(Delivery::Frame(Utf8Bytes::from(encode(&error))));
+        let _ = outbox.push(Delivery::frame(encode(&error)));
     } else {
         state.tracking.ensure(&topic);
     }
@@ -232,7 +232,7 @@ mod tests {
     #[test]
     fn hub_events_become_canvas_messages() {
         let frame = r#"{"type":"resource.status","deployment_id":"stack:s","seq":1,"timestamp":"2025-11-15T10:30:46.000Z","data":{"resource":{"logicalId":"B","type":"AWS::S3::Bucket","status":"CREATE_COMPLETE","physicalId":"b","statusReason":"","progress":100},"stack":{"name":"s","status":"CREATE_IN_PROGRESS","totalResources":1,"completedResources":1,"inProgressResources":0,"failedResources":0,"progress":100},"eventId":"e1","eventTimestamp":"2025-11-15T10:30:45.000Z"}}"#;
-        let out = translate(Delivery::Frame(Utf8Bytes::from(frame)), "s");
+        let out = translate(Delivery::frame(frame), "s");
         assert_eq!(out.len(), 1);
         let v: Value = serde_json::from_str(&out[0]).expect("json");
         assert_eq!(v["type"], "resource_update");
@@ -241,6 +241,6 @@ mod tests {
         assert_eq!(v["stack"]["completedResources"], 1);
         assert!(v.get("eventId").is_none());
         let log = r#"{"type":"log.created","deployment_id":"stack:s","seq":2,"timestamp":"t","data":{"level":"info","message":"m"}}"#;
-        assert!(translate(Delivery::Frame(Utf8Bytes::from(log)), "s").is_empty());
+        assert!(translate(Delivery::frame(log), "s").is_empty());
     }
 }

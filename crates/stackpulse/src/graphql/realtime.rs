@@ -165,7 +165,7 @@ impl Encoder for AppSyncEncoder {
         match item {
             Delivery::Frame(frame) => {
                 let data = u64::from(frame.as_str().starts_with(r#"{"type":"data""#));
-                (Encoded::One(Message::Text(frame)), data)
+                (Encoded::One(Message::Text(*frame)), data)
             }
             _ => (Encoded::Many(Vec::new()), 0),
         }
@@ -264,7 +264,7 @@ pub async fn run(
         "type": "connection_ack",
         "payload": { "connectionTimeoutMs": CONNECTION_TIMEOUT_MS },
     });
-    let _ = outbox.push(Delivery::Frame(Utf8Bytes::from(ack.to_string())));
+    let _ = outbox.push(Delivery::frame(ack.to_string()));
     let keepalive = tokio::spawn(keepalive(outbox.clone(), state.config.graphql_keepalive));
 
     let mut conn = Connection {
@@ -293,7 +293,7 @@ pub async fn run(
 async fn keepalive(outbox: Arc<Outbox>, every: Duration) {
     loop {
         if outbox
-            .push(Delivery::Frame(Utf8Bytes::from_static(KA)))
+            .push(Delivery::frame(Utf8Bytes::from_static(KA)))
             .is_err()
         {
             return;
@@ -318,7 +318,7 @@ impl Connection<'_> {
 
     fn send(&self, frame: String) {
         // A full queue closes the connection (slow consumer); nothing else to do.
-        let _ = self.outbox().push(Delivery::Frame(Utf8Bytes::from(frame)));
+        let _ = self.outbox().push(Delivery::frame(frame));
     }
 
     async fn read_loop(&mut self, mut stream: SplitStream<WebSocket>) {
@@ -494,7 +494,7 @@ struct Pump {
 
 impl Pump {
     async fn send(&self, frame: Value) -> bool {
-        let frame = Delivery::Frame(Utf8Bytes::from(frame.to_string()));
+        let frame = Delivery::frame(frame.to_string());
         self.outbox.push_wait(frame, self.wait).await.is_ok()
     }
 

@@ -496,7 +496,7 @@ impl Hub {
                 last
             } else {
                 if let Some(snapshot) = read.snapshot {
-                    send(Delivery::Frame(snapshot))
+                    send(Delivery::frame(snapshot))
                         .await
                         .map_err(|_| SubscribeError::Closed)?;
                 }

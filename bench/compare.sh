@@ -1,0 +1,283 @@
+#!/usr/bin/env bash
+# Runs the benchmark scenarios against stackpulse and nchan on loopback, with the
+# same load generator (`stackpulse bench run`), and prints one table of both
+# servers' results and their ratio.
+#
+#   bench/compare.sh                 # every scenario, both servers, full counts
+#   SCENARIOS="a c" bench/compare.sh # some scenarios
+#   SMOKE=1 bench/compare.sh         # tiny counts (a minute), to check the setup
+#
+# Scenarios (counts overridable by the environment variables in brackets):
+#   a  idle connections [IDLE_CONNS=15000]: server RSS per connection
+#   b  1 topic x [FANOUT_SUBS=10000] subscribers, [FANOUT_EVENTS=30] events at
+#      [FANOUT_RATE=1]/s: fan-out latency
+#   c  [THRU_SUBS=1000] subscribers on [THRU_TOPICS=1] topic(s), [THRU_EVENTS=2000]
+#      events at [THRU_RATE=200]/s: deliveries per server CPU-second
+#   d  connect storm: [STORM_CONNS=5000] connects at [STORM_RATE=1000]/s, each with a
+#      subscribe: connect latency
+#   e  as c, with auth on (an RS256 token verified against a JWKS; stackpulse only:
+#      nchan has no JWT verification of its own)
+# Both servers get the same cores: stackpulse's tokio runtime runs [WORKERS=nproc]
+# worker threads (TOKIO_WORKER_THREADS) and nginx runs as many worker processes.
+# Every scenario starts a fresh server. Results (one JSON report per run) go to
+# [OUT=target/bench/<time>]; the table is also written to $OUT/table.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ -n "${SMOKE:-}" ]]; then
+  : "${IDLE_CONNS:=200}" "${FANOUT_SUBS:=200}" "${FANOUT_EVENTS:=3}" "${FANOUT_RATE:=2}"
+  : "${THRU_SUBS:=50}" "${THRU_EVENTS:=100}" "${STORM_CONNS:=200}"
+fi
+IDLE_CONNS=${IDLE_CONNS:-15000}
+IDLE_CONNECT_RATE=${IDLE_CONNECT_RATE:-2000}
+FANOUT_SUBS=${FANOUT_SUBS:-10000}
+FANOUT_EVENTS=${FANOUT_EVENTS:-30}
+FANOUT_RATE=${FANOUT_RATE:-1}
+THRU_SUBS=${THRU_SUBS:-1000}
+THRU_TOPICS=${THRU_TOPICS:-1}
+THRU_EVENTS=${THRU_EVENTS:-2000}
+THRU_RATE=${THRU_RATE:-200}
+STORM_CONNS=${STORM_CONNS:-5000}
+STORM_RATE=${STORM_RATE:-1000}
+WORKERS=${WORKERS:-$(nproc)}
+SCENARIOS=${SCENARIOS:-a b c d e}
+TARGETS=${TARGETS:-stackpulse nchan}
+NCHAN_PORT=${NCHAN_PORT:-18090}
+NCHAN_MODULE=${NCHAN_MODULE:-/usr/lib/nginx/modules/ngx_nchan_module.so}
+OUT=${OUT:-target/bench/$(date -u +%Y%m%dT%H%M%SZ)}
+KEY=bench-publisher-key
+BIN=target/release/stackpulse
+
+die() { echo "compare.sh: $*" >&2; exit 2; }
+
+# --- prerequisites -------------------------------------------------------------
+if [[ " $TARGETS " == *" nchan "* ]]; then
+  if ! command -v nginx >/dev/null 2>&1 || [[ ! -f $NCHAN_MODULE ]]; then
+    echo "== installing nginx and libnginx-mod-nchan (apt-get)" >&2
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+      DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        nginx libnginx-mod-nchan >&2 ||
+        { apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y \
+          --no-install-recommends nginx libnginx-mod-nchan >&2; } || true
+    fi
+    command -v nginx >/dev/null 2>&1 ||
+      die "nginx not found: apt-get install nginx (or run with TARGETS=stackpulse)"
+    [[ -f $NCHAN_MODULE ]] ||
+      die "nginx nchan module not found at $NCHAN_MODULE: apt-get install libnginx-mod-nchan"
+  fi
+fi
+command -v jq >/dev/null 2>&1 || die "jq not found: apt-get install jq"
+
+echo "== cargo build --release" >&2
+cargo build --release -p stackpulse --bin stackpulse >&2
+
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+FDS=$(ulimit -n)
+mkdir -p "$OUT"
+tmp=$(mktemp -d)
+server_pid=""
+issuer_pid=""
+cleanup() {
+  [[ -n $server_pid ]] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+  [[ -n $issuer_pid ]] && kill "$issuer_pid" 2>/dev/null && wait "$issuer_pid" 2>/dev/null
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+# --- servers ---------------------------------------------------------------------
+# Sets: server_pid, pids (flags for --server-pid), ws_url, pub_url, key_flag.
+start_stackpulse() {
+  TOKIO_WORKER_THREADS=$WORKERS "$BIN" serve --bind 127.0.0.1:0 --publisher-key "$KEY" \
+    --connect-rate-per-ip 1000000 --max-connections 100000 "$@" \
+    >"$tmp/stackpulse.out" 2>"$tmp/stackpulse.err" &
+  server_pid=$!
+  local addr=""
+  for _ in $(seq 200); do
+    addr=$(sed -n 's|^stackpulse listening on http://||p' "$tmp/stackpulse.out" 2>/dev/null || true)
+    [[ -n $addr ]] && break
+    kill -0 "$server_pid" 2>/dev/null || { cat "$tmp/stackpulse.err" >&2; die "stackpulse exited"; }
+    sleep 0.05
+  done
+  [[ -n $addr ]] || die "stackpulse did not start"
+  pids=(--server-pid "$server_pid")
+  ws_url="ws://$addr/ws"
+  pub_url="http://$addr/v1/events"
+  key_flag=(--publisher-key "$KEY")
+}
+
+start_nchan() {
+  local dir=$tmp/nginx
+  rm -rf "$dir" && mkdir -p "$dir/tmp"
+  local user_line=""
+  [[ $(id -u) -eq 0 ]] && user_line="user root;"
+  cat >"$dir/nginx.conf" <<CONF
+load_module $NCHAN_MODULE;
+$user_line
+worker_processes $WORKERS;
+worker_rlimit_nofile $FDS;
+daemon off;
+master_process on;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections $FDS; }
+http {
+  access_log off;
+  client_body_temp_path $dir/tmp/body;
+  proxy_temp_path $dir/tmp/proxy;
+  fastcgi_temp_path $dir/tmp/fastcgi;
+  uwsgi_temp_path $dir/tmp/uwsgi;
+  scgi_temp_path $dir/tmp/scgi;
+  server {
+    listen 127.0.0.1:$NCHAN_PORT backlog=1024;
+    location ~ ^/pub/([^/]+)$ {
+      nchan_publisher http;
+      nchan_channel_id \$1;
+    }
+    location ~ ^/sub/([^/]+)$ {
+      nchan_subscriber websocket;
+      nchan_channel_id \$1;
+    }
+  }
+}
+CONF
+  nginx -p "$dir" -c "$dir/nginx.conf" 2>"$dir/stderr" &
+  server_pid=$!
+  local workers=""
+  for _ in $(seq 200); do
+    workers=$(pgrep -P "$server_pid" | tr '\n' ' ' || true)
+    [[ $(wc -w <<<"$workers") -ge $WORKERS ]] && curl -s -o /dev/null "http://127.0.0.1:$NCHAN_PORT/" && break
+    kill -0 "$server_pid" 2>/dev/null || { cat "$dir/stderr" "$dir/error.log" >&2 2>/dev/null; die "nginx exited (port $NCHAN_PORT busy? set NCHAN_PORT)"; }
+    sleep 0.05
+  done
+  pids=(--server-pid "$server_pid")
+  for w in $workers; do pids+=(--server-pid "$w"); done
+  ws_url="ws://127.0.0.1:$NCHAN_PORT/sub/{topic}"
+  pub_url="http://127.0.0.1:$NCHAN_PORT/pub/{topic}"
+  key_flag=()
+}
+
+stop_server() {
+  if [[ -n $server_pid ]]; then
+    kill "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+    server_pid=""
+  fi
+  sleep 1 # let the kernel reap the closed sockets
+}
+
+start_issuer() {
+  "$BIN" bench issuer --issuer https://issuer.bench.invalid --client-id bench \
+    --token-file "$tmp/token" >"$tmp/issuer.out" &
+  issuer_pid=$!
+  for _ in $(seq 200); do
+    jwks_url=$(sed -n 's|^jwks at ||p' "$tmp/issuer.out" 2>/dev/null || true)
+    [[ -n $jwks_url ]] && return
+    sleep 0.05
+  done
+  die "bench issuer did not start"
+}
+
+# bench_run TARGET SCENARIO ARGS...: one run on a fresh server; the report lands in
+# $OUT/TARGET-SCENARIO.json.
+bench_run() {
+  local target=$1 scenario=$2
+  shift 2
+  local serve_args=()
+  local run_args=()
+  if [[ $scenario == e ]]; then
+    [[ -z $issuer_pid ]] && start_issuer
+    serve_args=(--jwt-issuer https://issuer.bench.invalid --jwks-url "$jwks_url"
+      --cognito-client-id bench --max-connections-per-user 1000000
+      --connect-rate-per-user 1000000)
+    run_args=(--token-file "$tmp/token")
+  fi
+  case $target in
+    stackpulse) start_stackpulse "${serve_args[@]}" ;;
+    nchan) start_nchan ;;
+  esac
+  echo "== ($scenario) $target" >&2
+  local rc=0
+  "$BIN" bench run --json --label "$scenario" --target "$target" --ws-url "$ws_url" \
+    --publish-url "$pub_url" "${key_flag[@]}" "${pids[@]}" "${run_args[@]}" "$@" \
+    >"$OUT/$target-$scenario.json" || rc=$?
+  [[ $rc -eq 0 ]] || echo "   (incomplete run, exit $rc: see the counts above)" >&2
+  stop_server
+}
+
+for s in $SCENARIOS; do
+  for t in $TARGETS; do
+    [[ $s == e && $t == nchan ]] && continue
+    case $s in
+      a) bench_run "$t" a --connections "$IDLE_CONNS" --topics 100 --events 0 \
+           --connect-rate "$IDLE_CONNECT_RATE" --settle 3 ;;
+      b) bench_run "$t" b --connections "$FANOUT_SUBS" --topics 1 \
+           --events "$FANOUT_EVENTS" --rate "$FANOUT_RATE" --connect-rate 2000 ;;
+      c) bench_run "$t" c --connections "$THRU_SUBS" --topics "$THRU_TOPICS" \
+           --events "$THRU_EVENTS" --rate "$THRU_RATE" ;;
+      d) bench_run "$t" d --connections "$STORM_CONNS" --topics 100 --events 0 \
+           --connect-rate "$STORM_RATE" --settle 0.5 ;;
+      e) bench_run "$t" e --connections "$THRU_SUBS" --topics "$THRU_TOPICS" \
+           --events "$THRU_EVENTS" --rate "$THRU_RATE" ;;
+      *) die "unknown scenario $s (a b c d e)" ;;
+    esac
+  done
+done
+
+# --- table -----------------------------------------------------------------------
+# get TARGET SCENARIO JQ-EXPR: a number from a report, or "" when it is missing.
+get() {
+  local f=$OUT/$1-$2.json
+  [[ -s $f ]] || { echo ""; return; }
+  jq -r "$3 // empty" "$f"
+}
+complete() {
+  local f=$OUT/$1-$2.json
+  [[ -s $f ]] || { echo "no"; return; }
+  jq -r 'if .connected == .connections and .publish_errors == 0 and
+    .published == .events and .deliveries == .expected_deliveries and
+    .ended_early == 0 then "yes" else "no" end' "$f"
+}
+fmt() { [[ -z $1 ]] && echo "–" || printf "%.${2:-2}f" "$1"; }
+ratio() { [[ -z $1 || -z $2 ]] && echo "–" || awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "–"; else printf "%.2f", a / b }'; }
+
+row() { # row SCENARIO LABEL JQ DIGITS [NCHAN_SCENARIO]
+  local sp np
+  sp=$(get stackpulse "$1" "$3")
+  np=$(get nchan "${5:-$1}" "$3")
+  [[ $1 == e ]] && np=""
+  echo "| $1 | $2 | $(fmt "$sp" "$4") | $(fmt "$np" "$4") | $(ratio "$sp" "$np") |"
+}
+
+{
+  echo "| | metric | stackpulse | nchan | stackpulse ÷ nchan |"
+  echo "|---|---|---:|---:|---:|"
+  for s in $SCENARIOS; do
+    case $s in
+      a) row a "RSS per idle connection, KiB (lower is better)" '.rss_per_connection_bytes / 1024' 2
+         row a "connections open" '.connected' 0 ;;
+      b) row b "fan-out latency p50, ms" '.latency.p50_ms' 2
+         row b "fan-out latency p99, ms" '.latency.p99_ms' 2
+         row b "fan-out latency max, ms" '.latency.max_ms' 2 ;;
+      c) row c "deliveries per server CPU-second (higher is better)" '.deliveries_per_cpu_s' 0
+         row c "deliveries per second" '.deliveries_per_s' 0
+         row c "server CPU seconds" '.server_cpu_load_s' 2
+         row c "delivery latency p99, ms" '.latency.p99_ms' 2 ;;
+      d) row d "connect+subscribe p50, ms" '.connect.p50_ms' 2
+         row d "connect+subscribe p99, ms" '.connect.p99_ms' 2 ;;
+      e) row e "deliveries per server CPU-second, auth on" '.deliveries_per_cpu_s' 0
+         row e "delivery latency p99, ms" '.latency.p99_ms' 2
+         if [[ -s $OUT/stackpulse-c.json && -s $OUT/stackpulse-e.json ]]; then
+           echo "| e | stackpulse with auth ÷ without (c) | $(ratio "$(get stackpulse e .deliveries_per_cpu_s)" "$(get stackpulse c .deliveries_per_cpu_s)") | | |"
+         fi ;;
+    esac
+  done
+  echo
+  echo -n "complete runs:"
+  for s in $SCENARIOS; do for t in $TARGETS; do
+    [[ $s == e && $t == nchan ]] && continue
+    echo -n " $t-$s=$(complete "$t" "$s")"
+  done; done
+  echo
+  echo "workers: $WORKERS (stackpulse tokio threads, nginx worker processes); load: $(cut -d' ' -f1-3 /proc/loadavg)"
+} | tee "$OUT/table.md"
+echo "reports: $OUT" >&2
