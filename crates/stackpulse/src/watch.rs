@@ -353,6 +353,14 @@ pub async fn via_server<W: Write>(
                 }
             }
             Some(Ok(Frame::Control(ServerMessage::Error { code, message, .. }))) => {
+                // `--region` named the server's default region: its topic is `stack:X`.
+                let canonical = format!("{}{stack}", crate::tracking::TOPIC_PREFIX);
+                let retry = code == 400
+                    && topic != canonical
+                    && message.starts_with(&format!("Use {canonical}:"));
+                if retry && client.subscribe(&canonical, None, None).await.is_ok() {
+                    continue;
+                }
                 return WatchEnd::Error(format!("server error {code}: {message}"));
             }
             Some(Ok(Frame::Control(_))) => {}

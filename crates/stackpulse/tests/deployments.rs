@@ -88,6 +88,16 @@ async fn two_stacks_deploy_as_one_deployment_topic() {
         .await
         .expect("subscribe to the deployment");
 
+    // A completion already in a stack's history is an earlier operation's: it must
+    // not count for a deployment started afterwards.
+    let (code, body) = server
+        .publish_raw(
+            &json!({"type": "stack.deployed", "deployment_id": "stack:network",
+            "data": {"stack_name": "network"}}),
+        )
+        .await;
+    assert_eq!(code, 202, "{body}");
+
     let body = json!({"deployment_id": "D1", "stacks": [
         {"name": "network", "environment": "dev"},
         {"name": "app", "environment": "dev"}
@@ -225,6 +235,19 @@ async fn bad_requests_are_refused_and_use_no_seq() {
     let (code, _) = server.get("/v1/topics/D3").await;
     assert_eq!(code, 404, "no refused request created the topic");
 
+    // The same stack twice, once with the default region spelled out.
+    let twice = json!({"deployment_id": "D5", "stacks": [
+        {"name": "a"}, {"name": "a", "region": "us-east-1"}]})
+    .to_string();
+    let (code, body) = post(&server, Some(KEY), &twice).await;
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(
+        body["message"],
+        "Invalid stacks: stacks[1] is stack:a again (the server's default region is implied)"
+    );
+    let (code, _) = server.get("/v1/topics/D5").await;
+    assert_eq!(code, 404);
+
     // More stacks than one subscriber may follow: refused with the limit.
     let limited = Server::spawn(
         &[
@@ -245,7 +268,7 @@ async fn bad_requests_are_refused_and_use_no_seq() {
     assert_eq!(code, 400, "{body}");
     assert_eq!(
         body["message"],
-        "Cannot track stack:b: Too many subscriptions (limit 1 per connection)"
+        "Cannot track stack:b: a deployment follows at most 1 stacks here (--max-subscriptions)"
     );
     let (code, _) = limited.get("/v1/topics/D4").await;
     assert_eq!(code, 404, "a refused deployment publishes nothing");

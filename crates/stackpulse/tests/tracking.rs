@@ -499,6 +499,40 @@ async fn failing_stack_throttling_and_watch_exit_codes() {
         out.contains("Root cause: Db (AWS::S3::Bucket) CREATE_FAILED: Subnet not found"),
         "{out}"
     );
+    // `--region` naming the server's default region watches the same topic (and
+    // poller): `stack:us-east-1:failing` is refused with the name to use.
+    let (code, out, err) = cli(
+        &[
+            "watch",
+            "failing",
+            "--server",
+            &server_url,
+            "--region",
+            "us-east-1",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 1, "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("Root cause: Db"), "{out}");
+    let mut c = server.connect().await;
+    c.subscribe("stack:us-east-1:failing", None, None)
+        .await
+        .expect("send");
+    assert_eq!(
+        error(&mut c).await,
+        (
+            400,
+            "Use stack:failing: us-east-1 is this server's default region".to_string()
+        )
+    );
+    assert_eq!(
+        server
+            .metric("stackpulse_tracking_pollers_started_total")
+            .await,
+        1.0,
+        "one poller for the stack, however it was named"
+    );
     // A stack the server cannot track (access denied): exit 2 with AWS's reason.
     fake.world().faults.push_back(Fault::AccessDenied);
     let (code, out, err) = cli(&["watch", "denied", "--server", &server_url], &[]).await;

@@ -37,13 +37,21 @@ use serde_json::{Map, Value};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::{Delivery, Draft, Hub, Lease, Outbox, Session, StampedEvent};
-use crate::tracking::Tracking;
+use stackpulse_cfn::TrackerMessage;
+
+use crate::hub::{
+    BackplaneError, CloseReason, Delivery, Draft, Hub, Lease, Outbox, Session, StampedEvent,
+    SubscribeError,
+};
+use crate::tracking::events::{from_hub, to_hub, Origin, STACK_SNAPSHOT};
+use crate::tracking::{StackTopic, Tracking};
 use progress::{Out, Progress};
 use request::DeploymentRequest;
 
 /// Stack events buffered for one deployment before it is considered stuck.
 const QUEUE: usize = 4096;
+/// Deployments one node follows at once (each may keep 50 stack pollers busy).
+pub const MAX_RUNNING: usize = 256;
 
 /// Settings of deployment followers.
 #[derive(Debug, Clone, Copy)]
@@ -61,6 +69,10 @@ pub enum StartError {
     AlreadyRunning(String),
     #[error("Cannot track {topic}: {reason}")]
     Subscribe { topic: String, reason: String },
+    #[error("Invalid stacks: {0}")]
+    Invalid(String),
+    #[error("Too many deployments followed by this node (limit {0})")]
+    TooMany(usize),
     #[error("Service unavailable: {0}")]
     Unavailable(String),
 }
@@ -106,14 +118,28 @@ impl Deployments {
         shutdown: CancellationToken,
     ) -> Result<Started, StartError> {
         let id = req.deployment_id.clone();
+        if self.running.len() >= MAX_RUNNING {
+            return Err(StartError::TooMany(MAX_RUNNING));
+        }
         if self.running.insert(id.clone(), ()).is_some() {
             return Err(StartError::AlreadyRunning(id));
         }
-        let result = self.try_start(req, shutdown).await;
-        if result.is_err() {
-            self.running.remove(&id);
+        // In a task of its own: a request dropped half-way (the client went away)
+        // must neither strand the id in `running` nor leave its subscriptions.
+        let this = self.clone();
+        let started = tokio::spawn(async move {
+            let result = this.try_start(req, shutdown).await;
+            if result.is_err() {
+                this.running.remove(&id);
+            }
+            result
+        });
+        match started.await {
+            Ok(result) => result,
+            Err(e) => Err(StartError::Unavailable(format!(
+                "deployment start failed: {e}"
+            ))),
         }
-        result
     }
 
     async fn try_start(
@@ -161,33 +187,22 @@ impl Deployments {
         let (outbox, rx) = Outbox::new(QUEUE);
         let session = self.hub.open_session(outbox);
         let mut topics = Vec::with_capacity(req.stacks.len());
-        for spec in &req.stacks {
+        for (i, spec) in req.stacks.iter().enumerate() {
             let topic = self
                 .tracking
                 .topic_for(&spec.name, spec.region.as_deref())
                 .await;
-            let subscribed = async {
-                let position = self
-                    .hub
-                    .backplane()
-                    .read(&topic, None)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let allow_all = |_: Option<&stackpulse_protocol::Acl>| true;
-                self.hub
-                    .subscribe(
-                        &session,
-                        &topic,
-                        Some(position.latest_seq),
-                        Some(position.epoch.to_string()),
-                        &allow_all,
-                    )
-                    .await
-                    .map_err(|e| e.to_string())
+            let refused = if topics.contains(&topic) {
+                // `region` spelled out as the default one names the same stack.
+                Some(StartError::Invalid(format!(
+                    "stacks[{i}] is {topic} again (the server's default region is implied)"
+                )))
+            } else {
+                self.subscribe_from_now(&session, &topic).await.err()
             };
-            if let Err(e) = subscribed.await {
+            if let Some(e) = refused {
                 self.hub.close_session(&session).await;
-                return Err(StartError::Subscribe { topic, reason: e });
+                return Err(e);
             }
             self.tracking.ensure(&topic);
             topics.push(topic);
@@ -222,6 +237,42 @@ impl Deployments {
         }
     }
 
+    /// Subscribes the follower's session to a stack topic from its latest seq, so
+    /// only what happens from now on counts.
+    async fn subscribe_from_now(
+        &self,
+        session: &Arc<Session>,
+        topic: &str,
+    ) -> Result<(), StartError> {
+        let refused = |reason: String| StartError::Subscribe {
+            topic: topic.to_owned(),
+            reason,
+        };
+        let position = self
+            .hub
+            .backplane()
+            .read(topic, None)
+            .await
+            .map_err(|e| StartError::Unavailable(e.to_string()))?;
+        let allow_all = |_: Option<&stackpulse_protocol::Acl>| true;
+        self.hub
+            .subscribe(
+                session,
+                topic,
+                Some(position.latest_seq),
+                Some(position.epoch.to_string()),
+                &allow_all,
+            )
+            .await
+            .map_err(|e| match e {
+                SubscribeError::Backplane(b) => StartError::Unavailable(b.to_string()),
+                SubscribeError::TooMany(n) => refused(format!(
+                    "a deployment follows at most {n} stacks here (--max-subscriptions)"
+                )),
+                other => refused(other.to_string()),
+            })
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn follow(
         &self,
@@ -243,9 +294,11 @@ impl Deployments {
                     "Deployment {id} did not finish within {} s",
                     self.config.timeout.as_secs()
                 )),
-                _ = session.outbox.closing() => progress.give_up(
-                    "The deployment fell too far behind its stacks' events"
-                ),
+                reason = session.outbox.closing() => progress.give_up(match reason {
+                    CloseReason::Resync => "The deployment lost its stacks' events while the backplane was away",
+                    CloseReason::SlowConsumer => "The deployment fell too far behind its stacks' events",
+                    _ => "The deployment's subscriptions were closed",
+                }),
                 _ = renew.tick() => {
                     match self.hub.backplane().renew_lease(lease, self.config.lease_ttl).await {
                         Ok(true) => {}
@@ -259,12 +312,18 @@ impl Deployments {
                 }
                 item = rx.recv() => match item {
                     Some(Delivery::Event(event)) => stack_event(&mut progress, topics, &event),
-                    Some(_) => continue,
+                    // A resume that history could not cover is followed by the
+                    // stack's snapshot: a completion missed meanwhile is in it.
+                    Some(Delivery::Frame(frame)) => snapshot_completion(&mut progress, topics, frame.as_str()),
+                    Some(Delivery::Subscribed(_)) => continue,
                     None => return,
                 },
             };
             for (event_type, data) in out {
-                if !self.publish(id, event_type, data, lease).await {
+                if !self
+                    .publish(id, event_type, data, lease, &shutdown, deadline)
+                    .await
+                {
                     return;
                 }
             }
@@ -272,13 +331,16 @@ impl Deployments {
     }
 
     /// Publishes one deployment event, retrying while the backplane is away; false
-    /// when the lease was lost (another node follows the deployment now).
+    /// when the lease was lost (another node follows the deployment now), at
+    /// shutdown, or when the backplane stayed away past the deployment's deadline.
     async fn publish(
         &self,
         id: &str,
         event_type: &str,
         data: Map<String, Value>,
         lease: &Lease,
+        shutdown: &CancellationToken,
+        deadline: Instant,
     ) -> bool {
         let mut wait = Duration::from_millis(100);
         loop {
@@ -290,18 +352,69 @@ impl Deployments {
             };
             match self.hub.publish_draft(id, draft).await {
                 Ok(_) => return true,
-                Err(crate::hub::BackplaneError::Fenced(_)) => {
+                Err(BackplaneError::Fenced(_)) => {
                     tracing::warn!(deployment = %id, "deployment lease lost; stopping");
                     return false;
                 }
                 Err(e) => {
                     tracing::warn!(deployment = %id, error = %e, "cannot publish a deployment event; retrying");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(5));
                 }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::error!(deployment = %id, "backplane away until the deployment's deadline; giving up");
+                    return false;
+                }
+                _ = tokio::time::sleep(wait) => {}
+            }
+            wait = (wait * 2).min(Duration::from_secs(5));
+            // Keep the lease while waiting (a renewal error is retried next time).
+            if let Ok(false) = self
+                .hub
+                .backplane()
+                .renew_lease(lease, self.config.lease_ttl)
+                .await
+            {
+                tracing::warn!(deployment = %id, "deployment lease lost; stopping");
+                return false;
             }
         }
     }
+}
+
+/// Feeds the completion a stack's snapshot shows (its last operation ended and
+/// the stack is still in that state) to the progress, as the stack's own
+/// `stack.deployed` / `stack.failed` would have been.
+fn snapshot_completion(progress: &mut Progress, topics: &[String], frame: &str) -> Vec<Out> {
+    let Ok(frame) = serde_json::from_str::<Value>(frame) else {
+        return Vec::new();
+    };
+    if frame.get("type").and_then(Value::as_str) != Some(STACK_SNAPSHOT) {
+        return Vec::new();
+    }
+    let topic = frame
+        .get("deployment_id")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let Some(index) = topics.iter().position(|t| t == topic) else {
+        return Vec::new();
+    };
+    let Some(stack) = StackTopic::parse(topic) else {
+        return Vec::new();
+    };
+    let timestamp = frame.get("timestamp").and_then(Value::as_str).unwrap_or("");
+    let data = frame.get("data").cloned().unwrap_or(Value::Null);
+    let origin = Origin {
+        stack_name: stack.stack.clone(),
+        environment: String::new(),
+    };
+    from_hub(STACK_SNAPSHOT, timestamp, &data, &stack.stack)
+        .into_iter()
+        .filter(|m| matches!(m, TrackerMessage::DeploymentComplete(_)))
+        .flat_map(|m| to_hub(&m, &origin))
+        .flat_map(|(event_type, data)| progress.on_stack_event(index, event_type, &data))
+        .collect()
 }
 
 /// Feeds one stack-topic event to the progress.

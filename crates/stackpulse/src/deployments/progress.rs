@@ -131,13 +131,7 @@ impl Progress {
                     .unwrap_or("the stack cannot be tracked")
                     .to_owned();
                 if data.get("final").and_then(Value::as_bool) == Some(true) {
-                    self.stacks[index].1 = Outcome::Failed;
-                    let failed = object(json!({
-                        "stack_name": name,
-                        "environment": environment,
-                        "error_message": message,
-                    }));
-                    vec![(STACK_FAILED, failed), self.status()]
+                    vec![self.fail(index, &message), self.status()]
                 } else {
                     let line = object(json!({
                         "level": "warning",
@@ -152,18 +146,31 @@ impl Progress {
         }
     }
 
-    /// The deployment gave up waiting: every running stack fails with `reason`.
+    /// Marks stack `index` failed; its `stack.failed` with `message`.
+    fn fail(&mut self, index: usize, message: &str) -> Out {
+        self.stacks[index].1 = Outcome::Failed;
+        let failed = object(json!({
+            "stack_name": self.stacks[index].0.name,
+            "environment": self.environment(index),
+            "error_message": message,
+        }));
+        (STACK_FAILED, failed)
+    }
+
+    /// The deployment gave up (its time ran out, it lost its events): every stack
+    /// still running fails with `reason`, then the deployment.
     pub fn give_up(&mut self, reason: &str) -> Vec<Out> {
         if self.finished() {
             return Vec::new();
         }
-        let Some(index) = self.stacks.iter().position(|(_, o)| *o == Outcome::Running) else {
-            return Vec::new();
-        };
-        let mut error = Map::new();
-        error.insert("message".into(), Value::from(reason));
-        error.insert("final".into(), Value::from(true));
-        self.on_stack_event(index, TRACKER_ERROR, &error)
+        let mut out: Vec<Out> = (0..self.stacks.len())
+            .filter(|i| self.stacks[*i].1 == Outcome::Running)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|i| self.fail(i, reason))
+            .collect();
+        out.push(self.status());
+        out
     }
 }
 
@@ -270,11 +277,28 @@ mod tests {
         assert_eq!(out[0].1["error_message"], "Stack [a] does not exist");
         assert_eq!(status(&out[1]).0, "failed");
 
-        let mut p = Progress::new(vec![spec("a", None), spec("b", None)], "r".into());
+        let mut p = Progress::new(
+            vec![
+                spec("a", None),
+                spec("b", None),
+                spec("c", None),
+                spec("d", None),
+            ],
+            "r".into(),
+        );
         p.on_stack_event(0, STACK_DEPLOYED, &Map::new());
+        p.on_stack_event(2, STACK_DEPLOYED, &Map::new());
         let out = p.give_up("timed out");
-        assert_eq!(out[0].1["stack_name"], "b");
-        assert_eq!(out[0].1["error_message"], "timed out");
+        assert_eq!(out.len(), 3, "{out:?}");
+        assert_eq!(
+            (
+                out[0].1["stack_name"].as_str(),
+                out[1].1["stack_name"].as_str()
+            ),
+            (Some("b"), Some("d"))
+        );
+        assert_eq!(out[1].1["error_message"], "timed out");
+        assert_eq!(status(&out[2]), ("failed".into(), 3, 4));
         assert!(p.finished());
         assert!(p.give_up("again").is_empty());
     }

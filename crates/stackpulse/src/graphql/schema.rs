@@ -110,6 +110,7 @@ fn subscribe_error(field: &str, e: SubscribeError) -> Error {
         ),
         SubscribeError::Backplane(b) => gql_error("ServiceUnavailable", b.to_string(), Some(503)),
         SubscribeError::Closed => gql_error("ServiceUnavailable", "connection closed", Some(410)),
+        SubscribeError::Invalid(message) => gql_error("BadRequestException", message, Some(400)),
     }
 }
 

@@ -4,8 +4,9 @@
 //! topic), then the body is validated ([`crate::deployments::request`]), then
 //! [`crate::deployments::Deployments::start`] subscribes to the stacks and
 //! publishes the first `deployment.status`. Success is `202 {"deployment_id",
-//! "seq", "stacks": [{"name", "topic"}]}`; a deployment already being followed is
-//! 409, an unavailable backplane 503.
+//! "seq", "stacks": [{"name", "topic"}]}`; a stack listed twice or more stacks than
+//! one follower may take is 400, a deployment already being followed 409, too many
+//! deployments on this node 429, an unavailable backplane 503.
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -55,7 +56,8 @@ pub async fn start(
         Err(e) => {
             let status = match &e {
                 StartError::AlreadyRunning(_) => StatusCode::CONFLICT,
-                StartError::Subscribe { .. } => StatusCode::BAD_REQUEST,
+                StartError::Subscribe { .. } | StartError::Invalid(_) => StatusCode::BAD_REQUEST,
+                StartError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
                 StartError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             };
             error_body(status, &e.to_string()).into_response()

@@ -72,6 +72,9 @@ pub enum SubscribeError {
     Backplane(#[from] BackplaneError),
     #[error("connection closed")]
     Closed,
+    /// The topic name is refused before the hub sees it (the message says why).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl SubscribeError {
@@ -82,6 +85,7 @@ impl SubscribeError {
             SubscribeError::Forbidden(_) => 403,
             SubscribeError::Backplane(_) => 503,
             SubscribeError::Closed => 410,
+            SubscribeError::Invalid(_) => 400,
         }
     }
 }

@@ -191,6 +191,25 @@ impl Tracking {
         .topic()
     }
 
+    /// Refuses a stack topic that names the default region (`stack:<default>:X`):
+    /// that stack's topic is `stack:X`, and a second name would mean a second
+    /// poller and a second stream of the same stack.
+    pub async fn check_topic(&self, topic: &str) -> Result<(), String> {
+        let Some(StackTopic {
+            region: Some(region),
+            stack,
+        }) = StackTopic::parse(topic)
+        else {
+            return Ok(());
+        };
+        if region == self.aws.default_region().await {
+            return Err(format!(
+                "Use {TOPIC_PREFIX}{stack}: {region} is this server's default region"
+            ));
+        }
+        Ok(())
+    }
+
     /// Starts the poller of `topic` if it is a stack topic and none runs here yet.
     /// Call it after a successful subscribe (so nobody starts a poller for a topic
     /// they may not read). Returns whether `topic` is a stack topic.

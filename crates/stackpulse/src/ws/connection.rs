@@ -234,6 +234,11 @@ async fn subscribe(
     epoch: Option<String>,
 ) -> Result<(), SubscribeError> {
     state
+        .tracking
+        .check_topic(topic)
+        .await
+        .map_err(SubscribeError::Invalid)?;
+    state
         .hub
         .subscribe(&info.session, topic, since, epoch, &|acl| {
             state.gate.may_subscribe(&info.user, acl)
