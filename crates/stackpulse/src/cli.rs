@@ -150,12 +150,19 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
     let scheme = if tls.is_some() { "https" } else { "http" };
     println!("stackpulse listening on {scheme}://{addr}");
     let _ = std::io::stdout().flush();
-    tracing::warn!(
-        "no authentication configured: serving loopback only ({addr}); anyone on this machine can subscribe"
-    );
-    if config.publisher_keys.is_empty() && config.publisher_key_hashes.is_empty() {
+    let no_keys = config.publisher_keys.is_empty() && config.publisher_key_hashes.is_empty();
+    if config.auth.is_none() {
         tracing::warn!(
-            "no publisher key configured: POST /v1/events will answer 401 (set --publisher-key)"
+            "no authentication configured: serving loopback only ({addr}); anyone on this machine can subscribe"
+        );
+        if no_keys {
+            tracing::warn!(
+                "no publisher key configured: POST /v1/events will answer 401 (set --publisher-key)"
+            );
+        }
+    } else if no_keys {
+        tracing::info!(
+            "no publisher key configured: only tokens of the publisher group may publish"
         );
     }
     match crate::server::serve_with_tls(listener, config, tls, shutdown).await {

@@ -201,9 +201,14 @@ async fn every_bad_token_is_refused_before_the_upgrade() {
             "{name}"
         );
     }
-    // And the valid one goes through, by query and by header.
+    // And the valid one goes through, by query and by header (an empty `?token=`
+    // does not hide the header).
     let (status, _) = server
         .upgrade_status(&format!("?token={valid}"), None)
+        .await;
+    assert_eq!(status, 101);
+    let (status, _) = server
+        .upgrade_status("?token=", Some(&format!("Bearer {valid}")))
         .await;
     assert_eq!(status, 101);
     let mut c = server.connect_as(&sign(&access_claims("alice", &[]))).await;

@@ -56,7 +56,7 @@ pub const BEARER_SUBPROTOCOL_PREFIX: &str = "base64url.bearer.authorization.k8s.
 pub fn request_token(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
     if let Some(q) = query {
         for (k, v) in url::form_urlencoded::parse(q.as_bytes()) {
-            if k == "token" {
+            if k == "token" && !v.is_empty() {
                 return Some(v.into_owned());
             }
         }
