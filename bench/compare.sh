@@ -261,10 +261,13 @@ row() { # row SCENARIO LABEL JQ DIGITS [NCHAN_SCENARIO]
       c) row c "deliveries per server CPU-second (higher is better)" '.deliveries_per_cpu_s' 0
          row c "deliveries per second" '.deliveries_per_s' 0
          row c "server CPU seconds" '.server_cpu_load_s' 2
+         row c "… of which in the kernel" '.server_sys_load_s' 2
          row c "delivery latency p99, ms" '.latency.p99_ms' 2 ;;
       d) row d "connect+subscribe p50, ms" '.connect.p50_ms' 2
          row d "connect+subscribe p99, ms" '.connect.p99_ms' 2 ;;
       e) row e "deliveries per server CPU-second, auth on" '.deliveries_per_cpu_s' 0
+         row e "server CPU seconds" '.server_cpu_load_s' 2
+         row e "… of which in the kernel" '.server_sys_load_s' 2
          row e "delivery latency p99, ms" '.latency.p99_ms' 2
          if [[ -s $OUT/stackpulse-c.json && -s $OUT/stackpulse-e.json ]]; then
            echo "| e | stackpulse with auth ÷ without (c) | $(ratio "$(get stackpulse e .deliveries_per_cpu_s)" "$(get stackpulse c .deliveries_per_cpu_s)") | | |"

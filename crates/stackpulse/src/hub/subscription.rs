@@ -177,7 +177,6 @@ impl Subscription {
 mod tests {
     use super::*;
     use serde_json::Map;
-    use tokio::sync::mpsc;
 
     fn ev(seq: u64, epoch: &Arc<str>) -> Arc<StampedEvent> {
         Arc::new(StampedEvent::new(
@@ -190,7 +189,7 @@ mod tests {
         ))
     }
 
-    fn drain(rx: &mut mpsc::Receiver<Delivery>) -> Vec<u64> {
+    fn drain(rx: &mut crate::hub::outbox::Receiver) -> Vec<u64> {
         let mut seqs = Vec::new();
         while let Ok(d) = rx.try_recv() {
             if let Delivery::Event(e) = d {

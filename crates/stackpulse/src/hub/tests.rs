@@ -2,7 +2,6 @@
 
 use super::*;
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
 
 fn allow(_: Option<&Acl>) -> bool {
     true
@@ -39,7 +38,7 @@ enum Got {
     Event(u64),
 }
 
-fn take(rx: &mut mpsc::Receiver<Delivery>) -> Vec<Got> {
+fn take(rx: &mut super::outbox::Receiver) -> Vec<Got> {
     let mut out = Vec::new();
     while let Ok(d) = rx.try_recv() {
         out.push(match d {

@@ -17,7 +17,6 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use stackpulse_protocol::{parse_client_message, ClientMessage, ProtocolError, ServerMessage};
-use tokio::sync::mpsc;
 
 use super::close;
 use super::registry::{ConnInfo, Slot};
@@ -329,7 +328,7 @@ async fn feed(sink: &mut Sink, encoded: Encoded) -> Result<(), axum::Error> {
 async fn write_batch<E: Encoder>(
     sink: &mut Sink,
     first: Delivery,
-    rx: &mut mpsc::Receiver<Delivery>,
+    rx: &mut crate::hub::outbox::Receiver,
     encoder: &mut E,
     delivered: &metrics::Counter,
 ) -> Result<(), axum::Error> {
@@ -356,7 +355,7 @@ async fn write_batch<E: Encoder>(
 /// a write to a peer that stopped reading is pending).
 pub(crate) async fn write_loop<E: Encoder>(
     mut sink: Sink,
-    mut rx: mpsc::Receiver<Delivery>,
+    mut rx: crate::hub::outbox::Receiver,
     outbox: Arc<Outbox>,
     ping_every: Duration,
     mut encoder: E,
