@@ -183,7 +183,7 @@ impl Deployments {
         &self,
         req: &DeploymentRequest,
         lease: &Lease,
-    ) -> Result<(Arc<Session>, tokio::sync::mpsc::Receiver<Delivery>, Started), StartError> {
+    ) -> Result<(Arc<Session>, crate::hub::outbox::Receiver, Started), StartError> {
         let (outbox, rx) = Outbox::new(QUEUE);
         let session = self.hub.open_session(outbox);
         let mut topics = Vec::with_capacity(req.stacks.len());
@@ -280,7 +280,7 @@ impl Deployments {
         mut progress: Progress,
         topics: &[String],
         session: &Arc<Session>,
-        mut rx: tokio::sync::mpsc::Receiver<Delivery>,
+        mut rx: crate::hub::outbox::Receiver,
         lease: &Lease,
         shutdown: CancellationToken,
     ) {

@@ -19,7 +19,6 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use tokio::sync::mpsc;
 
 use crate::auth::User;
 use crate::http::AppState;
@@ -93,7 +92,7 @@ impl Drop for Leave {
 }
 
 pub struct Feed {
-    rx: mpsc::Receiver<Delivery>,
+    rx: crate::hub::outbox::Receiver,
     outbox: Arc<Outbox>,
     /// The last seq handed out (the resume point named by [`FeedEnded`]).
     last_seq: u64,
