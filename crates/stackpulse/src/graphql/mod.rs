@@ -107,6 +107,8 @@ async fn socket_handler(
         Ok(s) => s,
         Err(refusal) => return refusal.into_response(),
     };
+    // `configure` offers `/ws`'s `stackpulse.v1`; the `protocols` calls below
+    // replace that choice with the GraphQL dialect's (axum keeps the last call).
     let ws = crate::ws::configure(ws, state.config.max_frame_bytes);
     let tracked = state.tasks.token();
     if transport_ws {
