@@ -19,7 +19,9 @@
 #      nchan has no JWT verification of its own)
 # Both servers get the same cores: stackpulse's tokio runtime runs [WORKERS=nproc]
 # worker threads (TOKIO_WORKER_THREADS) and nginx runs as many worker processes.
-# Every scenario starts a fresh server. Results (one JSON report per run) go to
+# Every scenario starts a fresh server. [REPEAT=1] runs of each scenario alternate
+# between the servers; with more than one, the table shows each server's run with the
+# median headline figure and lists every run's. Results (one JSON report per run) go to
 # [OUT=target/bench/<time>]; the table is also written to $OUT/table.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,6 +43,7 @@ STORM_CONNS=${STORM_CONNS:-5000}
 STORM_RATE=${STORM_RATE:-1000}
 WORKERS=${WORKERS:-$(nproc)}
 SCENARIOS=${SCENARIOS:-a b c d e}
+REPEAT=${REPEAT:-1}
 TARGETS=${TARGETS:-stackpulse nchan}
 NCHAN_PORT=${NCHAN_PORT:-18090}
 NCHAN_MODULE=${NCHAN_MODULE:-/usr/lib/nginx/modules/ngx_nchan_module.so}
@@ -199,28 +202,55 @@ bench_run() {
   local rc=0
   "$BIN" bench run --json --label "$scenario" --target "$target" --ws-url "$ws_url" \
     --publish-url "$pub_url" "${key_flag[@]}" "${pids[@]}" "${run_args[@]}" "$@" \
-    >"$OUT/$target-$scenario.json" || rc=$?
+    >"$OUT/$target-$scenario$suffix.json" || rc=$?
   [[ $rc -eq 0 ]] || echo "   (incomplete run, exit $rc: see the counts above)" >&2
   stop_server
 }
 
+# headline S: the jq expression of scenario S's headline figure (picks the median run).
+headline() {
+  case $1 in
+    a) echo '.rss_per_connection_bytes' ;;
+    b) echo '.latency.p99_ms' ;;
+    c | e) echo '.deliveries_per_cpu_s' ;;
+    d) echo '.connect.p99_ms' ;;
+  esac
+}
+
 for s in $SCENARIOS; do
-  for t in $TARGETS; do
-    [[ $s == e && $t == nchan ]] && continue
-    case $s in
-      a) bench_run "$t" a --connections "$IDLE_CONNS" --topics 100 --events 0 \
-           --connect-rate "$IDLE_CONNECT_RATE" --settle 3 ;;
-      b) bench_run "$t" b --connections "$FANOUT_SUBS" --topics 1 \
-           --events "$FANOUT_EVENTS" --rate "$FANOUT_RATE" --connect-rate 2000 ;;
-      c) bench_run "$t" c --connections "$THRU_SUBS" --topics "$THRU_TOPICS" \
-           --events "$THRU_EVENTS" --rate "$THRU_RATE" ;;
-      d) bench_run "$t" d --connections "$STORM_CONNS" --topics 100 --events 0 \
-           --connect-rate "$STORM_RATE" --settle 0.5 ;;
-      e) bench_run "$t" e --connections "$THRU_SUBS" --topics "$THRU_TOPICS" \
-           --events "$THRU_EVENTS" --rate "$THRU_RATE" ;;
-      *) die "unknown scenario $s (a b c d e)" ;;
-    esac
+  for r in $(seq "$REPEAT"); do
+    suffix=""
+    [[ $REPEAT -gt 1 ]] && suffix="-r$r"
+    for t in $TARGETS; do
+      [[ $s == e && $t == nchan ]] && continue
+      case $s in
+        a) bench_run "$t" a --connections "$IDLE_CONNS" --topics 100 --events 0 \
+             --connect-rate "$IDLE_CONNECT_RATE" --settle 3 ;;
+        b) bench_run "$t" b --connections "$FANOUT_SUBS" --topics 1 \
+             --events "$FANOUT_EVENTS" --rate "$FANOUT_RATE" --connect-rate 2000 ;;
+        c) bench_run "$t" c --connections "$THRU_SUBS" --topics "$THRU_TOPICS" \
+             --events "$THRU_EVENTS" --rate "$THRU_RATE" ;;
+        d) bench_run "$t" d --connections "$STORM_CONNS" --topics 100 --events 0 \
+             --connect-rate "$STORM_RATE" --settle 0.5 ;;
+        e) bench_run "$t" e --connections "$THRU_SUBS" --topics "$THRU_TOPICS" \
+             --events "$THRU_EVENTS" --rate "$THRU_RATE" ;;
+        *) die "unknown scenario $s (a b c d e)" ;;
+      esac
+    done
   done
+  # With REPEAT > 1 the table shows, per server, the run with the median headline.
+  if [[ $REPEAT -gt 1 ]]; then
+    for t in $TARGETS; do
+      [[ $s == e && $t == nchan ]] && continue
+      expr=$(headline "$s")
+      for f in "$OUT/$t-$s"-r*.json; do
+        [[ -s $f ]] && echo "$(jq -r "$expr" "$f") $f"
+      done | sort -g >"$OUT/$t-$s.runs"
+      n=$(wc -l <"$OUT/$t-$s.runs")
+      [[ $n -gt 0 ]] || continue
+      cp "$(sed -n "$(((n + 1) / 2))p" "$OUT/$t-$s.runs" | cut -d' ' -f2)" "$OUT/$t-$s.json"
+    done
+  fi
 done
 
 # --- table -----------------------------------------------------------------------
@@ -230,12 +260,16 @@ get() {
   [[ -s $f ]] || { echo ""; return; }
   jq -r "$3 // empty" "$f"
 }
-complete() {
-  local f=$OUT/$1-$2.json
-  [[ -s $f ]] || { echo "no"; return; }
-  jq -r 'if .connected == .connections and .publish_errors == 0 and
-    .published == .events and .deliveries == .expected_deliveries and
-    .ended_early == 0 then "yes" else "no" end' "$f"
+complete() { # every run of TARGET SCENARIO (all repeats) was complete
+  local f files=("$OUT/$1-$2".json)
+  [[ $REPEAT -gt 1 ]] && files=("$OUT/$1-$2"-r*.json)
+  for f in "${files[@]}"; do
+    [[ -s $f ]] || { echo "no"; return; }
+    [[ $(jq -r 'if .connected == .connections and .publish_errors == 0 and
+      .published == .events and .deliveries == .expected_deliveries and
+      .ended_early == 0 then "yes" else "no" end' "$f") == yes ]] || { echo "no"; return; }
+  done
+  echo "yes"
 }
 fmt() { [[ -z $1 ]] && echo "–" || printf "%.${2:-2}f" "$1"; }
 ratio() { [[ -z $1 || -z $2 ]] && echo "–" || awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "–"; else printf "%.2f", a / b }'; }
@@ -275,6 +309,13 @@ row() { # row SCENARIO LABEL JQ DIGITS [NCHAN_SCENARIO]
     esac
   done
   echo
+  if [[ $REPEAT -gt 1 ]]; then
+    echo "median of $REPEAT runs per server; every run's headline figure:"
+    for s in $SCENARIOS; do for t in $TARGETS; do
+      [[ -s $OUT/$t-$s.runs ]] || continue
+      echo "- $s $t ($(headline "$s")): $(cut -d' ' -f1 "$OUT/$t-$s.runs" | xargs printf '%.6g ')"
+    done; done
+  fi
   echo -n "complete runs:"
   for s in $SCENARIOS; do for t in $TARGETS; do
     [[ $s == e && $t == nchan ]] && continue
