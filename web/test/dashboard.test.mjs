@@ -312,7 +312,9 @@ test('shows reconnecting while the server is away, and live again when it is bac
     await server.kill();
     await page.locator('#conn[data-state="reconnecting"]').waitFor();
     assert.match(await page.textContent('#conn'), /Reconnecting… \(attempt \d+, next in \d+\.\d s\)/);
-    assert.equal(await page.locator(`${D} .sub-state.off`).count(), 1, 'the card shows it is not live');
+    // Cards re-render on the next animation frame, after the connection state: wait
+    // for it (fails after 5 s if the card never says it is not live).
+    await page.locator(`${D} .sub-state.off`).waitFor({ timeout: 5_000 });
 
     server = await startServer({ port });
     await page.locator('#conn[data-state="open"]').waitFor({ timeout: 20_000 });
@@ -339,7 +341,7 @@ test('with authentication on: refused without a token, live once one is entered'
     // The upgrade is refused (401); the page keeps trying and suggests a token.
     await until(page, () => /does the server need a token\?/.test(document.querySelector('#conn').textContent));
     assert.equal(await page.getAttribute('#conn', 'data-state'), 'connecting');
-    assert.equal(await page.locator(`${card('D-secret')} .sub-state.off`).count(), 1);
+    await page.locator(`${card('D-secret')} .sub-state.off`).waitFor({ timeout: 5_000 });
 
     await page.click('.token summary');
     await page.fill('#token', issuer.token('dana'));
