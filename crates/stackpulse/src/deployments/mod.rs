@@ -36,6 +36,7 @@ use dashmap::DashMap;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use stackpulse_cfn::TrackerMessage;
 
@@ -93,15 +94,24 @@ pub struct Deployments {
     config: DeploymentsConfig,
     /// Deployments followed here (a second start is refused at once).
     running: DashMap<String, ()>,
+    /// The server's task tracker: shutdown waits for followers to give their
+    /// leases back.
+    tasks: TaskTracker,
 }
 
 impl Deployments {
-    pub fn new(hub: Hub, tracking: Arc<Tracking>, config: DeploymentsConfig) -> Arc<Deployments> {
+    pub fn new(
+        hub: Hub,
+        tracking: Arc<Tracking>,
+        tasks: TaskTracker,
+        config: DeploymentsConfig,
+    ) -> Arc<Deployments> {
         Arc::new(Deployments {
             hub,
             tracking,
             config,
             running: DashMap::new(),
+            tasks,
         })
     }
 
@@ -168,7 +178,7 @@ impl Deployments {
         let progress = Progress::new(req.stacks, default_region);
         let topics = started.stack_topics.clone();
         let this = self.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             this.follow(&id, progress, &topics, &session, rx, &lease, shutdown)
                 .await;
             this.hub.close_session(&session).await;

@@ -46,7 +46,8 @@ pub struct AppState {
     pub gate: Arc<Gate>,
     /// Cancelled when shutdown starts: `/readyz` turns 503, new sockets are refused.
     pub shutdown: CancellationToken,
-    /// Every WebSocket connection, so shutdown can wait for them to drain.
+    /// Every WebSocket connection (and deployment follower), so shutdown can wait
+    /// for them to drain.
     pub tasks: TaskTracker,
     /// The CloudFormation pollers of `stack:*` topics.
     pub tracking: Arc<Tracking>,
@@ -69,9 +70,11 @@ impl AppState {
                 lease_ttl: config.poller_lease,
             },
         );
+        let tasks = TaskTracker::new();
         let deployments = Deployments::new(
             hub.clone(),
             tracking.clone(),
+            tasks.clone(),
             DeploymentsConfig {
                 timeout: config.deployment_timeout,
                 lease_ttl: config.poller_lease,
@@ -89,7 +92,7 @@ impl AppState {
             config: Arc::new(config),
             registry: Arc::new(Registry::default()),
             shutdown: CancellationToken::new(),
-            tasks: TaskTracker::new(),
+            tasks,
         })
     }
 }
