@@ -11,21 +11,6 @@ use jsonwebtoken::Algorithm;
 use serde_json::{json, Value};
 use stackpulse_protocol::ServerMessage;
 
-async fn server_with(jwks: &Jwks, extra: &[&str]) -> Server {
-    let mut args = vec![
-        "--jwt-issuer",
-        ISSUER,
-        "--jwks-url",
-        &jwks.url,
-        "--cognito-client-id",
-        CLIENT,
-        "--jwt-leeway",
-        "0",
-    ];
-    args.extend_from_slice(extra);
-    Server::start(&args).await
-}
-
 fn tamper_payload(token: &str) -> String {
     let parts: Vec<&str> = token.split('.').collect();
     let mut claims = id_claims("alice", &[]);

@@ -25,18 +25,7 @@ const SUB_SINCE: &str = "subscription S($d: ID!, $since: Int) { onDeploymentUpda
 
 async fn jwt_server(extra: &[&str]) -> (Server, Jwks) {
     let jwks = Jwks::serve("jwks.json").await;
-    let mut args = vec![
-        "--jwt-issuer",
-        ISSUER,
-        "--jwks-url",
-        &jwks.url,
-        "--cognito-client-id",
-        CLIENT,
-        "--jwt-leeway",
-        "0",
-    ];
-    args.extend_from_slice(extra);
-    let server = Server::start(&args).await;
+    let server = server_with(&jwks, extra).await;
     (server, jwks)
 }
 

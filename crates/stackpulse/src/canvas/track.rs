@@ -37,10 +37,10 @@ use serde_json::Value;
 use stackpulse_cfn::{TrackerError, TrackerMessage};
 
 use crate::http::{error_body, AppState};
-use crate::hub::{CloseReason, Delivery, Outbox};
+use crate::hub::{CloseReason, Delivery};
 use crate::tracking::events::from_hub;
 use crate::tracking::{valid_region, valid_stack_name};
-use crate::ws::connection::{expired, token_expiry, write_loop, Encoded, Encoder};
+use crate::ws::connection::{expired, open, token_expiry, Encoded, Encoder, Opened};
 use crate::ws::registry::ConnInfo;
 use crate::ws::{admit, configure, Admission};
 
@@ -101,20 +101,21 @@ async fn run(
         verified,
         user_slot,
     } = admission;
-    let (outbox, rx) = Outbox::new(state.config.queue_size);
-    let session = state.hub.open_session(outbox.clone());
-    let info = ConnInfo::new(verified.user, remote, verified.expires_at, session.clone());
-    slot.register(info.clone());
-    tracing::debug!(conn = session.id, %remote, %topic, "canvas tracker connected");
-
-    let (sink, stream) = socket.split();
-    let writer = tokio::spawn(write_loop(
-        sink,
-        rx,
-        outbox.clone(),
-        state.config.ping_interval,
+    let Opened {
+        info,
+        outbox,
+        stream,
+        writer,
+    } = open(
+        socket,
+        &state,
+        &mut slot,
+        verified,
+        remote,
         CanvasEncoder { stack_name },
-    ));
+    );
+    let session = info.session.clone();
+    tracing::debug!(conn = session.id, %remote, %topic, "canvas tracker connected");
     let access = |acl: Option<&stackpulse_protocol::Acl>| state.gate.may_subscribe(&info.user, acl);
     if let Err(e) = state
         .hub

@@ -50,7 +50,7 @@ use super::StackpulseSchema;
 use crate::auth::User;
 use crate::http::AppState;
 use crate::hub::{CloseReason, Delivery, Outbox};
-use crate::ws::connection::{expired, token_expiry, write_loop, Encoded, Encoder};
+use crate::ws::connection::{expired, open, token_expiry, Encoded, Encoder, Opened};
 use crate::ws::registry::{ConnInfo, Slot};
 
 /// What AppSync announces in `connection_ack`: clients drop a connection that
@@ -246,20 +246,13 @@ pub async fn run(
         None
     };
 
-    let (outbox, rx) = Outbox::new(state.config.queue_size);
-    let session = state.hub.open_session(outbox.clone());
-    let info = ConnInfo::new(verified.user, remote, verified.expires_at, session);
-    slot.register(info.clone());
+    let Opened {
+        info,
+        outbox,
+        stream,
+        writer,
+    } = open(socket, &state, &mut slot, verified, remote, AppSyncEncoder);
     tracing::debug!(conn = info.session.id, %remote, "AppSync real-time client connected");
-
-    let (sink, stream) = socket.split();
-    let writer = tokio::spawn(write_loop(
-        sink,
-        rx,
-        outbox.clone(),
-        state.config.ping_interval,
-        AppSyncEncoder,
-    ));
     let ack = json!({
         "type": "connection_ack",
         "payload": { "connectionTimeoutMs": CONNECTION_TIMEOUT_MS },

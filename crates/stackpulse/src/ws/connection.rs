@@ -40,25 +40,35 @@ pub struct Admitted {
     pub user_slot: Option<UserSlot>,
 }
 
-pub async fn run(socket: WebSocket, state: AppState, admitted: Admitted) {
-    let Admitted {
-        mut slot,
-        remote,
-        verified,
-        user_slot,
-    } = admitted;
+/// An upgraded socket of any dialect, once [`open`] registered it: its hub session
+/// is open and its writer runs; the caller reads `stream`.
+pub(crate) struct Opened {
+    pub info: Arc<ConnInfo>,
+    pub outbox: Arc<Outbox>,
+    pub stream: SplitStream<WebSocket>,
+    pub writer: tokio::task::JoinHandle<()>,
+}
+
+/// Opens the hub session of an upgraded socket, registers the connection in
+/// `slot` and starts its writer with the dialect's `encoder`.
+pub(crate) fn open<E: Encoder>(
+    socket: WebSocket,
+    state: &AppState,
+    slot: &mut Slot,
+    verified: Verified,
+    remote: SocketAddr,
+    encoder: E,
+) -> Opened {
     let (outbox, rx) = Outbox::new(state.config.queue_size);
     let session = state.hub.open_session(outbox.clone());
-    let info = ConnInfo::new(verified.user, remote, verified.expires_at, session.clone());
+    let info = ConnInfo::new(verified.user, remote, verified.expires_at, session);
     slot.register(info.clone());
-    tracing::debug!(conn = session.id, %remote, "connected");
-
+    // Shutdown closes the registered connections; one that registers after that
+    // sweep (its upgrade finished just then) closes itself the same way.
+    if state.shutdown.is_cancelled() {
+        outbox.close(CloseReason::Shutdown);
+    }
     let (sink, stream) = socket.split();
-    let encoder = JsonEncoder {
-        latency: crate::metrics::delivery_latency(),
-        writes: 0,
-        sample: true,
-    };
     let writer = tokio::spawn(write_loop(
         sink,
         rx,
@@ -66,6 +76,34 @@ pub async fn run(socket: WebSocket, state: AppState, admitted: Admitted) {
         state.config.ping_interval,
         encoder,
     ));
+    Opened {
+        info,
+        outbox,
+        stream,
+        writer,
+    }
+}
+
+pub async fn run(socket: WebSocket, state: AppState, admitted: Admitted) {
+    let Admitted {
+        mut slot,
+        remote,
+        verified,
+        user_slot,
+    } = admitted;
+    let encoder = JsonEncoder {
+        latency: crate::metrics::delivery_latency(),
+        writes: 0,
+        sample: true,
+    };
+    let Opened {
+        info,
+        outbox,
+        stream,
+        writer,
+    } = open(socket, &state, &mut slot, verified, remote, encoder);
+    let session = info.session.clone();
+    tracing::debug!(conn = session.id, %remote, "connected");
     read_loop(stream, &state, &info).await;
     outbox.close(CloseReason::ClientClosed);
     state.hub.close_session(&session).await;

@@ -129,3 +129,20 @@ impl Jwks {
         self.fetches.load(Ordering::SeqCst)
     }
 }
+
+/// Starts `stackpulse serve` (with the test publisher key) verifying tokens of
+/// [`ISSUER`] for [`CLIENT`] against `jwks`, with no leeway, plus `extra` flags.
+pub async fn server_with(jwks: &Jwks, extra: &[&str]) -> super::Server {
+    let mut args = vec![
+        "--jwt-issuer",
+        ISSUER,
+        "--jwks-url",
+        &jwks.url,
+        "--cognito-client-id",
+        CLIENT,
+        "--jwt-leeway",
+        "0",
+    ];
+    args.extend_from_slice(extra);
+    super::Server::start(&args).await
+}
