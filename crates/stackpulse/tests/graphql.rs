@@ -650,15 +650,6 @@ async fn ws_close_code(ws: &mut Ws) -> Option<u16> {
     }
 }
 
-fn sigterm(server: &Server) {
-    let pid = server.child.id().expect("pid");
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-}
-
 #[tokio::test]
 async fn sigterm_closes_graphql_sockets_with_1001() {
     let mut server = Server::start(&[]).await;
@@ -683,14 +674,10 @@ async fn sigterm_closes_graphql_sockets_with_1001() {
     send(&mut gws, json!({"type": "connection_init"})).await;
     assert_eq!(recv(&mut gws).await["type"], "connection_ack");
 
-    sigterm(&server);
+    server.sigterm();
     assert_eq!(ws_close_code(&mut appsync).await, Some(1001));
     assert_eq!(ws_close_code(&mut gws).await, Some(1001));
-    let exit = tokio::time::timeout(WAIT, server.child.wait())
-        .await
-        .expect("server did not exit")
-        .expect("wait");
-    assert!(exit.success(), "{exit:?}");
+    server.exits_cleanly().await;
 }
 
 #[tokio::test]
@@ -702,12 +689,8 @@ async fn a_tls_server_shuts_down_cleanly() {
         key.to_string_lossy().into_owned(),
     );
     let mut server = Server::start(&["--tls-cert", &cert, "--tls-key", &key]).await;
-    sigterm(&server);
-    let exit = tokio::time::timeout(WAIT, server.child.wait())
-        .await
-        .expect("server did not exit")
-        .expect("wait");
-    assert!(exit.success(), "{exit:?}");
+    server.sigterm();
+    server.exits_cleanly().await;
 }
 
 #[tokio::test]

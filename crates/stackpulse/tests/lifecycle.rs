@@ -176,19 +176,10 @@ async fn sigterm_closes_sockets_with_1001_and_exits() {
     let mut b = server.connect().await;
     a.subscribe("X", None, None).await.expect("send");
     subscribed(&mut a).await;
-    let pid = server.child.id().expect("pid");
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+    server.sigterm();
     assert_eq!(close_code(&mut a).await, Some(1001));
     assert_eq!(close_code(&mut b).await, Some(1001));
-    let exit = tokio::time::timeout(WAIT, server.child.wait())
-        .await
-        .expect("server did not exit")
-        .expect("wait");
-    assert!(exit.success(), "{exit:?}");
+    server.exits_cleanly().await;
 }
 
 #[tokio::test]

@@ -105,6 +105,25 @@ impl Server {
             .expect("connect")
     }
 
+    /// Sends the server SIGTERM (as an orchestrator stopping it would).
+    pub fn sigterm(&self) {
+        let pid = self.child.id().expect("pid");
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits (up to [`WAIT`]) for the server to exit, and asserts it exited 0.
+    pub async fn exits_cleanly(&mut self) {
+        let exit = tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .expect("server did not exit")
+            .expect("wait");
+        assert!(exit.success(), "{exit:?}");
+    }
+
     /// A plain HTTP request with WebSocket upgrade headers, for reading refusals.
     pub fn upgrade_request(&self, path_and_query: &str) -> reqwest::RequestBuilder {
         self.http
