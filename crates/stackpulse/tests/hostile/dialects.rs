@@ -1,0 +1,1 @@
+//! The four socket endpoints as one table.

@@ -1,0 +1,1 @@
+//! The connection driver: admission, init deadline, idle timeout, slots.

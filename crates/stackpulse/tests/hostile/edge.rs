@@ -1,0 +1,1 @@
+//! The HTTP edge: deployers, Origin/Host, content types, timeouts, proxies.

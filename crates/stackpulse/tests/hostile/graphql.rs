@@ -1,0 +1,1 @@
+//! GraphQL cost limits: fragments, aliases, body size.

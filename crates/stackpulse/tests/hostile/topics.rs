@@ -1,0 +1,1 @@
+//! The hub's topic policy: ACLs, reserved `stack:*`, caps.
