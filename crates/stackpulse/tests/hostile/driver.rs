@@ -1,1 +1,114 @@
-//! The connection driver: admission, init deadline, idle timeout, slots.
+//! The connection driver: admission, init deadline, idle timeout, slots, the
+//! per-connection feed count, per-subscription token expiry and close frames.
+
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::common::tokens::{id_claims, now, server_with, sign, Jwks};
+use crate::common::{Server, KEY, WAIT};
+use crate::dialects::{Dialect, Reply, GRAPHQL};
+
+/// #5/#4: one GraphQL operation with three aliased fields holds three topics, so
+/// a limit of 2 refuses it, on both GraphQL dialects.
+#[tokio::test]
+async fn graphql_feeds_count_per_connection_not_per_operation() {
+    let server = Server::start(&["--max-subscriptions", "2"]).await;
+    server.publish("F", "up").await;
+    for dialect in GRAPHQL {
+        let mut conn = dialect.connect(&server, None).await;
+        conn.subscribe_fields("F", 3).await;
+        let mut replies = Vec::new();
+        loop {
+            let reply = conn.reply().await;
+            let done = matches!(reply, Reply::Error(_) | Reply::Closed(_));
+            replies.push(reply);
+            if done {
+                break;
+            }
+        }
+        assert_eq!(
+            replies.last(),
+            Some(&Reply::Error(
+                "Too many subscriptions (limit 2 per connection)".into()
+            )),
+            "{dialect:?}: {replies:?}"
+        );
+    }
+}
+
+/// #17: a `start` with its own short-lived token ends when that token expires,
+/// although the connection's token is good for an hour.
+#[tokio::test]
+async fn an_appsync_start_token_expires_on_its_own() {
+    let jwks = Jwks::serve("jwks.json").await;
+    let server = server_with(&jwks, &[]).await;
+    let long = sign(&id_claims("alice", &[]));
+    let mut short_claims = id_claims("alice", &[]);
+    short_claims["exp"] = json!(now() + 2);
+    let short = sign(&short_claims);
+    let mut conn = Dialect::AppSync.connect(&server, Some(&long)).await;
+    let data = json!({"query": "subscription S($d: ID!) { onDeploymentUpdated(deployment_id: $d) { seq } }", "variables": {"d": "E"}}).to_string();
+    conn.send(json!({"id": "1", "type": "start", "payload": {"data": data, "extensions": {"authorization": {"Authorization": short}}}}))
+        .await;
+    assert_eq!(conn.reply().await, Reply::Ok);
+    assert_eq!(conn.close_code().await, Some(4001));
+}
+
+/// #17: a connection made with a publisher key alone holds no user subscriptions.
+#[tokio::test]
+async fn a_publisher_key_connection_may_not_hold_user_subscriptions() {
+    let jwks = Jwks::serve("jwks.json").await;
+    let server = server_with(&jwks, &[]).await;
+    let alice = sign(&id_claims("alice", &[]));
+    // AppSync: a `start` with alice's token on a publisher-key connection.
+    let mut conn = Dialect::AppSync.connect(&server, Some(KEY)).await;
+    let data = json!({"query": "subscription S($d: ID!) { onDeploymentUpdated(deployment_id: $d) { seq } }", "variables": {"d": "P"}}).to_string();
+    conn.send(json!({"id": "1", "type": "start", "payload": {"data": data, "extensions": {"authorization": {"Authorization": alice}}}}))
+        .await;
+    match conn.reply().await {
+        Reply::Error(message) => assert!(message.contains("publisher key"), "{message}"),
+        other => panic!("expected an auth error, got {other:?}"),
+    }
+    // graphql-transport-ws: the credential is the connection's; 4403.
+    let mut conn = Dialect::TransportWs.upgrade(&server, None).await;
+    conn.send(json!({"type": "connection_init", "payload": {"x-api-key": KEY}}))
+        .await;
+    assert_eq!(conn.close_code().await, Some(4403));
+}
+
+/// #24: a graphql-transport-ws close reason longer than a close frame allows is
+/// cut to 123 bytes, so the client reads the code instead of a protocol error.
+#[tokio::test]
+async fn graphql_close_reasons_fit_a_close_frame() {
+    let server = Server::start(&[]).await;
+    let mut conn = Dialect::TransportWs.upgrade(&server, None).await;
+    let long = "é".repeat(200);
+    conn.send(json!({"type": long})).await;
+    let frame = loop {
+        match tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut conn.ws))
+            .await
+            .expect("timed out")
+        {
+            Some(Ok(Message::Close(frame))) => break frame.expect("a close frame"),
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(u16::from(frame.code), 4400);
+    assert!(frame.reason.len() <= 123, "{}", frame.reason.len());
+}
+
+/// #9: an event frame larger than the old 512 KiB write cap reaches a `/ws`
+/// subscriber instead of dropping it without a close code.
+#[tokio::test]
+async fn a_large_event_reaches_its_subscriber() {
+    let server = Server::start(&[]).await;
+    let mut conn = Dialect::Ws.connect(&server, None).await;
+    conn.subscribe("BIG").await;
+    assert_eq!(conn.reply().await, Reply::Ok);
+    let body = json!({"type": "log.created", "deployment_id": "BIG", "data": {"message": "x".repeat(600 * 1024)}});
+    let (status, reply) = server.publish_raw(&body).await;
+    assert!(status < 300, "{status} {reply}");
+    let event = conn.recv().await.expect("the event, not a close");
+    assert_eq!(event["type"], "log.created");
+}
