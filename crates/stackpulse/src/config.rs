@@ -67,6 +67,10 @@ pub struct ServeArgs {
     /// Seconds without any frame from a client before it is closed (4000) [default: 60].
     #[arg(long, env = "STACKPULSE_IDLE_TIMEOUT", value_name = "SECONDS")]
     pub idle_timeout: Option<f64>,
+    /// Seconds a GraphQL socket has from its upgrade to send `connection_init`
+    /// (4408) [default: 10]; for tests.
+    #[arg(long, hide = true, value_name = "SECONDS")]
+    pub init_timeout: Option<f64>,
     /// Seconds to drain connections on shutdown [default: 5].
     #[arg(long, env = "STACKPULSE_SHUTDOWN_GRACE", value_name = "SECONDS")]
     pub shutdown_grace: Option<f64>,
@@ -174,6 +178,8 @@ pub struct Config {
     pub queue_size: usize,
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
+    /// From the upgrade of a GraphQL socket to its `connection_init` (never reset).
+    pub init_timeout: Duration,
     pub shutdown_grace: Duration,
     /// The shared backplane; `None` keeps the hub in memory.
     pub redis_url: Option<String>,
@@ -214,6 +220,7 @@ impl Default for Config {
             queue_size: 1024,
             ping_interval: Duration::from_secs(25),
             idle_timeout: Duration::from_secs(60),
+            init_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
             redis_url: None,
             presence_interval: Duration::from_secs(5),
@@ -366,6 +373,10 @@ impl Config {
             ping_interval: match args.ping_interval.or(file.ping_interval) {
                 Some(s) => seconds("ping-interval", s)?,
                 None => d.ping_interval,
+            },
+            init_timeout: match args.init_timeout {
+                Some(s) => seconds("init-timeout", s)?,
+                None => d.init_timeout,
             },
             idle_timeout: match args.idle_timeout.or(file.idle_timeout) {
                 Some(s) => seconds("idle-timeout", s)?,

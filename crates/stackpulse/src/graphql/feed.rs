@@ -23,6 +23,7 @@ use serde_json::{Map, Value};
 use crate::auth::User;
 use crate::http::AppState;
 use crate::hub::{CloseReason, Delivery, Hub, Outbox, Session, StampedEvent, SubscribeError};
+use crate::ws::driver::{subscribe_topic, BudgetPermit};
 
 /// A hub event as the GraphQL types read it, decoded from its serialized frame.
 #[derive(Debug, Clone, Deserialize)]
@@ -98,16 +99,20 @@ pub struct Feed {
     last_seq: u64,
     ended: bool,
     _leave: Leave,
+    /// The feed's place in its connection's subscription budget.
+    _permit: Option<BudgetPermit>,
 }
 
 impl Feed {
-    /// Subscribes to `topic` for `user` (ACL checked by the gate), replaying after
-    /// `since` when given; a `stack:*` topic starts (or joins) its poller.
+    /// Subscribes to `topic` for `user` through the driver's one subscribe (ACL,
+    /// canonical topic, the stack's poller), replaying after `since` when given;
+    /// `permit` is its place in the connection's subscription budget.
     pub async fn open(
         state: &AppState,
         user: &User,
         topic: &str,
         since: Option<u64>,
+        permit: Option<BudgetPermit>,
     ) -> Result<Feed, SubscribeError> {
         let (outbox, rx) = Outbox::new(state.config.queue_size);
         let session = state.hub.open_session(outbox.clone());
@@ -115,19 +120,14 @@ impl Feed {
             hub: state.hub.clone(),
             session: session.clone(),
         };
-        state
-            .hub
-            .subscribe(&session, topic, since, None, &|acl| {
-                state.gate.may_subscribe(user, acl)
-            })
-            .await?;
-        state.tracking.ensure(topic);
+        subscribe_topic(state, &session, user, topic, since, None).await?;
         Ok(Feed {
             rx,
             outbox,
             last_seq: since.unwrap_or(0),
             ended: false,
             _leave: leave,
+            _permit: permit,
         })
     }
 
@@ -205,7 +205,9 @@ mod tests {
         };
         let state = crate::server::build_state(config).expect("state");
         let user = User::anonymous();
-        let mut feed = Feed::open(&state, &user, "T", None).await.expect("open");
+        let mut feed = Feed::open(&state, &user, "T", None, None)
+            .await
+            .expect("open");
         // `subscribed` takes one place of four: seqs 1-3 fit, 4 overflows.
         for i in 0..10 {
             state
@@ -234,7 +236,9 @@ mod tests {
             state.hub.publish(status("R", s)).await.expect("publish");
         }
         let user = User::anonymous();
-        let feed = Feed::open(&state, &user, "R", Some(1)).await.expect("open");
+        let feed = Feed::open(&state, &user, "R", Some(1), None)
+            .await
+            .expect("open");
         assert_eq!(state.hub.local_subscribers("R"), 1);
         let mut stream = Box::pin(feed.into_stream(|e| e.str("status")));
         use futures_util::StreamExt;

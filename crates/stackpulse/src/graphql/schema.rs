@@ -16,7 +16,7 @@
 //! Errors carry an `errorType` extension (AppSync's names) that the real-time
 //! transport copies into its `errors[{errorType, message}]` frames.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_graphql::{
     Context, Error, ErrorExtensions, Json, Object, Schema, SimpleObject, Subscription, ID,
@@ -32,6 +32,7 @@ use crate::auth::User;
 use crate::http::AppState;
 use crate::hub::SubscribeError;
 use crate::tracking::{valid_region, valid_stack_name};
+use crate::ws::driver::SubscriptionBudget;
 
 pub type StackpulseSchema = Schema<Query, Mutation, Subscription>;
 
@@ -139,7 +140,11 @@ async fn open_feed(
             Some(400),
         ));
     }
-    let feed = Feed::open(state, user, topic, since)
+    let permit = match ctx.data_opt::<Arc<SubscriptionBudget>>() {
+        Some(budget) => Some(budget.take().map_err(|e| subscribe_error(field, e))?),
+        None => None,
+    };
+    let feed = Feed::open(state, user, topic, since, permit)
         .await
         .map_err(|e| subscribe_error(field, e))?;
     if let Some(started) = ctx.data_opt::<Started>() {

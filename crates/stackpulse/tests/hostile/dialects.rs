@@ -86,10 +86,8 @@ impl Dialect {
             }
             Dialect::TransportWs => "graphql-transport-ws".to_owned(),
         };
-        req.headers_mut().insert(
-            "sec-websocket-protocol",
-            protocol.parse().expect("header"),
-        );
+        req.headers_mut()
+            .insert("sec-websocket-protocol", protocol.parse().expect("header"));
         req
     }
 
