@@ -116,6 +116,11 @@ impl InBand for TransportWs {
             reason: format!("Limit: {message}"),
         }
     }
+
+    /// The protocol's answer to a `subscribe` before `connection_init`.
+    fn before_init(kind: Option<&str>) -> Option<(u16, &'static str)> {
+        (kind == Some("subscribe")).then_some((4401, "Unauthorized"))
+    }
 }
 
 impl Dialect for TransportWs {

@@ -9,7 +9,8 @@
 //!    under `--max-connections` (503). A dialect whose credential comes with the
 //!    upgrade ([`admit`], then [`serve`]) is refused before the upgrade; one whose
 //!    credential arrives in `connection_init` ([`InBand`], [`serve_in_band`]) is
-//!    upgraded after the first two checks, holds **no place** while it waits, and
+//!    upgraded after the first two checks, holds **no place** while it waits (a
+//!    separate, smaller budget of pending sockets instead), and
 //!    must send `connection_init` within `--init-timeout` (10 s) of the upgrade,
 //!    never reset by other frames, else it is closed with 4408; the other checks
 //!    then refuse it in the dialect's own words ([`InBand::refusal`]).
@@ -46,7 +47,7 @@ use stackpulse_auth::Verified;
 use tokio::time::Instant;
 
 use super::close;
-use super::registry::{ConnInfo, Slot};
+use super::registry::{ConnInfo, Pending, Slot};
 use crate::auth::gate::request_token;
 use crate::auth::limits::UserSlot;
 use crate::auth::User;
@@ -240,6 +241,11 @@ pub(crate) trait InBand: Dialect {
     ) -> impl Future<Output = Result<(Verified, bool), Refuse>> + Send;
     /// This dialect's words for a refusal after the credential.
     fn refusal(&self, refused: Refused, message: &str) -> Refuse;
+    /// A close for a frame of type `kind` sent before `connection_init`; `None`
+    /// reads on (the deadline still holds).
+    fn before_init(_kind: Option<&str>) -> Option<(u16, &'static str)> {
+        None
+    }
 }
 
 /// Upgrades an admitted socket and runs `dialect` on it, selecting `protocol`.
@@ -268,14 +274,30 @@ pub(crate) fn serve_in_band<D: InBand>(
     remote: SocketAddr,
     dialect: D,
 ) -> Response {
+    let max = pending_limit(state.config.max_connections);
+    let Some(pending) = state.registry.reserve_pending(max) else {
+        metrics::counter!("stackpulse_connections_refused_total", "reason" => "pending")
+            .increment(1);
+        return Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("Too many sockets awaiting connection_init ({max})"),
+        )
+        .into_response();
+    };
     let tracked = state.tasks.token();
     let deadline = Instant::now() + state.config.init_timeout;
     configure(ws, state.config.max_frame_bytes)
         .protocols([protocol])
         .on_upgrade(move |socket| async move {
-            run_in_band(socket, state, remote, deadline, dialect).await;
+            run_in_band(socket, state, remote, deadline, pending, dialect).await;
             drop(tracked);
         })
+}
+
+/// Sockets that may await `connection_init` at once: a budget of their own, a
+/// tenth of `--max-connections` (at least 64), so they never take a place.
+fn pending_limit(max_connections: usize) -> usize {
+    (max_connections / 10).max(64)
 }
 
 /// Per-connection read buffer, allocated for every connection: client requests are
@@ -344,13 +366,15 @@ async fn run_in_band<D: InBand>(
     state: AppState,
     remote: SocketAddr,
     deadline: Instant,
+    pending: Pending,
     mut dialect: D,
 ) {
-    let init = match await_init(&mut socket, &state, deadline).await {
+    let init = match await_init::<D>(&mut socket, &state, deadline).await {
         Ok(init) => init,
         Err(Some((code, reason))) => return refuse(socket, None, code, reason).await,
         Err(None) => return,
     };
+    drop(pending);
     let (verified, per_user) = match dialect.authenticate(&state, &init).await {
         Ok(v) => v,
         Err(r) => {
@@ -389,7 +413,7 @@ async fn run_in_band<D: InBand>(
 /// Waits for `connection_init` until `deadline` (other frames are read and
 /// ignored; they never move it). `Err(Some(close))` to close with, `Err(None)`
 /// when the client left.
-async fn await_init(
+async fn await_init<D: InBand>(
     socket: &mut WebSocket,
     state: &AppState,
     deadline: Instant,
@@ -410,6 +434,9 @@ async fn await_init(
                     .and_then(|v| v.get("type").and_then(Value::as_str).map(str::to_owned));
                 if kind.as_deref() == Some("connection_init") {
                     return Ok(text.as_str().to_owned());
+                }
+                if let Some(close) = D::before_init(kind.as_deref()) {
+                    return Err(Some(close));
                 }
             }
             Ok(Some(Err(e))) => {

@@ -63,7 +63,7 @@ pub struct Conn {
 
 impl Dialect {
     /// The upgrade request of this endpoint (canvas: tracking `stack`).
-    fn request(self, server: &Server, token: Option<&str>) -> Request {
+    pub fn request(self, server: &Server, token: Option<&str>) -> Request {
         let query = token.map(|t| format!("?token={t}")).unwrap_or_default();
         let path = match self {
             Dialect::Ws => format!("/ws{query}"),

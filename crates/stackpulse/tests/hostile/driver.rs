@@ -114,3 +114,33 @@ async fn a_large_event_reaches_its_subscriber() {
     let event = event.unwrap_or_else(|code| panic!("closed with {code:?} instead of the event"));
     assert_eq!(event["type"], "blob.stored");
 }
+
+/// #4: sockets awaiting `connection_init` have a budget of their own (a tenth of
+/// `--max-connections`, at least 64), refused with 503 beyond it, and a
+/// `subscribe` before `connection_init` is the protocol's 4401.
+#[tokio::test]
+async fn sockets_awaiting_init_have_their_own_budget() {
+    let server = Server::start(&["--max-connections", "10"]).await;
+    let mut pending = Vec::new();
+    for _ in 0..64 {
+        pending.push(Dialect::AppSync.upgrade(&server, None).await);
+    }
+    let refused = tokio_tungstenite::connect_async(Dialect::AppSync.request(&server, None)).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 503)
+        }
+        other => panic!("expected 503, got {other:?}"),
+    }
+    // A place is still free for a socket with a credential.
+    let mut ws = Dialect::Ws.connect(&server, None).await;
+    ws.subscribe("S").await;
+    assert_eq!(ws.reply().await, Reply::Ok);
+    drop(pending);
+
+    let mut early = Dialect::TransportWs.upgrade(&server, None).await;
+    early
+        .send(json!({"id": "1", "type": "subscribe", "payload": {"query": "subscription { x }"}}))
+        .await;
+    assert_eq!(early.close_code().await, Some(4401));
+}
