@@ -108,11 +108,8 @@ async fn socket_handler(
         )
         .into_response();
     }
-    if let Err(refusal) = driver::precheck(&state, remote) {
-        return refusal.into_response();
-    }
-    // No place under the connection limit yet: the credential arrives in
-    // `connection_init`, which the driver awaits with a hard deadline.
+    // The credential arrives in `connection_init`: the driver applies the checks
+    // that need none, upgrades, and awaits it with a hard deadline.
     if transport_ws {
         let credential = caller::upgrade_credential(&headers, query.as_deref());
         let dialect = transport_ws::TransportWs::new(schema, credential);

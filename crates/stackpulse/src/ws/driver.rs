@@ -129,7 +129,7 @@ pub async fn admit(
 
 /// The checks before any credential is looked at: shutting down (503) and the
 /// client's attempt rate (429).
-pub fn precheck(state: &AppState, remote: SocketAddr) -> Result<(), Refusal> {
+fn precheck(state: &AppState, remote: SocketAddr) -> Result<(), Refusal> {
     if state.shutdown.is_cancelled() {
         return Err(Refusal::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -265,8 +265,9 @@ pub(crate) fn serve<D: Dialect>(
         })
 }
 
-/// Upgrades a socket whose credential comes in `connection_init` (after
-/// [`precheck`]) and runs `dialect` on it once admitted.
+/// Upgrades a socket whose credential comes in `connection_init` (refused
+/// before that when shutting down, over the attempt rate or the pending budget)
+/// and runs `dialect` on it once admitted.
 pub(crate) fn serve_in_band<D: InBand>(
     ws: WebSocketUpgrade,
     protocol: &'static str,
@@ -274,6 +275,9 @@ pub(crate) fn serve_in_band<D: InBand>(
     remote: SocketAddr,
     dialect: D,
 ) -> Response {
+    if let Err(refusal) = precheck(&state, remote) {
+        return refusal.into_response();
+    }
     let max = pending_limit(state.config.max_connections);
     let Some(pending) = state.registry.reserve_pending(max) else {
         metrics::counter!("stackpulse_connections_refused_total", "reason" => "pending")
@@ -487,8 +491,14 @@ pub(crate) struct Control {
 
 impl Control {
     /// Closes the connection with `code` and `reason` (cut to fit).
+    /// A connection already closing keeps its first reason.
     pub fn close_with(&self, outbox: &Outbox, code: u16, reason: &str) {
-        *self.custom.lock() = Some((code, truncate_reason(reason)));
+        let mut custom = self.custom.lock();
+        if outbox.is_closing() {
+            return;
+        }
+        *custom = Some((code, truncate_reason(reason)));
+        drop(custom);
         outbox.close(CloseReason::ClientClosed);
     }
 

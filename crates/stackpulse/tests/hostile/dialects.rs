@@ -243,6 +243,24 @@ async fn a_silent_socket_is_closed_by_the_idle_timeout_on_every_dialect() {
 }
 
 #[tokio::test]
+async fn the_server_pings_every_dialect() {
+    let server = Server::start(&["--ping-interval", "0.2"]).await;
+    for dialect in ALL {
+        let mut conn = dialect.connect(&server, None).await;
+        loop {
+            let msg = tokio::time::timeout(WAIT, conn.ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("{dialect:?}: no ping"));
+            match msg {
+                Some(Ok(Message::Ping(_))) => break,
+                Some(Ok(_)) => {}
+                other => panic!("{dialect:?}: {other:?} before a ping"),
+            }
+        }
+    }
+}
+
+#[tokio::test]
 async fn the_subscription_limit_holds_on_every_dialect() {
     let server = Server::start(&["--max-subscriptions", "2"]).await;
     for topic in ["L1", "L2", "L3"] {
