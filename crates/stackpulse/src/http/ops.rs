@@ -9,6 +9,7 @@ use axum::Json;
 use serde_json::json;
 
 use super::{error_body, AppState};
+use crate::hub::Reader;
 
 pub async fn healthz() -> Response {
     Json(json!({ "status": "ok" })).into_response()
@@ -71,7 +72,7 @@ pub async fn topic(
         _ => None,
     };
     // Checked before existence, so a refused user cannot tell whether it exists.
-    if !state.gate.may_subscribe(&user, acl) {
+    if !state.hub.may_read(&Reader::User(user), &id, acl) {
         return error_body(StatusCode::FORBIDDEN, &format!("Forbidden: {id}")).into_response();
     }
     match info {
