@@ -469,7 +469,9 @@ impl Config {
             )?,
             max_pollers: positive(
                 "max-pollers",
-                args.max_pollers.or(file.max_pollers).unwrap_or(d.max_pollers),
+                args.max_pollers
+                    .or(file.max_pollers)
+                    .unwrap_or(d.max_pollers),
             )?,
             max_event_bytes: positive(
                 "max-event-bytes",
@@ -479,9 +481,7 @@ impl Config {
             )?,
             stacks: crate::topic_policy::StackRules {
                 reader_group: non_empty(
-                    args.stack_reader_group
-                        .clone()
-                        .or(file.stack_reader_group),
+                    args.stack_reader_group.clone().or(file.stack_reader_group),
                 ),
                 allow: {
                     let globs: Vec<String> = if args.stack_allow.is_empty() {

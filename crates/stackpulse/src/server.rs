@@ -46,6 +46,7 @@ pub fn build_state(config: Config) -> Result<AppState, String> {
             max_events: config.history_size,
             retention: config.history_retention,
             max_topics: config.max_topics,
+            snapshot_budget: config.max_event_bytes,
         },
         max_subscriptions_per_connection: config.max_subscriptions,
         replay_timeout: REPLAY_TIMEOUT,

@@ -477,18 +477,14 @@ impl Mutation {
         });
         let request = PublishRequest::from_json(body.to_string().as_bytes())
             .map_err(|m| gql_error("BadRequestException", m, Some(400)))?;
-        let event = state
-            .hub
-            .publish(request)
-            .await
-            .map_err(|e| {
-                let error_type = match e.status() {
-                    403 => "Unauthorized",
-                    413 => "BadRequestException",
-                    _ => "ServiceUnavailable",
-                };
-                gql_error(error_type, e.to_string(), Some(e.status()))
-            })?;
+        let event = state.hub.publish(request).await.map_err(|e| {
+            let error_type = match e.status() {
+                403 => "Unauthorized",
+                413 => "BadRequestException",
+                _ => "ServiceUnavailable",
+            };
+            gql_error(error_type, e.to_string(), Some(e.status()))
+        })?;
         HubEvent::decode(&event)
             .as_ref()
             .and_then(DeploymentUpdate::from_event)

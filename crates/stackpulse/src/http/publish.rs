@@ -58,7 +58,8 @@ pub async fn publish(
         )
             .into_response(),
         Err(e) => {
-            let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            let status =
+                StatusCode::from_u16(e.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
             if status.is_server_error() {
                 tracing::warn!(error = %e, "publish failed");
             }

@@ -161,7 +161,13 @@ mod tests {
             "deployment.status",
             ev.frame.clone(),
         );
-        assert_eq!(received.data().get("status"), Some(&Value::from("deploying")));
-        assert_eq!(received.timestamp().as_deref(), Some("2025-10-23T10:05:00.000Z"));
+        assert_eq!(
+            received.data().get("status"),
+            Some(&Value::from("deploying"))
+        );
+        assert_eq!(
+            received.timestamp().as_deref(),
+            Some("2025-10-23T10:05:00.000Z")
+        );
     }
 }

@@ -185,7 +185,7 @@ impl Backplane for MemoryBackplane {
             None => Vec::new(),
         };
         if t.snapshot_frame.is_none() && t.seq > 0 {
-            t.snapshot_frame = Some(t.snapshot.encode(topic));
+            t.snapshot_frame = Some(t.snapshot.encode(topic, self.history.snapshot_budget));
         }
         Ok(TopicRead {
             epoch: t.epoch.clone(),
@@ -314,6 +314,7 @@ mod tests {
                     max_events,
                     retention,
                     max_topics: 1000,
+                    snapshot_budget: 1 << 20,
                 },
                 rec.clone(),
             ),

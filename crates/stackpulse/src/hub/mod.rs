@@ -65,6 +65,8 @@ pub struct HistoryConfig {
     /// Topics one node stores (memory) or watches (every backplane) at most
     /// (`--max-topics`).
     pub max_topics: usize,
+    /// Bytes an encoded snapshot may take (`--max-event-bytes`).
+    pub snapshot_budget: usize,
 }
 
 /// Hub limits.
@@ -538,11 +540,7 @@ impl Hub {
         }
     }
 
-    pub(crate) async fn drop_subscription(
-        &self,
-        session: &Arc<Session>,
-        sub: &Arc<Subscription>,
-    ) {
+    pub(crate) async fn drop_subscription(&self, session: &Arc<Session>, sub: &Arc<Subscription>) {
         sub.end();
         {
             let mut subs = session.subs.lock();
@@ -599,7 +597,11 @@ impl Hub {
     }
 
     /// Replays what a subscription is missing, then makes it live.
-    async fn sync(&self, sub: &Arc<Subscription>, mut resume: Resume) -> Result<(), SubscribeError> {
+    async fn sync(
+        &self,
+        sub: &Arc<Subscription>,
+        mut resume: Resume,
+    ) -> Result<(), SubscribeError> {
         let timeout = self.0.config.replay_timeout;
         let send = |item: Delivery| sub.outbox.push_wait(item, timeout);
         for _ in 0..MAX_SYNC_ROUNDS {

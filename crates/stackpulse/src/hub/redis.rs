@@ -583,7 +583,11 @@ impl Backplane for RedisBackplane {
             .arg(self.retention_ms())
             // The first seq wanted, computed here: Lua would print a large number
             // as `1e+14`, which XRANGE refuses.
-            .arg(since.map(|s| s.saturating_add(1).to_string()).unwrap_or_default());
+            .arg(
+                since
+                    .map(|s| s.saturating_add(1).to_string())
+                    .unwrap_or_default(),
+            );
         let Value::Array(items) = self.invoke(inv).await? else {
             return Err(unavailable("unexpected read reply"));
         };
@@ -623,7 +627,7 @@ impl Backplane for RedisBackplane {
             // A snapshot folded by another node may be newer than our read: it is
             // current to its own seq, and newer events arrive live.
             let at = snap.seq.max(latest);
-            (Some(snap.encode(topic)), at)
+            (Some(snap.encode(topic, self.history.snapshot_budget)), at)
         };
         Ok(TopicRead {
             epoch,
@@ -821,8 +825,11 @@ mod tests {
         assert_eq!(keys.channel, "sp:{D1}:ch");
         assert_eq!(topic_of_channel(&keys.channel), Some("D1"));
         assert_eq!(topic_of_channel("other"), None);
-        let ev = decode_message("sp:{D1}:ch", b"7\nep\ndeployment.status\n\n{\"a\":\"b\nc\"}")
-            .expect("decodes");
+        let ev = decode_message(
+            "sp:{D1}:ch",
+            b"7\nep\ndeployment.status\n\n{\"a\":\"b\nc\"}",
+        )
+        .expect("decodes");
         assert_eq!(
             (ev.seq, &*ev.epoch, &*ev.event_type, ev.acl.is_none()),
             (7, "ep", "deployment.status", true)

@@ -91,7 +91,11 @@ impl Subscription {
     }
 
     /// A new subscription of `session`'s connection, read by `reader`.
-    pub fn for_session(topic: Arc<str>, session: &Arc<Session>, reader: Arc<Reader>) -> Subscription {
+    pub fn for_session(
+        topic: Arc<str>,
+        session: &Arc<Session>,
+        reader: Arc<Reader>,
+    ) -> Subscription {
         Subscription {
             reader,
             session: Arc::downgrade(session),
@@ -309,7 +313,10 @@ mod tests {
         assert_eq!(sub.offer(&ev(2, &born)), Offer::Done);
         assert_eq!(drain(&mut rx), vec![1, 2]);
         let other: Arc<str> = "e2".into();
-        assert!(matches!(sub.offer(&ev(3, &other)), Offer::NeedsRepair { .. }));
+        assert!(matches!(
+            sub.offer(&ev(3, &other)),
+            Offer::NeedsRepair { .. }
+        ));
     }
 
     #[test]

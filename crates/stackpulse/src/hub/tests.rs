@@ -68,6 +68,7 @@ fn config(max_events: usize) -> HubConfig {
             max_events,
             retention: Duration::from_secs(3600),
             max_topics: 4,
+            snapshot_budget: 1 << 20,
         },
         max_subscriptions_per_connection: 3,
         replay_timeout: Duration::from_secs(5),
@@ -555,14 +556,19 @@ async fn names_caps_and_writes_follow_the_policy() {
         .await
         .expect_err("the interest refuses");
     assert_eq!(err.code(), 503);
-    assert_eq!(session.subscription_count(), 0, "a refused subscribe leaves nothing");
+    assert_eq!(
+        session.subscription_count(),
+        0,
+        "a refused subscribe leaves nothing"
+    );
     let err = hub
         .publish(status("stack:prod", "x"))
         .await
         .expect_err("reserved");
     assert_eq!(err.status(), 403);
     let mut big = status("D", "x");
-    big.data.insert("blob".into(), Value::from("y".repeat(5000)));
+    big.data
+        .insert("blob".into(), Value::from("y".repeat(5000)));
     let err = hub.publish(big).await.expect_err("too large");
     assert_eq!(err.status(), 413);
     // --max-topics: 4 stored topics, then the fifth is refused.
