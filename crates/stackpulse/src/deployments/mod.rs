@@ -432,12 +432,5 @@ fn stack_event(progress: &mut Progress, topics: &[String], event: &StampedEvent)
     let Some(index) = topics.iter().position(|t| **t == *event.topic) else {
         return Vec::new();
     };
-    let data = serde_json::from_str::<Value>(event.frame.as_str())
-        .ok()
-        .and_then(|mut frame| match frame.get_mut("data").map(Value::take) {
-            Some(Value::Object(m)) => Some(m),
-            _ => None,
-        })
-        .unwrap_or_default();
-    progress.on_stack_event(index, &event.event_type, &data)
+    progress.on_stack_event(index, &event.event_type, event.data())
 }
