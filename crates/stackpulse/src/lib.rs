@@ -26,6 +26,7 @@
 //! - [`server`]: [`server::serve`]: run until shutdown, then drain.
 //! - [`client`]: a Rust client of the `/ws` protocol (CLI and tests).
 //! - [`cli`]: the `stackpulse` command line.
+//! - [`signal`]: SIGINT/SIGTERM as the shutdown future.
 //! - [`bench`]: `stackpulse bench`, the load generator (stackpulse or nchan).
 //! - [`metrics`]: the Prometheus recorder.
 #![forbid(unsafe_code)]
@@ -42,6 +43,7 @@ pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod server;
+pub mod signal;
 pub mod tls;
 pub mod topic_policy;
 pub mod tracking;

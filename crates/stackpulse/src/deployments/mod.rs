@@ -116,11 +116,6 @@ impl Deployments {
         })
     }
 
-    /// Deployments followed by this node.
-    pub fn running(&self) -> usize {
-        self.running.len()
-    }
-
     /// Starts following a deployment; returns once its first `deployment.status` is
     /// published. The follower stops at the end of the deployment or at `shutdown`.
     pub async fn start(

@@ -165,11 +165,6 @@ pub struct Session {
 }
 
 impl Session {
-    /// The topics this connection is subscribed to.
-    pub fn topics(&self) -> Vec<Arc<str>> {
-        self.subs.lock().keys().cloned().collect()
-    }
-
     pub fn subscription_count(&self) -> usize {
         self.subs.lock().len()
     }

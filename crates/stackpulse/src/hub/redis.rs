@@ -27,7 +27,7 @@
 //! and resynchronizes. Local sockets stay open throughout.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -201,7 +201,6 @@ pub struct RedisBackplane {
     pubsub_up: AtomicBool,
     /// Topics whose snapshot fold is already scheduled (coalesces publishes).
     folding: DashMap<Arc<str>, ()>,
-    reconnects: AtomicUsize,
     /// A handle on itself, for the background snapshot folds.
     me: std::sync::OnceLock<Weak<RedisBackplane>>,
     /// This process's id in presence records.
@@ -266,7 +265,6 @@ impl RedisBackplane {
             pubsub: tokio::sync::Mutex::new(None),
             pubsub_up: AtomicBool::new(false),
             folding: DashMap::new(),
-            reconnects: AtomicUsize::new(0),
             me: std::sync::OnceLock::new(),
             node_id: format!("node-{}", new_epoch()),
             reported: parking_lot::Mutex::new(Vec::new()),
@@ -406,10 +404,6 @@ impl RedisBackplane {
         self.pubsub_up.load(Ordering::Acquire)
     }
 
-    /// How many times the pub/sub link was re-established.
-    pub fn pubsub_reconnects(&self) -> usize {
-        self.reconnects.load(Ordering::Relaxed)
-    }
 }
 
 /// Turns one pub/sub message into a stamped event.
@@ -486,7 +480,7 @@ async fn pubsub_task(me: Weak<RedisBackplane>) {
         bp.pubsub_up.store(true, Ordering::Release);
         backoff = Duration::from_millis(100);
         if connected_before {
-            bp.reconnects.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("stackpulse_redis_pubsub_reconnects_total").increment(1);
             tracing::info!("redis pub/sub reconnected; resynchronizing subscriptions");
             bp.sink.resync_all();
         } else {
