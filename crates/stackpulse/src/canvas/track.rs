@@ -11,7 +11,7 @@
 //!    topic's `stack.snapshot`, sent as one `resource_update` per known resource
 //!    (timestamped with the snapshot's time), then the last operation's
 //!    `deployment_complete` if the stack is still in the status it ended in;
-//! 2. asks [`crate::tracking::Tracking::ensure`] for the stack's poller, so `/ws`
+//! 2. the hub's topic interest then starts (or joins) the stack's poller, so `/ws`
 //!    subscribers and canvas sockets share one;
 //! 3. writes every later event translated ([`crate::tracking::events::from_hub`]):
 //!    `resource.status` → `resource_update`, `stack.deployed`/`stack.failed` →
@@ -132,6 +132,13 @@ fn translate(item: Delivery, stack_name: &str) -> Vec<String> {
         Delivery::Event(event) => event.frame.as_str(),
         Delivery::Frame(frame) => frame.as_str(),
         Delivery::Subscribed(_) => return Vec::new(),
+        Delivery::Forbidden(topic) => {
+            let error = TrackerMessage::Error(TrackerError {
+                message: format!("Forbidden: {topic}"),
+                retrying: false,
+            });
+            return vec![encode(&error)];
+        }
     };
     let Ok(frame) = serde_json::from_str::<Value>(text) else {
         return Vec::new();

@@ -71,6 +71,9 @@ pub enum FeedEnded {
     Resync(u64),
     #[error("The server is shutting down")]
     Shutdown,
+    /// The topic's ACL changed and no longer admits this subscriber.
+    #[error("Forbidden: {0}")]
+    Forbidden(String),
 }
 
 /// Leaves the hub when the feed is dropped (the transport stopped the stream).
@@ -147,6 +150,10 @@ impl Feed {
                     }
                     // `subscribed` and the snapshot: not part of a GraphQL stream.
                     Some(Delivery::Subscribed(_) | Delivery::Frame(_)) => continue,
+                    Some(Delivery::Forbidden(topic)) => {
+                        self.ended = true;
+                        return Some(Err(FeedEnded::Forbidden(topic.to_string())));
+                    }
                     None => return None,
                 },
                 reason = self.outbox.closing() => {

@@ -148,6 +148,17 @@ impl Encoder for JsonEncoder {
                 (Encoded::One(Message::Text(event.frame.clone())), 1)
             }
             Delivery::Frame(frame) => (Encoded::One(Message::Text(*frame)), 0),
+            Delivery::Forbidden(topic) => {
+                let reply = ServerMessage::Error {
+                    code: 403,
+                    message: format!("Forbidden: {topic}"),
+                    deployment_id: Some(topic.to_string()),
+                };
+                (
+                    Encoded::One(Message::Text(Utf8Bytes::from(reply.to_json()))),
+                    0,
+                )
+            }
             Delivery::Subscribed(info) => {
                 let reply = ServerMessage::Subscribed {
                     deployment_id: info.topic.to_string(),

@@ -257,7 +257,7 @@ pub(crate) fn serve<D: Dialect>(
     dialect: D,
 ) -> Response {
     let tracked = state.tasks.token();
-    configure(ws, state.config.max_frame_bytes)
+    configure(ws, &state.config)
         .protocols([protocol])
         .on_upgrade(move |socket| async move {
             run(socket, state, admitted, dialect).await;
@@ -290,7 +290,7 @@ pub(crate) fn serve_in_band<D: InBand>(
     };
     let tracked = state.tasks.token();
     let deadline = Instant::now() + state.config.init_timeout;
-    configure(ws, state.config.max_frame_bytes)
+    configure(ws, &state.config)
         .protocols([protocol])
         .on_upgrade(move |socket| async move {
             run_in_band(socket, state, remote, deadline, pending, dialect).await;
@@ -310,17 +310,17 @@ fn pending_limit(max_connections: usize) -> usize {
 const READ_BUFFER: usize = 512;
 /// Bytes buffered before a write is flushed to the socket.
 const WRITE_BUFFER: usize = 8 * 1024;
-/// The largest frame the server writes: an event is at most a publish body
-/// (axum's 2 MB limit) re-serialized; this leaves room for its envelope.
-const LARGEST_FRAME: usize = 4 * 1024 * 1024;
 
-/// The buffer sizes and frame limits every socket uses. The write cap holds the
-/// largest frame plus the buffer, so no frame is refused for its size alone (a
-/// frame that still cannot be written closes with 1011).
-fn configure(ws: WebSocketUpgrade, frame_limit: usize) -> WebSocketUpgrade {
+/// The buffer sizes and frame limits every socket uses. The write cap holds twice
+/// the largest frame (an event or snapshot within `--max-event-bytes`, re-encoded
+/// by a dialect) plus the buffer, so no frame is refused for its size alone; a
+/// frame that still cannot be written closes with 1011.
+fn configure(ws: WebSocketUpgrade, config: &crate::config::Config) -> WebSocketUpgrade {
+    let frame_limit = config.max_frame_bytes;
+    let largest = config.max_event_bytes.max(frame_limit);
     ws.read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
-        .max_write_buffer_size(WRITE_BUFFER + LARGEST_FRAME.max(frame_limit * 2))
+        .max_write_buffer_size(WRITE_BUFFER + largest.saturating_mul(2))
         .max_message_size(frame_limit)
         .max_frame_size(frame_limit)
 }
@@ -786,9 +786,8 @@ async fn send_close(sink: &mut Sink, control: &Control, reason: CloseReason) {
 // ---------------------------------------------------------------------------
 // Subscriptions
 
-/// The one subscribe of every dialect: the topic's canonical form
-/// (`tracking.check_topic`), the hub subscription with the gate's ACL check for
-/// `user`, then the stack's poller for a `stack:*` topic (`tracking.ensure`).
+/// The one subscribe of every dialect, for `user`: the hub's topic policy
+/// decides the rest (name, ACL, caps, and the poller of a `stack:*` topic).
 pub(crate) async fn subscribe_topic(
     state: &AppState,
     session: &Arc<Session>,
@@ -797,19 +796,11 @@ pub(crate) async fn subscribe_topic(
     since: Option<u64>,
     epoch: Option<String>,
 ) -> Result<(), SubscribeError> {
-    state
-        .tracking
-        .check_topic(topic)
-        .await
-        .map_err(SubscribeError::Invalid)?;
+    let reader = crate::hub::Reader::user(user.clone());
     state
         .hub
-        .subscribe(session, topic, since, epoch, &|acl| {
-            state.gate.may_subscribe(user, acl)
-        })
-        .await?;
-    state.tracking.ensure(topic);
-    Ok(())
+        .subscribe(session, topic, since, epoch, &reader)
+        .await
 }
 
 /// The topics one connection may hold when each is its own hub session (the

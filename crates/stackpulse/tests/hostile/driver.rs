@@ -103,7 +103,7 @@ async fn graphql_close_reasons_fit_a_close_frame() {
 /// subscriber instead of dropping it without a close code.
 #[tokio::test]
 async fn a_large_event_reaches_its_subscriber() {
-    let server = Server::start(&[]).await;
+    let server = Server::start(&["--max-event-bytes", "1048576"]).await;
     let mut conn = Dialect::Ws.connect(&server, None).await;
     conn.subscribe("BIG").await;
     assert_eq!(conn.reply().await, Reply::Ok);
