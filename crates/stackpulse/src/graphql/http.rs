@@ -6,8 +6,12 @@
 //! body shape `{"errors":[{"errorType":"UnauthorizedException","message":…}]}`;
 //! then the request runs with the [`Caller`](super::caller::Caller) in its data
 //! and the answer is the usual `{"data", "errors"}` with 200.
+//!
+//! A body over [`MAX_BODY_BYTES`] is refused with 413 before it is read further
+//! (DESIGN "Requests, bodies and sizes"); the document itself is checked by the
+//! schema's [`CostGuard`](super::schema::cost::CostGuard) like on every transport.
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -17,6 +21,17 @@ use serde_json::json;
 use super::caller::{header_credential, resolve};
 use super::StackpulseSchema;
 use crate::http::AppState;
+
+/// Largest `POST /graphql` body.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+fn too_large() -> Response {
+    error_response(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "PayloadTooLarge",
+        &format!("GraphQL request body is larger than {MAX_BODY_BYTES} bytes"),
+    )
+}
 
 /// An AppSync-shaped error response.
 pub fn error_response(status: StatusCode, error_type: &str, message: &str) -> Response {
@@ -30,8 +45,15 @@ pub fn error_response(status: StatusCode, error_type: &str, message: &str) -> Re
 pub async fn graphql_post(
     State(schema): State<StackpulseSchema>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return too_large();
+    }
     let Some(state) = schema.data::<AppState>() else {
         return error_response(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -48,6 +70,10 @@ pub async fn graphql_post(
                 u.message(),
             )
         }
+    };
+    // Past the limit the read fails (a chunked body without a length too).
+    let Ok(body) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
+        return too_large();
     };
     let request: async_graphql::Request = match serde_json::from_slice(&body) {
         Ok(r) => r,
