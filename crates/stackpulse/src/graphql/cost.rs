@@ -56,6 +56,8 @@ pub struct CostLimits {
     pub max_root_fields: usize,
     /// Root fields of one subscription operation.
     pub max_subscription_root_fields: usize,
+    /// Whether `__schema` and `__type` may be asked for.
+    pub introspection: bool,
 }
 
 impl Default for CostLimits {
@@ -66,6 +68,7 @@ impl Default for CostLimits {
             max_aliases: 100,
             max_root_fields: 50,
             max_subscription_root_fields: 1,
+            introspection: true,
         }
     }
 }
@@ -89,6 +92,8 @@ pub enum CostError {
     TooManyRootFields { count: usize, max: usize },
     #[error("A subscription operation may hold one root field; this one has {0} (send one subscription per field)")]
     SubscriptionRootFields(usize),
+    #[error("GraphQL introspection is disabled on this server (see --graphql-introspection)")]
+    IntrospectionDisabled,
 }
 
 impl From<CostError> for ServerError {
@@ -180,6 +185,8 @@ struct Walker<'a> {
     doc: &'a ExecutableDocument,
     limits: &'a CostLimits,
     memo: HashMap<&'a str, Memo>,
+    /// Whether a `__schema` or `__type` field was seen.
+    introspects: bool,
 }
 
 /// Value nodes of the arguments `(name, value)` of a field or directive,
@@ -234,6 +241,9 @@ impl<'a> Walker<'a> {
             let (inner, own_fields) = match &item.node {
                 Selection::Field(f) => {
                     let f = &f.node;
+                    if matches!(f.name.node.as_str(), "__schema" | "__type") {
+                        self.introspects = true;
+                    }
                     let args = argument_nodes!(f.arguments);
                     let mut inner = if f.selection_set.node.items.is_empty() {
                         Cost::default()
@@ -322,6 +332,7 @@ pub fn check_document(doc: &ExecutableDocument, limits: &CostLimits) -> Result<(
         doc,
         limits,
         memo: HashMap::new(),
+        introspects: false,
     };
     let mut total = Cost::default();
     let mut root_fields = Vec::new();
@@ -340,6 +351,9 @@ pub fn check_document(doc: &ExecutableDocument, limits: &CostLimits) -> Result<(
         .find(|name| !walker.memo.contains_key(name.as_str()))
     {
         return Err(CostError::UnusedFragment(name.to_string()));
+    }
+    if walker.introspects && !limits.introspection {
+        return Err(CostError::IntrospectionDisabled);
     }
     if total.selections > limits.max_selections {
         return Err(CostError::TooLarge {
@@ -495,6 +509,27 @@ mod tests {
             check("query A { x } subscription B { a b }"),
             Err(CostError::SubscriptionRootFields(2))
         );
+    }
+
+    #[test]
+    fn introspection_can_be_refused() {
+        let off = CostLimits {
+            introspection: false,
+            ..CostLimits::default()
+        };
+        for q in [
+            "{ __schema { queryType { name } } }",
+            "{ ...I } fragment I on Query { __type(name: \"Query\") { name } }",
+        ] {
+            let doc = async_graphql::parser::parse_query(q).expect("parse");
+            assert_eq!(
+                check_document(&doc, &off),
+                Err(CostError::IntrospectionDisabled)
+            );
+            assert_eq!(check_document(&doc, &CostLimits::default()), Ok(()));
+        }
+        let doc = async_graphql::parser::parse_query("{ __typename }").expect("parse");
+        assert_eq!(check_document(&doc, &off), Ok(()));
     }
 
     #[test]

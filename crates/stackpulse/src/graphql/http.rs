@@ -11,11 +11,14 @@
 //! (DESIGN "Requests, bodies and sizes"); the document itself is checked by the
 //! schema's [`CostGuard`](super::schema::cost::CostGuard) like on every transport.
 
+use std::time::Duration;
+
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use futures_util::StreamExt;
 use serde_json::json;
 
 use super::caller::{header_credential, resolve};
@@ -33,6 +36,44 @@ fn too_large() -> Response {
     )
 }
 
+/// How much of an oversized body is still read (and dropped) before the 413, so
+/// the client, still sending, gets the answer rather than a reset connection.
+const DRAIN_BYTES: usize = 1024 * 1024;
+/// How long that may take.
+const DRAIN_TIME: Duration = Duration::from_secs(5);
+
+/// The body, or a 413 once it passes [`MAX_BODY_BYTES`] (a chunked body without
+/// a length too).
+async fn read_body(body: Body) -> Result<Vec<u8>, Response> {
+    let mut stream = body.into_data_stream();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let Ok(chunk) = chunk else {
+            return Err(error_response(
+                StatusCode::BAD_REQUEST,
+                "BadRequestException",
+                "Unreadable request body",
+            ));
+        };
+        if bytes.len() + chunk.len() > MAX_BODY_BYTES {
+            let mut seen = bytes.len() + chunk.len();
+            drop(bytes);
+            let drain = async {
+                while let Some(Ok(chunk)) = stream.next().await {
+                    seen += chunk.len();
+                    if seen > DRAIN_BYTES {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+            return Err(too_large());
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}
+
 /// An AppSync-shaped error response.
 pub fn error_response(status: StatusCode, error_type: &str, message: &str) -> Response {
     (
@@ -47,13 +88,10 @@ pub async fn graphql_post(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let declared = headers
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return too_large();
-    }
+    let body = match read_body(body).await {
+        Ok(b) => b,
+        Err(response) => return response,
+    };
     let Some(state) = schema.data::<AppState>() else {
         return error_response(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -70,10 +108,6 @@ pub async fn graphql_post(
                 u.message(),
             )
         }
-    };
-    // Past the limit the read fails (a chunked body without a length too).
-    let Ok(body) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
-        return too_large();
     };
     let request: async_graphql::Request = match serde_json::from_slice(&body) {
         Ok(r) => r,

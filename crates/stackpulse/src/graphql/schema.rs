@@ -57,8 +57,11 @@ pub const MAX_DIRECTIVES: usize = 8;
 
 /// Builds the schema over the server's state.
 pub fn build(state: AppState) -> StackpulseSchema {
-    let limits = cost::CostLimits::default();
     let introspection = state.config.graphql_introspection;
+    let limits = cost::CostLimits {
+        introspection,
+        ..cost::CostLimits::default()
+    };
     let builder = Schema::build(Query, Mutation, Subscription)
         // First: the document check runs before async-graphql parses or
         // validates anything, on every transport.

@@ -162,10 +162,15 @@ async fn transport_ws_refusal(ws: &mut Ws, id: &str, wait: Duration) -> String {
         _ => panic!("expected errors, got {v}"),
     };
     assert!(v["payload"]["data"].is_null(), "nothing may run: {v}");
-    errors[0]["message"]
+    let message = errors[0]["message"]
         .as_str()
         .unwrap_or_else(|| panic!("expected errors, got {v}"))
-        .to_owned()
+        .to_owned();
+    if v["type"] == "next" {
+        let done = recv_within(ws, WAIT).await.expect("socket closed");
+        assert_eq!(done, json!({"type": "complete", "id": id}));
+    }
+    message
 }
 
 /// Finding #2 (HTTP): the 1.2 KB fragment-doubling document is refused at once.
@@ -463,7 +468,8 @@ async fn introspection_is_off_with_auth_unless_enabled() {
     // graphql-transport-ws too.
     let mut gws = transport_ws(&server, json!({"Authorization": token})).await;
     send(&mut gws, subscribe("i", INTROSPECT, json!({}))).await;
-    transport_ws_refusal(&mut gws, "i", WAIT).await;
+    let message = transport_ws_refusal(&mut gws, "i", WAIT).await;
+    assert!(message.contains("introspection is disabled"), "{message}");
     drop(server);
 
     let server = server_with(&jwks, &["--graphql-introspection"]).await;
@@ -491,7 +497,10 @@ async fn introspection_is_off_with_auth_unless_enabled() {
 
     let server = Server::start(&["--graphql-introspection=false"]).await;
     let (_, body) = post_query(&server, INTROSPECT).await;
-    assert!(!first_error(&body).is_empty(), "{body}");
+    assert!(
+        first_error(&body).contains("introspection is disabled"),
+        "{body}"
+    );
     let server = Server::start(&[]).await;
     let (_, body) = post_query(&server, INTROSPECT).await;
     assert_eq!(
