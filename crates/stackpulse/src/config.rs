@@ -454,6 +454,28 @@ mod tests {
     use std::io::Write;
 
     #[test]
+    fn graphql_introspection_defaults_to_on_without_auth() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let resolve = |args: &[&str]| {
+            let cli = Cli::try_parse_from(std::iter::once("serve").chain(args.iter().copied()))
+                .expect("args");
+            Config::resolve(&cli.serve).expect("config")
+        };
+        assert!(resolve(&[]).graphql_introspection);
+        assert!(resolve(&["--graphql-introspection"]).graphql_introspection);
+        assert!(!resolve(&["--graphql-introspection=false"]).graphql_introspection);
+        let mut file = tempfile::NamedTempFile::new().expect("tmp");
+        writeln!(file, "graphql_introspection = false").expect("write");
+        let path = file.path().to_string_lossy().into_owned();
+        assert!(!resolve(&["--config", &path]).graphql_introspection);
+    }
+
+    #[test]
     fn flags_beat_file_beats_defaults() {
         let mut file = tempfile::NamedTempFile::new().expect("tmp");
         writeln!(file, "bind = \"127.0.0.1:9000\"\nhistory_size = 10\nqueue_size = 7\npublisher_keys = [\"f\"]")
