@@ -447,7 +447,7 @@ mod tests {
         ));
         // A small DAG passes, and the count is exact: F2 = 2 spreads of F1 = 2
         // spreads of F0 (1 field) → 4 leaves, 2 + 4 spreads, + the root spread.
-        let doc = async_graphql::parser::parse_query(&bomb(2)).expect("parse");
+        let doc = async_graphql::parser::parse_query(bomb(2)).expect("parse");
         let limits = CostLimits {
             max_selections: 11,
             ..CostLimits::default()
