@@ -511,6 +511,20 @@ mod tests {
         );
     }
 
+    /// What `tests/graphql-clients` (aws-amplify 6, graphql-ws) and
+    /// `tests/graphql.rs` send passes.
+    #[test]
+    fn the_bundled_clients_documents_pass() {
+        for q in [
+            "subscription OnDeploymentUpdated($deploymentId: ID!) {\n  onDeploymentUpdated(deployment_id: $deploymentId) {\n    deployment_id\n    status\n    updated_at\n  }\n}\n",
+            "mutation Publish($deploymentId: ID!, $status: String!) {\n  publishDeploymentUpdate(deployment_id: $deploymentId, status: $status) {\n    deployment_id\n    status\n    seq\n  }\n}",
+            "{ deployment(deployment_id: \"dep-amplify\") { recent_events { timestamp } } }",
+            "{ __schema { subscriptionType { name } types { name fields { name type { kind name ofType { kind name ofType { kind name ofType { kind name ofType { kind name ofType { kind name ofType { kind name ofType { kind name } } } } } } } } } } } }",
+        ] {
+            assert_eq!(check_query(q, &CostLimits::default()).map(|_| ()), Ok(()), "{q}");
+        }
+    }
+
     #[test]
     fn introspection_can_be_refused() {
         let off = CostLimits {

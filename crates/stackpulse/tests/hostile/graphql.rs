@@ -297,6 +297,16 @@ async fn aliases_and_recent_events_limits_are_costed() {
     let message = first_error(&body);
     assert!(message.contains("aliases"), "{message}");
 
+    // The same document over graphql-transport-ws.
+    let mut gws = transport_ws(&server, json!({})).await;
+    send(
+        &mut gws,
+        subscribe("many", &format!("{{ {many} }}"), json!({})),
+    )
+    .await;
+    let message = transport_ws_refusal(&mut gws, "many", WAIT).await;
+    assert!(message.contains("aliases"), "{message}");
+
     // Root fields are capped whether or not they are aliased (the same field
     // repeated with the same arguments).
     let same = "deployment(deployment_id: \"busy\") { seq } ".repeat(100);
