@@ -86,12 +86,6 @@ pub enum AwsError {
     Other(String),
 }
 
-impl AwsError {
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, AwsError::Throttled(_) | AwsError::Transient(_))
-    }
-}
-
 /// Sorts an SDK error. Never panics, whatever the answer looked like.
 pub fn classify<E, R>(err: &SdkError<E, R>) -> AwsError
 where

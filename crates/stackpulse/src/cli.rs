@@ -79,33 +79,6 @@ pub fn init_logging(format: LogFormat) {
     };
 }
 
-/// SIGINT or SIGTERM. The SIGTERM handler is installed by this call, not on first
-/// poll, so a signal that arrives right after the listening line is not lost.
-pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
-    #[cfg(unix)]
-    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        {
-            match term {
-                Some(mut term) => {
-                    tokio::select! {
-                        _ = ctrl_c => {}
-                        _ = term.recv() => {}
-                    }
-                }
-                None => {
-                    let _ = ctrl_c.await;
-                }
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = ctrl_c.await;
-        }
-    }
-}
 
 pub async fn serve(args: ServeArgs) -> ExitCode {
     let config = match Config::resolve(&args) {
@@ -146,7 +119,7 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     // Tests and scripts read this line to learn the port.
-    let shutdown = shutdown_signal();
+    let shutdown = crate::signal::shutdown_signal();
     let scheme = if tls.is_some() { "https" } else { "http" };
     println!("stackpulse listening on {scheme}://{addr}");
     let _ = std::io::stdout().flush();

@@ -120,6 +120,28 @@ pub struct ServeArgs {
     /// have not finished are reported failed [default: 21600].
     #[arg(long, env = "STACKPULSE_DEPLOYMENT_TIMEOUT", value_name = "SECONDS")]
     pub deployment_timeout: Option<f64>,
+    // Topic policy and caps (the hub applies them on every dialect).
+    /// Topics one node stores or watches at most [default: 100000].
+    #[arg(long, env = "STACKPULSE_MAX_TOPICS", value_name = "N")]
+    pub max_topics: Option<usize>,
+    /// Stack pollers one node runs at most [default: 1000].
+    #[arg(long, env = "STACKPULSE_MAX_POLLERS", value_name = "N")]
+    pub max_pollers: Option<usize>,
+    /// Largest encoded event a publisher may send; larger ones get 413 [default: 262144].
+    #[arg(long, env = "STACKPULSE_MAX_EVENT_BYTES", value_name = "BYTES")]
+    pub max_event_bytes: Option<usize>,
+    /// With auth, only this group (and admins) may read `stack:` topics [default: any user].
+    #[arg(long, env = "STACKPULSE_STACK_READER_GROUP", value_name = "GROUP")]
+    pub stack_reader_group: Option<String>,
+    /// Stack names the server tracks, as globs with `*` and `?` (repeatable; env:
+    /// comma-separated) [default: *].
+    #[arg(
+        long = "stack-allow",
+        env = "STACKPULSE_STACK_ALLOW",
+        value_name = "GLOB",
+        value_delimiter = ','
+    )]
+    pub stack_allow: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
@@ -160,6 +182,11 @@ struct FileConfig {
     tracker_grace: Option<f64>,
     poller_lease: Option<f64>,
     deployment_timeout: Option<f64>,
+    max_topics: Option<usize>,
+    max_pollers: Option<usize>,
+    max_event_bytes: Option<usize>,
+    stack_reader_group: Option<String>,
+    stack_allow: Option<Vec<String>>,
 }
 
 /// The files `--tls-cert` and `--tls-key` name (read by [`crate::tls::load`]).
@@ -210,6 +237,14 @@ pub struct Config {
     pub poller_lease: Duration,
     /// How long a multi-stack deployment may run.
     pub deployment_timeout: Duration,
+    /// Topics one node stores or watches at most.
+    pub max_topics: usize,
+    /// Stack pollers one node runs at most.
+    pub max_pollers: usize,
+    /// Largest encoded event a publisher may send (and the snapshot budget).
+    pub max_event_bytes: usize,
+    /// Who may read `stack:` topics and which stacks are tracked.
+    pub stacks: crate::topic_policy::StackRules,
 }
 
 impl Default for Config {
@@ -245,6 +280,10 @@ impl Default for Config {
             tracker_grace: Duration::from_secs(60),
             poller_lease: Duration::from_secs(30),
             deployment_timeout: Duration::from_secs(6 * 3600),
+            max_topics: 100_000,
+            max_pollers: 1000,
+            max_event_bytes: 256 * 1024,
+            stacks: crate::topic_policy::StackRules::default(),
         }
     }
 }
@@ -443,6 +482,44 @@ impl Config {
             deployment_timeout: match args.deployment_timeout.or(file.deployment_timeout) {
                 Some(s) => seconds("deployment-timeout", s)?,
                 None => d.deployment_timeout,
+            },
+            max_topics: positive(
+                "max-topics",
+                args.max_topics.or(file.max_topics).unwrap_or(d.max_topics),
+            )?,
+            max_pollers: positive(
+                "max-pollers",
+                args.max_pollers
+                    .or(file.max_pollers)
+                    .unwrap_or(d.max_pollers),
+            )?,
+            max_event_bytes: positive(
+                "max-event-bytes",
+                args.max_event_bytes
+                    .or(file.max_event_bytes)
+                    .unwrap_or(d.max_event_bytes),
+            )?,
+            stacks: crate::topic_policy::StackRules {
+                reader_group: non_empty(
+                    args.stack_reader_group.clone().or(file.stack_reader_group),
+                ),
+                allow: {
+                    let globs: Vec<String> = if args.stack_allow.is_empty() {
+                        file.stack_allow.unwrap_or_default()
+                    } else {
+                        args.stack_allow.clone()
+                    };
+                    let globs: Vec<String> = globs
+                        .into_iter()
+                        .map(|g| g.trim().to_owned())
+                        .filter(|g| !g.is_empty())
+                        .collect();
+                    if globs.is_empty() {
+                        d.stacks.allow.clone()
+                    } else {
+                        globs
+                    }
+                },
             },
         })
     }

@@ -13,7 +13,9 @@
 //!   subscriptions over AppSync's real-time protocol and `graphql-transport-ws`.
 //! - [`tls`]: `--tls-cert`/`--tls-key`: HTTPS and WSS on the same port.
 //! - [`tracking`]: one CloudFormation poller per `stack:*` topic, publishing into
-//!   the hub.
+//!   the hub; started and stopped by the hub's topic interest.
+//! - [`topic_policy`]: the server's topic rules (names, readers, writers), which
+//!   the hub applies on every path.
 //! - [`deployments`]: `POST /v1/deployments`: several stacks followed as one
 //!   deployment topic (`deployment.status` per finished layer).
 //! - [`canvas`]: the seed-000 endpoints `/canvas/deploy/track/{stack}` (socket) and
@@ -24,6 +26,7 @@
 //! - [`server`]: [`server::serve`]: run until shutdown, then drain.
 //! - [`client`]: a Rust client of the `/ws` protocol (CLI and tests).
 //! - [`cli`]: the `stackpulse` command line.
+//! - [`signal`]: SIGINT/SIGTERM as the shutdown future.
 //! - [`bench`]: `stackpulse bench`, the load generator (stackpulse or nchan).
 //! - [`metrics`]: the Prometheus recorder.
 #![forbid(unsafe_code)]
@@ -40,7 +43,9 @@ pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod server;
+pub mod signal;
 pub mod tls;
+pub mod topic_policy;
 pub mod tracking;
 pub mod watch;
 pub mod ws;

@@ -45,9 +45,12 @@ pub fn build_state(config: Config) -> Result<AppState, String> {
         history: HistoryConfig {
             max_events: config.history_size,
             retention: config.history_retention,
+            max_topics: config.max_topics,
+            snapshot_budget: config.max_event_bytes,
         },
         max_subscriptions_per_connection: config.max_subscriptions,
         replay_timeout: REPLAY_TIMEOUT,
+        max_event_bytes: config.max_event_bytes,
     };
     if let Some(url) = &config.redis_url {
         let history = hub_config.history;

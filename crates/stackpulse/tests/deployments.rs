@@ -88,15 +88,15 @@ async fn two_stacks_deploy_as_one_deployment_topic() {
         .await
         .expect("subscribe to the deployment");
 
-    // A completion already in a stack's history is an earlier operation's: it must
-    // not count for a deployment started afterwards.
+    // Only the tracker writes stack topics: a publisher cannot forge a stack's
+    // completion into a deployment (security review #14).
     let (code, body) = server
         .publish_raw(
             &json!({"type": "stack.deployed", "deployment_id": "stack:network",
             "data": {"stack_name": "network"}}),
         )
         .await;
-    assert_eq!(code, 202, "{body}");
+    assert_eq!(code, 403, "{body}");
 
     let body = json!({"deployment_id": "D1", "stacks": [
         {"name": "network", "environment": "dev"},

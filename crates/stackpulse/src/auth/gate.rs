@@ -148,6 +148,13 @@ impl Gate {
         }
     }
 
+    /// Whether `user` is in the admin group (nobody is without auth).
+    pub fn is_admin(&self, user: &User) -> bool {
+        self.enabled
+            .as_ref()
+            .is_some_and(|e| user.in_group(&e.policy.admin_group))
+    }
+
     /// Checks a publish request's credential: a publisher key, or (with auth) a
     /// user token whose user is in the publisher group.
     pub async fn authorize_publisher(

@@ -143,7 +143,7 @@ pub async fn serve(args: IssuerArgs) -> Result<(), IssuerError> {
     println!("jwks at http://{addr}/jwks.json");
     let _ = std::io::stdout().flush();
     axum::serve(listener, app)
-        .with_graceful_shutdown(crate::cli::shutdown_signal())
+        .with_graceful_shutdown(crate::signal::shutdown_signal())
         .await
         .map_err(IssuerError::Serve)
 }

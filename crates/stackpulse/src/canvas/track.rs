@@ -11,7 +11,7 @@
 //!    topic's `stack.snapshot`, sent as one `resource_update` per known resource
 //!    (timestamped with the snapshot's time), then the last operation's
 //!    `deployment_complete` if the stack is still in the status it ended in;
-//! 2. asks [`crate::tracking::Tracking::ensure`] for the stack's poller, so `/ws`
+//! 2. the hub's topic interest then starts (or joins) the stack's poller, so `/ws`
 //!    subscribers and canvas sockets share one;
 //! 3. writes every later event translated ([`crate::tracking::events::from_hub`]):
 //!    `resource.status` → `resource_update`, `stack.deployed`/`stack.failed` →
@@ -116,10 +116,10 @@ async fn run(
     );
     let session = info.session.clone();
     tracing::debug!(conn = session.id, %remote, %topic, "canvas tracker connected");
-    let access = |acl: Option<&stackpulse_protocol::Acl>| state.gate.may_subscribe(&info.user, acl);
+    let reader = crate::hub::Reader::user(info.user.clone());
     if let Err(e) = state
         .hub
-        .subscribe(&session, &topic, None, None, &access)
+        .subscribe(&session, &topic, None, None, &reader)
         .await
     {
         let error = TrackerMessage::Error(TrackerError {
@@ -127,8 +127,6 @@ async fn run(
             retrying: false,
         });
         let _ = outbox.push(Delivery::frame(encode(&error)));
-    } else {
-        state.tracking.ensure(&topic);
     }
     read_loop(stream, &state, &info).await;
     outbox.close(CloseReason::ClientClosed);
@@ -186,6 +184,13 @@ fn translate(item: Delivery, stack_name: &str) -> Vec<String> {
         Delivery::Event(event) => event.frame.as_str(),
         Delivery::Frame(frame) => frame.as_str(),
         Delivery::Subscribed(_) => return Vec::new(),
+        Delivery::Forbidden(topic) => {
+            let error = TrackerMessage::Error(TrackerError {
+                message: format!("Forbidden: {topic}"),
+                retrying: false,
+            });
+            return vec![encode(&error)];
+        }
     };
     let Ok(frame) = serde_json::from_str::<Value>(text) else {
         return Vec::new();

@@ -8,8 +8,9 @@
 //!    cluster-wide; a second start of a running deployment is refused);
 //! 2. subscribes an internal hub session to every stack's topic (`stack:<name>` or
 //!    `stack:<region>:<name>`) from its current seq, so only what happens from now
-//!    on counts, and asks [`Tracking::ensure`] for each stack's poller (the
-//!    session is a local subscriber, so the pollers run while the deployment does);
+//!    on counts; as a local subscriber (read by the server itself), it makes the
+//!    hub's topic interest start each stack's poller, which runs while the
+//!    deployment does;
 //! 3. publishes the first `deployment.status` on the deployment's topic (with the
 //!    request's ACL), then follows the stacks' events through [`progress::Progress`]
 //!    and publishes what it says, fenced by the lease, until the deployment ends
@@ -41,8 +42,8 @@ use tokio_util::task::TaskTracker;
 use stackpulse_cfn::TrackerMessage;
 
 use crate::hub::{
-    BackplaneError, CloseReason, Delivery, Draft, Hub, Lease, Outbox, Session, StampedEvent,
-    SubscribeError,
+    BackplaneError, CloseReason, Delivery, Draft, Hub, Lease, Outbox, Reader, Session,
+    StampedEvent, SubscribeError,
 };
 use crate::tracking::events::{from_hub, to_hub, Origin, STACK_SNAPSHOT};
 use crate::tracking::{StackTopic, Tracking};
@@ -113,11 +114,6 @@ impl Deployments {
             running: DashMap::new(),
             tasks,
         })
-    }
-
-    /// Deployments followed by this node.
-    pub fn running(&self) -> usize {
-        self.running.len()
     }
 
     /// Starts following a deployment; returns once its first `deployment.status` is
@@ -214,7 +210,6 @@ impl Deployments {
                 self.hub.close_session(&session).await;
                 return Err(e);
             }
-            self.tracking.ensure(&topic);
             topics.push(topic);
         }
         let progress = Progress::new(req.stacks.clone(), String::new());
@@ -264,14 +259,13 @@ impl Deployments {
             .read(topic, None)
             .await
             .map_err(|e| StartError::Unavailable(e.to_string()))?;
-        let allow_all = |_: Option<&stackpulse_protocol::Acl>| true;
         self.hub
             .subscribe(
                 session,
                 topic,
                 Some(position.latest_seq),
                 Some(position.epoch.to_string()),
-                &allow_all,
+                &Arc::new(Reader::System),
             )
             .await
             .map_err(|e| match e {
@@ -325,7 +319,8 @@ impl Deployments {
                     // A resume that history could not cover is followed by the
                     // stack's snapshot: a completion missed meanwhile is in it.
                     Some(Delivery::Frame(frame)) => snapshot_completion(&mut progress, topics, frame.as_str()),
-                    Some(Delivery::Subscribed(_)) => continue,
+                    // (a system reader is never forbidden)
+                    Some(Delivery::Subscribed(_) | Delivery::Forbidden(_)) => continue,
                     None => return,
                 },
             };
@@ -432,12 +427,5 @@ fn stack_event(progress: &mut Progress, topics: &[String], event: &StampedEvent)
     let Some(index) = topics.iter().position(|t| **t == *event.topic) else {
         return Vec::new();
     };
-    let data = serde_json::from_str::<Value>(event.frame.as_str())
-        .ok()
-        .and_then(|mut frame| match frame.get_mut("data").map(Value::take) {
-            Some(Value::Object(m)) => Some(m),
-            _ => None,
-        })
-        .unwrap_or_default();
-    progress.on_stack_event(index, &event.event_type, &data)
+    progress.on_stack_event(index, &event.event_type, event.data())
 }

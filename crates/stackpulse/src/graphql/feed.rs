@@ -70,6 +70,9 @@ pub enum FeedEnded {
     Resync(u64),
     #[error("The server is shutting down")]
     Shutdown,
+    /// The topic's ACL changed and no longer admits this subscriber.
+    #[error("Forbidden: {0}")]
+    Forbidden(String),
 }
 
 /// Leaves the hub when the feed is dropped (the transport stopped the stream).
@@ -115,13 +118,11 @@ impl Feed {
             hub: state.hub.clone(),
             session: session.clone(),
         };
+        let reader = crate::hub::Reader::user(user.clone());
         state
             .hub
-            .subscribe(&session, topic, since, None, &|acl| {
-                state.gate.may_subscribe(user, acl)
-            })
+            .subscribe(&session, topic, since, None, &reader)
             .await?;
-        state.tracking.ensure(topic);
         Ok(Feed {
             rx,
             outbox,
@@ -147,6 +148,10 @@ impl Feed {
                     }
                     // `subscribed` and the snapshot: not part of a GraphQL stream.
                     Some(Delivery::Subscribed(_) | Delivery::Frame(_)) => continue,
+                    Some(Delivery::Forbidden(topic)) => {
+                        self.ended = true;
+                        return Some(Err(FeedEnded::Forbidden(topic.to_string())));
+                    }
                     None => return None,
                 },
                 reason = self.outbox.closing() => {

@@ -154,6 +154,7 @@ fn subscribe_error(field: &str, e: SubscribeError) -> Error {
         SubscribeError::Backplane(b) => gql_error("ServiceUnavailable", b.to_string(), Some(503)),
         SubscribeError::Closed => gql_error("ServiceUnavailable", "connection closed", Some(410)),
         SubscribeError::Invalid(message) => gql_error("BadRequestException", message, Some(400)),
+        SubscribeError::Capacity(message) => gql_error("ServiceUnavailable", message, Some(503)),
     }
 }
 
@@ -162,6 +163,7 @@ fn feed_error(e: FeedEnded) -> Error {
         FeedEnded::SlowConsumer(_) => "SlowConsumer",
         FeedEnded::Resync(_) => "Resync",
         FeedEnded::Shutdown => "ServerShutdown",
+        FeedEnded::Forbidden(_) => "Unauthorized",
     };
     gql_error(error_type, e.to_string(), None)
 }
@@ -442,10 +444,11 @@ async fn topic_state(ctx: &Context<'_>, topic: &str) -> Result<Option<TopicState
         .await
         .map_err(|e| gql_error("ServiceUnavailable", e.to_string(), Some(503)))?;
     // Checked before existence, so a refused user cannot tell whether it exists.
-    if !state
-        .gate
-        .may_subscribe(user, info.as_ref().and_then(|i| i.acl.as_ref()))
-    {
+    if !state.hub.may_read(
+        &crate::hub::Reader::User(user.clone()),
+        topic,
+        info.as_ref().and_then(|i| i.acl.as_ref()),
+    ) {
         return Err(gql_error(
             "Unauthorized",
             format!("Not Authorized to access {topic}"),
@@ -530,11 +533,14 @@ impl Mutation {
         });
         let request = PublishRequest::from_json(body.to_string().as_bytes())
             .map_err(|m| gql_error("BadRequestException", m, Some(400)))?;
-        let event = state
-            .hub
-            .publish(request)
-            .await
-            .map_err(|e| gql_error("ServiceUnavailable", e.to_string(), Some(503)))?;
+        let event = state.hub.publish(request).await.map_err(|e| {
+            let error_type = match e.status() {
+                403 => "Unauthorized",
+                413 => "BadRequestException",
+                _ => "ServiceUnavailable",
+            };
+            gql_error(error_type, e.to_string(), Some(e.status()))
+        })?;
         HubEvent::decode(&event)
             .as_ref()
             .and_then(DeploymentUpdate::from_event)

@@ -68,8 +68,18 @@ impl AppState {
                 poll_interval: config.poll_interval,
                 grace: config.tracker_grace,
                 lease_ttl: config.poller_lease,
+                max_pollers: config.max_pollers,
             },
         );
+        let gate = Arc::new(gate);
+        hub.set_rules(crate::hub::Rules {
+            policy: Arc::new(crate::topic_policy::ServerPolicy::new(
+                gate.clone(),
+                tracking.clone(),
+                config.stacks.clone(),
+            )),
+            interest: tracking.clone(),
+        });
         let tasks = TaskTracker::new();
         let deployments = Deployments::new(
             hub.clone(),
@@ -84,7 +94,7 @@ impl AppState {
             tracking,
             deployments,
             hub,
-            gate: Arc::new(gate),
+            gate,
             publishers: Arc::new(PublisherKeys::new(
                 &config.publisher_keys,
                 &config.publisher_key_hashes,

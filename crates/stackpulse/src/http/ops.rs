@@ -9,6 +9,7 @@ use axum::Json;
 use serde_json::json;
 
 use super::{error_body, AppState};
+use crate::hub::Reader;
 
 pub async fn healthz() -> Response {
     Json(json!({ "status": "ok" })).into_response()
@@ -71,16 +72,29 @@ pub async fn topic(
         _ => None,
     };
     // Checked before existence, so a refused user cannot tell whether it exists.
-    if !state.gate.may_subscribe(&user, acl) {
+    if !state.hub.may_read(&Reader::User(user), &id, acl) {
         return error_body(StatusCode::FORBIDDEN, &format!("Forbidden: {id}")).into_response();
     }
+    let local = state.hub.local_subscribers(&id);
+    let subscribers = match state.hub.backplane().topic_presence(&id).await {
+        Ok(Some(n)) => n.max(local),
+        _ => local,
+    };
+    // A topic nobody published to stores nothing, but while it has subscribers it
+    // is shown as it reads to them: seq 0 in the unborn epoch.
+    let info = match info {
+        Ok(None) if subscribers > 0 => Ok(Some(crate::hub::TopicInfo {
+            epoch: std::sync::Arc::from(crate::hub::UNBORN_EPOCH),
+            latest_seq: 0,
+            retained: 0,
+            snapshot: None,
+            snapshot_type: "deployment.snapshot",
+            acl: None,
+        })),
+        other => other,
+    };
     match info {
         Ok(Some(info)) => {
-            let local = state.hub.local_subscribers(&id);
-            let subscribers = match state.hub.backplane().topic_presence(&id).await {
-                Ok(Some(n)) => n.max(local),
-                _ => local,
-            };
             Json(json!({
             "deployment_id": id,
             "seq": info.latest_seq,

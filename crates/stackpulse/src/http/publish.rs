@@ -58,8 +58,12 @@ pub async fn publish(
         )
             .into_response(),
         Err(e) => {
-            tracing::warn!(error = %e, "publish failed");
-            error_body(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()).into_response()
+            let status =
+                StatusCode::from_u16(e.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            if status.is_server_error() {
+                tracing::warn!(error = %e, "publish failed");
+            }
+            error_body(status, &e.to_string()).into_response()
         }
     }
 }

@@ -51,6 +51,19 @@ pub struct TopicRead {
 }
 
 impl TopicRead {
+    /// How a topic nobody published to reads: seq 0, no history, no snapshot, no
+    /// ACL, in the [unborn epoch](super::UNBORN_EPOCH).
+    pub fn unborn() -> TopicRead {
+        TopicRead {
+            epoch: Arc::from(super::UNBORN_EPOCH),
+            latest_seq: 0,
+            first_retained: 1,
+            events: Vec::new(),
+            snapshot: None,
+            acl: None,
+        }
+    }
+
     /// Whether every event after `since` is still retained, so a resume from
     /// `since` loses nothing.
     pub fn covers(&self, since: u64) -> bool {
@@ -83,6 +96,8 @@ pub enum BackplaneError {
     Unavailable(String),
     #[error("lease {0} is no longer held by this publisher")]
     Fenced(String),
+    #[error("Too many topics on this node (--max-topics {0})")]
+    TopicLimit(usize),
 }
 
 /// Where a backplane hands events for local delivery.
@@ -103,7 +118,7 @@ pub trait Backplane: Send + Sync + 'static {
         -> Result<Arc<StampedEvent>, BackplaneError>;
 
     /// Reads the topic's epoch, latest seq, snapshot and the events after `since`.
-    /// Creates the topic (seq 0, a fresh epoch) when it does not exist.
+    /// Stores nothing: a topic nobody published to reads as [`TopicRead::unborn`].
     async fn read(&self, topic: &str, since: Option<u64>) -> Result<TopicRead, BackplaneError>;
 
     /// This node has local subscribers of `topic`: deliver its events here.

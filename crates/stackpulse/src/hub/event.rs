@@ -3,14 +3,18 @@
 //! A source hands the hub a type and a `data` object; the backplane stamps it with
 //! the topic's next seq, the topic epoch and a timestamp, and serializes it **once**
 //! into [`StampedEvent::frame`]. Every subscriber then receives a clone of the same
-//! reference-counted bytes.
+//! reference-counted bytes. Next to the frame it keeps the typed `data` object,
+//! parsed at most once per node ([`StampedEvent::data`]), so consumers that need
+//! the fields (the canvas socket, GraphQL, deployments, the tracker's dedup) read
+//! them without re-parsing the frame each time.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use axum::extract::ws::Utf8Bytes;
 use serde::Serialize;
 use serde_json::{Map, Value};
+use stackpulse_protocol::Acl;
 
 /// One numbered event of one topic.
 #[derive(Debug)]
@@ -24,6 +28,12 @@ pub struct StampedEvent {
     pub frame: Utf8Bytes,
     /// When this node stamped or received it; the delivery-latency metric starts here.
     pub published_at: Instant,
+    /// The ACL this event set on its topic (`None`: it left the ACL as it was).
+    /// Live subscribers are checked against it before it is delivered.
+    pub acl: Option<Acl>,
+    /// The `data` object, parsed from the frame on first use (or kept from the
+    /// publish on the node that stamped the event).
+    data: OnceLock<Arc<Map<String, Value>>>,
 }
 
 #[derive(Serialize)]
@@ -65,6 +75,19 @@ impl StampedEvent {
         data: &Map<String, Value>,
     ) -> StampedEvent {
         let frame = encode_frame(event_type, &topic, seq, timestamp, data);
+        let event = StampedEvent::from_frame(topic, seq, epoch, event_type, frame);
+        let _ = event.data.set(Arc::new(data.clone()));
+        event
+    }
+
+    /// An event received already encoded (from Redis); its data is parsed lazily.
+    pub fn from_frame(
+        topic: Arc<str>,
+        seq: u64,
+        epoch: Arc<str>,
+        event_type: &str,
+        frame: Utf8Bytes,
+    ) -> StampedEvent {
         StampedEvent {
             topic,
             seq,
@@ -72,7 +95,42 @@ impl StampedEvent {
             event_type: event_type.into(),
             frame,
             published_at: Instant::now(),
+            acl: None,
+            data: OnceLock::new(),
         }
+    }
+
+    /// Marks the event as the one that set its topic's ACL to `acl`.
+    pub fn with_acl(mut self, acl: Option<Acl>) -> StampedEvent {
+        self.acl = acl;
+        self
+    }
+
+    /// The event's `data` object (empty if the frame has none).
+    pub fn data(&self) -> &Arc<Map<String, Value>> {
+        self.data.get_or_init(|| {
+            #[derive(serde::Deserialize)]
+            struct Body {
+                #[serde(default)]
+                data: Map<String, Value>,
+            }
+            Arc::new(
+                serde_json::from_str::<Body>(self.frame.as_str())
+                    .map(|b| b.data)
+                    .unwrap_or_default(),
+            )
+        })
+    }
+
+    /// The event's timestamp, as stamped (RFC 3339).
+    pub fn timestamp(&self) -> Option<String> {
+        #[derive(serde::Deserialize)]
+        struct Stamp {
+            timestamp: String,
+        }
+        serde_json::from_str::<Stamp>(self.frame.as_str())
+            .ok()
+            .map(|s| s.timestamp)
     }
 }
 
@@ -95,6 +153,21 @@ mod tests {
         assert_eq!(
             ev.frame.as_str(),
             r#"{"type":"deployment.status","deployment_id":"D1","seq":58,"timestamp":"2025-10-23T10:05:00.000Z","data":{"status":"deploying"}}"#
+        );
+        let received = StampedEvent::from_frame(
+            "D1".into(),
+            58,
+            "e".into(),
+            "deployment.status",
+            ev.frame.clone(),
+        );
+        assert_eq!(
+            received.data().get("status"),
+            Some(&Value::from("deploying"))
+        );
+        assert_eq!(
+            received.timestamp().as_deref(),
+            Some("2025-10-23T10:05:00.000Z")
         );
     }
 }

@@ -7,6 +7,10 @@
 //! ([`MemoryBackplane::sweep`]) drops a topic's history once `retention` has passed
 //! since its last event; a topic nobody watches is then forgotten, and its counter
 //! starts again under a new epoch.
+//!
+//! Only a publish creates a topic (at most `max_topics` of them): reading or
+//! watching a name nobody published to stores nothing, and such a topic reads as
+//! seq 0 in the [unborn epoch](super::UNBORN_EPOCH).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -33,8 +37,6 @@ struct MemTopic {
     snapshot_frame: Option<Utf8Bytes>,
     acl: Option<Acl>,
     last_event_at: Instant,
-    /// Local subscriptions' interest; a watched topic is never forgotten.
-    watchers: usize,
 }
 
 impl MemTopic {
@@ -48,7 +50,6 @@ impl MemTopic {
             snapshot_frame: None,
             acl: None,
             last_event_at: now,
-            watchers: 0,
         }
     }
 
@@ -65,6 +66,8 @@ struct LeaseEntry {
 
 pub struct MemoryBackplane {
     topics: DashMap<Arc<str>, Arc<Mutex<MemTopic>>>,
+    /// Local subscriptions' interest per topic; a watched topic is never forgotten.
+    watched: DashMap<Arc<str>, usize>,
     leases: Mutex<(u64, HashMap<String, LeaseEntry>)>,
     history: HistoryConfig,
     sink: Arc<dyn Deliver>,
@@ -80,34 +83,41 @@ impl MemoryBackplane {
     pub fn new(history: HistoryConfig, sink: Arc<dyn Deliver>) -> MemoryBackplane {
         MemoryBackplane {
             topics: DashMap::new(),
+            watched: DashMap::new(),
             leases: Mutex::new((0, HashMap::new())),
             history,
             sink,
         }
     }
 
-    fn topic(&self, name: &str) -> Arc<Mutex<MemTopic>> {
+    /// The topic, created if it is new and the node has room for it.
+    fn topic_for_publish(&self, name: &str) -> Result<Arc<Mutex<MemTopic>>, BackplaneError> {
         if let Some(t) = self.topics.get(name) {
-            return t.clone();
+            return Ok(t.clone());
+        }
+        let max = self.history.max_topics;
+        if self.topics.len() >= max {
+            return Err(BackplaneError::TopicLimit(max));
         }
         let name: Arc<str> = Arc::from(name);
-        self.topics
+        Ok(self
+            .topics
             .entry(name.clone())
             .or_insert_with(|| Arc::new(Mutex::new(MemTopic::new(name, Instant::now()))))
-            .clone()
+            .clone())
     }
 
     /// Applies the retention rule at `now`: history older than `retention` after a
     /// topic's last event is dropped; unwatched topics are then forgotten.
     pub fn sweep(&self, now: Instant) {
         let retention = self.history.retention;
-        self.topics.retain(|_, topic| {
+        self.topics.retain(|name, topic| {
             let mut t = topic.lock();
             if now.saturating_duration_since(t.last_event_at) < retention {
                 return true;
             }
             t.history.clear();
-            t.watchers > 0
+            self.watched.contains_key(name)
         });
     }
 }
@@ -129,19 +139,22 @@ impl Backplane for MemoryBackplane {
                 return Err(BackplaneError::Fenced(lease.name.clone()));
             }
         }
-        let handle = self.topic(topic);
+        let handle = self.topic_for_publish(topic)?;
         let mut t = handle.lock();
         t.seq += 1;
         let seq = t.seq;
         let timestamp = stackpulse_protocol::time::now();
-        let event = Arc::new(StampedEvent::new(
-            t.name.clone(),
-            seq,
-            t.epoch.clone(),
-            &draft.event_type,
-            &timestamp,
-            &draft.data,
-        ));
+        let event = Arc::new(
+            StampedEvent::new(
+                t.name.clone(),
+                seq,
+                t.epoch.clone(),
+                &draft.event_type,
+                &timestamp,
+                &draft.data,
+            )
+            .with_acl(draft.acl.clone()),
+        );
         t.history.push_back(event.clone());
         while t.history.len() > self.history.max_events {
             t.history.pop_front();
@@ -158,7 +171,9 @@ impl Backplane for MemoryBackplane {
     }
 
     async fn read(&self, topic: &str, since: Option<u64>) -> Result<TopicRead, BackplaneError> {
-        let handle = self.topic(topic);
+        let Some(handle) = self.topics.get(topic).map(|e| e.clone()) else {
+            return Ok(TopicRead::unborn());
+        };
         let mut t = handle.lock();
         let events = match since {
             Some(since) => t
@@ -170,7 +185,7 @@ impl Backplane for MemoryBackplane {
             None => Vec::new(),
         };
         if t.snapshot_frame.is_none() && t.seq > 0 {
-            t.snapshot_frame = Some(t.snapshot.encode(topic));
+            t.snapshot_frame = Some(t.snapshot.encode(topic, self.history.snapshot_budget));
         }
         Ok(TopicRead {
             epoch: t.epoch.clone(),
@@ -183,15 +198,15 @@ impl Backplane for MemoryBackplane {
     }
 
     async fn watch(&self, topic: &str) -> Result<(), BackplaneError> {
-        self.topic(topic).lock().watchers += 1;
+        *self.watched.entry(Arc::from(topic)).or_insert(0) += 1;
         Ok(())
     }
 
     async fn unwatch(&self, topic: &str) {
-        if let Some(t) = self.topics.get(topic) {
-            let mut t = t.lock();
-            t.watchers = t.watchers.saturating_sub(1);
-        }
+        self.watched.remove_if_mut(topic, |_, n| {
+            *n = n.saturating_sub(1);
+            *n == 0
+        });
     }
 
     async fn info(&self, topic: &str) -> Result<Option<TopicInfo>, BackplaneError> {
@@ -298,6 +313,8 @@ mod tests {
                 HistoryConfig {
                     max_events,
                     retention,
+                    max_topics: 1000,
+                    snapshot_budget: 1 << 20,
                 },
                 rec.clone(),
             ),

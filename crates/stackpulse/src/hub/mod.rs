@@ -11,7 +11,13 @@
 //! event published during the replay is either in the history read or offered live
 //! (or both, and then skipped by seq): resume is gap-free and duplicate-free.
 //!
+//! Which topics exist, who may read or write them, how many a connection or node
+//! may hold, and when a source must start producing are decided here, once, for
+//! every dialect: the hub asks the [`policy::TopicPolicy`] and tells the
+//! [`policy::TopicInterest`] that the server plugged in ([`Hub::set_rules`]).
+//!
 //! # Layout
+//! - [`policy`]: the topic policy and interest seams.
 //! - [`backplane`]: the storage/cross-node trait; [`memory`]: its embedded impl;
 //!   [`redis`]: the shared one for many nodes.
 //! - [`event`]: the stamped, serialize-once event; [`snapshot`]: the state fold.
@@ -22,13 +28,14 @@ pub mod backplane;
 pub mod event;
 pub mod memory;
 pub mod outbox;
+pub mod policy;
 pub mod redis;
 pub mod snapshot;
 pub mod subscription;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, LazyLock, OnceLock, Weak};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -38,7 +45,13 @@ use stackpulse_protocol::{Acl, PublishRequest};
 pub use backplane::{Backplane, BackplaneError, Deliver, Draft, Lease, TopicInfo, TopicRead};
 pub use event::StampedEvent;
 pub use outbox::{CloseReason, Delivery, Outbox, SubscribedInfo};
+pub use policy::{Reader, Rules, TopicInterest, TopicPolicy, WriteRefused};
 pub use subscription::Subscription;
+
+/// The epoch of a topic nobody published to. Such a topic stores nothing; its
+/// first publish fixes its real epoch, which a subscriber that saw this one adopts
+/// (and a resume naming this epoch matches whatever epoch the topic then has).
+pub const UNBORN_EPOCH: &str = "0";
 
 use subscription::{Offer, SyncStep};
 
@@ -49,6 +62,11 @@ pub struct HistoryConfig {
     pub max_events: usize,
     /// A topic's history is dropped this long after its last event.
     pub retention: Duration,
+    /// Topics one node stores (memory) or watches (every backplane) at most
+    /// (`--max-topics`).
+    pub max_topics: usize,
+    /// Bytes an encoded snapshot may take (`--max-event-bytes`).
+    pub snapshot_budget: usize,
 }
 
 /// Hub limits.
@@ -59,6 +77,8 @@ pub struct HubConfig {
     /// How long a replay may wait for room in a connection's queue before the
     /// connection is closed as a slow consumer.
     pub replay_timeout: Duration,
+    /// The largest encoded event a publisher may send (`--max-event-bytes`).
+    pub max_event_bytes: usize,
 }
 
 /// Why a subscribe was refused.
@@ -75,6 +95,9 @@ pub enum SubscribeError {
     /// The topic name is refused before the hub sees it (the message says why).
     #[error("{0}")]
     Invalid(String),
+    /// The node is at a capacity limit (the message names the flag).
+    #[error("Service unavailable: {0}")]
+    Capacity(String),
 }
 
 impl SubscribeError {
@@ -86,8 +109,52 @@ impl SubscribeError {
             SubscribeError::Backplane(_) => 503,
             SubscribeError::Closed => 410,
             SubscribeError::Invalid(_) => 400,
+            SubscribeError::Capacity(_) => 503,
         }
     }
+}
+
+/// Why a publish from outside the server's own sources was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The topic is reserved to a source (403).
+    #[error(transparent)]
+    Forbidden(#[from] WriteRefused),
+    /// The encoded event would exceed `--max-event-bytes` (413).
+    #[error("Event too large: {size} bytes encoded, the limit is {max} (--max-event-bytes)")]
+    TooLarge { size: usize, max: usize },
+    /// 503 (unavailable, or the node's topic limit).
+    #[error("Service unavailable: {0}")]
+    Backplane(#[from] BackplaneError),
+}
+
+impl PublishError {
+    /// The HTTP status of the refusal.
+    pub fn status(&self) -> u16 {
+        match self {
+            PublishError::Forbidden(_) => 403,
+            PublishError::TooLarge { .. } => 413,
+            PublishError::Backplane(_) => 503,
+        }
+    }
+}
+
+/// The size of an event's encoded frame, give or take the digits of its seq and
+/// its timestamp (covered by a fixed allowance) and string escapes (covered by
+/// counting the type and topic twice).
+fn encoded_len(
+    event_type: &str,
+    topic: &str,
+    data: &serde_json::Map<String, serde_json::Value>,
+) -> usize {
+    /// `{"type":,"deployment_id":,"seq":,"timestamp":,"data":}`, quotes, a 20-digit
+    /// seq and a 24-character timestamp.
+    const ENVELOPE: usize = 128;
+    let data_len = serde_json::to_vec(data).map_or(usize::MAX, |v| v.len());
+    ENVELOPE
+        .saturating_add(data_len)
+        .saturating_add(event_type.len() * 2)
+        .saturating_add(topic.len() * 2)
 }
 
 /// One connection's view of the hub.
@@ -98,11 +165,6 @@ pub struct Session {
 }
 
 impl Session {
-    /// The topics this connection is subscribed to.
-    pub fn topics(&self) -> Vec<Arc<str>> {
-        self.subs.lock().keys().cloned().collect()
-    }
-
     pub fn subscription_count(&self) -> usize {
         self.subs.lock().len()
     }
@@ -144,6 +206,16 @@ impl Fanout {
         now_empty
     }
 
+    /// Whether `topic` has local subscribers.
+    fn watches(&self, topic: &str) -> bool {
+        self.topics.contains_key(topic)
+    }
+
+    /// Topics with local subscribers.
+    fn watched_topics(&self) -> usize {
+        self.topics.len()
+    }
+
     /// Local subscribers of a topic.
     pub fn subscriber_count(&self, topic: &str) -> usize {
         self.topics.get(topic).map_or(0, |s| s.len())
@@ -177,14 +249,57 @@ impl Fanout {
     }
 }
 
+impl Fanout {
+    /// Ends a live subscription the topic's new ACL no longer admits: it gets a
+    /// 403 and leaves the topic (the rest of its connection stays).
+    fn forbid(&self, hub: &Hub, sub: &Arc<Subscription>) {
+        sub.end();
+        metrics::counter!("stackpulse_subscriptions_forbidden_total").increment(1);
+        let _ = sub
+            .outbox
+            .push(Delivery::Forbidden(Box::new(sub.topic.clone())));
+        let hub = hub.clone();
+        let sub = sub.clone();
+        tokio::spawn(async move {
+            if let Some(session) = sub.session() {
+                hub.drop_subscription(&session, &sub).await;
+            }
+        });
+    }
+}
+
 impl Deliver for Fanout {
     fn deliver(&self, event: &Arc<StampedEvent>) {
         let Some(subs) = self.topics.get(&event.topic) else {
             return;
         };
+        // An event that sets the topic's ACL is checked against every subscriber
+        // before anyone gets it.
+        let hub = event
+            .acl
+            .as_ref()
+            .and_then(|_| self.hub.get().and_then(Weak::upgrade))
+            .map(Hub);
+        let mut forbidden = Vec::new();
         for sub in subs.values() {
+            if let Some(hub) = &hub {
+                if !hub
+                    .rules()
+                    .policy
+                    .may_read(sub.reader(), &event.topic, event.acl.as_ref())
+                {
+                    forbidden.push(sub.clone());
+                    continue;
+                }
+            }
             if let Offer::NeedsRepair { from, epoch } = sub.offer(event) {
                 self.spawn_repair(sub, from, epoch);
+            }
+        }
+        drop(subs);
+        if let Some(hub) = &hub {
+            for sub in &forbidden {
+                self.forbid(hub, sub);
             }
         }
     }
@@ -204,6 +319,8 @@ pub struct HubInner {
     backplane: Arc<dyn Backplane>,
     fanout: Arc<Fanout>,
     config: HubConfig,
+    /// The topic policy and interest; open until the server sets its own.
+    rules: OnceLock<Rules>,
     next_session: std::sync::atomic::AtomicU64,
     subscriptions: AtomicUsize,
 }
@@ -212,15 +329,11 @@ pub struct HubInner {
 #[derive(Clone)]
 pub struct Hub(Arc<HubInner>);
 
-/// Decides from a topic's ACL whether a subscriber may see it.
-pub type Access<'a> = &'a (dyn Fn(Option<&Acl>) -> bool + Send + Sync);
-
 /// Where a sync starts from.
-enum Resume<'a> {
+enum Resume {
     Subscribe {
         since: Option<u64>,
         epoch: Option<String>,
-        access: Access<'a>,
     },
     Repair {
         from: u64,
@@ -259,6 +372,7 @@ impl Hub {
             backplane: backplane.clone(),
             fanout: fanout.clone(),
             config,
+            rules: OnceLock::new(),
             next_session: std::sync::atomic::AtomicU64::new(1),
             subscriptions: AtomicUsize::new(0),
         });
@@ -281,18 +395,45 @@ impl Hub {
         &self.0.config
     }
 
-    /// Publishes a validated event; returns it stamped.
-    pub async fn publish(&self, req: PublishRequest) -> Result<Arc<StampedEvent>, BackplaneError> {
-        self.publish_draft(
-            &req.deployment_id,
-            Draft {
-                event_type: req.event_type,
-                data: req.data,
-                acl: req.acl,
-                fence: None,
-            },
-        )
-        .await
+    /// Plugs in the server's topic policy and interest (once; later calls are
+    /// ignored).
+    pub fn set_rules(&self, rules: Rules) {
+        let _ = self.0.rules.set(rules);
+    }
+
+    /// The topic policy and interest in force.
+    pub fn rules(&self) -> &Rules {
+        static OPEN: LazyLock<Rules> = LazyLock::new(Rules::default);
+        self.0.rules.get().unwrap_or(&OPEN)
+    }
+
+    /// Whether `reader` may read `topic` with ACL `acl` (queries that read a
+    /// topic's state ask the same rule as subscribers).
+    pub fn may_read(&self, reader: &Reader, topic: &str, acl: Option<&Acl>) -> bool {
+        self.rules().policy.may_read(reader, topic, acl)
+    }
+
+    /// Publishes a validated event from a publisher (the publish API, the GraphQL
+    /// mutation): the topic must be writable and the event within
+    /// `--max-event-bytes`. Returns it stamped.
+    pub async fn publish(&self, req: PublishRequest) -> Result<Arc<StampedEvent>, PublishError> {
+        self.rules().policy.may_write(&req.deployment_id)?;
+        let max = self.0.config.max_event_bytes;
+        let size = encoded_len(&req.event_type, &req.deployment_id, &req.data);
+        if size > max {
+            return Err(PublishError::TooLarge { size, max });
+        }
+        Ok(self
+            .publish_draft(
+                &req.deployment_id,
+                Draft {
+                    event_type: req.event_type,
+                    data: req.data,
+                    acl: req.acl,
+                    fence: None,
+                },
+            )
+            .await?)
     }
 
     /// Publishes a draft (sources with a lease pass it as `fence`).
@@ -315,20 +456,33 @@ impl Hub {
         })
     }
 
-    /// Subscribes (or re-subscribes) a session to a topic. `access` sees the
-    /// topic's ACL before anything is sent; a refusal is [`SubscribeError::Forbidden`]
-    /// whether or not the topic exists. Queues `subscribed`, then the replay or the
-    /// snapshot, then goes live.
+    /// Subscribes (or re-subscribes) a session to a topic for `reader`. The topic
+    /// policy checks the name, the caps hold (topics per connection, topics per
+    /// node), the reader is checked against the topic's ACL before anything is sent
+    /// (a refusal is [`SubscribeError::Forbidden`] whether or not the topic exists),
+    /// and the topic's interest hears of it (a stack topic's poller starts there).
+    /// Queues `subscribed`, then the replay or the snapshot, then goes live.
     pub async fn subscribe(
         &self,
         session: &Arc<Session>,
         topic: &str,
         since: Option<u64>,
         epoch: Option<String>,
-        access: Access<'_>,
+        reader: &Arc<Reader>,
     ) -> Result<(), SubscribeError> {
+        self.rules().policy.check_name(topic).await?;
         let topic: Arc<str> = Arc::from(topic);
-        let sub = Arc::new(Subscription::new(topic.clone(), session.outbox.clone()));
+        let max_topics = self.0.config.history.max_topics;
+        if !self.0.fanout.watches(&topic) && self.0.fanout.watched_topics() >= max_topics {
+            return Err(SubscribeError::Capacity(format!(
+                "Too many topics on this node (--max-topics {max_topics})"
+            )));
+        }
+        let sub = Arc::new(Subscription::for_session(
+            topic.clone(),
+            session,
+            reader.clone(),
+        ));
         let replaced = {
             let mut subs = session.subs.lock();
             let replaced = subs.remove(&topic);
@@ -351,11 +505,7 @@ impl Hub {
                 return Err(e.into());
             }
         }
-        let resume = Resume::Subscribe {
-            since,
-            epoch,
-            access,
-        };
+        let resume = Resume::Subscribe { since, epoch };
         if let Err(e) = self.sync(&sub, resume).await {
             self.drop_subscription(session, &sub).await;
             return Err(e);
@@ -385,7 +535,7 @@ impl Hub {
         }
     }
 
-    async fn drop_subscription(&self, session: &Arc<Session>, sub: &Arc<Subscription>) {
+    pub(crate) async fn drop_subscription(&self, session: &Arc<Session>, sub: &Arc<Subscription>) {
         sub.end();
         {
             let mut subs = session.subs.lock();
@@ -400,6 +550,7 @@ impl Hub {
         self.0.subscriptions.fetch_sub(1, Ordering::Relaxed);
         if self.0.fanout.remove(session, sub) {
             self.0.backplane.unwatch(&sub.topic).await;
+            self.rules().interest.unwanted(&sub.topic);
         }
     }
 
@@ -444,7 +595,7 @@ impl Hub {
     async fn sync(
         &self,
         sub: &Arc<Subscription>,
-        mut resume: Resume<'_>,
+        mut resume: Resume,
     ) -> Result<(), SubscribeError> {
         let timeout = self.0.config.replay_timeout;
         let send = |item: Delivery| sub.outbox.push_wait(item, timeout);
@@ -457,10 +608,15 @@ impl Hub {
                 Resume::Subscribe { .. } => self.0.backplane.read(&sub.topic, since).await?,
                 Resume::Repair { .. } => self.read_patiently(&sub.topic, since).await?,
             };
-            if let Resume::Subscribe { access, .. } = &resume {
-                if !access(read.acl.as_ref()) {
+            if let Resume::Subscribe { .. } = &resume {
+                let rules = self.rules();
+                if !rules
+                    .policy
+                    .may_read(sub.reader(), &sub.topic, read.acl.as_ref())
+                {
                     return Err(SubscribeError::Forbidden(sub.topic.to_string()));
                 }
+                rules.interest.wanted(&sub.topic)?;
             }
             // (announce a `subscribed`, recovered, replay history rather than snapshot)
             let (announce, recovered, replay) = match &resume {
@@ -470,11 +626,15 @@ impl Hub {
                     epoch,
                     ..
                 } => {
-                    let ok = epoch.as_deref().is_none_or(|e| e == &*read.epoch) && read.covers(*s);
+                    let ok = epoch
+                        .as_deref()
+                        .is_none_or(|e| e == &*read.epoch || e == UNBORN_EPOCH)
+                        && read.covers(*s);
                     (true, ok, ok)
                 }
                 Resume::Repair { from, epoch } => {
-                    let ok = *epoch == read.epoch && read.covers(*from);
+                    let born_since = &**epoch == UNBORN_EPOCH && *from == 0;
+                    let ok = (*epoch == read.epoch || born_since) && read.covers(*from);
                     (!ok, false, ok)
                 }
             };

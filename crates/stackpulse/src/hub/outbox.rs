@@ -42,6 +42,9 @@ pub enum Delivery {
     Subscribed(Box<SubscribedInfo>),
     /// A snapshot event, or a control reply, already encoded (see [`Delivery::frame`]).
     Frame(Box<Utf8Bytes>),
+    /// The subscription to this topic ended: the topic's ACL no longer admits
+    /// the connection's reader (each dialect answers with its 403 error).
+    Forbidden(Box<Arc<str>>),
 }
 
 impl Delivery {

@@ -27,9 +27,9 @@
 //! and resynchronizes. Local sockets stay open throughout.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use axum::extract::ws::Utf8Bytes;
@@ -67,21 +67,21 @@ if ARGV[8] ~= '' then redis.call('SET', KEYS[6], ARGV[8]) end
 for i = 1, 6 do
   if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('PEXPIRE', KEYS[i], ARGV[7]) end
 end
-redis.call('PUBLISH', ARGV[10], seq .. '\n' .. epoch .. '\n' .. ARGV[11] .. '\n' .. frame)
+redis.call('PUBLISH', ARGV[10], seq .. '\n' .. epoch .. '\n' .. ARGV[11] .. '\n' .. ARGV[8] .. '\n' .. frame)
 return {seq, epoch, frame}
 "#;
 
 const READ: &str = r#"
--- KEYS: seq epoch stream acl ; ARGV: epoch_candidate retention_ms since ('' = none)
-redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2])
-local epoch = redis.call('GET', KEYS[2])
+-- KEYS: seq epoch stream acl ; ARGV: unborn_epoch retention_ms first_wanted ('' = none)
+-- A topic nobody published to is not created: it reads as seq 0 in the unborn epoch.
+local epoch = redis.call('GET', KEYS[2]) or ARGV[1]
 local latest = tonumber(redis.call('GET', KEYS[1]) or '0')
 local first = latest + 1
 local head = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 1)
 if #head > 0 then first = tonumber(string.match(head[1][1], '^(%d+)')) end
 local out = {latest, epoch, first, redis.call('GET', KEYS[4]) or ''}
 if ARGV[3] ~= '' then
-  local entries = redis.call('XRANGE', KEYS[3], (tonumber(ARGV[3]) + 1) .. '-0', '+')
+  local entries = redis.call('XRANGE', KEYS[3], ARGV[3] .. '-0', '+')
   for _, e in ipairs(entries) do
     local f, t = '', ''
     for i = 1, #e[2], 2 do
@@ -201,7 +201,6 @@ pub struct RedisBackplane {
     pubsub_up: AtomicBool,
     /// Topics whose snapshot fold is already scheduled (coalesces publishes).
     folding: DashMap<Arc<str>, ()>,
-    reconnects: AtomicUsize,
     /// A handle on itself, for the background snapshot folds.
     me: std::sync::OnceLock<Weak<RedisBackplane>>,
     /// This process's id in presence records.
@@ -266,7 +265,6 @@ impl RedisBackplane {
             pubsub: tokio::sync::Mutex::new(None),
             pubsub_up: AtomicBool::new(false),
             folding: DashMap::new(),
-            reconnects: AtomicUsize::new(0),
             me: std::sync::OnceLock::new(),
             node_id: format!("node-{}", new_epoch()),
             reported: parking_lot::Mutex::new(Vec::new()),
@@ -406,29 +404,34 @@ impl RedisBackplane {
         self.pubsub_up.load(Ordering::Acquire)
     }
 
-    /// How many times the pub/sub link was re-established.
-    pub fn pubsub_reconnects(&self) -> usize {
-        self.reconnects.load(Ordering::Relaxed)
-    }
 }
 
 /// Turns one pub/sub message into a stamped event.
 fn decode_message(channel: &str, payload: &[u8]) -> Option<StampedEvent> {
     let topic = topic_of_channel(channel)?;
     let text = std::str::from_utf8(payload).ok()?;
-    let mut parts = text.splitn(4, '\n');
+    // seq, epoch, type, the ACL the event set ('' for none; JSON has no raw
+    // newline), frame.
+    let mut parts = text.splitn(5, '\n');
     let seq = parts.next()?.parse().ok()?;
     let epoch = parts.next()?;
     let event_type = parts.next()?;
+    let acl = parts.next()?;
     let frame = parts.next()?;
-    Some(StampedEvent {
-        topic: Arc::from(topic),
-        seq,
-        epoch: Arc::from(epoch),
-        event_type: event_type.into(),
-        frame: Utf8Bytes::from(frame.to_owned()),
-        published_at: Instant::now(),
-    })
+    let acl = match acl {
+        "" => None,
+        json => Some(serde_json::from_str::<Acl>(json).ok()?),
+    };
+    Some(
+        StampedEvent::from_frame(
+            Arc::from(topic),
+            seq,
+            Arc::from(epoch),
+            event_type,
+            Utf8Bytes::from(frame.to_owned()),
+        )
+        .with_acl(acl),
+    )
 }
 
 /// Keeps one pub/sub connection up: subscribe to every watched topic, deliver
@@ -477,7 +480,7 @@ async fn pubsub_task(me: Weak<RedisBackplane>) {
         bp.pubsub_up.store(true, Ordering::Release);
         backoff = Duration::from_millis(100);
         if connected_before {
-            bp.reconnects.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("stackpulse_redis_pubsub_reconnects_total").increment(1);
             tracing::info!("redis pub/sub reconnected; resynchronizing subscriptions");
             bp.sink.resync_all();
         } else {
@@ -549,14 +552,16 @@ impl Backplane for RedisBackplane {
         ) else {
             return Err(unavailable("unexpected publish reply"));
         };
-        let event = Arc::new(StampedEvent {
-            topic: Arc::from(topic),
-            seq,
-            epoch: Arc::from(epoch),
-            event_type: draft.event_type.into(),
-            frame: Utf8Bytes::from(frame),
-            published_at: Instant::now(),
-        });
+        let event = Arc::new(
+            StampedEvent::from_frame(
+                Arc::from(topic),
+                seq,
+                Arc::from(epoch),
+                &draft.event_type,
+                Utf8Bytes::from(frame),
+            )
+            .with_acl(draft.acl),
+        );
         self.schedule_fold(event.topic.clone());
         Ok(event)
     }
@@ -568,9 +573,15 @@ impl Backplane for RedisBackplane {
             .key(&keys.epoch)
             .key(&keys.stream)
             .key(&keys.acl)
-            .arg(&*new_epoch())
+            .arg(super::UNBORN_EPOCH)
             .arg(self.retention_ms())
-            .arg(since.map(|s| s.to_string()).unwrap_or_default());
+            // The first seq wanted, computed here: Lua would print a large number
+            // as `1e+14`, which XRANGE refuses.
+            .arg(
+                since
+                    .map(|s| s.saturating_add(1).to_string())
+                    .unwrap_or_default(),
+            );
         let Value::Array(items) = self.invoke(inv).await? else {
             return Err(unavailable("unexpected read reply"));
         };
@@ -595,14 +606,13 @@ impl Backplane for RedisBackplane {
             else {
                 continue;
             };
-            events.push(Arc::new(StampedEvent {
-                topic: topic_arc.clone(),
+            events.push(Arc::new(StampedEvent::from_frame(
+                topic_arc.clone(),
                 seq,
-                epoch: epoch.clone(),
-                event_type: t.into(),
-                frame: Utf8Bytes::from(frame),
-                published_at: Instant::now(),
-            }));
+                epoch.clone(),
+                &t,
+                Utf8Bytes::from(frame),
+            )));
         }
         let (snapshot, latest) = if latest == 0 {
             (None, 0)
@@ -611,7 +621,7 @@ impl Backplane for RedisBackplane {
             // A snapshot folded by another node may be newer than our read: it is
             // current to its own seq, and newer events arrive live.
             let at = snap.seq.max(latest);
-            (Some(snap.encode(topic)), at)
+            (Some(snap.encode(topic, self.history.snapshot_budget)), at)
         };
         Ok(TopicRead {
             epoch,
@@ -809,13 +819,26 @@ mod tests {
         assert_eq!(keys.channel, "sp:{D1}:ch");
         assert_eq!(topic_of_channel(&keys.channel), Some("D1"));
         assert_eq!(topic_of_channel("other"), None);
-        let ev = decode_message("sp:{D1}:ch", b"7\nep\ndeployment.status\n{\"a\":\"b\nc\"}")
-            .expect("decodes");
+        let ev = decode_message(
+            "sp:{D1}:ch",
+            b"7\nep\ndeployment.status\n\n{\"a\":\"b\nc\"}",
+        )
+        .expect("decodes");
         assert_eq!(
-            (ev.seq, &*ev.epoch, &*ev.event_type),
-            (7, "ep", "deployment.status")
+            (ev.seq, &*ev.epoch, &*ev.event_type, ev.acl.is_none()),
+            (7, "ep", "deployment.status", true)
         );
         assert_eq!(ev.frame.as_str(), "{\"a\":\"b\nc\"}");
+        let ev = decode_message(
+            "sp:{D1}:ch",
+            b"8\nep\ndeployment.status\n{\"owner\":\"alice\"}\n{}",
+        )
+        .expect("decodes with an ACL");
+        assert_eq!(
+            ev.acl.and_then(|a| a.owner).as_deref(),
+            Some("alice"),
+            "the ACL a publish set travels with its event"
+        );
         assert!(decode_message("sp:{D1}:ch", b"x\n").is_none());
     }
 

@@ -4,6 +4,11 @@
 //! joins without `since` (or whose resume failed) receives the snapshot first, as
 //! one `deployment.snapshot` or `stack.snapshot` event carrying the seq it is current
 //! to. The fold is pure: it never looks at sockets or time.
+//!
+//! An encoded snapshot stays within a byte budget (`--max-event-bytes`, like any
+//! event), so a topic can always be subscribed to: over budget, long strings are
+//! cut first, then the oldest log lines go, then map entries (the data then says
+//! `"truncated": true`).
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -136,16 +141,65 @@ impl Snapshot {
         &self.state
     }
 
-    /// The snapshot as a text frame for `topic`.
-    pub fn encode(&self, topic: &str) -> Utf8Bytes {
-        encode_frame(
-            self.event_type(),
-            topic,
-            self.seq,
-            &self.timestamp,
-            &self.state,
-        )
+    /// The snapshot as a text frame for `topic`, within `budget` bytes when it
+    /// can be (see the module doc for what is cut first).
+    pub fn encode(&self, topic: &str, budget: usize) -> Utf8Bytes {
+        let frame = |state: &Map<String, Value>| {
+            encode_frame(self.event_type(), topic, self.seq, &self.timestamp, state)
+        };
+        let full = frame(&self.state);
+        if full.len() <= budget {
+            return full;
+        }
+        let mut state = self.state.clone();
+        state.insert("truncated".into(), Value::Bool(true));
+        cut_strings(&mut state, MAX_SNAPSHOT_STRING);
+        let mut out = frame(&state);
+        // Then whole entries: old log lines first, then stacks and resources.
+        for key in ["logs", "stacks", "resources"] {
+            while out.len() > budget {
+                let removed = match state.get_mut(key) {
+                    Some(Value::Array(list)) if !list.is_empty() => {
+                        list.remove(0);
+                        true
+                    }
+                    Some(Value::Object(map)) => map.keys().next().cloned().is_some_and(|k| {
+                        map.remove(&k);
+                        true
+                    }),
+                    _ => false,
+                };
+                if !removed {
+                    break;
+                }
+                out = frame(&state);
+            }
+        }
+        out
     }
+}
+
+/// Longest string kept in a snapshot that is over its budget.
+const MAX_SNAPSHOT_STRING: usize = 1024;
+
+/// Cuts every string in `map` (at any depth) to at most `max` bytes.
+fn cut_strings(map: &mut Map<String, Value>, max: usize) {
+    fn cut(value: &mut Value, max: usize) {
+        match value {
+            Value::String(s) if s.len() > max => {
+                let mut end = max;
+                while !s.is_char_boundary(end) {
+                    end -= 1;
+                }
+                s.truncate(end);
+                s.push('…');
+            }
+            Value::Array(list) => list.iter_mut().for_each(|v| cut(v, max)),
+            Value::Object(map) => map.values_mut().for_each(|v| cut(v, max)),
+            _ => {}
+        }
+    }
+    map.values_mut().for_each(|v| cut(v, max));
 }
 
 #[cfg(test)]
@@ -213,6 +267,36 @@ mod tests {
     }
 
     #[test]
+    fn an_oversized_snapshot_is_cut_to_its_budget() {
+        let mut s = Snapshot::default();
+        for i in 1..=SNAPSHOT_LOGS as u64 {
+            s.apply(
+                i,
+                "t",
+                "log.created",
+                &obj(json!({"level":"info","message":"x".repeat(40_000)})),
+            );
+        }
+        s.apply(
+            21,
+            "t",
+            "deployment.status",
+            &obj(json!({"status":"deploying"})),
+        );
+        let budget = 16 * 1024;
+        let frame = s.encode("D", budget);
+        assert!(frame.len() <= budget, "{} > {budget}", frame.len());
+        let v: Value = serde_json::from_str(frame.as_str()).expect("json");
+        assert_eq!(v["data"]["status"], "deploying", "the state is kept");
+        assert_eq!(v["data"]["truncated"], true);
+        assert!(!v["data"]["logs"].as_array().expect("logs").is_empty());
+        assert!(
+            s.encode("D", 1 << 22).len() > 800_000,
+            "within budget: untouched"
+        );
+    }
+
+    #[test]
     fn resource_events_make_a_stack_snapshot() {
         let mut s = Snapshot::default();
         s.apply(
@@ -235,7 +319,7 @@ mod tests {
         let d = Value::Object(s.data().clone());
         assert_eq!(d["resources"]["Bucket"]["status"], "CREATE_COMPLETE");
         assert_eq!(d["stack"]["progress"], 100);
-        let frame = s.encode("s");
+        let frame = s.encode("s", 1 << 20);
         assert!(frame
             .as_str()
             .starts_with(r#"{"type":"stack.snapshot","deployment_id":"s","seq":2,"#));

@@ -8,13 +8,22 @@
 //! duplicate and is skipped; a seq that jumps ahead (a lost cross-node message) or an
 //! epoch change sends it back to syncing, and the hub repairs it from history. So
 //! each subscription sees every seq once, in order, whatever the timing.
+//!
+//! A subscription to a topic nobody published to goes live in the
+//! [unborn epoch](super::UNBORN_EPOCH); the topic's first event (seq 1) brings its
+//! real epoch, which the subscription adopts instead of repairing.
+//!
+//! Each subscription knows its [`Reader`] (for the live ACL check) and its session
+//! (so the hub can end it alone when the reader loses access).
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 
 use super::event::StampedEvent;
 use super::outbox::{Delivery, Outbox};
+use super::policy::Reader;
+use super::Session;
 
 /// Live events buffered during a replay before the replay is redone from history.
 const PENDING_LIMIT: usize = 4096;
@@ -56,6 +65,8 @@ pub enum SyncStep {
 pub struct Subscription {
     pub topic: Arc<str>,
     pub outbox: Arc<Outbox>,
+    reader: Arc<Reader>,
+    session: Weak<Session>,
     state: Mutex<State>,
 }
 
@@ -64,16 +75,42 @@ fn same_epoch(a: &Arc<str>, b: &Arc<str>) -> bool {
 }
 
 impl Subscription {
-    /// A new subscription, syncing until the hub has replayed what it needs.
+    /// A new subscription, syncing until the hub has replayed what it needs; read
+    /// by the server itself and owned by no session.
     pub fn new(topic: Arc<str>, outbox: Arc<Outbox>) -> Subscription {
         Subscription {
             topic,
             outbox,
+            reader: Arc::new(Reader::System),
+            session: Weak::new(),
             state: Mutex::new(State::Syncing {
                 pending: Vec::new(),
                 overflowed: false,
             }),
         }
+    }
+
+    /// A new subscription of `session`'s connection, read by `reader`.
+    pub fn for_session(
+        topic: Arc<str>,
+        session: &Arc<Session>,
+        reader: Arc<Reader>,
+    ) -> Subscription {
+        Subscription {
+            reader,
+            session: Arc::downgrade(session),
+            ..Subscription::new(topic, session.outbox.clone())
+        }
+    }
+
+    /// Who reads through this subscription.
+    pub fn reader(&self) -> &Reader {
+        &self.reader
+    }
+
+    /// The session that holds it, while it is open.
+    pub fn session(&self) -> Option<Arc<Session>> {
+        self.session.upgrade()
     }
 
     /// Offers a live event from the fan-out. Never blocks.
@@ -93,6 +130,10 @@ impl Subscription {
                 Offer::Done
             }
             State::Live { last_seq, epoch } => {
+                if *last_seq == 0 && &**epoch == super::UNBORN_EPOCH {
+                    // The topic's first event fixes its epoch.
+                    *epoch = event.epoch.clone();
+                }
                 if !same_epoch(epoch, &event.epoch) || event.seq > *last_seq + 1 {
                     let from = *last_seq;
                     let epoch = epoch.clone();
@@ -259,6 +300,23 @@ mod tests {
                 epoch: old.clone()
             }
         );
+    }
+
+    #[test]
+    fn an_unborn_topic_adopts_the_epoch_of_its_first_event() {
+        let (outbox, mut rx) = Outbox::new(64);
+        let unborn: Arc<str> = crate::hub::UNBORN_EPOCH.into();
+        let born: Arc<str> = "e1".into();
+        let sub = Subscription::new("T".into(), outbox);
+        assert_eq!(sub.finish_sync(0, &unborn), SyncStep::Live);
+        assert_eq!(sub.offer(&ev(1, &born)), Offer::Done);
+        assert_eq!(sub.offer(&ev(2, &born)), Offer::Done);
+        assert_eq!(drain(&mut rx), vec![1, 2]);
+        let other: Arc<str> = "e2".into();
+        assert!(matches!(
+            sub.offer(&ev(3, &other)),
+            Offer::NeedsRepair { .. }
+        ));
     }
 
     #[test]

@@ -3,8 +3,63 @@
 use super::*;
 use serde_json::{json, Value};
 
-fn allow(_: Option<&Acl>) -> bool {
-    true
+/// The server itself, which may read every topic.
+fn allow() -> Arc<Reader> {
+    Arc::new(Reader::System)
+}
+
+fn user(sub: &str) -> Arc<Reader> {
+    Reader::user(crate::auth::User {
+        sub: sub.into(),
+        username: sub.into(),
+        email: None,
+        groups: Vec::new(),
+    })
+}
+
+/// A topic with an owner is read by its owner only; stack topics are reserved.
+struct OwnerPolicy;
+
+#[async_trait::async_trait]
+impl TopicPolicy for OwnerPolicy {
+    async fn check_name(&self, topic: &str) -> Result<(), SubscribeError> {
+        match topic.len() {
+            0..=32 => Ok(()),
+            _ => Err(SubscribeError::Invalid("too long".into())),
+        }
+    }
+
+    fn may_read(&self, reader: &Reader, _topic: &str, acl: Option<&Acl>) -> bool {
+        match (reader, acl.and_then(|a| a.owner.as_deref())) {
+            (Reader::System, _) | (_, None) => true,
+            (Reader::User(u), Some(owner)) => u.sub == owner,
+        }
+    }
+
+    fn may_write(&self, topic: &str) -> Result<(), WriteRefused> {
+        match topic.starts_with("stack:") {
+            true => Err(WriteRefused("reserved".into())),
+            false => Ok(()),
+        }
+    }
+}
+
+/// Records what the hub tells a topic's interest.
+#[derive(Default)]
+struct Recorder(Mutex<Vec<String>>);
+
+impl TopicInterest for Recorder {
+    fn wanted(&self, topic: &Arc<str>) -> Result<(), SubscribeError> {
+        if &**topic == "capped" {
+            return Err(SubscribeError::Capacity("capped".into()));
+        }
+        self.0.lock().push(format!("+{topic}"));
+        Ok(())
+    }
+
+    fn unwanted(&self, topic: &Arc<str>) {
+        self.0.lock().push(format!("-{topic}"));
+    }
 }
 
 fn config(max_events: usize) -> HubConfig {
@@ -12,10 +67,24 @@ fn config(max_events: usize) -> HubConfig {
         history: HistoryConfig {
             max_events,
             retention: Duration::from_secs(3600),
+            max_topics: 4,
+            snapshot_budget: 1 << 20,
         },
         max_subscriptions_per_connection: 3,
         replay_timeout: Duration::from_secs(5),
+        max_event_bytes: 4096,
     }
+}
+
+/// A hub with [`OwnerPolicy`] and a [`Recorder`] as its interest.
+fn ruled_hub() -> (Hub, Arc<memory::MemoryBackplane>, Arc<Recorder>) {
+    let (hub, memory) = Hub::in_memory(config(100));
+    let recorder = Arc::new(Recorder::default());
+    hub.set_rules(Rules {
+        policy: Arc::new(OwnerPolicy),
+        interest: recorder.clone(),
+    });
+    (hub, memory, recorder)
 }
 
 fn status(topic: &str, s: &str) -> PublishRequest {
@@ -36,6 +105,7 @@ enum Got {
     Subscribed { seq: u64, recovered: bool },
     Snapshot { seq: u64 },
     Event(u64),
+    Forbidden(String),
 }
 
 fn take(rx: &mut super::outbox::Receiver) -> Vec<Got> {
@@ -53,6 +123,7 @@ fn take(rx: &mut super::outbox::Receiver) -> Vec<Got> {
                     seq: v["seq"].as_u64().expect("seq"),
                 }
             }
+            Delivery::Forbidden(t) => Got::Forbidden(t.to_string()),
         });
     }
     out
@@ -66,7 +137,7 @@ async fn subscribe_without_since_gets_snapshot_then_live() {
     }
     let (outbox, mut rx) = Outbox::new(64);
     let session = hub.open_session(outbox);
-    hub.subscribe(&session, "D", None, None, &allow)
+    hub.subscribe(&session, "D", None, None, &allow())
         .await
         .expect("subscribe");
     hub.publish(status("D", "c")).await.expect("publish");
@@ -88,7 +159,7 @@ async fn empty_topic_has_seq_zero_and_no_snapshot() {
     let (hub, _) = Hub::in_memory(config(100));
     let (outbox, mut rx) = Outbox::new(64);
     let session = hub.open_session(outbox);
-    hub.subscribe(&session, "new", None, None, &allow)
+    hub.subscribe(&session, "new", None, None, &allow())
         .await
         .expect("subscribe");
     hub.publish(status("new", "a")).await.expect("publish");
@@ -121,7 +192,7 @@ async fn resume_replays_exactly_the_missed_events() {
         .to_string();
     let (outbox, mut rx) = Outbox::new(64);
     let session = hub.open_session(outbox);
-    hub.subscribe(&session, "D", Some(2), Some(epoch), &allow)
+    hub.subscribe(&session, "D", Some(2), Some(epoch), &allow())
         .await
         .expect("subscribe");
     hub.publish(status("D", "x")).await.expect("publish");
@@ -151,7 +222,7 @@ async fn resume_that_history_cannot_serve_is_not_recovered() {
     let (outbox, mut rx) = Outbox::new(64);
     let session = hub.open_session(outbox);
     // Too old: events 3..7 were trimmed.
-    hub.subscribe(&session, "D", Some(2), None, &allow)
+    hub.subscribe(&session, "D", Some(2), None, &allow())
         .await
         .expect("subscribe");
     assert_eq!(
@@ -165,7 +236,7 @@ async fn resume_that_history_cannot_serve_is_not_recovered() {
         ]
     );
     // From the future.
-    hub.subscribe(&session, "D", Some(99), None, &allow)
+    hub.subscribe(&session, "D", Some(99), None, &allow())
         .await
         .expect("subscribe");
     assert_eq!(
@@ -179,7 +250,7 @@ async fn resume_that_history_cannot_serve_is_not_recovered() {
         ]
     );
     // Another epoch.
-    hub.subscribe(&session, "D", Some(9), Some("other".into()), &allow)
+    hub.subscribe(&session, "D", Some(9), Some("other".into()), &allow())
         .await
         .expect("subscribe");
     assert_eq!(
@@ -193,7 +264,7 @@ async fn resume_that_history_cannot_serve_is_not_recovered() {
         ]
     );
     // Just recent enough.
-    hub.subscribe(&session, "D", Some(7), None, &allow)
+    hub.subscribe(&session, "D", Some(7), None, &allow())
         .await
         .expect("subscribe");
     assert_eq!(
@@ -231,7 +302,7 @@ async fn subscribing_while_publishing_loses_and_doubles_nothing() {
     for n in 0..20u64 {
         let (outbox, rx) = Outbox::new(8192);
         let session = hub.open_session(outbox);
-        hub.subscribe(&session, "D", Some(n * 7), None, &allow)
+        hub.subscribe(&session, "D", Some(n * 7), None, &allow())
             .await
             .expect("subscribe");
         receivers.push((n * 7, session, rx));
@@ -274,10 +345,10 @@ async fn slow_consumer_is_closed_and_others_keep_receiving() {
     let (fast_box, mut fast_rx) = Outbox::new(1024);
     let slow = hub.open_session(slow_box.clone());
     let fast = hub.open_session(fast_box);
-    hub.subscribe(&slow, "D", None, None, &allow)
+    hub.subscribe(&slow, "D", None, None, &allow())
         .await
         .expect("subscribe");
-    hub.subscribe(&fast, "D", None, None, &allow)
+    hub.subscribe(&fast, "D", None, None, &allow())
         .await
         .expect("subscribe");
     for i in 0..100 {
@@ -296,12 +367,12 @@ async fn subscription_limit_is_enforced_and_freed_by_unsubscribe() {
     let (outbox, _rx) = Outbox::new(64);
     let session = hub.open_session(outbox);
     for t in ["a", "b", "c"] {
-        hub.subscribe(&session, t, None, None, &allow)
+        hub.subscribe(&session, t, None, None, &allow())
             .await
             .expect("subscribe");
     }
     let err = hub
-        .subscribe(&session, "d", None, None, &allow)
+        .subscribe(&session, "d", None, None, &allow())
         .await
         .expect_err("limit");
     assert_eq!(
@@ -311,7 +382,7 @@ async fn subscription_limit_is_enforced_and_freed_by_unsubscribe() {
     assert_eq!(err.code(), 429);
     assert!(hub.unsubscribe(&session, "a").await);
     assert!(!hub.unsubscribe(&session, "a").await);
-    hub.subscribe(&session, "d", None, None, &allow)
+    hub.subscribe(&session, "d", None, None, &allow())
         .await
         .expect("room again");
     assert_eq!(hub.subscription_count(), 3);
@@ -325,7 +396,7 @@ async fn unsubscribed_sessions_receive_nothing_more() {
     let (hub, _) = Hub::in_memory(config(100));
     let (outbox, mut rx) = Outbox::new(64);
     let session = hub.open_session(outbox);
-    hub.subscribe(&session, "D", None, None, &allow)
+    hub.subscribe(&session, "D", None, None, &allow())
         .await
         .expect("subscribe");
     hub.unsubscribe(&session, "D").await;
@@ -350,9 +421,12 @@ async fn access_is_decided_on_the_topic_acl_before_anything_is_sent() {
     hub.publish(req).await.expect("publish");
     let (outbox, mut rx) = Outbox::new(64);
     let session = hub.open_session(outbox);
-    let only_alice = |acl: Option<&Acl>| acl.and_then(|a| a.owner.as_deref()) == Some("alice");
+    hub.set_rules(Rules {
+        policy: Arc::new(OwnerPolicy),
+        interest: Arc::new(Recorder::default()),
+    });
     let err = hub
-        .subscribe(&session, "secret", None, None, &|_| false)
+        .subscribe(&session, "secret", None, None, &user("eve"))
         .await
         .expect_err("refused");
     assert_eq!(
@@ -364,7 +438,7 @@ async fn access_is_decided_on_the_topic_acl_before_anything_is_sent() {
         "nothing leaks, not even subscribed"
     );
     assert_eq!(session.subscription_count(), 0);
-    hub.subscribe(&session, "secret", None, None, &only_alice)
+    hub.subscribe(&session, "secret", None, None, &user("alice"))
         .await
         .expect("the owner may");
     assert_eq!(
@@ -374,4 +448,135 @@ async fn access_is_decided_on_the_topic_acl_before_anything_is_sent() {
             recovered: true
         }
     );
+}
+
+#[tokio::test]
+async fn an_acl_set_after_subscribing_ends_the_subscriptions_it_excludes() {
+    let (hub, _, _) = ruled_hub();
+    let (eve_box, mut eve) = Outbox::new(64);
+    let (alice_box, mut alice) = Outbox::new(64);
+    let eve_session = hub.open_session(eve_box);
+    let alice_session = hub.open_session(alice_box);
+    for (session, reader) in [(&eve_session, user("eve")), (&alice_session, user("alice"))] {
+        hub.subscribe(session, "D", None, None, &reader)
+            .await
+            .expect("no ACL yet: anyone");
+    }
+    let mut req = status("D", "secret");
+    req.acl = Some(Acl {
+        owner: Some("alice".into()),
+        groups: vec![],
+    });
+    hub.publish(req).await.expect("publish");
+    hub.publish(status("D", "later")).await.expect("publish");
+    let got = take(&mut eve);
+    assert_eq!(
+        got,
+        vec![
+            Got::Subscribed {
+                seq: 0,
+                recovered: true
+            },
+            Got::Forbidden("D".into())
+        ],
+        "eve never sees the event that locked her out, nor any later one"
+    );
+    let got = take(&mut alice);
+    assert_eq!(&got[1..], &[Got::Event(1), Got::Event(2)]);
+    // Eve's subscription is gone (she may subscribe to something else).
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while eve_session.subscription_count() > 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the forbidden subscription leaves the session");
+}
+
+#[tokio::test]
+async fn subscribing_to_a_never_published_topic_stores_nothing() {
+    let (hub, memory, recorder) = ruled_hub();
+    let (outbox, mut rx) = Outbox::new(64);
+    let session = hub.open_session(outbox);
+    hub.subscribe(&session, "ghost", None, None, &user("eve"))
+        .await
+        .expect("subscribe");
+    let Some(Delivery::Subscribed(info)) = rx.try_recv().ok() else {
+        panic!("subscribed first")
+    };
+    assert_eq!((info.seq, &*info.epoch), (0, UNBORN_EPOCH));
+    assert_eq!(memory.topic_count(), 0, "watching stores no topic");
+    hub.unsubscribe(&session, "ghost").await;
+    assert_eq!(memory.topic_count(), 0);
+    assert_eq!(*recorder.0.lock(), vec!["+ghost", "-ghost"]);
+
+    // A subscriber of an unborn topic gets its first events, in its real epoch.
+    hub.subscribe(&session, "born", None, None, &user("eve"))
+        .await
+        .expect("subscribe");
+    let _ = take(&mut rx);
+    let first = hub.publish(status("born", "a")).await.expect("publish");
+    assert_ne!(&*first.epoch, UNBORN_EPOCH);
+    assert_eq!(take(&mut rx), vec![Got::Event(1)]);
+    // Resuming with the unborn epoch it was told matches the real one.
+    hub.unsubscribe(&session, "born").await;
+    hub.subscribe(
+        &session,
+        "born",
+        Some(0),
+        Some(UNBORN_EPOCH.into()),
+        &user("eve"),
+    )
+    .await
+    .expect("resume");
+    assert_eq!(
+        take(&mut rx),
+        vec![
+            Got::Subscribed {
+                seq: 1,
+                recovered: true
+            },
+            Got::Event(1)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn names_caps_and_writes_follow_the_policy() {
+    let (hub, memory, _) = ruled_hub();
+    let (outbox, _rx) = Outbox::new(64);
+    let session = hub.open_session(outbox);
+    let err = hub
+        .subscribe(&session, &"x".repeat(33), None, None, &user("eve"))
+        .await
+        .expect_err("name refused");
+    assert_eq!(err.code(), 400);
+    let err = hub
+        .subscribe(&session, "capped", None, None, &user("eve"))
+        .await
+        .expect_err("the interest refuses");
+    assert_eq!(err.code(), 503);
+    assert_eq!(
+        session.subscription_count(),
+        0,
+        "a refused subscribe leaves nothing"
+    );
+    let err = hub
+        .publish(status("stack:prod", "x"))
+        .await
+        .expect_err("reserved");
+    assert_eq!(err.status(), 403);
+    let mut big = status("D", "x");
+    big.data
+        .insert("blob".into(), Value::from("y".repeat(5000)));
+    let err = hub.publish(big).await.expect_err("too large");
+    assert_eq!(err.status(), 413);
+    // --max-topics: 4 stored topics, then the fifth is refused.
+    for t in ["t1", "t2", "t3", "t4"] {
+        hub.publish(status(t, "a")).await.expect("publish");
+    }
+    assert_eq!(memory.topic_count(), 4);
+    let err = hub.publish(status("t5", "a")).await.expect_err("topic cap");
+    assert_eq!(err.status(), 503);
+    assert!(err.to_string().contains("--max-topics 4"), "{err}");
 }

@@ -13,6 +13,9 @@ use aws_sdk_cloudformation::Client;
 use parking_lot::Mutex;
 use tokio::sync::OnceCell;
 
+/// Regions whose CloudFormation client is kept (AWS has about 35 regions).
+const MAX_CACHED_REGIONS: usize = 48;
+
 /// Region used when neither a flag nor the AWS chain names one.
 pub const FALLBACK_REGION: &str = "us-east-1";
 
@@ -91,6 +94,11 @@ impl AwsClients {
             return c.clone();
         }
         let client = cfn_client(self.sdk().await, Some(&region));
-        self.clients.lock().entry(region).or_insert(client).clone()
+        let mut clients = self.clients.lock();
+        if clients.len() >= MAX_CACHED_REGIONS && !clients.contains_key(&region) {
+            // Regions are named by users: keep the first few, build the rest anew.
+            return client;
+        }
+        clients.entry(region).or_insert(client).clone()
     }
 }

@@ -2,10 +2,12 @@
 //! subscriber, publishing into the hub.
 //!
 //! Topics `stack:<StackName>` (the default region) and `stack:<region>:<StackName>`
-//! are tracked stacks (CloudFormation stack names cannot contain `:`). Once a `/ws`
-//! client has subscribed to one, or a `/canvas/deploy/track/{stack}` socket has,
-//! [`Tracking::ensure`] starts its poller unless this node already runs one. The
-//! poller:
+//! are tracked stacks (CloudFormation stack names cannot contain `:`). [`Tracking`]
+//! is the hub's [`TopicInterest`]: when a subscriber of any dialect (or a
+//! deployment follower) has been admitted to a stack topic, the hub calls
+//! `wanted`, which starts the topic's poller unless this node already runs one (at
+//! most `--max-pollers`); when the topic's last local subscriber leaves, the hub
+//! calls `unwanted`. No adapter starts a poller. The poller:
 //! 1. takes the backplane lease `poll:<topic>` (so that one node polls a stack
 //!    cluster-wide; while another node holds it, this one only retries);
 //! 2. reads the topic's history and seeds the tracker's `seen_event_ids` with the
@@ -31,7 +33,8 @@
 //!
 //! Metrics: `stackpulse_tracking_pollers` (running here),
 //! `stackpulse_tracking_pollers_started_total`, and
-//! `stackpulse_tracking_aws_calls_total{topic}` (AWS requests per stack).
+//! `stackpulse_tracking_aws_calls_total` (AWS requests of this node's pollers; no
+//! per-stack label, so the series count does not grow with the stacks users name).
 //!
 //! # Layout
 //! - [`aws`]: AWS configuration from the standard chain, CloudFormation clients.
@@ -41,27 +44,24 @@ pub mod aws;
 pub mod events;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use dashmap::DashMap;
-use parking_lot::Mutex;
 use serde_json::Value;
 use stackpulse_cfn::{CallCounter, Outcome, Tracker, TrackerConfig, TrackerMessage};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::hub::{BackplaneError, Draft, Hub, Lease};
+use crate::hub::{BackplaneError, Draft, Hub, Lease, SubscribeError, TopicInterest};
 use aws::{AwsClients, AwsSettings};
 use events::Origin;
 
 /// Prefix of tracked stack topics.
 pub const TOPIC_PREFIX: &str = "stack:";
-/// How often a poller looks at its subscribers (and renews nothing).
-const CHECK_EVERY: Duration = Duration::from_millis(250);
-/// A finished poller stays at least this long after the last `ensure`, so that a
-/// subscriber between its `ensure` and its `subscribe` still finds it.
+/// A finished poller stays this long after its last subscriber left, so that a
+/// client that reconnects at once finds it.
 const LINGER: Duration = Duration::from_secs(2);
 /// Timeout of the `DescribeStacks` a finished poller makes now and then.
 const LOOK_TIMEOUT: Duration = Duration::from_secs(20);
@@ -85,13 +85,22 @@ pub fn valid_stack_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '-')
 }
 
-/// Whether `region` looks like an AWS region name (`eu-west-1`).
+/// Whether `region` looks like an AWS region name (`eu-west-1`, `us-gov-west-1`):
+/// `^[a-z]{2}(-[a-z]+)+-\d+$`, at most 32 characters.
 pub fn valid_region(region: &str) -> bool {
-    !region.is_empty()
-        && region.len() <= 32
-        && region
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    let parts: Vec<&str> = region.split('-').collect();
+    let [first, middle @ .., last] = parts.as_slice() else {
+        return false;
+    };
+    region.len() <= 32
+        && first.len() == 2
+        && first.bytes().all(|b| b.is_ascii_lowercase())
+        && !middle.is_empty()
+        && middle
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
+        && !last.is_empty()
+        && last.bytes().all(|b| b.is_ascii_digit())
 }
 
 impl StackTopic {
@@ -130,14 +139,18 @@ pub struct TrackingConfig {
     /// How long a poller lease lasts without renewal: a dead node's stacks are
     /// taken over by another node within this time (renewed every third of it).
     pub lease_ttl: Duration,
+    /// Pollers one node runs at most (`--max-pollers`).
+    pub max_pollers: usize,
 }
 
 /// One poller's registration.
-struct Slot {
-    /// Bumped by every `ensure`; a poller leaves only if nobody ensured it since
-    /// it last looked.
-    generation: AtomicU64,
-    last_wanted: Mutex<Instant>,
+struct PollerEntry {
+    /// Whether the topic has an admitted local subscriber; the poller waits on it.
+    wanted: watch::Sender<bool>,
+    /// AWS calls of this poller's runs.
+    calls: CallCounter,
+    /// How many of them the node-wide metric has counted.
+    reported: AtomicU64,
 }
 
 /// The poller manager (one per node).
@@ -145,36 +158,30 @@ pub struct Tracking {
     hub: Hub,
     aws: AwsClients,
     config: TrackingConfig,
-    pollers: DashMap<Arc<str>, Arc<Slot>>,
-    /// AWS calls per topic, over every poller this node ran for it.
-    calls: DashMap<Arc<str>, CallCounter>,
+    pollers: DashMap<Arc<str>, Arc<PollerEntry>>,
+    /// Pollers registered (kept beside the map: counting a DashMap locks every
+    /// shard, which must not happen while one of its entries is held).
+    running: AtomicUsize,
+    /// A handle on itself, for the poller tasks it spawns.
+    me: Weak<Tracking>,
 }
 
 impl Tracking {
     pub fn new(hub: Hub, config: TrackingConfig) -> Arc<Tracking> {
         describe_metrics();
-        Arc::new(Tracking {
+        Arc::new_cyclic(|me| Tracking {
             hub,
             aws: AwsClients::new(config.aws.clone()),
             config,
             pollers: DashMap::new(),
-            calls: DashMap::new(),
+            running: AtomicUsize::new(0),
+            me: me.clone(),
         })
     }
 
     /// The AWS clients (also used by `POST /canvas/deploy`).
     pub fn aws(&self) -> &AwsClients {
         &self.aws
-    }
-
-    /// Pollers registered on this node.
-    pub fn poller_count(&self) -> usize {
-        self.pollers.len()
-    }
-
-    /// AWS calls made for `topic` by this node's pollers.
-    pub fn aws_calls(&self, topic: &str) -> u64 {
-        self.calls.get(topic).map_or(0, |c| c.total())
     }
 
     /// The topic of a stack, with the region left out when it is the default one
@@ -210,66 +217,46 @@ impl Tracking {
         Ok(())
     }
 
-    /// Starts the poller of `topic` if it is a stack topic and none runs here yet.
-    /// Call it after a successful subscribe (so nobody starts a poller for a topic
-    /// they may not read). Returns whether `topic` is a stack topic.
-    pub fn ensure(self: &Arc<Self>, topic: &str) -> bool {
-        let Some(stack) = StackTopic::parse(topic) else {
-            return false;
-        };
-        let topic: Arc<str> = Arc::from(topic);
-        match self.pollers.entry(topic.clone()) {
-            dashmap::Entry::Occupied(e) => {
-                let slot = e.get();
-                slot.generation.fetch_add(1, Ordering::AcqRel);
-                *slot.last_wanted.lock() = Instant::now();
+    /// Adds what the entry's calls grew by since the last report to the node-wide
+    /// counter.
+    fn report_calls(&self, entry: &PollerEntry) {
+        let total = entry.calls.total();
+        let before = entry.reported.swap(total, Ordering::AcqRel);
+        metrics::counter!("stackpulse_tracking_aws_calls_total")
+            .increment(total.saturating_sub(before));
+    }
+
+    /// Resolves once the topic has gone `idle` without an admitted local
+    /// subscriber; the poller is then unregistered (a subscriber arriving later
+    /// starts a fresh one).
+    async fn unwanted_for(&self, topic: &Arc<str>, entry: &Arc<PollerEntry>, idle: Duration) {
+        let mut wanted = entry.wanted.subscribe();
+        loop {
+            // The sender lives in `entry`, which outlives this future.
+            if wanted.wait_for(|w| !*w).await.is_err() {
+                return std::future::pending().await;
             }
-            dashmap::Entry::Vacant(e) => {
-                let slot = Arc::new(Slot {
-                    generation: AtomicU64::new(0),
-                    last_wanted: Mutex::new(Instant::now()),
-                });
-                e.insert(slot.clone());
-                metrics::gauge!("stackpulse_tracking_pollers").increment(1.0);
-                let this = self.clone();
-                tokio::spawn(async move {
-                    this.poller(topic.clone(), stack, slot.clone()).await;
-                    metrics::gauge!("stackpulse_tracking_pollers").decrement(1.0);
-                    tracing::info!(%topic, "stack poller stopped");
-                });
+            if tokio::time::timeout(idle, wanted.wait_for(|w| *w))
+                .await
+                .is_ok()
+            {
+                continue;
             }
+            let left = self.pollers.remove_if(topic, |_, e| {
+                Arc::ptr_eq(e, entry)
+                    && !*e.wanted.borrow()
+                    && self.hub.local_subscribers(topic) == 0
+            });
+            if left.is_some() {
+                self.running.fetch_sub(1, Ordering::AcqRel);
+                return;
+            }
+            // Somebody came back meanwhile.
+            entry.wanted.send_replace(true);
         }
-        true
     }
 
-    fn counter(&self, topic: &Arc<str>) -> CallCounter {
-        self.calls.entry(topic.clone()).or_default().clone()
-    }
-
-    fn report_calls(&self, topic: &Arc<str>, calls: &CallCounter) {
-        metrics::counter!("stackpulse_tracking_aws_calls_total", "topic" => topic.to_string())
-            .absolute(calls.total());
-    }
-
-    /// Unregisters the poller if nobody wants it: no local subscriber, nobody
-    /// ensured it for `idle`. True when it left.
-    fn leave_if_unwanted(&self, topic: &Arc<str>, slot: &Arc<Slot>, idle: Duration) -> bool {
-        let generation = slot.generation.load(Ordering::Acquire);
-        if self.hub.local_subscribers(topic) > 0 {
-            *slot.last_wanted.lock() = Instant::now();
-            return false;
-        }
-        if slot.last_wanted.lock().elapsed() < idle {
-            return false;
-        }
-        self.pollers
-            .remove_if(topic, |_, s| {
-                Arc::ptr_eq(s, slot) && s.generation.load(Ordering::Acquire) == generation
-            })
-            .is_some()
-    }
-
-    async fn poller(&self, topic: Arc<str>, stack: StackTopic, slot: Arc<Slot>) {
+    async fn poller(&self, topic: Arc<str>, stack: StackTopic, slot: Arc<PollerEntry>) {
         let lease_name = format!("poll:{topic}");
         let look_every = (self.config.poll_interval * 5).min(Duration::from_secs(60));
         'run: loop {
@@ -285,12 +272,9 @@ impl Tracking {
                     Ok(None) => {}
                     Err(e) => tracing::warn!(%topic, error = %e, "cannot take the poller lease"),
                 }
-                let wait = Instant::now() + self.config.lease_ttl / 3;
-                while Instant::now() < wait {
-                    tokio::time::sleep(CHECK_EVERY).await;
-                    if self.leave_if_unwanted(&topic, &slot, self.config.grace) {
-                        return;
-                    }
+                tokio::select! {
+                    _ = tokio::time::sleep(self.config.lease_ttl / 3) => {}
+                    _ = self.unwanted_for(&topic, &slot, self.config.grace) => return,
                 }
             };
             // 2 and 3. Poll until the operation ends, the lease is lost or nobody wants it.
@@ -303,18 +287,15 @@ impl Tracking {
             }
             // 4. Finished: stay while anybody is subscribed, looking at the stack now
             // and then (one DescribeStacks); a new operation is tracked again.
-            let mut seen = self.look(&topic, &stack).await;
-            let mut next_look = Instant::now() + look_every;
+            let mut seen = self.look(&topic, &stack, &slot).await;
+            let unwanted = self.unwanted_for(&topic, &slot, LINGER);
+            tokio::pin!(unwanted);
             loop {
-                tokio::time::sleep(CHECK_EVERY).await;
-                if self.leave_if_unwanted(&topic, &slot, LINGER) {
-                    return;
+                tokio::select! {
+                    _ = tokio::time::sleep(look_every) => {}
+                    _ = &mut unwanted => return,
                 }
-                if Instant::now() < next_look {
-                    continue;
-                }
-                next_look = Instant::now() + look_every;
-                let now = self.look(&topic, &stack).await;
+                let now = self.look(&topic, &stack, &slot).await;
                 if seen.new_operation(&now) {
                     tracing::info!(%topic, "a new operation started; tracking it");
                     continue 'run;
@@ -327,8 +308,8 @@ impl Tracking {
     }
 
     /// One `DescribeStacks` of a finished stack.
-    async fn look(&self, topic: &Arc<str>, stack: &StackTopic) -> Look {
-        let calls = self.counter(topic);
+    async fn look(&self, topic: &Arc<str>, stack: &StackTopic, entry: &PollerEntry) -> Look {
+        let calls = entry.calls.clone();
         let client = self.aws.client(stack.region.as_deref()).await;
         let api = stackpulse_cfn::aws::Api::new(client, calls.clone(), LOOK_TIMEOUT);
         let look = match api.describe_stack(&stack.stack).await {
@@ -345,7 +326,7 @@ impl Tracking {
                 Look::Unknown
             }
         };
-        self.report_calls(topic, &calls);
+        self.report_calls(entry);
         look
     }
 
@@ -364,9 +345,7 @@ impl Tracking {
         for event in &read.events {
             match &*event.event_type {
                 events::RESOURCE_STATUS => {
-                    let frame: Value =
-                        serde_json::from_str(event.frame.as_str()).unwrap_or_default();
-                    if let Some(id) = frame["data"]["eventId"].as_str() {
+                    if let Some(id) = event.data().get("eventId").and_then(Value::as_str) {
                         seen.insert(id.to_owned());
                     }
                     completed = false;
@@ -382,11 +361,11 @@ impl Tracking {
         &self,
         topic: &Arc<str>,
         stack: &StackTopic,
-        slot: &Arc<Slot>,
+        slot: &Arc<PollerEntry>,
         lease: &Lease,
     ) -> RunEnd {
         let (seen, completed_before) = self.history(topic).await;
-        let calls = self.counter(topic);
+        let calls = slot.calls.clone();
         let mut config = TrackerConfig::new(stack.stack.clone());
         config.poll_interval = self.config.poll_interval;
         config.seen_event_ids = seen;
@@ -406,8 +385,9 @@ impl Tracking {
         tracing::info!(%topic, stack = %stack.stack, "stack poller started");
 
         let renew_every = self.config.lease_ttl / 3;
-        let mut next_renew = Instant::now() + renew_every;
-        let mut check = tokio::time::interval(CHECK_EVERY);
+        let mut renew = tokio::time::interval_at(Instant::now() + renew_every, renew_every);
+        let unwanted = self.unwanted_for(topic, slot, self.config.grace);
+        tokio::pin!(unwanted);
         let mut published_updates = 0u64;
         let mut held: Option<TrackerMessage> = None;
         let end = loop {
@@ -449,7 +429,7 @@ impl Tracking {
                             Err(e) => tracing::warn!(%topic, error = %e, "cannot publish a tracker event"),
                         }
                     }
-                    self.report_calls(topic, &calls);
+                    self.report_calls(slot);
                     if fenced {
                         tracing::warn!(%topic, "poller lease lost; stopping");
                         break RunEnd::LeaseLost;
@@ -458,22 +438,19 @@ impl Tracking {
                         break RunEnd::Finished;
                     }
                 }
-                _ = check.tick() => {
-                    self.report_calls(topic, &calls);
-                    if self.leave_if_unwanted(topic, slot, self.config.grace) {
-                        tracing::info!(%topic, "no subscriber within the grace time; stopping");
-                        break RunEnd::Unwanted;
-                    }
-                    if Instant::now() >= next_renew {
-                        next_renew = Instant::now() + renew_every;
-                        match self.hub.backplane().renew_lease(lease, self.config.lease_ttl).await {
-                            Ok(true) => {}
-                            Ok(false) => {
-                                tracing::warn!(%topic, "poller lease lost; stopping");
-                                break RunEnd::LeaseLost;
-                            }
-                            Err(e) => tracing::warn!(%topic, error = %e, "cannot renew the poller lease"),
+                _ = &mut unwanted => {
+                    tracing::info!(%topic, "no subscriber within the grace time; stopping");
+                    break RunEnd::Unwanted;
+                }
+                _ = renew.tick() => {
+                    self.report_calls(slot);
+                    match self.hub.backplane().renew_lease(lease, self.config.lease_ttl).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::warn!(%topic, "poller lease lost; stopping");
+                            break RunEnd::LeaseLost;
                         }
+                        Err(e) => tracing::warn!(%topic, error = %e, "cannot renew the poller lease"),
                     }
                 }
             }
@@ -489,7 +466,7 @@ impl Tracking {
             Ok(other) => tracing::info!(%topic, outcome = ?other, "tracker ended"),
             Err(_) => {}
         }
-        self.report_calls(topic, &calls);
+        self.report_calls(slot);
         end
     }
 
@@ -532,7 +509,7 @@ fn describe_metrics() {
     );
     metrics::describe_counter!(
         "stackpulse_tracking_aws_calls_total",
-        "CloudFormation requests sent, per stack topic"
+        "CloudFormation requests sent by this node's stack pollers"
     );
 }
 
@@ -575,6 +552,56 @@ impl Look {
     }
 }
 
+impl TopicInterest for Tracking {
+    /// Starts the poller of a stack topic unless one runs here (at most
+    /// `--max-pollers`), or tells the running one it is wanted again.
+    fn wanted(&self, topic: &Arc<str>) -> Result<(), SubscribeError> {
+        let Some(stack) = StackTopic::parse(topic) else {
+            return Ok(());
+        };
+        match self.pollers.entry(topic.clone()) {
+            dashmap::Entry::Occupied(e) => {
+                e.get().wanted.send_replace(true);
+            }
+            dashmap::Entry::Vacant(e) => {
+                let max = self.config.max_pollers;
+                if self.running.load(Ordering::Acquire) >= max {
+                    metrics::counter!("stackpulse_tracking_pollers_refused_total").increment(1);
+                    return Err(SubscribeError::Capacity(format!(
+                        "Too many stack pollers on this node (--max-pollers {max})"
+                    )));
+                }
+                let Some(this) = self.me.upgrade() else {
+                    return Ok(());
+                };
+                let entry = Arc::new(PollerEntry {
+                    wanted: watch::Sender::new(true),
+                    calls: CallCounter::default(),
+                    reported: AtomicU64::new(0),
+                });
+                e.insert(entry.clone());
+                self.running.fetch_add(1, Ordering::AcqRel);
+                metrics::gauge!("stackpulse_tracking_pollers").increment(1.0);
+                let topic = topic.clone();
+                tokio::spawn(async move {
+                    this.poller(topic.clone(), stack, entry).await;
+                    metrics::gauge!("stackpulse_tracking_pollers").decrement(1.0);
+                    tracing::info!(%topic, "stack poller stopped");
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn unwanted(&self, topic: &Arc<str>) {
+        if let Some(entry) = self.pollers.get(topic) {
+            if self.hub.local_subscribers(topic) == 0 {
+                entry.wanted.send_replace(false);
+            }
+        }
+    }
+}
+
 /// Why a tracker run ended.
 enum RunEnd {
     /// The operation ended (or the stack cannot be tracked): nothing more to poll.
@@ -608,8 +635,14 @@ mod tests {
             "stack:a_b",
             "stack:EU:x",
             "stack:a:b:c",
+            "stack:zz-1-region:s",
+            "stack:eu-west:s",
+            "stack:e-west-1:s",
         ] {
             assert_eq!(StackTopic::parse(bad), None, "{bad}");
+        }
+        for region in ["eu-west-1", "us-gov-west-1", "ap-southeast-2", "cn-north-1"] {
+            assert!(valid_region(region), "{region}");
         }
         assert!(valid_stack_name(&"a".repeat(128)));
         assert!(!valid_stack_name(&"a".repeat(129)));

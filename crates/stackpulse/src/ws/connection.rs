@@ -261,8 +261,8 @@ async fn reauthenticate(state: &AppState, info: &Arc<ConnInfo>, token: &str) {
     }
 }
 
-/// Subscribes (checking the topic's ACL for this connection's user); a
-/// `stack:*` topic then starts (or joins) that stack's poller.
+/// Subscribes for this connection's user; the hub's topic policy decides the
+/// rest (name, ACL, caps, and the poller of a `stack:*` topic).
 async fn subscribe(
     state: &AppState,
     info: &Arc<ConnInfo>,
@@ -270,19 +270,11 @@ async fn subscribe(
     since: Option<u64>,
     epoch: Option<String>,
 ) -> Result<(), SubscribeError> {
-    state
-        .tracking
-        .check_topic(topic)
-        .await
-        .map_err(SubscribeError::Invalid)?;
+    let reader = crate::hub::Reader::user(info.user.clone());
     state
         .hub
-        .subscribe(&info.session, topic, since, epoch, &|acl| {
-            state.gate.may_subscribe(&info.user, acl)
-        })
-        .await?;
-    state.tracking.ensure(topic);
-    Ok(())
+        .subscribe(&info.session, topic, since, epoch, &reader)
+        .await
 }
 
 pub(crate) type Sink = SplitSink<WebSocket, Message>;
@@ -329,6 +321,17 @@ impl Encoder for JsonEncoder {
                 (Encoded::One(Message::Text(event.frame.clone())), 1)
             }
             Delivery::Frame(frame) => (Encoded::One(Message::Text(*frame)), 0),
+            Delivery::Forbidden(topic) => {
+                let reply = ServerMessage::Error {
+                    code: 403,
+                    message: format!("Forbidden: {topic}"),
+                    deployment_id: Some(topic.to_string()),
+                };
+                (
+                    Encoded::One(Message::Text(Utf8Bytes::from(reply.to_json()))),
+                    0,
+                )
+            }
             Delivery::Subscribed(info) => {
                 let reply = ServerMessage::Subscribed {
                     deployment_id: info.topic.to_string(),

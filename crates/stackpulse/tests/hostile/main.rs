@@ -13,6 +13,8 @@
 //!   trusted proxies, JWKS, error text, config bounds.
 //! - [`topics`]: the hub's topic policy: ACLs, reserved `stack:*`, caps.
 
+#[path = "../cfn_support/mod.rs"]
+mod cfn_support;
 #[path = "../common/mod.rs"]
 mod common;
 
