@@ -15,7 +15,9 @@
 //!    directives, argument values), nesting depth, aliases, root fields, and
 //!    the root fields of a subscription operation (one at most, DESIGN "Topic
 //!    policy and limits"). Fragments no operation uses are refused too (the spec
-//!    forbids them, and it keeps every part of the document costed).
+//!    forbids them, and it keeps every part of the document costed), and so are
+//!    `__schema`/`__type` when introspection is off (`--graphql-introspection`),
+//!    with an error rather than async-graphql's silent `null`.
 //!
 //! Data flow: [`CostGuard`] is an async-graphql extension installed by
 //! [`super::schema::build`]. Its `prepare_request` hook runs for every request of

@@ -7,9 +7,11 @@
 //! then the request runs with the [`Caller`](super::caller::Caller) in its data
 //! and the answer is the usual `{"data", "errors"}` with 200.
 //!
-//! A body over [`MAX_BODY_BYTES`] is refused with 413 before it is read further
-//! (DESIGN "Requests, bodies and sizes"); the document itself is checked by the
-//! schema's [`CostGuard`](super::schema::cost::CostGuard) like on every transport.
+//! A body over [`MAX_BODY_BYTES`] is refused with 413 and a JSON error (DESIGN
+//! "Requests, bodies and sizes"); at most 1 MiB of the rest is read and dropped
+//! first, so a client still sending reads the answer instead of a reset. The
+//! document itself is checked by the schema's
+//! [`CostGuard`](super::schema::cost::CostGuard), as on every transport.
 
 use std::time::Duration;
 
