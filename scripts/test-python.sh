@@ -30,12 +30,17 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 2
 fi
 
-echo "== build the server (cargo build -p stackpulse --bin stackpulse)"
-cargo build -p stackpulse --bin stackpulse
-target_dir=$(cargo metadata --format-version 1 --no-deps 2>/dev/null \
-  | "$python" -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])' 2>/dev/null \
-  || echo "$root/target")
-bin="$target_dir/debug/stackpulse"
+# STACKPULSE_BIN: use this binary (scripts/test passes the one `cargo test` built,
+# so the dependency graph is not compiled a second time with other features).
+bin=${STACKPULSE_BIN:-}
+if [ -z "$bin" ]; then
+  echo "== build the server (cargo build -p stackpulse --bin stackpulse)"
+  cargo build -p stackpulse --bin stackpulse
+  target_dir=$(cargo metadata --format-version 1 --no-deps 2>/dev/null \
+    | "$python" -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])' 2>/dev/null \
+    || echo "$root/target")
+  bin="$target_dir/debug/stackpulse"
+fi
 [ -x "$bin" ] || { echo "error: $bin was not built" >&2; exit 1; }
 
 # A real redis-server for the multi-node test (installed from Debian when missing).

@@ -86,6 +86,41 @@ pub enum AwsError {
     Other(String),
 }
 
+impl AwsError {
+    /// One sentence for the people watching a stack. AWS's own text stays in the
+    /// logs: it can name the account and the principal (`User: arn:aws:iam::…`) or
+    /// carry the SDK's whole error chain. Only AWS's error code is kept.
+    pub fn public_message(&self) -> String {
+        match self {
+            AwsError::Throttled(_) => "AWS is throttling CloudFormation requests".into(),
+            AwsError::Transient(_) => {
+                "AWS could not be reached or did not answer (network, credentials or a                  service error; the server's log has the details)"
+                    .into()
+            }
+            AwsError::NotFound(_) => "the stack does not exist".into(),
+            AwsError::Validation(_) => "CloudFormation refused the request as invalid".into(),
+            AwsError::AlreadyExists(_) => "a stack of that name already exists".into(),
+            AwsError::Other(m) => {
+                let code = m.split(": ").next().unwrap_or_default();
+                let code: String = code
+                    .chars()
+                    .filter(|c| c.is_ascii_alphanumeric() || *c == '.')
+                    .take(64)
+                    .collect();
+                if code.contains("AccessDenied") || code.contains("Unauthorized") {
+                    format!(
+                        "AWS denied access ({code}): the server's AWS principal lacks a                          CloudFormation permission it needs"
+                    )
+                } else if code.is_empty() {
+                    "the AWS request failed".into()
+                } else {
+                    format!("the AWS request failed ({code})")
+                }
+            }
+        }
+    }
+}
+
 /// Sorts an SDK error. Never panics, whatever the answer looked like.
 pub fn classify<E, R>(err: &SdkError<E, R>) -> AwsError
 where

@@ -198,7 +198,12 @@ impl Tracker {
                 stack: run.config.stack.clone(),
             },
             Err(Stop::Aws(e)) => {
-                let message = format!("Cannot track stack {}: {e}", run.config.stack);
+                tracing::warn!(stack = %run.config.stack, error = %e, "cannot track the stack");
+                let message = format!(
+                    "Cannot track stack {}: {}",
+                    run.config.stack,
+                    e.public_message()
+                );
                 // Best effort: the receiver may be gone too.
                 let _ = run
                     .tx
@@ -410,19 +415,21 @@ impl Run {
                     tracing::warn!(call = what, attempt, ?delay, "throttled by AWS: {m}");
                     if attempt == 3 {
                         self.emit(TrackerMessage::Error(TrackerError {
-                            message: format!("AWS is throttling requests ({m}); polling slower"),
+                            message: "AWS is throttling CloudFormation requests; polling slower"
+                                .into(),
                             retrying: true,
                         }))
                         .await?;
                     }
                     tokio::time::sleep(delay).await;
                 }
-                Err(AwsError::Transient(m)) => {
+                Err(e @ AwsError::Transient(_)) => {
                     let delay = self.config.backoff.delay(attempt);
-                    tracing::warn!(call = what, attempt, ?delay, "AWS call failed: {m}");
+                    tracing::warn!(call = what, attempt, ?delay, "AWS call failed: {e}");
                     self.emit(TrackerMessage::Error(TrackerError {
                         message: format!(
-                            "AWS request failed: {m}; retrying in {:.1} s",
+                            "{}; retrying in {:.1} s",
+                            e.public_message(),
                             delay.as_secs_f64()
                         ),
                         retrying: true,
@@ -691,7 +698,11 @@ impl Run {
             Err(Stop::Aws(e)) => {
                 tracing::warn!(stack = %info.name, "final poll failed: {e}");
                 self.emit(TrackerMessage::Error(TrackerError {
-                    message: format!("Could not read the last events of {}: {e}", info.name),
+                    message: format!(
+                        "Could not read the last events of {}: {}",
+                        info.name,
+                        e.public_message()
+                    ),
                     retrying: false,
                 }))
                 .await?;

@@ -79,7 +79,6 @@ pub fn init_logging(format: LogFormat) {
     };
 }
 
-
 pub async fn serve(args: ServeArgs) -> ExitCode {
     let config = match Config::resolve(&args) {
         Ok(c) => c,

@@ -471,7 +471,7 @@ async fn failing_stack_throttling_and_watch_exit_codes() {
     assert!(
         throttled["message"]
             .as_str()
-            .is_some_and(|m| m.contains("Rate exceeded")),
+            .is_some_and(|m| m.contains("throttling")),
         "{throttled}"
     );
     let done = msgs.last().expect("complete");

@@ -403,7 +403,6 @@ impl RedisBackplane {
     pub fn pubsub_connected(&self) -> bool {
         self.pubsub_up.load(Ordering::Acquire)
     }
-
 }
 
 /// Turns one pub/sub message into a stamped event.
