@@ -91,6 +91,16 @@ pub struct ServeArgs {
     /// up after 65 s without one) [default: 30].
     #[arg(long, env = "STACKPULSE_GRAPHQL_KEEPALIVE", value_name = "SECONDS")]
     pub graphql_keepalive: Option<f64>,
+    /// Serve GraphQL introspection (`__schema`, `__type`): `--graphql-introspection`
+    /// or `=true` turns it on, `=false` off [default: on without auth, off with auth].
+    #[arg(
+        long,
+        env = "STACKPULSE_GRAPHQL_INTROSPECTION",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub graphql_introspection: Option<bool>,
     #[command(flatten)]
     pub auth: AuthArgs,
     /// Send every AWS request to this endpoint (moto, LocalStack) [default: AWS].
@@ -167,6 +177,7 @@ struct FileConfig {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     graphql_keepalive: Option<f64>,
+    graphql_introspection: Option<bool>,
     redis_url: Option<String>,
     presence_interval: Option<f64>,
     aws_endpoint_url: Option<String>,
@@ -218,6 +229,8 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// Interval of the AppSync `ka` keep-alive message.
     pub graphql_keepalive: Duration,
+    /// Whether GraphQL introspection is served.
+    pub graphql_introspection: bool,
     /// Endpoint of every AWS client (moto, LocalStack); `None`: AWS itself.
     pub aws_endpoint_url: Option<String>,
     /// Default region of tracked stacks; `None`: from the standard AWS chain.
@@ -267,6 +280,7 @@ impl Default for Config {
             },
             tls: None,
             graphql_keepalive: Duration::from_secs(30),
+            graphql_introspection: true,
             aws_endpoint_url: None,
             aws_region: None,
             poll_interval: Duration::from_secs(2),
@@ -368,7 +382,13 @@ impl Config {
             .map(|k| k.trim().to_owned())
             .filter(|k| !k.is_empty())
             .collect();
+        let auth = settings::resolve(&args.auth, &auth_file)?;
         Ok(Config {
+            // Introspection defaults to on in loopback dev mode only.
+            graphql_introspection: args
+                .graphql_introspection
+                .or(file.graphql_introspection)
+                .unwrap_or(auth.is_none()),
             bind: args.bind.or(file.bind).unwrap_or(d.bind),
             publisher_keys: keys,
             publisher_key_hashes: parse_hashes(if args.publisher_key_hashes.is_empty() {
@@ -430,7 +450,7 @@ impl Config {
                 Some(s) => seconds("presence-interval", s)?,
                 None => d.presence_interval,
             },
-            auth: settings::resolve(&args.auth, &auth_file)?,
+            auth,
             admission: settings::resolve_limits(&args.auth, &auth_file)?,
             tls: match (
                 args.tls_cert.clone().or(file.tls_cert),
@@ -520,6 +540,28 @@ impl Config {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn graphql_introspection_defaults_to_on_without_auth() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let resolve = |args: &[&str]| {
+            let cli = Cli::try_parse_from(std::iter::once("serve").chain(args.iter().copied()))
+                .expect("args");
+            Config::resolve(&cli.serve).expect("config")
+        };
+        assert!(resolve(&[]).graphql_introspection);
+        assert!(resolve(&["--graphql-introspection"]).graphql_introspection);
+        assert!(!resolve(&["--graphql-introspection=false"]).graphql_introspection);
+        let mut file = tempfile::NamedTempFile::new().expect("tmp");
+        writeln!(file, "graphql_introspection = false").expect("write");
+        let path = file.path().to_string_lossy().into_owned();
+        assert!(!resolve(&["--config", &path]).graphql_introspection);
+    }
 
     #[test]
     fn flags_beat_file_beats_defaults() {
