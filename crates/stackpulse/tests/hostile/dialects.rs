@@ -159,15 +159,12 @@ impl Conn {
         }
     }
 
-    /// Subscribes to `topic` in this dialect (GraphQL: one operation with `fields`
-    /// aliased fields on the topic). Canvas sockets subscribe at connect.
-    pub async fn subscribe_fields(&mut self, topic: &str, fields: usize) {
+    /// Subscribes to `topic` in this dialect (GraphQL: one operation of one
+    /// field). Canvas sockets subscribe at connect.
+    pub async fn subscribe(&mut self, topic: &str) {
         self.next_id += 1;
         let id = self.next_id.to_string();
-        let query = || {
-            let body: Vec<String> = (0..fields).map(|i| format!("f{i}: {FIELD}")).collect();
-            format!("subscription S($d: ID!) {{ {} }}", body.join(" "))
-        };
+        let query = || format!("subscription S($d: ID!) {{ {FIELD} }}");
         let frame = match self.dialect {
             Dialect::Ws => json!({"action": "subscribe", "deployment_id": topic}),
             Dialect::Canvas => panic!("canvas sockets subscribe at connect"),
@@ -180,10 +177,6 @@ impl Conn {
             }
         };
         self.send(frame).await;
-    }
-
-    pub async fn subscribe(&mut self, topic: &str) {
-        self.subscribe_fields(topic, 1).await;
     }
 
     /// The answer to the last subscribe. graphql-transport-ws has no ack: a
