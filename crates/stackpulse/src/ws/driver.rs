@@ -26,6 +26,10 @@
 //! 4. **Teardown**: [`Dialect::on_end`], the outbox closed, the hub session
 //!    closed, the writer joined, the places released.
 //!
+//! The driver is generic over the [`Socket`] (any `Stream` + `Sink` of messages),
+//! so its rules are unit-tested in process over channels; the handlers hand it
+//! axum's `WebSocket`.
+//!
 //! Every subscribe of every dialect goes through [`subscribe_topic`]; a GraphQL
 //! connection's feeds (one hub session per field) share one [`SubscriptionBudget`]
 //! so `--max-subscriptions` counts topics per connection there too.
@@ -36,11 +40,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+
 use parking_lot::Mutex;
 use serde_json::Value;
 use stackpulse_auth::Verified;
@@ -174,6 +179,26 @@ fn reserve(state: &AppState) -> Result<Slot, Refusal> {
 
 // ---------------------------------------------------------------------------
 // Dialects
+
+/// What the driver reads and writes: an upgraded [`axum::extract::ws::WebSocket`],
+/// or channels in the unit tests.
+pub(crate) trait Socket:
+    futures_util::Stream<Item = Result<Message, axum::Error>>
+    + futures_util::Sink<Message, Error = axum::Error>
+    + Send
+    + Unpin
+    + 'static
+{
+}
+
+impl<T> Socket for T where
+    T: futures_util::Stream<Item = Result<Message, axum::Error>>
+        + futures_util::Sink<Message, Error = axum::Error>
+        + Send
+        + Unpin
+        + 'static
+{
+}
 
 /// What a dialect's hooks see of its connection.
 pub(crate) struct Conn<'a> {
@@ -326,8 +351,8 @@ fn configure(ws: WebSocketUpgrade, config: &crate::config::Config) -> WebSocketU
 }
 
 /// Runs an admitted connection: open, read, teardown.
-pub(crate) async fn run<D: Dialect>(
-    socket: WebSocket,
+pub(crate) async fn run<S: Socket, D: Dialect>(
+    socket: S,
     state: AppState,
     admitted: Admitted,
     mut dialect: D,
@@ -365,15 +390,15 @@ pub(crate) async fn run<D: Dialect>(
 
 /// The in-band admission: `connection_init` before the deadline (4408), its
 /// credential, the user's places and a place under the limit, then [`run`].
-async fn run_in_band<D: InBand>(
-    mut socket: WebSocket,
+async fn run_in_band<S: Socket, D: InBand>(
+    mut socket: S,
     state: AppState,
     remote: SocketAddr,
     deadline: Instant,
     pending: Pending,
     mut dialect: D,
 ) {
-    let init = match await_init::<D>(&mut socket, &state, deadline).await {
+    let init = match await_init::<S, D>(&mut socket, &state, deadline).await {
         Ok(init) => init,
         Err(Some((code, reason))) => return refuse(socket, None, code, reason).await,
         Err(None) => return,
@@ -417,8 +442,8 @@ async fn run_in_band<D: InBand>(
 /// Waits for `connection_init` until `deadline` (other frames are read and
 /// ignored; they never move it). `Err(Some(close))` to close with, `Err(None)`
 /// when the client left.
-async fn await_init<D: InBand>(
-    socket: &mut WebSocket,
+async fn await_init<S: Socket, D: InBand>(
+    socket: &mut S,
     state: &AppState,
     deadline: Instant,
 ) -> Result<String, Option<(u16, &'static str)>> {
@@ -428,7 +453,7 @@ async fn await_init<D: InBand>(
             _ = state.shutdown.cancelled() => {
                 return Err(Some(close::for_reason(CloseReason::Shutdown)));
             }
-            next = tokio::time::timeout_at(deadline, socket.recv()) => next,
+            next = tokio::time::timeout_at(deadline, socket.next()) => next,
         };
         match next {
             Err(_) => return Err(Some((close::INIT_TIMEOUT, "connection_init timeout"))),
@@ -457,7 +482,7 @@ async fn await_init<D: InBand>(
 }
 
 /// Writes an optional frame and a close on a socket that has no writer yet.
-async fn refuse(mut socket: WebSocket, frame: Option<String>, code: u16, reason: &str) {
+async fn refuse<S: Socket>(mut socket: S, frame: Option<String>, code: u16, reason: &str) {
     let write = async {
         if let Some(frame) = frame {
             socket.send(Message::Text(Utf8Bytes::from(frame))).await?;
@@ -509,23 +534,23 @@ impl Control {
 
 /// An upgraded socket, once [`open`] registered it: its hub session is open and
 /// its writer runs; the driver reads `stream`.
-pub(crate) struct Opened {
+pub(crate) struct Opened<S> {
     pub info: Arc<ConnInfo>,
     pub control: Arc<Control>,
-    pub stream: SplitStream<WebSocket>,
+    pub stream: SplitStream<S>,
     pub writer: tokio::task::JoinHandle<()>,
 }
 
 /// Opens the hub session of an upgraded socket, registers the connection in
 /// `slot` and starts its writer with the dialect's `encoder`.
-pub(crate) fn open<E: Encoder>(
-    socket: WebSocket,
+pub(crate) fn open<S: Socket, E: Encoder>(
+    socket: S,
     state: &AppState,
     slot: &mut Slot,
     verified: Verified,
     remote: SocketAddr,
     encoder: E,
-) -> Opened {
+) -> Opened<S> {
     let (outbox, rx) = Outbox::new(state.config.queue_size);
     let session = state.hub.open_session(outbox.clone());
     let info = ConnInfo::new(verified.user, remote, verified.expires_at, session);
@@ -578,8 +603,8 @@ fn expired(info: &ConnInfo) -> bool {
 
 /// The one read loop: closing, token expiry, idle timeout, frame limit, pongs;
 /// text and binary frames go to the dialect.
-async fn read_loop<D: Dialect>(
-    mut stream: SplitStream<WebSocket>,
+async fn read_loop<S: Socket, D: Dialect>(
+    mut stream: SplitStream<S>,
     conn: &Conn<'_>,
     dialect: &mut D,
 ) {
@@ -629,8 +654,6 @@ async fn read_loop<D: Dialect>(
     }
 }
 
-type Sink = SplitSink<WebSocket, Message>;
-
 /// What one queued item becomes on the wire.
 pub(crate) enum Encoded {
     One(Message),
@@ -663,7 +686,10 @@ impl Encoder for FrameEncoder {
     }
 }
 
-async fn feed(sink: &mut Sink, encoded: Encoded) -> Result<(), axum::Error> {
+async fn feed<S: Socket>(
+    sink: &mut SplitSink<S, Message>,
+    encoded: Encoded,
+) -> Result<(), axum::Error> {
     match encoded {
         Encoded::One(m) => sink.feed(m).await,
         Encoded::Many(list) => {
@@ -676,8 +702,8 @@ async fn feed(sink: &mut Sink, encoded: Encoded) -> Result<(), axum::Error> {
 }
 
 /// Feeds `first` and whatever else is ready (up to [`BATCH`]), then flushes once.
-async fn write_batch<E: Encoder>(
-    sink: &mut Sink,
+async fn write_batch<S: Socket, E: Encoder>(
+    sink: &mut SplitSink<S, Message>,
     first: Delivery,
     rx: &mut crate::hub::outbox::Receiver,
     encoder: &mut E,
@@ -704,8 +730,8 @@ async fn write_batch<E: Encoder>(
 /// Drains a connection's outbox into its socket with `encoder`, pings every
 /// `ping_every`, and writes the close frame when the outbox is closed (even while
 /// a write to a peer that stopped reading is pending).
-async fn write_loop<E: Encoder>(
-    mut sink: Sink,
+async fn write_loop<S: Socket, E: Encoder>(
+    mut sink: SplitSink<S, Message>,
     mut rx: crate::hub::outbox::Receiver,
     outbox: Arc<Outbox>,
     control: Arc<Control>,
@@ -767,7 +793,11 @@ async fn write_loop<E: Encoder>(
     }
 }
 
-async fn send_close(sink: &mut Sink, control: &Control, reason: CloseReason) {
+async fn send_close<S: Socket>(
+    sink: &mut SplitSink<S, Message>,
+    control: &Control,
+    reason: CloseReason,
+) {
     let (code, text) = match control.take() {
         Some((code, text)) => (code, Utf8Bytes::from(text)),
         None if reason == CloseReason::ClientClosed => {
@@ -840,7 +870,125 @@ impl Drop for BudgetPermit {
 
 #[cfg(test)]
 mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
     use super::*;
+    use crate::config::Config;
+
+    /// A socket made of two channels: the test is the client.
+    struct FakeSocket {
+        rx: UnboundedReceiver<Result<Message, axum::Error>>,
+        tx: UnboundedSender<Message>,
+    }
+
+    impl futures_util::Stream for FakeSocket {
+        type Item = Result<Message, axum::Error>;
+
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            self.rx.poll_recv(cx)
+        }
+    }
+
+    impl futures_util::Sink<Message> for FakeSocket {
+        type Error = axum::Error;
+
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
+            self.tx.send(item).map_err(axum::Error::new)
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    type Client = (
+        UnboundedSender<Result<Message, axum::Error>>,
+        UnboundedReceiver<Message>,
+    );
+
+    /// Runs the `/ws` dialect on a fake socket; the client's ends and the driver.
+    fn connect(state: &AppState) -> (Client, tokio::task::JoinHandle<()>) {
+        let (client_tx, rx) = unbounded_channel();
+        let (tx, client_rx) = unbounded_channel();
+        let admitted = Admitted {
+            slot: state.registry.reserve(1).expect("a place"),
+            remote: SocketAddr::from(([127, 0, 0, 1], 1)),
+            verified: Verified {
+                user: User::anonymous(),
+                expires_at: u64::MAX,
+            },
+            user_slot: None,
+        };
+        let socket = FakeSocket { rx, tx };
+        let driver = tokio::spawn(run(
+            socket,
+            state.clone(),
+            admitted,
+            crate::ws::connection::Native,
+        ));
+        ((client_tx, client_rx), driver)
+    }
+
+    async fn close_code(client: &mut UnboundedReceiver<Message>) -> Option<u16> {
+        loop {
+            match client.recv().await? {
+                Message::Close(frame) => return frame.map(|f| f.code),
+                _ => continue,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dialect_runs_in_process_until_the_idle_timeout() {
+        let config = Config {
+            idle_timeout: Duration::from_millis(200),
+            ..Config::default()
+        };
+        let state = crate::server::build_state(config).expect("state");
+        let ((client_tx, mut client_rx), driver) = connect(&state);
+        let subscribe = r#"{"action":"subscribe","deployment_id":"T"}"#;
+        client_tx
+            .send(Ok(Message::Text(Utf8Bytes::from_static(subscribe))))
+            .expect("send");
+        match client_rx.recv().await {
+            Some(Message::Text(reply)) => assert!(reply.contains("subscribed"), "{reply}"),
+            other => panic!("expected the reply, got {other:?}"),
+        }
+        assert_eq!(state.registry.len(), 1);
+        assert_eq!(close_code(&mut client_rx).await, Some(close::IDLE_TIMEOUT));
+        driver.await.expect("driver");
+        assert_eq!(state.registry.len(), 0, "teardown leaves the registry");
+    }
+
+    #[tokio::test]
+    async fn an_oversized_frame_closes_with_1009() {
+        use tokio_tungstenite::tungstenite::error::{CapacityError, Error};
+        let state = crate::server::build_state(Config::default()).expect("state");
+        let ((client_tx, mut client_rx), driver) = connect(&state);
+        let too_big = Error::Capacity(CapacityError::MessageTooLong {
+            size: 2,
+            max_size: 1,
+        });
+        client_tx
+            .send(Err(axum::Error::new(too_big)))
+            .expect("send");
+        assert_eq!(
+            close_code(&mut client_rx).await,
+            Some(close::MESSAGE_TOO_BIG)
+        );
+        driver.await.expect("driver");
+    }
 
     #[test]
     fn close_reasons_are_cut_on_a_char_boundary() {
