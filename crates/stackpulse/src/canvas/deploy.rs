@@ -2,9 +2,13 @@
 //!
 //! Body `{"templateBody", "stackName"?, "parameters"?: {k: v}, "region"?,
 //! "capabilities"?: [..]}` → `201 {"stackName", "stackId"}`. A stack name is
-//! generated (`stackpulse-<8 hex>`) when absent. AWS's refusals (bad template,
+//! generated (`stackpulse-<8 hex>`) when absent. Only deployers may call it
+//! ([`crate::auth::gate::Gate::authorize_deployer`]); `capabilities` must be in
+//! `--deploy-capabilities` (400 naming the flag otherwise), and the stack is
+//! created under `--deploy-role-arn` when set. AWS's refusals (bad template,
 //! missing parameter, name in use) answer 400 with AWS's own message; other AWS
-//! failures (credentials, network) answer 502. The client then opens
+//! failures (credentials, network) answer 502 with one sentence and a `code`,
+//! AWS's text going to the log only. The client then opens
 //! `/canvas/deploy/track/{stackName}` to watch it.
 
 use std::collections::BTreeMap;
@@ -18,6 +22,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use stackpulse_cfn::{create_stack, CreateStackError, CreateStackRequest};
 
+use crate::http::error::AppError;
 use crate::http::{error_body, AppState};
 use crate::tracking::{valid_region, valid_stack_name};
 
@@ -57,8 +62,13 @@ pub async fn deploy(
     body: Bytes,
 ) -> Response {
     let token = crate::auth::gate::request_token(&headers, query.as_deref());
-    if let Err(u) = state.gate.authenticate(token.as_deref()).await {
-        return error_body(StatusCode::UNAUTHORIZED, u.message()).into_response();
+    let edge = &state.config.edge;
+    if let Err(refusal) = state
+        .gate
+        .authorize_deployer(token.as_deref(), &state.publishers, &edge.deployer_group)
+        .await
+    {
+        return AppError::from(refusal).into_response();
     }
     let body: DeployBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
@@ -87,6 +97,10 @@ pub async fn deploy(
                 .into_response();
         }
     }
+    let capabilities = match allowed_capabilities(&body.capabilities, &edge.deploy_capabilities) {
+        Ok(c) => c,
+        Err(message) => return AppError::new(StatusCode::BAD_REQUEST, message).into_response(),
+    };
     let client = state.tracking.aws().client(region.as_deref()).await;
     let request = CreateStackRequest {
         template_body: body.template_body,
@@ -96,7 +110,8 @@ pub async fn deploy(
             .iter()
             .map(|(k, v)| (k.clone(), parameter_value(v)))
             .collect(),
-        capabilities: body.capabilities,
+        capabilities,
+        role_arn: edge.deploy_role_arn.clone(),
     };
     match create_stack(&client, request).await {
         Ok(created) => (
@@ -110,16 +125,56 @@ pub async fn deploy(
         Err(CreateStackError::Invalid(message)) => {
             error_body(StatusCode::BAD_REQUEST, &message).into_response()
         }
-        Err(e @ CreateStackError::Aws(_)) => {
+        Err(e @ CreateStackError::Aws { code, .. }) => {
             tracing::warn!(error = %e, "CreateStack failed");
-            error_body(StatusCode::BAD_GATEWAY, &e.to_string()).into_response()
+            AppError::new(StatusCode::BAD_GATEWAY, e.user_message())
+                .with_code(code)
+                .into_response()
         }
     }
+}
+
+/// The requested capabilities in the operator's spelling, or why one is refused.
+fn allowed_capabilities(requested: &[String], allowed: &[String]) -> Result<Vec<String>, String> {
+    requested
+        .iter()
+        .map(|c| {
+            allowed
+                .iter()
+                .find(|a| a.eq_ignore_ascii_case(c.trim()))
+                .cloned()
+                .ok_or_else(|| {
+                    let list = if allowed.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        allowed.join(", ")
+                    };
+                    format!(
+                        "Capability {c:?} is not allowed on this server (allowed by --deploy-capabilities: {list})"
+                    )
+                })
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capabilities_must_be_allowed() {
+        let allowed = vec!["CAPABILITY_IAM".to_owned()];
+        assert_eq!(
+            allowed_capabilities(&["capability_iam".into()], &allowed),
+            Ok(vec!["CAPABILITY_IAM".to_owned()])
+        );
+        let e =
+            allowed_capabilities(&["CAPABILITY_NAMED_IAM".into()], &allowed).expect_err("refused");
+        assert!(e.contains("--deploy-capabilities"), "{e}");
+        let e = allowed_capabilities(&["CAPABILITY_IAM".into()], &[]).expect_err("none allowed");
+        assert!(e.contains("none"), "{e}");
+        assert_eq!(allowed_capabilities(&[], &[]), Ok(vec![]));
+    }
 
     #[test]
     fn parameter_values() {
