@@ -684,6 +684,76 @@ mod tests {
     }
 
     #[test]
+    fn absurd_durations_and_edge_values_are_named() {
+        let cases: [(ServeArgs, &str); 5] = [
+            (
+                ServeArgs {
+                    poll_interval: Some(7200.0),
+                    ..ServeArgs::default()
+                },
+                "poll-interval",
+            ),
+            (
+                ServeArgs {
+                    tracker_grace: Some(1e12),
+                    ..ServeArgs::default()
+                },
+                "tracker-grace",
+            ),
+            (
+                ServeArgs {
+                    deployment_timeout: Some(1e20),
+                    ..ServeArgs::default()
+                },
+                "deployment-timeout",
+            ),
+            (
+                ServeArgs {
+                    idle_timeout: Some(f64::INFINITY),
+                    ..ServeArgs::default()
+                },
+                "idle-timeout",
+            ),
+            (
+                ServeArgs {
+                    edge: EdgeArgs {
+                        trusted_proxies: vec!["10.0.0.0/99".into()],
+                        ..EdgeArgs::default()
+                    },
+                    ..ServeArgs::default()
+                },
+                "trusted-proxy",
+            ),
+        ];
+        for (args, name) in cases {
+            let e = Config::resolve(&args).expect_err(name);
+            assert!(e.to_string().contains(name), "{e}");
+        }
+        let ok = ServeArgs {
+            deployment_timeout: Some(7.0 * 86_400.0),
+            max_connections: Some(10),
+            edge: EdgeArgs {
+                allowed_origins: vec!["https://Dash.example/".into()],
+                deploy_capabilities: vec!["CAPABILITY_IAM".into(), " ".into()],
+                ..EdgeArgs::default()
+            },
+            ..ServeArgs::default()
+        };
+        let c = Config::resolve(&ok).expect("valid");
+        assert_eq!(c.max_http_connections(), 40, "4 × --max-connections");
+        assert_eq!(
+            c.edge.allowed_origins,
+            vec!["https://dash.example".to_string()]
+        );
+        assert_eq!(
+            c.edge.deploy_capabilities,
+            vec!["CAPABILITY_IAM".to_string()]
+        );
+        assert_eq!(c.edge.deployer_group, "deployers");
+        assert_eq!(c.edge.http_header_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
     fn bad_values_are_named() {
         let args = ServeArgs {
             idle_timeout: Some(-1.0),
