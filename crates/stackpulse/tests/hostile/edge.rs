@@ -7,6 +7,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rustls::pki_types::pem::PemObject;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -411,19 +412,111 @@ async fn closed_within(sock: &mut TcpStream, limit: Duration) -> bool {
     .is_ok()
 }
 
-/// #8: a half-sent request is closed by the server (header read timeout).
+/// A self-signed certificate for localhost, made with openssl: (cert, key) paths.
+fn self_signed(dir: &std::path::Path) -> (String, String) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+            "-addext",
+            "extendedKeyUsage=serverAuth",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl (install it: apt-get install openssl)");
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        cert.to_string_lossy().into_owned(),
+        key.to_string_lossy().into_owned(),
+    )
+}
+
+/// #8: a half-sent request is closed by the server (header read timeout), and so
+/// is an idle keep-alive connection, on plain HTTP and on TLS alike.
 #[tokio::test]
-async fn half_sent_requests_are_closed() {
+async fn half_sent_requests_and_idle_keep_alive_are_closed() {
+    const HALF: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n";
+    let limit = Duration::from_secs(15);
     let server = Server::start(&["--http-header-timeout", "1"]).await;
     let mut sock = TcpStream::connect(server.addr).await.expect("connect");
-    sock.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    sock.write_all(HALF).await.expect("write");
+    assert!(
+        closed_within(&mut sock, limit).await,
+        "a half-sent request was still open after 15 s"
+    );
+    let mut idle = TcpStream::connect(server.addr).await.expect("connect");
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         .await
         .expect("write");
     assert!(
-        closed_within(&mut sock, Duration::from_secs(15)).await,
-        "a half-sent request was still open after 15 s"
+        closed_within(&mut idle, limit).await,
+        "an idle keep-alive connection was still open after 15 s"
     );
     assert_eq!(server.get("/healthz").await.0, 200);
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let (cert, key) = self_signed(dir.path());
+    let tls = Server::start(&[
+        "--http-header-timeout",
+        "1",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+    ])
+    .await;
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(&cert).expect("cert");
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+        roots.add(c.expect("pem")).expect("root");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(tls.addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut stream = connector.connect(name, tcp).await.expect("handshake");
+    stream.write_all(HALF).await.expect("write");
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(limit, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "a half-sent TLS request was still open after 15 s"
+    );
 }
 
 /// #8: `--max-http-connections` caps open TCP connections; a freed place is reused.
