@@ -23,7 +23,7 @@ use serde_json::Value;
 use stackpulse_cfn::{create_stack, CreateStackError, CreateStackRequest};
 
 use crate::http::error::AppError;
-use crate::http::{error_body, AppState};
+use crate::http::AppState;
 use crate::tracking::{valid_region, valid_stack_name};
 
 #[derive(Debug, Deserialize)]
@@ -73,19 +73,19 @@ pub async fn deploy(
     let body: DeployBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) => {
-            return error_body(StatusCode::BAD_REQUEST, &format!("Invalid body: {e}"))
+            return AppError::new(StatusCode::BAD_REQUEST, format!("Invalid body: {e}"))
                 .into_response()
         }
     };
     if body.template_body.trim().is_empty() {
-        return error_body(StatusCode::BAD_REQUEST, "Missing templateBody").into_response();
+        return AppError::new(StatusCode::BAD_REQUEST, "Missing templateBody").into_response();
     }
     let stack_name = body.stack_name.filter(|n| !n.trim().is_empty());
     if let Some(name) = &stack_name {
         if !valid_stack_name(name) {
-            return error_body(
+            return AppError::new(
                 StatusCode::BAD_REQUEST,
-                &format!("Invalid stackName: {name} (letters, digits and '-', starting with a letter, at most 128)"),
+                format!("Invalid stackName: {name} (letters, digits and '-', starting with a letter, at most 128)"),
             )
             .into_response();
         }
@@ -93,7 +93,7 @@ pub async fn deploy(
     let region = body.region.filter(|r| !r.is_empty());
     if let Some(r) = &region {
         if !valid_region(r) {
-            return error_body(StatusCode::BAD_REQUEST, &format!("Invalid region: {r}"))
+            return AppError::new(StatusCode::BAD_REQUEST, format!("Invalid region: {r}"))
                 .into_response();
         }
     }
@@ -123,7 +123,7 @@ pub async fn deploy(
         )
             .into_response(),
         Err(CreateStackError::Invalid(message)) => {
-            error_body(StatusCode::BAD_REQUEST, &message).into_response()
+            AppError::new(StatusCode::BAD_REQUEST, message).into_response()
         }
         Err(e @ CreateStackError::Aws { code, .. }) => {
             tracing::warn!(error = %e, "CreateStack failed");
