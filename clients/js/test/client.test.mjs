@@ -173,8 +173,8 @@ describe('against one server', () => {
     assert.deepEqual(proxy.requests, ['GET /ws HTTP/1.1', 'GET /ws HTTP/1.1', 'GET /ws HTTP/1.1']);
     const b64url = (t) => Buffer.from(t).toString('base64url');
     assert.deepEqual(
-      proxy.protocols,
-      [1, 2, 3].map((n) => `stackpulse.v1, base64url.bearer.authorization.k8s.io.${b64url(`tok ${n}/x`)}`),
+      proxy.protocols.map((p) => p.split(',').map((x) => x.trim())),
+      [1, 2, 3].map((n) => ['stackpulse.v1', `base64url.bearer.authorization.k8s.io.${b64url(`tok ${n}/x`)}`]),
     );
     client.disconnect();
     await proxy.close();

@@ -107,10 +107,19 @@ pub struct AuthSettings {
 }
 
 fn secs(name: &'static str, v: f64) -> Result<Duration, ConfigError> {
-    Duration::try_from_secs_f64(v).map_err(|_| ConfigError::Invalid {
+    // More than 30 days is a typo, and timer arithmetic on it could overflow later.
+    const MAX: f64 = 30.0 * 86_400.0;
+    let d = Duration::try_from_secs_f64(v).map_err(|_| ConfigError::Invalid {
         name,
         message: format!("{v} is not a non-negative number of seconds"),
-    })
+    })?;
+    if v > MAX {
+        return Err(ConfigError::Invalid {
+            name,
+            message: format!("{v} is more than the {MAX} seconds allowed"),
+        });
+    }
+    Ok(d)
 }
 
 /// The largest `--jwt-leeway`.
@@ -289,6 +298,37 @@ pub fn resolve(args: &AuthArgs, file: &AuthFile) -> Result<Option<AuthSettings>,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leeway_and_refetch_bounds() {
+        let base = AuthArgs {
+            jwt_issuer: Some("https://issuer.example".into()),
+            cognito_client_ids: vec!["c".into()],
+            ..AuthArgs::default()
+        };
+        let args = AuthArgs {
+            jwt_leeway: Some(301.0),
+            ..base.clone()
+        };
+        let e = resolve(&args, &AuthFile::default()).expect_err("leeway");
+        assert!(e.to_string().contains("jwt-leeway"), "{e}");
+        let args = AuthArgs {
+            jwks_refresh: Some(1e13),
+            ..base.clone()
+        };
+        let e = resolve(&args, &AuthFile::default()).expect_err("refresh");
+        assert!(e.to_string().contains("jwks-refresh"), "{e}");
+        let args = AuthArgs {
+            jwks_min_refetch: Some(0.0),
+            jwt_leeway: Some(300.0),
+            ..base
+        };
+        let s = resolve(&args, &AuthFile::default())
+            .expect("valid")
+            .expect("auth on");
+        assert_eq!(s.verifier.unknown_kid_interval, Duration::from_secs(1));
+        assert_eq!(s.verifier.leeway, Duration::from_secs(300));
+    }
 
     #[test]
     fn jwks_urls_need_https_off_loopback() {
