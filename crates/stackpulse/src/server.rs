@@ -199,7 +199,11 @@ async fn accept_loop(
         .header_read_timeout(limits.header_timeout)
         .keep_alive(true);
     let http = Arc::new(http);
-    let places = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let places = Arc::new(tokio::sync::Semaphore::new(
+        limits
+            .max_connections
+            .min(tokio::sync::Semaphore::MAX_PERMITS),
+    ));
     let graceful = GracefulShutdown::new();
     let mut make = app.into_make_service_with_connect_info::<SocketAddr>();
     tokio::pin!(shutdown);
