@@ -146,6 +146,60 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub stack_allow: Vec<String>,
+    #[command(flatten)]
+    pub edge: EdgeArgs,
+}
+
+/// The HTTP edge's flags (`POST /canvas/deploy`, Origin/Host, proxies, HTTP
+/// connections); TOML keys sit at the top level like every other flag's.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct EdgeArgs {
+    /// Group whose members may `POST /canvas/deploy` (besides publisher keys and
+    /// the admin group) [default: deployers].
+    #[arg(long, env = "STACKPULSE_DEPLOYER_GROUP", value_name = "GROUP")]
+    pub deployer_group: Option<String>,
+    /// A capability `POST /canvas/deploy` may acknowledge, e.g. CAPABILITY_IAM
+    /// (repeatable; env: comma-separated) [default: none].
+    #[arg(
+        long = "deploy-capabilities",
+        env = "STACKPULSE_DEPLOY_CAPABILITIES",
+        value_name = "CAPABILITY",
+        value_delimiter = ','
+    )]
+    pub deploy_capabilities: Vec<String>,
+    /// Service role CloudFormation assumes for stacks created by `POST /canvas/deploy`.
+    #[arg(long, env = "STACKPULSE_DEPLOY_ROLE_ARN", value_name = "ARN")]
+    pub deploy_role_arn: Option<String>,
+    /// Without auth: a browser Origin allowed besides loopback ones, e.g.
+    /// https://dash.example (repeatable; env: comma-separated).
+    #[arg(
+        long = "allowed-origin",
+        env = "STACKPULSE_ALLOWED_ORIGINS",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Vec<String>,
+    /// A proxy (address or CIDR) whose X-Forwarded-For names the client for per-IP
+    /// limits (repeatable; env: comma-separated) [default: none].
+    #[arg(
+        long = "trusted-proxy",
+        env = "STACKPULSE_TRUSTED_PROXIES",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<String>,
+    /// Open HTTP connections (plain or TLS) in total [default: 4 × --max-connections].
+    #[arg(long, env = "STACKPULSE_MAX_HTTP_CONNECTIONS", value_name = "N")]
+    pub max_http_connections: Option<usize>,
+    /// Seconds a client has to send a request's headers (also bounds idle
+    /// keep-alive); for tests [default: 10].
+    #[arg(
+        long,
+        env = "STACKPULSE_HTTP_HEADER_TIMEOUT",
+        value_name = "SECONDS",
+        hide = true
+    )]
+    pub http_header_timeout: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
@@ -191,6 +245,14 @@ struct FileConfig {
     max_event_bytes: Option<usize>,
     stack_reader_group: Option<String>,
     stack_allow: Option<Vec<String>>,
+    // The HTTP edge (EdgeArgs).
+    deployer_group: Option<String>,
+    deploy_capabilities: Option<Vec<String>>,
+    deploy_role_arn: Option<String>,
+    allowed_origins: Option<Vec<String>>,
+    trusted_proxies: Option<Vec<String>>,
+    max_http_connections: Option<usize>,
+    http_header_timeout: Option<f64>,
 }
 
 /// The files `--tls-cert` and `--tls-key` name (read by [`crate::tls::load`]).
@@ -251,6 +313,48 @@ pub struct Config {
     pub max_event_bytes: usize,
     /// Who may read `stack:` topics and which stacks are tracked.
     pub stacks: crate::topic_policy::StackRules,
+    /// Who may deploy, what they may acknowledge, the service role, the origins
+    /// and proxies trusted, and the HTTP connection limits.
+    pub edge: EdgeConfig,
+}
+
+/// The resolved [`EdgeArgs`].
+#[derive(Debug, Clone)]
+pub struct EdgeConfig {
+    pub deployer_group: String,
+    /// Capabilities `POST /canvas/deploy` may pass to CreateStack; empty: none.
+    pub deploy_capabilities: Vec<String>,
+    pub deploy_role_arn: Option<String>,
+    /// Origins (`scheme://host[:port]`, lowercase) allowed besides loopback ones
+    /// when auth is off.
+    pub allowed_origins: Vec<String>,
+    pub trusted_proxies: Vec<crate::http::edge::Cidr>,
+    /// `None`: 4 × [`Config::max_connections`].
+    pub max_http_connections: Option<usize>,
+    pub http_header_timeout: Duration,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> EdgeConfig {
+        EdgeConfig {
+            deployer_group: "deployers".into(),
+            deploy_capabilities: Vec::new(),
+            deploy_role_arn: None,
+            allowed_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
+            max_http_connections: None,
+            http_header_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Config {
+    /// The cap on open HTTP connections.
+    pub fn max_http_connections(&self) -> usize {
+        self.edge
+            .max_http_connections
+            .unwrap_or_else(|| self.max_connections.saturating_mul(4))
+    }
 }
 
 impl Default for Config {
@@ -291,6 +395,7 @@ impl Default for Config {
             max_pollers: 1000,
             max_event_bytes: 256 * 1024,
             stacks: crate::topic_policy::StackRules::default(),
+            edge: EdgeConfig::default(),
         }
     }
 }
@@ -308,14 +413,84 @@ pub enum ConfigError {
     Invalid { name: &'static str, message: String },
 }
 
+/// The longest duration any flag accepts: more is a typo, and timers and
+/// `Instant` arithmetic on it would overflow (a panic in a task) later.
+const MAX_SECONDS: f64 = 30.0 * 86_400.0;
+
 fn seconds(name: &'static str, value: f64) -> Result<Duration, ConfigError> {
-    Duration::try_from_secs_f64(value)
+    seconds_at_most(name, value, MAX_SECONDS)
+}
+
+/// A positive duration of at most `max` seconds.
+fn seconds_at_most(name: &'static str, value: f64, max: f64) -> Result<Duration, ConfigError> {
+    let d = Duration::try_from_secs_f64(value)
         .ok()
         .filter(|d| !d.is_zero())
         .ok_or(ConfigError::Invalid {
             name,
             message: format!("{value} is not a positive number of seconds"),
+        })?;
+    if value > max {
+        return Err(ConfigError::Invalid {
+            name,
+            message: format!("{value} is more than the {max} seconds allowed"),
+        });
+    }
+    Ok(d)
+}
+
+/// The longest poll interval: a stack polled less often is not being tracked.
+const MAX_POLL_INTERVAL: f64 = 3600.0;
+
+/// Resolves [`EdgeArgs`] over the file.
+fn resolve_edge(args: &EdgeArgs, file: &FileConfig) -> Result<EdgeConfig, ConfigError> {
+    let d = EdgeConfig::default();
+    let list = |flag: &Vec<String>, file: &Option<Vec<String>>| -> Vec<String> {
+        let v = if flag.is_empty() {
+            file.clone().unwrap_or_default()
+        } else {
+            flag.clone()
+        };
+        v.into_iter()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect()
+    };
+    let trusted_proxies = list(&args.trusted_proxies, &file.trusted_proxies)
+        .iter()
+        .map(|c| {
+            c.parse::<crate::http::edge::Cidr>()
+                .map_err(|message| ConfigError::Invalid {
+                    name: "trusted-proxy",
+                    message,
+                })
         })
+        .collect::<Result<_, _>>()?;
+    let allowed_origins = list(&args.allowed_origins, &file.allowed_origins)
+        .iter()
+        .map(|o| crate::http::edge::normalize_origin(o))
+        .collect();
+    Ok(EdgeConfig {
+        deployer_group: non_empty(args.deployer_group.clone().or(file.deployer_group.clone()))
+            .unwrap_or(d.deployer_group),
+        deploy_capabilities: list(&args.deploy_capabilities, &file.deploy_capabilities),
+        deploy_role_arn: non_empty(
+            args.deploy_role_arn
+                .clone()
+                .or(file.deploy_role_arn.clone()),
+        ),
+        allowed_origins,
+        trusted_proxies,
+        max_http_connections: args
+            .max_http_connections
+            .or(file.max_http_connections)
+            .map(|n| positive("max-http-connections", n))
+            .transpose()?,
+        http_header_timeout: match args.http_header_timeout.or(file.http_header_timeout) {
+            Some(s) => seconds_at_most("http-header-timeout", s, 3600.0)?,
+            None => d.http_header_timeout,
+        },
+    })
 }
 
 fn non_empty(value: Option<String>) -> Option<String> {
@@ -371,6 +546,7 @@ impl Config {
             None => FileConfig::default(),
         };
         let d = Config::default();
+        let edge = resolve_edge(&args.edge, &file)?;
         let auth_file = file.auth.unwrap_or_default();
         let keys = if args.publisher_keys.is_empty() {
             file.publisher_keys.unwrap_or_default()
@@ -479,7 +655,7 @@ impl Config {
             aws_endpoint_url: non_empty(args.aws_endpoint_url.clone().or(file.aws_endpoint_url)),
             aws_region: non_empty(args.aws_region.clone().or(file.aws_region)),
             poll_interval: match args.poll_interval.or(file.poll_interval) {
-                Some(s) => seconds("poll-interval", s)?,
+                Some(s) => seconds_at_most("poll-interval", s, MAX_POLL_INTERVAL)?,
                 None => d.poll_interval,
             },
             tracker_grace: match args.tracker_grace.or(file.tracker_grace) {
@@ -532,6 +708,7 @@ impl Config {
                     }
                 },
             },
+            edge,
         })
     }
 }
@@ -634,6 +811,76 @@ mod tests {
         assert_eq!(c.aws_endpoint_url.as_deref(), Some("http://127.0.0.1:5000"));
         assert_eq!(c.poll_interval, Duration::from_millis(250));
         assert_eq!(c.tracker_grace, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn absurd_durations_and_edge_values_are_named() {
+        let cases: [(ServeArgs, &str); 5] = [
+            (
+                ServeArgs {
+                    poll_interval: Some(7200.0),
+                    ..ServeArgs::default()
+                },
+                "poll-interval",
+            ),
+            (
+                ServeArgs {
+                    tracker_grace: Some(1e12),
+                    ..ServeArgs::default()
+                },
+                "tracker-grace",
+            ),
+            (
+                ServeArgs {
+                    deployment_timeout: Some(1e20),
+                    ..ServeArgs::default()
+                },
+                "deployment-timeout",
+            ),
+            (
+                ServeArgs {
+                    idle_timeout: Some(f64::INFINITY),
+                    ..ServeArgs::default()
+                },
+                "idle-timeout",
+            ),
+            (
+                ServeArgs {
+                    edge: EdgeArgs {
+                        trusted_proxies: vec!["10.0.0.0/99".into()],
+                        ..EdgeArgs::default()
+                    },
+                    ..ServeArgs::default()
+                },
+                "trusted-proxy",
+            ),
+        ];
+        for (args, name) in cases {
+            let e = Config::resolve(&args).expect_err(name);
+            assert!(e.to_string().contains(name), "{e}");
+        }
+        let ok = ServeArgs {
+            deployment_timeout: Some(7.0 * 86_400.0),
+            max_connections: Some(10),
+            edge: EdgeArgs {
+                allowed_origins: vec!["https://Dash.example/".into()],
+                deploy_capabilities: vec!["CAPABILITY_IAM".into(), " ".into()],
+                ..EdgeArgs::default()
+            },
+            ..ServeArgs::default()
+        };
+        let c = Config::resolve(&ok).expect("valid");
+        assert_eq!(c.max_http_connections(), 40, "4 × --max-connections");
+        assert_eq!(
+            c.edge.allowed_origins,
+            vec!["https://dash.example".to_string()]
+        );
+        assert_eq!(
+            c.edge.deploy_capabilities,
+            vec!["CAPABILITY_IAM".to_string()]
+        );
+        assert_eq!(c.edge.deployer_group, "deployers");
+        assert_eq!(c.edge.http_header_timeout, Duration::from_secs(10));
     }
 
     #[test]

@@ -60,6 +60,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
             "/graphql",
             get(socket_handler)
                 .post(http::graphql_post)
+                .route_layer(axum::middleware::from_fn(crate::http::edge::json_only))
                 .with_state(schema.clone()),
         )
         .route("/graphql/realtime", get(socket_handler).with_state(schema))

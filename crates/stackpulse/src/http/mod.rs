@@ -11,18 +11,25 @@
 //! - [`deployments`]: `POST /v1/deployments`, several stacks as one topic.
 //! - [`ops`]: health, readiness, metrics and topic inspection.
 //! - [`dashboard`]: the web dashboard's page and assets, embedded in the binary.
+//! - [`edge`]: the checks in front of every route (loopback Host/Origin, JSON
+//!   content type, the client address behind trusted proxies).
+//! - [`error`]: [`error::AppError`], the JSON error response.
 
 pub mod dashboard;
 pub mod deployments;
+pub mod edge;
+pub mod error;
 pub mod ops;
 pub mod publish;
 
 use std::sync::Arc;
 
 use axum::extract::Request;
+use axum::handler::Handler;
 use axum::http::StatusCode;
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -112,17 +119,26 @@ pub fn error_body(status: StatusCode, message: &str) -> (StatusCode, Json<serde_
     (status, Json(serde_json::json!({ "message": message })))
 }
 
+/// A POST route whose body is JSON: [`edge::json_only`] in front of `handler`.
+pub fn json_post<H, T>(handler: H) -> MethodRouter<AppState>
+where
+    H: Handler<T, AppState>,
+    T: 'static,
+{
+    post(handler).route_layer(middleware::from_fn(edge::json_only))
+}
+
 /// Every route of the server.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/ws", get(crate::ws::ws_handler))
-        .route("/v1/events", post(publish::publish))
-        .route("/v1/deployments", post(deployments::start))
+        .route("/v1/events", json_post(publish::publish))
+        .route("/v1/deployments", json_post(deployments::start))
         .route(
             "/canvas/deploy/track/{stack_name}",
             get(crate::canvas::track::track_handler),
         )
-        .route("/canvas/deploy", post(crate::canvas::deploy::deploy))
+        .route("/canvas/deploy", json_post(crate::canvas::deploy::deploy))
         .route("/v1/topics/{id}", get(ops::topic))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
@@ -130,6 +146,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::graphql::routes(state.clone()))
         .merge(dashboard::routes())
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), edge::guard))
         .with_state(state)
 }
 
