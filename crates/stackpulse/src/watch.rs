@@ -377,7 +377,8 @@ pub async fn via_server<W: Write>(
                 failures = 0;
                 let final_error = e.event_type == crate::tracking::events::TRACKER_ERROR
                     && e.data.get("final").and_then(serde_json::Value::as_bool) == Some(true);
-                for msg in from_hub(&e.event_type, &e.timestamp, &e.data, stack) {
+                let data = e.data.as_object().cloned().unwrap_or_default();
+                for msg in from_hub(&e.event_type, &e.timestamp, &data, stack) {
                     if let Some(end) = view.apply(&msg) {
                         client.close().await;
                         return end;

@@ -129,7 +129,19 @@ fn encode(msg: &TrackerMessage) -> String {
 /// The frames to write for one queued item.
 fn translate(item: Delivery, stack_name: &str) -> Vec<String> {
     let text = match &item {
-        Delivery::Event(event) => event.frame.as_str(),
+        // An event's typed body is parsed once per node, whoever reads it.
+        Delivery::Event(event) => {
+            return from_hub(
+                &event.event_type,
+                event.timestamp(),
+                event.data(),
+                stack_name,
+            )
+            .iter()
+            .map(encode)
+            .collect()
+        }
+        // A snapshot or a reply: encoded once for this subscriber.
         Delivery::Frame(frame) => frame.as_str(),
         Delivery::Subscribed(_) => return Vec::new(),
         Delivery::Forbidden(topic) => {
@@ -155,8 +167,10 @@ fn translate(item: Delivery, stack_name: &str) -> Vec<String> {
         .get("timestamp")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    let data = frame.get("data").cloned().unwrap_or(Value::Null);
-    from_hub(event_type, timestamp, &data, stack_name)
+    let Some(data) = frame.get("data").and_then(Value::as_object) else {
+        return Vec::new();
+    };
+    from_hub(event_type, timestamp, data, stack_name)
         .iter()
         .map(encode)
         .collect()

@@ -17,7 +17,6 @@
 
 use std::sync::Arc;
 
-use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::auth::User;
@@ -25,23 +24,27 @@ use crate::http::AppState;
 use crate::hub::{CloseReason, Delivery, Hub, Outbox, Session, StampedEvent, SubscribeError};
 use crate::ws::driver::{subscribe_topic, BudgetPermit};
 
-/// A hub event as the GraphQL types read it, decoded from its serialized frame.
-#[derive(Debug, Clone, Deserialize)]
+/// A hub event as the GraphQL types read it: the stamped event's typed body
+/// (parsed at most once per node), not its frame.
+#[derive(Debug, Clone)]
 pub struct HubEvent {
-    #[serde(rename = "type")]
     pub event_type: String,
-    #[serde(rename = "deployment_id")]
     pub topic: String,
     pub seq: u64,
     pub timestamp: String,
-    #[serde(default)]
-    pub data: Map<String, Value>,
+    pub data: Arc<Map<String, Value>>,
 }
 
 impl HubEvent {
-    /// Decodes a stamped event's frame (the hub serializes each event once).
+    /// The GraphQL view of a stamped event.
     pub fn decode(event: &StampedEvent) -> Option<HubEvent> {
-        serde_json::from_str(event.frame.as_str()).ok()
+        Some(HubEvent {
+            event_type: event.event_type.to_string(),
+            topic: event.topic.to_string(),
+            seq: event.seq,
+            timestamp: event.timestamp().to_owned(),
+            data: event.data().clone(),
+        })
     }
 
     pub fn str(&self, key: &str) -> Option<String> {

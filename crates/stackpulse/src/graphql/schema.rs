@@ -365,7 +365,7 @@ impl From<HubEvent> for Event {
             seq: e.seq,
             event_type: e.event_type,
             timestamp: e.timestamp,
-            data: Json(e.data),
+            data: Json(std::sync::Arc::unwrap_or_clone(e.data)),
         }
     }
 }
@@ -526,20 +526,21 @@ impl Mutation {
                 unauthorized(&message)
             });
         }
-        let mut data = json!({ "status": status });
+        let mut data = serde_json::Map::new();
+        data.insert("status".into(), json!(status));
         if let Some(n) = current_layer {
-            data["current_layer"] = json!(n);
+            data.insert("current_layer".into(), json!(n));
         }
         if let Some(n) = total_layers {
-            data["total_layers"] = json!(n);
+            data.insert("total_layers".into(), json!(n));
         }
-        let body = json!({
-            "type": "deployment.status",
-            "deployment_id": deployment_id.as_str(),
-            "data": data,
-        });
-        let request = PublishRequest::from_json(body.to_string().as_bytes())
-            .map_err(|m| gql_error("BadRequestException", m, Some(400)))?;
+        let request = PublishRequest::new(
+            "deployment.status".into(),
+            deployment_id.to_string(),
+            data,
+            None,
+        )
+        .map_err(|m| gql_error("BadRequestException", m, Some(400)))?;
         let event = state.hub.publish(request).await.map_err(|e| {
             let error_type = match e.status() {
                 403 => "Unauthorized",
