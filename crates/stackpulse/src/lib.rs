@@ -5,10 +5,12 @@
 //! write. See `DESIGN.md` beside the repository for the contract.
 //!
 //! # Layout
+//! - [`app`]: the shared state, its assembly and the router of every path.
 //! - [`hub`]: topics, seqs, history, snapshots, subscriptions, fan-out, behind a
 //!   [`hub::Backplane`] (in-memory now; Redis fits the same seam).
 //! - [`ws`]: the `/ws` endpoint: admission, connection loops, registry, close codes.
-//! - [`http`]: routes, shared state, publish API, health/readiness/metrics.
+//! - [`http`]: the publish API, deployments, health/readiness/metrics, the
+//!   dashboard, the HTTP edge layer and [`http::error::AppError`].
 //! - [`graphql`]: the GraphQL schema over the hub, `POST /graphql`, and its
 //!   subscriptions over AppSync's real-time protocol and `graphql-transport-ws`.
 //! - [`tls`]: `--tls-cert`/`--tls-key`: HTTPS and WSS on the same port.
@@ -29,8 +31,11 @@
 //! - [`signal`]: SIGINT/SIGTERM as the shutdown future.
 //! - [`bench`]: `stackpulse bench`, the load generator (stackpulse or nchan).
 //! - [`metrics`]: the Prometheus recorder.
+//! - [`net`]: addresses, CIDRs, hosts and origins (pure parsing, used by the
+//!   configuration and the HTTP edge).
 #![forbid(unsafe_code)]
 
+pub mod app;
 pub mod auth;
 pub mod bench;
 pub mod canvas;
@@ -42,6 +47,7 @@ pub mod graphql;
 pub mod http;
 pub mod hub;
 pub mod metrics;
+pub mod net;
 pub mod server;
 pub mod signal;
 pub mod tls;

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use crate::app::{router, AppState};
 use crate::config::Config;
-use crate::http::{router, AppState};
 use crate::hub::{CloseReason, HistoryConfig, Hub, HubConfig};
 
 /// How long a replay may wait for room in a slow client's queue.

@@ -14,8 +14,8 @@ use stackpulse_auth::{Acl, AuthError, Policy, User, Verified, Verifier};
 
 use super::jwks_http::HttpKeyFetcher;
 use super::limits::Admission;
-use super::settings::{AdmissionLimits, AuthSettings};
 use super::{bearer, PublisherKeys};
+use crate::config::auth::{AdmissionLimits, AuthSettings};
 
 /// Why a request was not authenticated; each is a 401 with the contract's body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

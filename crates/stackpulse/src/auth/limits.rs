@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use dashmap::DashMap;
 
-use super::settings::AdmissionLimits;
+use crate::config::auth::AdmissionLimits;
 
 struct Bucket {
     tokens: f64,

@@ -22,8 +22,8 @@ use serde::Deserialize;
 use serde_json::Value;
 use stackpulse_cfn::{create_stack, CreateStackError, CreateStackRequest};
 
+use crate::app::AppState;
 use crate::http::error::AppError;
-use crate::http::AppState;
 use crate::tracking::{valid_region, valid_stack_name};
 
 #[derive(Debug, Deserialize)]

@@ -33,7 +33,8 @@ use serde::Deserialize;
 use serde_json::Value;
 use stackpulse_cfn::{TrackerError, TrackerMessage};
 
-use crate::http::{error_body, AppState};
+use crate::app::AppState;
+use crate::http::error::AppError;
 use crate::hub::Delivery;
 use crate::tracking::events::from_hub;
 use crate::tracking::{valid_region, valid_stack_name};
@@ -54,16 +55,16 @@ pub async fn track_handler(
     ws: WebSocketUpgrade,
 ) -> Response {
     if !valid_stack_name(&stack_name) {
-        return error_body(
+        return AppError::new(
             StatusCode::BAD_REQUEST,
-            &format!("Invalid stack name: {stack_name}"),
+            format!("Invalid stack name: {stack_name}"),
         )
         .into_response();
     }
     let region = query.region.filter(|r| !r.is_empty());
     if let Some(r) = &region {
         if !valid_region(r) {
-            return error_body(StatusCode::BAD_REQUEST, &format!("Invalid region: {r}"))
+            return AppError::new(StatusCode::BAD_REQUEST, format!("Invalid region: {r}"))
                 .into_response();
         }
     }

@@ -19,8 +19,8 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
+use crate::app::AppState;
 use crate::auth::User;
-use crate::http::AppState;
 use crate::hub::{CloseReason, Delivery, Hub, Outbox, Session, StampedEvent, SubscribeError};
 use crate::ws::driver::{subscribe_topic, BudgetPermit};
 

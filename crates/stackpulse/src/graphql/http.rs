@@ -25,7 +25,7 @@ use serde_json::json;
 
 use super::caller::{header_credential, resolve};
 use super::StackpulseSchema;
-use crate::http::AppState;
+use crate::app::AppState;
 
 /// Largest `POST /graphql` body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;

@@ -44,7 +44,8 @@ use axum::Router;
 
 pub use schema::StackpulseSchema;
 
-use crate::http::{error_body, AppState};
+use crate::app::AppState;
+use crate::http::error::AppError;
 use crate::ws::driver;
 
 /// The subprotocol of the AppSync real-time dialect.
@@ -90,7 +91,7 @@ async fn socket_handler(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let Some(state) = schema.data::<AppState>().cloned() else {
-        return error_body(
+        return AppError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "GraphQL schema without state",
         )
@@ -103,7 +104,7 @@ async fn socket_handler(
     let offered = offered_protocols(&headers);
     let transport_ws = offered.iter().any(|p| p == TRANSPORT_WS_PROTOCOL);
     if !transport_ws && !offered.iter().any(|p| p == APPSYNC_PROTOCOL) {
-        return error_body(
+        return AppError::new(
             StatusCode::BAD_REQUEST,
             "Sec-WebSocket-Protocol must offer graphql-ws (AppSync real-time) or graphql-transport-ws",
         )

@@ -52,8 +52,8 @@ use tokio::task::JoinHandle;
 use super::caller::{credential_from_object, resolve, Caller};
 use super::schema::Started;
 use super::StackpulseSchema;
+use crate::app::AppState;
 use crate::auth::User;
-use crate::http::AppState;
 use crate::hub::{Delivery, Outbox};
 use crate::ws::driver::{Conn, Dialect, FrameEncoder, InBand, Refuse, Refused, SubscriptionBudget};
 

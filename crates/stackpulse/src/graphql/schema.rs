@@ -35,8 +35,8 @@ use tokio::sync::oneshot;
 
 use super::caller::Caller;
 use super::feed::{Feed, FeedEnded, HubEvent};
+use crate::app::AppState;
 use crate::auth::User;
-use crate::http::AppState;
 use crate::hub::SubscribeError;
 use crate::tracking::{valid_region, valid_stack_name};
 use crate::ws::driver::SubscriptionBudget;

@@ -30,7 +30,7 @@ use tokio::task::JoinHandle;
 
 use super::caller::{credential_from_object, resolve, Caller};
 use super::StackpulseSchema;
-use crate::http::AppState;
+use crate::app::AppState;
 use crate::hub::{CloseReason, Delivery, Outbox};
 use crate::ws::driver::{
     Conn, Control, Dialect, FrameEncoder, InBand, Refuse, Refused, SubscriptionBudget,

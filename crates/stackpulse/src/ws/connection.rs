@@ -14,8 +14,8 @@ use axum::extract::ws::{Message, Utf8Bytes};
 use stackpulse_protocol::{parse_client_message, ClientMessage, ProtocolError, ServerMessage};
 
 use super::driver::{subscribe_topic, Conn, Dialect, Encoded, Encoder};
-use super::registry::ConnInfo;
-use crate::http::AppState;
+use crate::app::registry::ConnInfo;
+use crate::app::AppState;
 use crate::hub::{Delivery, Outbox, SubscribeError};
 
 /// The `/ws` dialect.

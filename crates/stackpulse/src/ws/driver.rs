@@ -52,11 +52,12 @@ use stackpulse_auth::Verified;
 use tokio::time::Instant;
 
 use super::close;
-use super::registry::{ConnInfo, Pending, Slot};
+use crate::app::registry::{ConnInfo, Pending, Slot};
+use crate::app::AppState;
 use crate::auth::gate::request_token;
 use crate::auth::limits::UserSlot;
 use crate::auth::User;
-use crate::http::{error_body, AppState};
+use crate::http::error::AppError;
 use crate::hub::{CloseReason, Delivery, Outbox, Session, SubscribeError};
 
 /// Items written per flush at most, so pings and closes are not starved.
@@ -89,7 +90,7 @@ impl Refusal {
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
-        error_body(self.status, &self.message).into_response()
+        AppError::new(self.status, &self.message).into_response()
     }
 }
 

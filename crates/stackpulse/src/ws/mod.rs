@@ -11,13 +11,11 @@
 //! - [`driver`]: the connection driver, its [`driver::Dialect`] trait and the one
 //!   subscribe every dialect uses.
 //! - [`connection`]: the `/ws` dialect (JSON requests, the hub's frames as they are).
-//! - [`registry`]: every open connection and the admission counter.
 //! - [`close`]: the close codes.
 
 pub mod close;
 pub mod connection;
 pub mod driver;
-pub mod registry;
 
 use std::net::SocketAddr;
 
@@ -27,7 +25,7 @@ use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 
-use crate::http::AppState;
+use crate::app::AppState;
 
 pub async fn ws_handler(
     State(state): State<AppState>,

@@ -11,7 +11,29 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::auth::settings::{self, AdmissionLimits, AuthArgs, AuthFile, AuthSettings};
+pub mod auth;
+
+use self::auth as settings;
+use self::auth::{AdmissionLimits, AuthArgs, AuthFile, AuthSettings};
+
+/// What the operator configured about stack topics (applied by the server's
+/// topic policy, [`crate::topic_policy`]).
+#[derive(Debug, Clone)]
+pub struct StackRules {
+    /// `--stack-reader-group`: who may read `stack:` topics (with auth).
+    pub reader_group: Option<String>,
+    /// `--stack-allow`: globs (`*`, `?`) over stack names the server tracks.
+    pub allow: Vec<String>,
+}
+
+impl Default for StackRules {
+    fn default() -> StackRules {
+        StackRules {
+            reader_group: None,
+            allow: vec!["*".into()],
+        }
+    }
+}
 
 /// `stackpulse serve` flags. Every field is optional so that unset flags fall back
 /// to the file and then to the defaults.
@@ -312,7 +334,7 @@ pub struct Config {
     /// Largest encoded event a publisher may send (and the snapshot budget).
     pub max_event_bytes: usize,
     /// Who may read `stack:` topics and which stacks are tracked.
-    pub stacks: crate::topic_policy::StackRules,
+    pub stacks: StackRules,
     /// Who may deploy, what they may acknowledge, the service role, the origins
     /// and proxies trusted, and the HTTP connection limits.
     pub edge: EdgeConfig,
@@ -328,7 +350,7 @@ pub struct EdgeConfig {
     /// Origins (`scheme://host[:port]`, lowercase) allowed besides loopback ones
     /// when auth is off.
     pub allowed_origins: Vec<String>,
-    pub trusted_proxies: Vec<crate::http::edge::Cidr>,
+    pub trusted_proxies: Vec<crate::net::Cidr>,
     /// `None`: 4 × [`Config::max_connections`].
     pub max_http_connections: Option<usize>,
     pub http_header_timeout: Duration,
@@ -394,7 +416,7 @@ impl Default for Config {
             max_topics: 100_000,
             max_pollers: 1000,
             max_event_bytes: 256 * 1024,
-            stacks: crate::topic_policy::StackRules::default(),
+            stacks: StackRules::default(),
             edge: EdgeConfig::default(),
         }
     }
@@ -459,7 +481,7 @@ fn resolve_edge(args: &EdgeArgs, file: &FileConfig) -> Result<EdgeConfig, Config
     let trusted_proxies = list(&args.trusted_proxies, &file.trusted_proxies)
         .iter()
         .map(|c| {
-            c.parse::<crate::http::edge::Cidr>()
+            c.parse::<crate::net::Cidr>()
                 .map_err(|message| ConfigError::Invalid {
                     name: "trusted-proxy",
                     message,
@@ -468,7 +490,7 @@ fn resolve_edge(args: &EdgeArgs, file: &FileConfig) -> Result<EdgeConfig, Config
         .collect::<Result<_, _>>()?;
     let allowed_origins = list(&args.allowed_origins, &file.allowed_origins)
         .iter()
-        .map(|o| crate::http::edge::normalize_origin(o))
+        .map(|o| crate::net::normalize_origin(o))
         .collect();
     Ok(EdgeConfig {
         deployer_group: non_empty(args.deployer_group.clone().or(file.deployer_group.clone()))
@@ -686,7 +708,7 @@ impl Config {
                     .or(file.max_event_bytes)
                     .unwrap_or(d.max_event_bytes),
             )?,
-            stacks: crate::topic_policy::StackRules {
+            stacks: StackRules {
                 reader_group: non_empty(
                     args.stack_reader_group.clone().or(file.stack_reader_group),
                 ),
