@@ -118,7 +118,8 @@ pub trait Backplane: Send + Sync + 'static {
         -> Result<Arc<StampedEvent>, BackplaneError>;
 
     /// Reads the topic's epoch, latest seq, snapshot and the events after `since`.
-    /// Stores nothing: a topic nobody published to reads as [`TopicRead::unborn`].
+    /// A topic that does not exist reads as seq 0 in a fresh epoch (memory stores
+    /// nothing for it; the watch of a subscriber is what keeps its epoch).
     async fn read(&self, topic: &str, since: Option<u64>) -> Result<TopicRead, BackplaneError>;
 
     /// This node has local subscribers of `topic`: deliver its events here.

@@ -8,9 +8,11 @@
 //! since its last event; a topic nobody watches is then forgotten, and its counter
 //! starts again under a new epoch.
 //!
-//! Only a publish creates a topic (at most `max_topics` of them): reading or
-//! watching a name nobody published to stores nothing, and such a topic reads as
-//! seq 0 in the [unborn epoch](super::UNBORN_EPOCH).
+//! A topic is created by its first publish or its first local watcher (at most
+//! `max_topics` of them); a topic nobody published to is forgotten as soon as its
+//! last watcher leaves, so subscribing to made-up names leaves nothing behind.
+//! Reading a topic that does not exist stores nothing: it reads as seq 0 in the
+//! [unborn epoch](super::UNBORN_EPOCH).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -37,6 +39,9 @@ struct MemTopic {
     snapshot_frame: Option<Utf8Bytes>,
     acl: Option<Acl>,
     last_event_at: Instant,
+    /// Dropped from the map (never published, last watcher gone): a publish that
+    /// got this handle just before must take a fresh one.
+    removed: bool,
 }
 
 impl MemTopic {
@@ -50,6 +55,7 @@ impl MemTopic {
             snapshot_frame: None,
             acl: None,
             last_event_at: now,
+            removed: false,
         }
     }
 
@@ -91,7 +97,7 @@ impl MemoryBackplane {
     }
 
     /// The topic, created if it is new and the node has room for it.
-    fn topic_for_publish(&self, name: &str) -> Result<Arc<Mutex<MemTopic>>, BackplaneError> {
+    fn topic_or_create(&self, name: &str) -> Result<Arc<Mutex<MemTopic>>, BackplaneError> {
         if let Some(t) = self.topics.get(name) {
             return Ok(t.clone());
         }
@@ -120,27 +126,18 @@ impl MemoryBackplane {
             self.watched.contains_key(name)
         });
     }
-}
 
-#[async_trait]
-impl Backplane for MemoryBackplane {
-    async fn publish(
+    /// Stamps, stores and delivers `draft` in `handle`'s topic; `None` when that
+    /// topic was forgotten meanwhile.
+    fn publish_into(
         &self,
-        topic: &str,
-        draft: Draft,
-    ) -> Result<Arc<StampedEvent>, BackplaneError> {
-        if let Some(lease) = &draft.fence {
-            let leases = self.leases.lock();
-            let held = leases
-                .1
-                .get(&lease.name)
-                .is_some_and(|e| e.token == lease.token && e.expires > tokio::time::Instant::now());
-            if !held {
-                return Err(BackplaneError::Fenced(lease.name.clone()));
-            }
-        }
-        let handle = self.topic_for_publish(topic)?;
+        handle: &Arc<Mutex<MemTopic>>,
+        draft: &Draft,
+    ) -> Option<Arc<StampedEvent>> {
         let mut t = handle.lock();
+        if t.removed {
+            return None;
+        }
         t.seq += 1;
         let seq = t.seq;
         let timestamp = stackpulse_protocol::time::now();
@@ -163,14 +160,14 @@ impl Backplane for MemoryBackplane {
             .apply(seq, &timestamp, &draft.event_type, &draft.data);
         t.snapshot_frame = None;
         if draft.acl.is_some() {
-            t.acl = draft.acl;
+            t.acl = draft.acl.clone();
         }
         t.last_event_at = Instant::now();
         self.sink.deliver(&event);
-        Ok(event)
+        Some(event)
     }
 
-    async fn read(&self, topic: &str, since: Option<u64>) -> Result<TopicRead, BackplaneError> {
+    fn read_now(&self, topic: &str, since: Option<u64>) -> Result<TopicRead, BackplaneError> {
         let Some(handle) = self.topics.get(topic).map(|e| e.clone()) else {
             return Ok(TopicRead::unborn());
         };
@@ -197,16 +194,67 @@ impl Backplane for MemoryBackplane {
         })
     }
 
-    async fn watch(&self, topic: &str) -> Result<(), BackplaneError> {
+    fn watch_now(&self, topic: &str) -> Result<(), BackplaneError> {
+        // The topic exists while watched, so its epoch is fixed for its subscribers.
+        self.topic_or_create(topic)?;
         *self.watched.entry(Arc::from(topic)).or_insert(0) += 1;
         Ok(())
     }
 
+    fn unwatch_now(&self, topic: &str) {
+        let last = self
+            .watched
+            .remove_if_mut(topic, |_, n| {
+                *n = n.saturating_sub(1);
+                *n == 0
+            })
+            .is_some();
+        if last {
+            self.topics.remove_if(topic, |_, t| {
+                let mut t = t.lock();
+                t.removed = t.seq == 0;
+                t.removed
+            });
+        }
+    }
+}
+
+#[async_trait]
+impl Backplane for MemoryBackplane {
+    async fn publish(
+        &self,
+        topic: &str,
+        draft: Draft,
+    ) -> Result<Arc<StampedEvent>, BackplaneError> {
+        if let Some(lease) = &draft.fence {
+            let leases = self.leases.lock();
+            let held = leases
+                .1
+                .get(&lease.name)
+                .is_some_and(|e| e.token == lease.token && e.expires > tokio::time::Instant::now());
+            if !held {
+                return Err(BackplaneError::Fenced(lease.name.clone()));
+            }
+        }
+        loop {
+            // A topic forgotten between the lookup and its lock (it had no event, so
+            // nothing is lost) is looked up again: the next lookup creates it anew.
+            if let Some(event) = self.publish_into(&self.topic_or_create(topic)?, &draft) {
+                return Ok(event);
+            }
+        }
+    }
+
+    async fn read(&self, topic: &str, since: Option<u64>) -> Result<TopicRead, BackplaneError> {
+        self.read_now(topic, since)
+    }
+
+    async fn watch(&self, topic: &str) -> Result<(), BackplaneError> {
+        self.watch_now(topic)
+    }
+
     async fn unwatch(&self, topic: &str) {
-        self.watched.remove_if_mut(topic, |_, n| {
-            *n = n.saturating_sub(1);
-            *n == 0
-        });
+        self.unwatch_now(topic)
     }
 
     async fn info(&self, topic: &str) -> Result<Option<TopicInfo>, BackplaneError> {

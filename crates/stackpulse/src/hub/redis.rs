@@ -72,9 +72,9 @@ return {seq, epoch, frame}
 "#;
 
 const READ: &str = r#"
--- KEYS: seq epoch stream acl ; ARGV: unborn_epoch retention_ms first_wanted ('' = none)
--- A topic nobody published to is not created: it reads as seq 0 in the unborn epoch.
-local epoch = redis.call('GET', KEYS[2]) or ARGV[1]
+-- KEYS: seq epoch stream acl ; ARGV: epoch_candidate retention_ms first_wanted ('' = none)
+redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2])
+local epoch = redis.call('GET', KEYS[2])
 local latest = tonumber(redis.call('GET', KEYS[1]) or '0')
 local first = latest + 1
 local head = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 1)
@@ -93,6 +93,12 @@ if ARGV[3] ~= '' then
   end
 end
 return out
+"#;
+
+const FORGET_UNBORN: &str = r#"
+-- KEYS: seq epoch ; a topic nobody published to keeps nothing once unwatched
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('DEL', KEYS[2]) end
+return 0
 "#;
 
 const SNAPSHOT_CAS: &str = r#"
@@ -127,6 +133,7 @@ struct Scripts {
     publish: Script,
     read: Script,
     snapshot_cas: Script,
+    forget_unborn: Script,
     lease_acquire: Script,
     lease_renew: Script,
     lease_release: Script,
@@ -257,6 +264,7 @@ impl RedisBackplane {
                 publish: Script::new(PUBLISH),
                 read: Script::new(READ),
                 snapshot_cas: Script::new(SNAPSHOT_CAS),
+                forget_unborn: Script::new(FORGET_UNBORN),
                 lease_acquire: Script::new(LEASE_ACQUIRE),
                 lease_renew: Script::new(LEASE_RENEW),
                 lease_release: Script::new(LEASE_RELEASE),
@@ -572,7 +580,7 @@ impl Backplane for RedisBackplane {
             .key(&keys.epoch)
             .key(&keys.stream)
             .key(&keys.acl)
-            .arg(super::UNBORN_EPOCH)
+            .arg(&*new_epoch())
             .arg(self.retention_ms())
             // The first seq wanted, computed here: Lua would print a large number
             // as `1e+14`, which XRANGE refuses.
@@ -674,6 +682,16 @@ impl Backplane for RedisBackplane {
             }
             if let Some(sink) = slot.as_mut() {
                 let _ = sink.unsubscribe(Keys::of(topic).channel).await;
+            }
+            drop(slot);
+            // This node's last watcher left: a topic nobody published to keeps no
+            // key. (A subscriber on another node then sees the topic's first event
+            // in a new epoch, and resyncs from its snapshot.)
+            let keys = Keys::of(topic);
+            let mut inv = self.scripts.forget_unborn.prepare_invoke();
+            inv.key(&keys.seq).key(&keys.epoch);
+            if let Err(e) = self.invoke(inv).await {
+                tracing::debug!(%topic, error = %e, "could not forget an unborn topic");
             }
         }
     }
