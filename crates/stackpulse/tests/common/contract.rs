@@ -205,7 +205,10 @@ impl Contract {
     pub fn http(&self, method: &str, path: &str, status: u16, body: &str) {
         let what = format!("{method} {path} → {status}");
         let Some(template) = self.path_template(path) else {
-            assert_eq!(status, 404, "contract: {what}: path not in docs/openapi.yaml");
+            assert_eq!(
+                status, 404,
+                "contract: {what}: path not in docs/openapi.yaml"
+            );
             let json: Value = serde_json::from_str(body)
                 .unwrap_or_else(|e| panic!("contract: {what}: body is not JSON ({e}): {body}"));
             return self.assert_conforms("MessageBody", &json, &what);
@@ -227,8 +230,9 @@ impl Contract {
         else {
             return; // no body, or not JSON (text, HTML, the WebSocket upgrade)
         };
-        let name = def_name(json_schema)
-            .unwrap_or_else(|| panic!("openapi.yaml: {template} {status}: unexpected $ref {json_schema}"));
+        let name = def_name(json_schema).unwrap_or_else(|| {
+            panic!("openapi.yaml: {template} {status}: unexpected $ref {json_schema}")
+        });
         let json: Value = serde_json::from_str(body)
             .unwrap_or_else(|e| panic!("contract: {what}: body is not JSON ({e}): {body}"));
         self.assert_conforms(name, &json, &what);
