@@ -6,6 +6,7 @@
 //! every integration test; `scripts/test-specs.sh` runs the AsyncAPI and OpenAPI
 //! validators.)
 
+mod cfn_support;
 mod common;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -274,4 +275,62 @@ async fn the_running_server_answers_as_the_specs_say() {
         &resp.text().await.expect("body"),
     );
     assert_eq!(status, 401);
+}
+
+/// Every frame of the canvas tracker socket, for a stack that fails and one that
+/// succeeds, live and for a late joiner, matches `CanvasFrame` (the seed's wire
+/// format, which no harness reader sees).
+#[tokio::test]
+async fn canvas_socket_frames_match_the_spec() {
+    use cfn_support::fake_cfn::FakeCfn;
+    use cfn_support::{failing_stack, slow_stack, AWS_ENV};
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let fake = FakeCfn::start(vec![failing_stack("bad"), slow_stack("good", 1)]).await;
+    let server = Server::spawn(
+        &[
+            "--publisher-key",
+            KEY,
+            "--aws-endpoint-url",
+            &fake.endpoint,
+            "--aws-region",
+            "us-east-1",
+            "--poll-interval",
+            "0.05",
+        ],
+        AWS_ENV,
+    )
+    .await;
+    let c = contract();
+    let mut seen = std::collections::BTreeSet::new();
+    for stack in ["bad", "good", "bad"] {
+        let url = format!("ws://{}/canvas/deploy/track/{stack}", server.addr);
+        let (mut ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("connect to the canvas tracker");
+        loop {
+            let msg = tokio::time::timeout(common::WAIT, ws.next())
+                .await
+                .expect("timed out waiting for a canvas message")
+                .expect("canvas socket ended")
+                .expect("canvas socket error");
+            let Message::Text(text) = msg else { continue };
+            let frame: Value = serde_json::from_str(text.as_str()).expect("canvas JSON");
+            c.assert_conforms("CanvasFrame", &frame, &format!("a canvas frame of {stack}"));
+            let ty = frame["type"].as_str().unwrap_or_default().to_owned();
+            seen.insert(ty.clone());
+            if ty == "deployment_complete" {
+                assert_eq!(frame["success"], json!(stack == "good"), "{frame}");
+                break;
+            }
+        }
+    }
+    assert!(seen.contains("resource_update"), "{seen:?}");
+    // A broken frame is refused.
+    assert!(fails(|| c.assert_conforms(
+        "CanvasFrame",
+        &json!({"type":"deployment_complete","success":true}),
+        "a broken canvas frame"
+    )));
 }
