@@ -334,3 +334,140 @@ async fn canvas_socket_frames_match_the_spec() {
         "a broken canvas frame"
     )));
 }
+
+/// The GraphQL socket dialects, frame by frame, against `AppSync*Message` and
+/// `TransportWs*Message`; `POST /graphql` against the OpenAPI document.
+#[tokio::test]
+async fn graphql_dialect_frames_match_the_spec() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let c = contract();
+    let server = Server::start(&[]).await;
+    // `since: 0` replays what a subscription that starts late would miss.
+    let sub = "subscription S($d: ID!, $s: Int) { onDeploymentUpdated(deployment_id: $d, since: $s) { deployment_id status updated_at } }";
+
+    for (path, protocol, client_def, server_def) in [
+        (
+            "/graphql/realtime",
+            "graphql-ws",
+            "AppSyncClientMessage",
+            "AppSyncServerMessage",
+        ),
+        (
+            "/graphql",
+            "graphql-transport-ws",
+            "TransportWsClientMessage",
+            "TransportWsServerMessage",
+        ),
+    ] {
+        let mut req = format!("ws://{}{path}", server.addr)
+            .into_client_request()
+            .expect("request");
+        req.headers_mut()
+            .insert("sec-websocket-protocol", protocol.parse().expect("header"));
+        let (mut ws, _) = tokio_tungstenite::connect_async(req)
+            .await
+            .expect("connect");
+        let topic = format!("G-{protocol}");
+        let appsync = protocol == "graphql-ws";
+        let frames = if appsync {
+            vec![
+                json!({"type":"connection_init"}),
+                json!({"type":"start","id":"1","payload":{
+                    "data": json!({"query": sub, "variables": {"d": topic, "s": 0}}).to_string(),
+                    "extensions": {"authorization": {}}}}),
+            ]
+        } else {
+            vec![
+                json!({"type":"connection_init","payload":{}}),
+                json!({"type":"subscribe","id":"1","payload":{"query": sub, "variables": {"d": topic, "s": 0}}}),
+            ]
+        };
+        let mut seen = Vec::new();
+        let recv = async |ws: &mut tokio_tungstenite::WebSocketStream<_>| -> Value {
+            loop {
+                let msg = tokio::time::timeout(common::WAIT, ws.next())
+                    .await
+                    .expect("timed out waiting for a frame")
+                    .expect("socket ended")
+                    .expect("socket error");
+                if let Message::Text(t) = msg {
+                    let v: Value = serde_json::from_str(t.as_str()).expect("JSON");
+                    c.assert_conforms(server_def, &v, &format!("a {protocol} frame"));
+                    if v["type"] != "ka" {
+                        return v;
+                    }
+                }
+            }
+        };
+        // graphql-transport-ws acknowledges only connection_init; AppSync also the start.
+        for (i, frame) in frames.into_iter().enumerate() {
+            c.assert_conforms(client_def, &frame, &format!("a {protocol} client frame"));
+            ws.send(Message::Text(frame.to_string().into()))
+                .await
+                .expect("send");
+            if appsync || i == 0 {
+                seen.push(
+                    recv(&mut ws).await["type"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                );
+            }
+        }
+        server.publish(&topic, "deploying").await;
+        let data = recv(&mut ws).await;
+        seen.push(data["type"].as_str().unwrap_or_default().to_owned());
+        let stop = if appsync {
+            json!({"type":"stop","id":"1"})
+        } else {
+            json!({"type":"complete","id":"1"})
+        };
+        c.assert_conforms(client_def, &stop, &format!("a {protocol} client frame"));
+        ws.send(Message::Text(stop.to_string().into()))
+            .await
+            .expect("send");
+        if appsync {
+            seen.push(
+                recv(&mut ws).await["type"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
+            assert_eq!(
+                seen,
+                ["connection_ack", "start_ack", "data", "complete"],
+                "{protocol}"
+            );
+        } else {
+            assert_eq!(seen, ["connection_ack", "next"], "{protocol}");
+        }
+    }
+
+    // POST /graphql: a query, and a body that is no GraphQL request.
+    for (body, want) in [
+        (
+            json!({"query":"{ deployment(deployment_id: \"G-graphql-ws\") { seq epoch } }"}),
+            200,
+        ),
+        (json!("not a GraphQL request"), 400),
+    ] {
+        let resp = server
+            .http
+            .post(server.url("/graphql"))
+            .json(&body)
+            .send()
+            .await
+            .expect("post");
+        let status = resp.status().as_u16();
+        c.http(
+            "POST",
+            "/graphql",
+            status,
+            &resp.text().await.expect("body"),
+        );
+        assert_eq!(status, want);
+    }
+}
