@@ -2,6 +2,7 @@
 //! talks to it with the real client over real sockets.
 #![allow(dead_code)]
 
+pub mod contract;
 pub mod tokens;
 
 use std::net::SocketAddr;
@@ -143,11 +144,16 @@ impl Server {
         }
         let resp = req.send().await.expect("upgrade request");
         let status = resp.status().as_u16();
-        (status, resp.text().await.unwrap_or_default())
+        let body = resp.text().await.unwrap_or_default();
+        contract::contract().http("GET", &format!("/ws{query}"), status, &body);
+        (status, body)
     }
 
     /// Publishes a raw body with the test key; returns status and JSON body.
     pub async fn publish_raw(&self, body: &Value) -> (u16, Value) {
+        if let Some(t) = body["type"].as_str() {
+            contract::contract().published(t);
+        }
         let resp = self
             .http
             .post(self.url("/v1/events"))
@@ -157,7 +163,9 @@ impl Server {
             .await
             .expect("publish request");
         let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(Value::Null))
+        let text = resp.text().await.unwrap_or_default();
+        contract::contract().http("POST", "/v1/events", status, &text);
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
     /// Publishes a `deployment.status` event and returns its seq.
@@ -199,7 +207,9 @@ impl Server {
     pub async fn get(&self, path: &str) -> (u16, String) {
         let resp = self.http.get(self.url(path)).send().await.expect("get");
         let status = resp.status().as_u16();
-        (status, resp.text().await.unwrap_or_default())
+        let body = resp.text().await.unwrap_or_default();
+        contract::contract().http("GET", path, status, &body);
+        (status, body)
     }
 
     /// Reads one counter or gauge from `/metrics` (0 when absent).
@@ -214,13 +224,27 @@ impl Server {
     }
 }
 
-/// The next frame, failing the test after [`WAIT`].
+/// The next frame, failing the test after [`WAIT`] or when the frame breaks the
+/// contract in `docs/` ([`contract`]).
 pub async fn next(client: &mut Client) -> Frame {
-    tokio::time::timeout(WAIT, client.next())
+    let frame = tokio::time::timeout(WAIT, client.next())
         .await
         .expect("timed out waiting for a frame")
         .expect("socket ended")
-        .expect("frame")
+        .expect("frame");
+    check_frame(&frame);
+    frame
+}
+
+/// Checks one `/ws` frame against the contract.
+pub fn check_frame(frame: &Frame) {
+    let c = contract::contract();
+    match frame {
+        Frame::Control(m) => c.ws_frame(&serde_json::to_value(m).expect("encode")),
+        Frame::Event(e) => c.ws_frame(&serde_json::to_value(e).expect("encode")),
+        Frame::Closed(Some(closed)) => c.close_code("ws", closed.code),
+        Frame::Closed(None) => {}
+    }
 }
 
 pub async fn next_control(client: &mut Client) -> ServerMessage {
@@ -265,8 +289,12 @@ pub async fn close_code(client: &mut Client) -> Option<u16> {
             .await
             .expect("timed out waiting for close")
         {
-            Some(Ok(Frame::Closed(c))) => return c.map(|c| c.code),
-            Some(Ok(_)) => continue,
+            Some(Ok(frame @ Frame::Closed(_))) => {
+                check_frame(&frame);
+                let Frame::Closed(c) = frame else { continue };
+                return c.map(|c| c.code);
+            }
+            Some(Ok(frame)) => check_frame(&frame),
             Some(Err(_)) | None => return None,
         }
     }
