@@ -1,0 +1,203 @@
+//! The first five minutes (issue 17), through the real binary: a server on a machine
+//! without AWS credentials, or whose principal is denied, publishes one readable
+//! `tracker.error` with a stable code (not one per retry, none of AWS's text) and
+//! logs single lines; `serve --demo` plays a multi-stack rollout a `/ws` client can
+//! follow from start to end.
+
+mod cfn_support;
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use cfn_support::fake_cfn::{FakeCfn, Fault};
+use cfn_support::AWS_ENV;
+use common::*;
+use serde_json::Value;
+use stackpulse::client::Frame;
+use stackpulse_protocol::Event;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+/// A server started with exactly `env` (nothing inherited), and its log lines.
+struct Isolated {
+    server: Server,
+    log: Arc<Mutex<Vec<String>>>,
+    /// Lines printed on stdout after the listening line.
+    stdout: Arc<Mutex<Vec<String>>>,
+    _home: tempfile::TempDir,
+}
+
+async fn spawn_isolated(args: &[&str], env: &[(&str, &str)]) -> Isolated {
+    let home = tempfile::tempdir().expect("home");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stackpulse"));
+    cmd.args(["serve", "--bind", "127.0.0.1:0"])
+        .args(args)
+        .env_clear()
+        .env("HOME", home.path())
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("spawn stackpulse");
+    let stdout = child.stdout.take().expect("stdout");
+    let stderr = child.stderr.take().expect("stderr");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let sink = log.clone();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(l)) = lines.next_line().await {
+            sink.lock().expect("log").push(l);
+        }
+    });
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .expect("server start timed out")
+        .expect("read stdout")
+        .expect("server exited before listening");
+    let addr = line
+        .strip_prefix("stackpulse listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+        .parse()
+        .expect("address");
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let sink = out.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(l)) = lines.next_line().await {
+            sink.lock().expect("stdout").push(l);
+        }
+    });
+    Isolated {
+        server: Server {
+            child,
+            addr,
+            scheme: "http",
+            http: http_client(),
+        },
+        log,
+        stdout: out,
+        _home: home,
+    }
+}
+
+/// No credentials, no profile files, no instance metadata.
+const EMPTY_AWS: &[(&str, &str)] = &[
+    ("AWS_CONFIG_FILE", "/nonexistent/stackpulse-test-aws-config"),
+    (
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "/nonexistent/stackpulse-test-aws-credentials",
+    ),
+    ("AWS_EC2_METADATA_DISABLED", "true"),
+];
+
+/// The next event of `topic` of the given type (others are skipped).
+async fn next_of(c: &mut stackpulse::client::Client, event_type: &str) -> Event {
+    loop {
+        match next(c).await {
+            Frame::Event(e) if e.event_type == event_type => return e,
+            Frame::Event(_) | Frame::Control(_) => {}
+            Frame::Closed(c) => panic!("closed: {c:?}"),
+        }
+    }
+}
+
+fn assert_readable(data: &Value) -> &str {
+    let message = data["message"].as_str().expect("message");
+    assert!(message.chars().count() <= 300, "{message}");
+    for leak in [
+        "arn:aws",
+        "123456789012",
+        "DispatchFailure",
+        "ConnectorError",
+        "dispatch failure",
+    ] {
+        assert!(!message.contains(leak), "{leak} in {message}");
+    }
+    assert_eq!(data["retrying"], true, "{data}");
+    let retry_at = data["retry_at"].as_str().expect("retry_at");
+    let retry_at = chrono::DateTime::parse_from_rfc3339(retry_at).expect("RFC 3339");
+    // Configuration errors back off to minutes (with jitter: at least 30 s).
+    assert!(
+        retry_at.with_timezone(&chrono::Utc) > chrono::Utc::now() + chrono::Duration::seconds(25),
+        "{data}"
+    );
+    message
+}
+
+#[tokio::test]
+async fn no_credentials_is_one_readable_error_and_a_startup_line() {
+    let fake = FakeCfn::start(vec![]).await;
+    let s = spawn_isolated(
+        &[
+            "--aws-endpoint-url",
+            &fake.endpoint,
+            "--aws-region",
+            "us-east-1",
+        ],
+        EMPTY_AWS,
+    )
+    .await;
+    let mut c = s.server.connect().await;
+    c.subscribe("stack:my-app-prod", Some(0), None)
+        .await
+        .expect("subscribe");
+    let e = next_of(&mut c, "tracker.error").await;
+    assert_eq!(e.data["code"], "credentials", "{:?}", e.data);
+    let message = assert_readable(&e.data);
+    assert!(message.contains("AWS_PROFILE"), "{message}");
+    assert_eq!(fake.request_count(), 0, "nothing can be sent unsigned");
+
+    // A late joiner replays exactly one error.
+    let mut late = s.server.connect().await;
+    late.subscribe("stack:my-app-prod", Some(0), None)
+        .await
+        .expect("subscribe");
+    let replayed = next_of(&mut late, "tracker.error").await;
+    assert_eq!(replayed.seq, e.seq);
+    let (_, topic) = s.server.get("/v1/topics/stack:my-app-prod").await;
+    let topic: Value = serde_json::from_str(&topic).expect("topic JSON");
+    assert_eq!(topic["seq"], e.seq, "one event in history: {topic}");
+
+    // The start-up line said so, and the log has no multi-kilobyte lines.
+    let log = s.log.lock().expect("log").clone();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("AWS credentials: none found") && l.contains("AWS_PROFILE")),
+        "{log:#?}"
+    );
+    assert!(log.iter().all(|l| l.len() < 1000), "{log:#?}");
+}
+
+#[tokio::test]
+async fn access_denied_is_one_readable_error_without_the_principal() {
+    let fake = FakeCfn::start(vec![]).await;
+    fake.world().faults.extend([Fault::AccessDenied; 3]);
+    let s = spawn_isolated(
+        &[
+            "--aws-endpoint-url",
+            &fake.endpoint,
+            "--aws-region",
+            "us-east-1",
+        ],
+        AWS_ENV,
+    )
+    .await;
+    let mut c = s.server.connect().await;
+    c.subscribe("stack:guarded", Some(0), None)
+        .await
+        .expect("subscribe");
+    let e = next_of(&mut c, "tracker.error").await;
+    assert_eq!(e.data["code"], "access_denied", "{:?}", e.data);
+    let message = assert_readable(&e.data);
+    assert!(
+        message.contains("cloudformation:DescribeStacks"),
+        "{message}"
+    );
+    assert_eq!(fake.request_count(), 1, "retried minutes later, not now");
+    let log = s.log.lock().expect("log").clone();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("AWS credentials: environment")),
+        "{log:#?}"
+    );
+}
