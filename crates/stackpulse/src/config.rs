@@ -132,6 +132,15 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub stack_allow: Vec<String>,
+    // Demo mode (flags and environment only; see `crate::demo`).
+    /// Play CloudFormation deployments in-process (no AWS account needed): stacks
+    /// demo-network, demo-database, demo-app and the deployment `demo`, in a loop.
+    #[arg(long, env = "STACKPULSE_DEMO")]
+    pub demo: bool,
+    /// Speed of --demo's scripts: seconds are multiplied by this (0.05 plays a
+    /// loop twenty times faster) [default: 1].
+    #[arg(long, env = "STACKPULSE_DEMO_PACE", value_name = "FACTOR")]
+    pub demo_pace: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]

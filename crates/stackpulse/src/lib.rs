@@ -21,6 +21,8 @@
 //! - [`canvas`]: the seed-000 endpoints `/canvas/deploy/track/{stack}` (socket) and
 //!   `POST /canvas/deploy`.
 //! - [`watch`]: `stackpulse watch`'s terminal view of one stack.
+//! - [`demo`]: `serve --demo`: a scripted CloudFormation endpoint in-process and
+//!   a driver playing a multi-stack rollout on it, in a loop.
 //! - [`auth`]: users and publisher keys.
 //! - [`config`]: flags, environment and TOML file → [`config::Config`].
 //! - [`server`]: [`server::serve`]: run until shutdown, then drain.
@@ -37,6 +39,7 @@ pub mod canvas;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod demo;
 pub mod deployments;
 pub mod graphql;
 pub mod http;

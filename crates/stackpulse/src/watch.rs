@@ -162,12 +162,9 @@ impl<W: Write> View<W> {
             }
             // A configuration error (credentials, region, access denied) does not
             // go away by waiting: said once, and `watch` ends with exit 2.
-            TrackerMessage::Problem(p) if p.code.is_configuration() => {
-                Some(WatchEnd::Error(format!(
-                    "cannot track {}: {}",
-                    self.stack, p.message
-                )))
-            }
+            TrackerMessage::Problem(p) if p.code.is_configuration() => Some(WatchEnd::Error(
+                format!("cannot track {}: {}", self.stack, p.message),
+            )),
             TrackerMessage::Recovered(_) => {
                 if self.tty && self.last_error.take().is_some() {
                     self.redraw();

@@ -201,3 +201,145 @@ async fn access_denied_is_one_readable_error_without_the_principal() {
         "{log:#?}"
     );
 }
+
+/// `serve --demo` (twenty times faster): one loop, followed over `/ws` as a user
+/// would, shows each stack's operation from start to end in deployment order, the
+/// nested stack, and `demo-app`'s failure with its root cause.
+#[tokio::test]
+async fn demo_plays_a_rollout_with_a_failure_and_its_root_cause() {
+    let s = spawn_isolated(
+        &["--demo", "--demo-pace", "0.05", "--poll-interval", "0.05"],
+        EMPTY_AWS,
+    )
+    .await;
+    let out = s.stdout.clone();
+    let mut c = s.server.connect().await;
+    for topic in [
+        "stack:demo-network",
+        "stack:demo-database",
+        "stack:demo-app",
+        "demo",
+    ] {
+        c.subscribe(topic, Some(0), None).await.expect("subscribe");
+    }
+    // (stack, status, nested stack, event timestamp) of every update event, until
+    // demo-app's operation ends.
+    let mut updates: Vec<(String, String, String, Option<String>, String)> = Vec::new();
+    let mut completions: Vec<(String, Event)> = Vec::new();
+    let mut deployment: Vec<Event> = Vec::new();
+    let limit = tokio::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        let frame = tokio::time::timeout_at(limit, c.next())
+            .await
+            .expect("one demo loop within 90 s")
+            .expect("socket open")
+            .expect("frame");
+        let Frame::Event(e) = frame else { continue };
+        let topic = e.deployment_id.clone();
+        if topic == "demo" {
+            deployment.push(e);
+            continue;
+        }
+        match e.event_type.as_str() {
+            "resource.status" => {
+                let r = &e.data["resource"];
+                let status = r["status"].as_str().unwrap_or_default().to_owned();
+                if status.starts_with("CREATE") {
+                    continue; // the stacks' creation, before the first loop
+                }
+                updates.push((
+                    topic,
+                    r["logicalId"].as_str().unwrap_or_default().to_owned(),
+                    status,
+                    e.data["nestedStack"].as_str().map(str::to_owned),
+                    e.data["eventTimestamp"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                ));
+            }
+            "stack.deployed" | "stack.failed" => {
+                let creation = e.data["stack"]["status"] == "CREATE_COMPLETE";
+                if !creation {
+                    let end = topic == "stack:demo-app";
+                    completions.push((topic, e));
+                    if end {
+                        break;
+                    }
+                }
+            }
+            "tracker.error" => panic!("no tracker errors in the demo: {:?}", e.data),
+            _ => {}
+        }
+    }
+    assert!(
+        out.lock()
+            .expect("stdout")
+            .iter()
+            .any(|l| l.starts_with("stackpulse demo: open http://")),
+        "the URL to open is printed"
+    );
+
+    // Each stack: its root's first update event starts the operation, its last
+    // ends it; stacks one after the other, in deployment order.
+    let mut previous_end = String::new();
+    for (stack, last) in [
+        ("demo-network", "UPDATE_COMPLETE"),
+        ("demo-database", "UPDATE_COMPLETE"),
+        ("demo-app", "UPDATE_ROLLBACK_COMPLETE"),
+    ] {
+        let topic = format!("stack:{stack}");
+        let own: Vec<_> = updates.iter().filter(|u| u.0 == topic).collect();
+        let first = own
+            .first()
+            .unwrap_or_else(|| panic!("no events of {stack}"));
+        assert_eq!(
+            (first.1.as_str(), first.2.as_str()),
+            (stack, "UPDATE_IN_PROGRESS")
+        );
+        let end = own.last().expect("last");
+        assert_eq!((end.1.as_str(), end.2.as_str()), (stack, last), "{own:#?}");
+        assert!(
+            first.4 > previous_end,
+            "{stack} started after the previous stack ended"
+        );
+        let times: Vec<&String> = own.iter().map(|u| &u.4).collect();
+        assert!(times.windows(2).all(|w| w[0] <= w[1]), "in order: {own:#?}");
+        previous_end = end.4.clone();
+    }
+    assert!(
+        updates.iter().any(|u| u
+            .3
+            .as_deref()
+            .is_some_and(|n| n.starts_with("demo-database-Monitoring"))),
+        "the nested stack's events: {updates:#?}"
+    );
+
+    let ends: Vec<(&str, &str)> = completions
+        .iter()
+        .map(|(t, e)| (t.as_str(), e.event_type.as_str()))
+        .collect();
+    assert_eq!(
+        ends,
+        [
+            ("stack:demo-network", "stack.deployed"),
+            ("stack:demo-database", "stack.deployed"),
+            ("stack:demo-app", "stack.failed")
+        ]
+    );
+    let failed = &completions[2].1.data;
+    assert_eq!(failed["root_cause"]["logicalId"], "Service", "{failed}");
+    assert_eq!(failed["root_cause"]["status"], "UPDATE_FAILED");
+    assert!(
+        failed["error_message"]
+            .as_str()
+            .is_some_and(|m| m.contains("failed ELB health checks")),
+        "{failed}"
+    );
+    assert!(
+        deployment
+            .iter()
+            .any(|e| e.event_type == "deployment.status"),
+        "the deployment demo: {deployment:?}"
+    );
+}

@@ -145,13 +145,14 @@ pub fn to_hub(msg: &TrackerMessage, origin: &Origin) -> Vec<(&'static str, Map<S
             }
             vec![(TRACKER_ERROR, data)]
         }
-        TrackerMessage::Recovered(r) => vec![(
-            TRACKER_RECOVERED,
-            object(json!({"code": r.code.as_str()})),
-        )],
+        TrackerMessage::Recovered(r) => {
+            vec![(TRACKER_RECOVERED, object(json!({"code": r.code.as_str()})))]
+        }
         TrackerMessage::Error(e) => vec![(
             TRACKER_ERROR,
-            object(json!({"code": ErrorCode::Aws.as_str(), "message": e.message, "retrying": e.retrying})),
+            object(
+                json!({"code": ErrorCode::Aws.as_str(), "message": e.message, "retrying": e.retrying}),
+            ),
         )],
         TrackerMessage::Snapshot(_) => Vec::new(),
     }
