@@ -68,14 +68,18 @@ pub struct TailArgs {
 }
 
 pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let filter = tracing_subscriber::EnvFilter::try_from_env("STACKPULSE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // The AWS SDK's warnings: one line per distinct cause per minute.
+    let limit = crate::log_limit::SdkWarnLimit::new;
+    let registry = tracing_subscriber::registry().with(filter);
     let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => registry.with(layer.json().with_filter(limit())).try_init(),
+        LogFormat::Text => registry.with(layer.with_filter(limit())).try_init(),
     };
 }
 

@@ -31,6 +31,7 @@
 //! - [`signal`]: SIGINT/SIGTERM as the shutdown future.
 //! - [`bench`]: `stackpulse bench`, the load generator (stackpulse or nchan).
 //! - [`metrics`]: the Prometheus recorder.
+//! - [`log_limit`]: the AWS SDK's warnings, one line per cause per minute.
 #![forbid(unsafe_code)]
 
 pub mod auth;
@@ -44,6 +45,7 @@ pub mod deployments;
 pub mod graphql;
 pub mod http;
 pub mod hub;
+pub mod log_limit;
 pub mod metrics;
 pub mod server;
 pub mod signal;
