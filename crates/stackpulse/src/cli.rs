@@ -1,5 +1,6 @@
 //! The `stackpulse` command line: `serve`, `tail`, `watch`, `deploy` (the last
-//! two live in [`crate::watch`]) and `bench` (in [`crate::bench`]).
+//! two live in [`crate::watch`]), `bench` (in [`crate::bench`]) and `doctor` (in
+//! [`crate::doctor`]).
 //!
 //! Parsing lives here; the work lives in the library ([`crate::server::serve`],
 //! [`crate::client::Client`]). Exit codes: 0 success, 2 usage, connection or
@@ -46,6 +47,9 @@ pub enum Command {
     /// Load-test a fan-out server (stackpulse or nchan): connections, latency,
     /// deliveries per server CPU-second, RSS per connection.
     Bench(crate::bench::BenchArgs),
+    /// Check what `serve` needs (AWS credentials, region, CloudFormation
+    /// permissions, auth, Redis, TLS) with serve's flags; exit 0 only when all pass.
+    Doctor(Box<ServeArgs>),
 }
 
 #[derive(Debug, clap::Args)]

@@ -21,6 +21,7 @@
 //! - [`canvas`]: the seed-000 endpoints `/canvas/deploy/track/{stack}` (socket) and
 //!   `POST /canvas/deploy`.
 //! - [`watch`]: `stackpulse watch`'s terminal view of one stack.
+//! - [`doctor`]: `stackpulse doctor`, a verdict per thing `serve` needs.
 //! - [`demo`]: `serve --demo`: a scripted CloudFormation endpoint in-process and
 //!   a driver playing a multi-stack rollout on it, in a loop.
 //! - [`auth`]: users and publisher keys.
@@ -42,6 +43,7 @@ pub mod client;
 pub mod config;
 pub mod demo;
 pub mod deployments;
+pub mod doctor;
 pub mod graphql;
 pub mod http;
 pub mod hub;

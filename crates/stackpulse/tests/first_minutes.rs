@@ -343,3 +343,78 @@ async fn demo_plays_a_rollout_with_a_failure_and_its_root_cause() {
         "the deployment demo: {deployment:?}"
     );
 }
+
+/// Runs `stackpulse doctor` with exactly `env`; returns (exit code, stdout).
+async fn doctor(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let home = tempfile::tempdir().expect("home");
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(90),
+        Command::new(env!("CARGO_BIN_EXE_stackpulse"))
+            .arg("doctor")
+            .args(args)
+            .env_clear()
+            .env("HOME", home.path())
+            .envs(env.iter().copied())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("doctor finished")
+    .expect("doctor ran");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+fn verdict<'a>(out: &'a str, item: &str) -> &'a str {
+    out.lines()
+        .find(|l| l[4..].trim_start().starts_with(item))
+        .unwrap_or_else(|| panic!("no line for {item}: {out}"))
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn doctor_gives_a_verdict_per_item() {
+    let fake = FakeCfn::start(vec![]).await;
+    let flags = [
+        "--aws-endpoint-url",
+        fake.endpoint.as_str(),
+        "--aws-region",
+        "us-east-1",
+    ];
+    let (code, out) = doctor(&flags, AWS_ENV).await;
+    assert_eq!(code, 0, "{out}");
+    for item in [
+        "AWS credentials",
+        "AWS region",
+        "CloudFormation DescribeStacks",
+        "CloudFormation DescribeStackEvents",
+        "CloudFormation ListStackResources",
+        "CloudFormation GetTemplate",
+    ] {
+        assert_eq!(verdict(&out, item), "ok", "{item}: {out}");
+    }
+    assert_eq!(verdict(&out, "Redis"), "skip", "{out}");
+
+    // DescribeStacks denied: that item fails, the others pass, the exit code says so.
+    fake.world().faults.push_back(Fault::AccessDenied);
+    let (code, out) = doctor(&flags, AWS_ENV).await;
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(
+        verdict(&out, "CloudFormation DescribeStacks"),
+        "FAIL",
+        "{out}"
+    );
+    assert_eq!(verdict(&out, "CloudFormation GetTemplate"), "ok", "{out}");
+    assert!(out.contains("access_denied"), "{out}");
+    assert!(!out.contains("123456789012"), "{out}");
+
+    // No credentials: said, with what to set.
+    let (code, out) = doctor(&flags, EMPTY_AWS).await;
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(verdict(&out, "AWS credentials"), "FAIL", "{out}");
+    assert!(out.contains("AWS_PROFILE"), "{out}");
+}
