@@ -336,6 +336,8 @@ test('with authentication on: refused without a token, live once one is entered'
   const issuer = await startIssuer();
   const server = await startServer({ args: issuer.serverArgs });
   const { page, context, problems } = await openPage(`${server.httpUrl}/`);
+  const socketUrls = [];
+  page.on('websocket', (ws) => socketUrls.push(ws.url()));
   try {
     await watch(page, 'D-secret', 'deployment');
     // The upgrade is refused (401); the page keeps trying and suggests a token.
@@ -351,6 +353,8 @@ test('with authentication on: refused without a token, live once one is entered'
     await server.publish('D-secret', 'deployment.status', { status: 'deploying', current_layer: 1, total_layers: 4 });
     await page.locator(`${card('D-secret')} .tl-entry[data-seq="1"]`).waitFor();
     assert.equal(await page.locator('.card').count(), 1, 'applying the token did not add a card');
+    // The token travels as a subprotocol: never in a URL that access logs record.
+    assert.ok(socketUrls.length > 0 && socketUrls.every((u) => !u.includes('token')), socketUrls.join(' '));
     assert.deepEqual(problems, []);
   } finally {
     await context.close();

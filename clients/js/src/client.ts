@@ -12,7 +12,9 @@
  * - reports `recovered:false` (history gone, or the server restarted) as a `resync`
  *   event so the application can refetch state (a snapshot follows from the server);
  * - asks a token provider for a fresh token on every (re)connect and sends it as
- *   `?token=` (browsers cannot set headers on a WebSocket);
+ *   the subprotocol `base64url.bearer.authorization.k8s.io.<token>` beside
+ *   `stackpulse.v1` (browsers cannot set headers on a WebSocket, and a token in the
+ *   URL ends up in proxy and load-balancer access logs);
  * - pings, and treats a connection that stays silent after a ping as dead;
  * - before a JWT expires, asks the provider for a fresh one and sends it in-band
  *   (`{"action":"auth"}`), so the connection outlives the token; a server close 4001
@@ -52,7 +54,7 @@ export interface WebSocketLike {
   onerror: ((ev: unknown) => void) | null;
 }
 
-export type WebSocketConstructor = new (url: string) => WebSocketLike;
+export type WebSocketConstructor = new (url: string, protocols?: string[]) => WebSocketLike;
 
 export interface StackPulseClientOptions {
   /**
@@ -178,14 +180,31 @@ async function defaultWebSocket(): Promise<WebSocketConstructor> {
   return wsPackage;
 }
 
-/** The URL to open: `ws(s)://…/ws?token=…`. */
-export function buildUrl(endpoint: string, token?: string | null): string {
+/** The URL to open: `ws(s)://…/ws` (the token is never put in it). */
+export function buildUrl(endpoint: string): string {
   const u = new URL(endpoint);
   if (u.protocol === 'http:') u.protocol = 'ws:';
   else if (u.protocol === 'https:') u.protocol = 'wss:';
   if (u.pathname === '' || u.pathname === '/') u.pathname = '/ws';
-  if (token) u.searchParams.set('token', token);
   return u.toString();
+}
+
+/** The server's subprotocol, which it selects when a client offers it. */
+export const SUBPROTOCOL = 'stackpulse.v1';
+/** Kubernetes' convention for a bearer token in `Sec-WebSocket-Protocol`. */
+export const BEARER_SUBPROTOCOL_PREFIX = 'base64url.bearer.authorization.k8s.io.';
+
+/** Unpadded base64url of a string's UTF-8 bytes. */
+function base64url(text: string): string {
+  let bin = '';
+  for (const b of new TextEncoder().encode(text)) bin += String.fromCharCode(b);
+  return btoa(bin).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+}
+
+/** The subprotocols to offer: none without a token, else `stackpulse.v1` and the token. */
+export function buildProtocols(token?: string | null): string[] | undefined {
+  if (!token) return undefined;
+  return [SUBPROTOCOL, BEARER_SUBPROTOCOL_PREFIX + base64url(token)];
 }
 
 /** Milliseconds since the epoch at which a JWT expires (its `exp`), or null. */
@@ -492,7 +511,8 @@ export class StackPulseClient {
       const token = await this.resolveToken();
       const Impl = this.wsImpl ?? (await defaultWebSocket());
       if (gen !== this.generation || !this.wanted) return;
-      ws = new Impl(buildUrl(this.endpoint, token));
+      const protocols = buildProtocols(token);
+      ws = protocols ? new Impl(buildUrl(this.endpoint), protocols) : new Impl(buildUrl(this.endpoint));
       this.token = token;
     } catch (e) {
       if (gen !== this.generation || !this.wanted) return;

@@ -149,7 +149,7 @@ describe('against one server', () => {
     await proxy.close();
   });
 
-  test('calls the token provider on every (re)connect and sends the token as ?token=', async () => {
+  test('calls the token provider on every (re)connect and sends the token as a subprotocol, never in the URL', async () => {
     const proxy = await startProxy(server.port);
     let calls = 0;
     const client = new StackPulseClient({
@@ -169,11 +169,13 @@ describe('against one server', () => {
       await waitFor(() => got.open.length === i, { message: `open ${i}` });
     }
     assert.equal(calls, 3);
-    assert.deepEqual(proxy.requests, [
-      'GET /ws?token=tok+1%2Fx HTTP/1.1',
-      'GET /ws?token=tok+2%2Fx HTTP/1.1',
-      'GET /ws?token=tok+3%2Fx HTTP/1.1',
-    ]);
+    // Access logs record URLs: the token travels in Sec-WebSocket-Protocol instead.
+    assert.deepEqual(proxy.requests, ['GET /ws HTTP/1.1', 'GET /ws HTTP/1.1', 'GET /ws HTTP/1.1']);
+    const b64url = (t) => Buffer.from(t).toString('base64url');
+    assert.deepEqual(
+      proxy.protocols.map((p) => p.split(',').map((x) => x.trim())),
+      [1, 2, 3].map((n) => ['stackpulse.v1', `base64url.bearer.authorization.k8s.io.${b64url(`tok ${n}/x`)}`]),
+    );
     client.disconnect();
     await proxy.close();
   });

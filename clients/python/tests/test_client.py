@@ -747,8 +747,9 @@ async def test_stack_tracking_events_and_stack_snapshot(server: Server) -> None:
 
 async def test_subscribes_made_before_and_during_connect_are_sent(server: Server) -> None:
     client = CloudWebSocketClient(server.ws_url)
-    statuses = Collector()
+    statuses, acks = Collector(), Collector()
     client.on("deployment.status", statuses)
+    client.on("subscribed", acks)
     for i in range(20):
         assert await client.subscribe(f"early-{i}") is None  # not connected: sent by connect()
 
@@ -761,6 +762,12 @@ async def test_subscribes_made_before_and_during_connect_are_sent(server: Server
     try:
         topics = [f"early-{i}" for i in range(20)] + [f"late-{i}" for i in range(5)]
         assert client.subscriptions == set(topics)
+        # Publish once the server has them all (a publish that overtook its
+        # subscribe would arrive as the snapshot, not as a live event).
+        await acks.until(
+            lambda items: {m["deployment_id"] for m in items} >= set(topics),
+            what="every subscription acknowledged",
+        )
         for topic in topics:
             await server.apublish(topic, {"status": "x"})
         await statuses.count(len(topics))

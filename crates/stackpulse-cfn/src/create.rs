@@ -4,7 +4,9 @@
 //! the stack `stackpulse-<8 hex>` when no name is given, and returns what the client
 //! needs to track it. AWS's refusals (a bad template, a missing parameter, a name in
 //! use) come back as [`CreateStackError::Invalid`] carrying AWS's own message, which
-//! the server turns into a 400; anything else is [`CreateStackError::Aws`].
+//! the server turns into a 400; anything else is [`CreateStackError::Aws`], whose
+//! detail (AWS's text: principal ARNs, account ids) is for the log only and whose
+//! [`CreateStackError::user_message`] is what a user is told.
 
 use std::collections::BTreeMap;
 
@@ -28,6 +30,10 @@ pub struct CreateStackRequest {
     /// Capabilities to acknowledge (`CAPABILITY_IAM`, ...); none by default.
     #[serde(default)]
     pub capabilities: Vec<String>,
+    /// Service role CloudFormation assumes for the stack (`RoleARN`); `None`: the
+    /// caller's credentials.
+    #[serde(default)]
+    pub role_arn: Option<String>,
 }
 
 /// The created stack.
@@ -44,9 +50,58 @@ pub enum CreateStackError {
     /// capability); the message is AWS's.
     #[error("{0}")]
     Invalid(String),
-    /// Any other failure (network, credentials, throttling).
-    #[error("CloudFormation CreateStack failed: {0}")]
-    Aws(String),
+    /// Any other failure (network, credentials, throttling): `code` is one of
+    /// `credentials`, `access_denied`, `throttled`, `network`, `aws`; `detail` is
+    /// AWS's text, for logs.
+    #[error("CloudFormation CreateStack failed ({code}): {detail}")]
+    Aws { code: &'static str, detail: String },
+}
+
+impl CreateStackError {
+    /// One sentence for the user, without AWS's text (which can name the
+    /// server's principal and account).
+    pub fn user_message(&self) -> String {
+        match self {
+            CreateStackError::Invalid(m) => m.clone(),
+            CreateStackError::Aws { code, .. } => match *code {
+                "credentials" => "CloudFormation CreateStack failed: the server's AWS credentials are missing or invalid; the operator should check them (details in the server log)",
+                "access_denied" => "CloudFormation CreateStack failed: the server's AWS identity may not create this stack; the operator should check its IAM permissions or --deploy-role-arn (details in the server log)",
+                "throttled" => "CloudFormation CreateStack failed: AWS is throttling requests; try again in a minute",
+                "network" => "CloudFormation CreateStack failed: AWS could not be reached; try again later (details in the server log)",
+                _ => "CloudFormation CreateStack failed; the operator can find AWS's answer in the server log",
+            }
+            .to_owned(),
+        }
+    }
+}
+
+/// The `code` of an AWS failure that is not the request's fault.
+fn failure_code(err: &AwsError) -> &'static str {
+    match err {
+        AwsError::Throttled(_) => "throttled",
+        AwsError::Transient(_) => "network",
+        AwsError::Other(m) => {
+            let code = m.split(':').next().unwrap_or_default();
+            if code.contains("AccessDenied") || code.contains("Unauthorized") {
+                "access_denied"
+            } else if matches!(
+                code,
+                "InvalidClientTokenId"
+                    | "ExpiredToken"
+                    | "ExpiredTokenException"
+                    | "UnrecognizedClientException"
+                    | "SignatureDoesNotMatch"
+                    | "IncompleteSignature"
+                    | "MissingAuthenticationToken"
+            ) || m.contains("credentials")
+            {
+                "credentials"
+            } else {
+                "aws"
+            }
+        }
+        _ => "aws",
+    }
 }
 
 /// A fresh stack name: `stackpulse-` and 8 lowercase hex digits.
@@ -84,6 +139,7 @@ pub async fn create_stack(
         .template_body(req.template_body)
         .set_parameters((!parameters.is_empty()).then_some(parameters))
         .set_capabilities((!capabilities.is_empty()).then_some(capabilities))
+        .set_role_arn(req.role_arn.filter(|r| !r.is_empty()))
         .send()
         .await
         .map_err(|err| match classify(&err) {
@@ -93,7 +149,10 @@ pub async fn create_stack(
             AwsError::Other(m) if m.starts_with("InsufficientCapabilities") => {
                 CreateStackError::Invalid(m)
             }
-            e => CreateStackError::Aws(e.to_string()),
+            e => CreateStackError::Aws {
+                code: failure_code(&e),
+                detail: e.to_string(),
+            },
         })?;
     let stack_id = out.stack_id().unwrap_or_default().to_string();
     Ok(CreatedStack {
@@ -120,5 +179,25 @@ mod tests {
         .expect("parse");
         assert_eq!(req.stack_name, None);
         assert_eq!(req.parameters.get("K").map(String::as_str), Some("V"));
+    }
+
+    #[test]
+    fn failures_keep_aws_text_out_of_the_user_message() {
+        let denied = AwsError::Other(
+            "AccessDenied: User: arn:aws:iam::123456789012:user/ops is not authorized".into(),
+        );
+        assert_eq!(failure_code(&denied), "access_denied");
+        let e = CreateStackError::Aws {
+            code: failure_code(&denied),
+            detail: denied.to_string(),
+        };
+        assert!(!e.user_message().contains("123456789012"));
+        assert!(e.to_string().contains("123456789012"), "the log keeps it");
+        assert_eq!(
+            failure_code(&AwsError::Other("InvalidClientTokenId: bad".into())),
+            "credentials"
+        );
+        assert_eq!(failure_code(&AwsError::Throttled("x".into())), "throttled");
+        assert_eq!(failure_code(&AwsError::Transient("x".into())), "network");
     }
 }

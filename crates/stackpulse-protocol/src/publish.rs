@@ -83,6 +83,32 @@ impl Kind {
 }
 
 impl PublishRequest {
+    /// A request from its parts (the GraphQL mutation builds one this way),
+    /// validated as a body would be. The error is the message of the 400 response.
+    pub fn new(
+        event_type: String,
+        deployment_id: String,
+        data: Map<String, Value>,
+        acl: Option<Acl>,
+    ) -> Result<PublishRequest, String> {
+        validate_type(&event_type)?;
+        if deployment_id.is_empty() {
+            return Err("Missing deployment_id".into());
+        }
+        if deployment_id.len() > MAX_TOPIC_LEN {
+            return Err(format!(
+                "Invalid deployment_id: must be a string of at most {MAX_TOPIC_LEN} bytes"
+            ));
+        }
+        validate_data(&event_type, &data)?;
+        Ok(PublishRequest {
+            event_type,
+            deployment_id,
+            data,
+            acl,
+        })
+    }
+
     /// Validates a request body. The error is the message of the 400 response.
     pub fn from_json(body: &[u8]) -> Result<PublishRequest, String> {
         let value: Value =
@@ -111,26 +137,7 @@ impl PublishRequest {
             Some(Value::Object(m)) => m,
             Some(_) => return Err("Invalid data: must be a JSON object".into()),
         };
-        if let Some(fields) = required_fields(&event_type) {
-            for (name, kind) in fields {
-                match data.get(*name) {
-                    None | Some(Value::Null) => {
-                        return Err(format!("Missing data.{name} for type {event_type}"))
-                    }
-                    Some(v) if !kind.matches(v) => {
-                        return Err(format!("Invalid data.{name}: must be {}", kind.describe()))
-                    }
-                    Some(_) => {}
-                }
-            }
-        }
-        for (name, kind) in typed_optional_fields(&event_type) {
-            if let Some(v) = data.get(*name) {
-                if !v.is_null() && !kind.matches(v) {
-                    return Err(format!("Invalid data.{name}: must be {}", kind.describe()));
-                }
-            }
-        }
+        validate_data(&event_type, &data)?;
         let acl = match obj.remove("acl") {
             None | Some(Value::Null) => None,
             Some(v) => {
@@ -147,6 +154,31 @@ impl PublishRequest {
             acl,
         })
     }
+}
+
+/// The seed types' required and typed fields.
+fn validate_data(event_type: &str, data: &Map<String, Value>) -> Result<(), String> {
+    if let Some(fields) = required_fields(event_type) {
+        for (name, kind) in fields {
+            match data.get(*name) {
+                None | Some(Value::Null) => {
+                    return Err(format!("Missing data.{name} for type {event_type}"))
+                }
+                Some(v) if !kind.matches(v) => {
+                    return Err(format!("Invalid data.{name}: must be {}", kind.describe()))
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    for (name, kind) in typed_optional_fields(event_type) {
+        if let Some(v) = data.get(*name) {
+            if !v.is_null() && !kind.matches(v) {
+                return Err(format!("Invalid data.{name}: must be {}", kind.describe()));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn validate_type(t: &str) -> Result<(), String> {

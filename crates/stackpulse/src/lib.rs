@@ -5,10 +5,12 @@
 //! write. See `DESIGN.md` beside the repository for the contract.
 //!
 //! # Layout
+//! - [`app`]: the shared state, its assembly and the router of every path.
 //! - [`hub`]: topics, seqs, history, snapshots, subscriptions, fan-out, behind a
 //!   [`hub::Backplane`] (in-memory now; Redis fits the same seam).
 //! - [`ws`]: the `/ws` endpoint: admission, connection loops, registry, close codes.
-//! - [`http`]: routes, shared state, publish API, health/readiness/metrics.
+//! - [`http`]: the publish API, deployments, health/readiness/metrics, the
+//!   dashboard, the HTTP edge layer and [`http::error::AppError`].
 //! - [`graphql`]: the GraphQL schema over the hub, `POST /graphql`, and its
 //!   subscriptions over AppSync's real-time protocol and `graphql-transport-ws`.
 //! - [`tls`]: `--tls-cert`/`--tls-key`: HTTPS and WSS on the same port.
@@ -33,8 +35,11 @@
 //! - [`bench`]: `stackpulse bench`, the load generator (stackpulse or nchan).
 //! - [`metrics`]: the Prometheus recorder.
 //! - [`log_limit`]: the AWS SDK's warnings, one line per cause per minute.
+//! - [`net`]: addresses, CIDRs, hosts and origins (pure parsing, used by the
+//!   configuration and the HTTP edge).
 #![forbid(unsafe_code)]
 
+pub mod app;
 pub mod auth;
 pub mod bench;
 pub mod canvas;
@@ -49,6 +54,7 @@ pub mod http;
 pub mod hub;
 pub mod log_limit;
 pub mod metrics;
+pub mod net;
 pub mod server;
 pub mod signal;
 pub mod tls;

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use crate::app::{router, AppState};
 use crate::config::Config;
-use crate::http::{router, AppState};
 use crate::hub::{CloseReason, HistoryConfig, Hub, HubConfig};
 
 /// How long a replay may wait for room in a slow client's queue.
@@ -139,17 +139,19 @@ pub async fn serve_with_tls(
         closing.shutdown.cancel();
         closing.registry.close_all(CloseReason::Shutdown);
     };
-    match tls {
-        Some(tls) => crate::tls::serve(listener, app, tls, shutdown, grace).await?,
-        None => {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(shutdown)
-            .await?
-        }
-    }
+    let limits = HttpLimits {
+        max_connections: state.config.max_http_connections(),
+        header_timeout: state.config.edge.http_header_timeout,
+    };
+    accept_loop(
+        listener,
+        app,
+        tls.map(crate::tls::acceptor),
+        limits,
+        shutdown,
+        grace,
+    )
+    .await;
     state.registry.close_all(CloseReason::Shutdown);
     state.tasks.close();
     if tokio::time::timeout(grace, state.tasks.wait())
@@ -162,4 +164,104 @@ pub async fn serve_with_tls(
         );
     }
     Ok(())
+}
+
+/// What bounds the HTTP connections, plain and TLS alike.
+#[derive(Debug, Clone, Copy)]
+struct HttpLimits {
+    /// Open connections (`--max-http-connections`): the accept loop waits for a
+    /// place before it accepts, so the kernel's backlog queues the rest.
+    max_connections: usize,
+    /// Time to send a request's headers. hyper restarts it whenever it waits for
+    /// the next request of a keep-alive connection, so it bounds idle keep-alive
+    /// too (slowloris and idle sockets both end within it).
+    header_timeout: Duration,
+}
+
+/// The one accept loop for plain HTTP and TLS: wait for a place, accept,
+/// handshake (TLS), then hyper serves the router with upgrades (WebSockets) and
+/// its timer. On shutdown it stops accepting and gives open HTTP exchanges up to
+/// `grace` to finish; upgraded sockets are drained by [`serve`].
+async fn accept_loop(
+    listener: TcpListener,
+    app: axum::Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    limits: HttpLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto;
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+    use tower_service::Service;
+
+    let mut http = auto::Builder::new(TokioExecutor::new()).http1_only();
+    http.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true);
+    let http = Arc::new(http);
+    let places = Arc::new(tokio::sync::Semaphore::new(
+        limits
+            .max_connections
+            .min(tokio::sync::Semaphore::MAX_PERMITS),
+    ));
+    let graceful = GracefulShutdown::new();
+    let mut make = app.into_make_service_with_connect_info::<SocketAddr>();
+    tokio::pin!(shutdown);
+    loop {
+        let place = tokio::select! {
+            place = places.clone().acquire_owned() => match place {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let (tcp, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let service = match make.call(remote).await {
+            Ok(s) => s,
+            Err(never) => match never {},
+        };
+        let service = TowerToHyperService::new(service);
+        let (http, tls, watcher) = (http.clone(), tls.clone(), graceful.watcher());
+        tokio::spawn(async move {
+            let _place = place;
+            let result = match tls {
+                Some(acceptor) => {
+                    let Some(stream) = crate::tls::handshake(&acceptor, tcp, remote).await else {
+                        return;
+                    };
+                    let conn = http.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    watcher.watch(conn).await
+                }
+                None => {
+                    let conn = http.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+                    watcher.watch(conn).await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%remote, error = %e, "HTTP connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::debug!("HTTP connections still open after the grace period");
+    }
 }

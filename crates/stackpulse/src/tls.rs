@@ -2,31 +2,22 @@
 //!
 //! [`load`] reads the PEM certificate chain and private key into a rustls server
 //! config (aws-lc-rs provider, HTTP/1.1 by ALPN: WebSocket upgrades need it), with
-//! an error that names the file and what is wrong with it. [`serve`] is the accept
-//! loop `axum::serve` does not have for TLS: accept, handshake (bounded in time, so
-//! a silent client cannot hold a task), then hyper serves the router on the
-//! decrypted stream with upgrades (WebSockets) enabled. On shutdown it stops
-//! accepting and lets open HTTP exchanges finish; upgraded sockets are drained by
-//! [`crate::server::serve`] like plain ones.
+//! an error that names the file and what is wrong with it. [`handshake`] is the
+//! step [`crate::server`]'s one accept loop (plain and TLS alike) adds for TLS:
+//! bounded in time, so a silent client cannot hold a task.
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
-use tokio::net::TcpListener;
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
-use tower_service::Service;
 
 use crate::config::TlsFiles;
 
@@ -101,66 +92,27 @@ pub fn load(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     Ok(Arc::new(config))
 }
 
-/// Serves `app` over TLS on `listener` until `shutdown` resolves.
-pub async fn serve(
-    listener: TcpListener,
-    app: Router,
-    config: Arc<ServerConfig>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    grace: Duration,
-) -> io::Result<()> {
-    let acceptor = TlsAcceptor::from(config);
-    let http = Arc::new(auto::Builder::new(TokioExecutor::new()).http1_only());
-    let graceful = GracefulShutdown::new();
-    let mut make = app.into_make_service_with_connect_info::<SocketAddr>();
-    tokio::pin!(shutdown);
-    loop {
-        let (tcp, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, keep serving.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let service = match make.call(remote).await {
-            Ok(s) => s,
-            Err(never) => match never {},
-        };
-        let acceptor = acceptor.clone();
-        let watcher = graceful.watcher();
-        let http = http.clone();
-        tokio::spawn(async move {
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%remote, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%remote, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let conn = http.serve_connection_with_upgrades(
-                TokioIo::new(stream),
-                TowerToHyperService::new(service),
-            );
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(%remote, error = %e, "HTTPS connection ended with an error");
-            }
-        });
+/// A TLS acceptor for [`crate::server`]'s accept loop.
+pub fn acceptor(config: Arc<ServerConfig>) -> TlsAcceptor {
+    TlsAcceptor::from(config)
+}
+
+/// The TLS handshake of an accepted connection, bounded in time so a silent
+/// client cannot hold a task; `None` (logged) when it fails.
+pub async fn handshake(
+    acceptor: &TlsAcceptor,
+    tcp: TcpStream,
+    remote: SocketAddr,
+) -> Option<TlsStream<TcpStream>> {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            tracing::debug!(%remote, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%remote, "TLS handshake timed out");
+            None
+        }
     }
-    drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::debug!("HTTPS connections still open after the grace period");
-    }
-    Ok(())
 }

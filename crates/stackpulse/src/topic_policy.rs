@@ -18,26 +18,9 @@ use async_trait::async_trait;
 use stackpulse_protocol::{Acl, MAX_TOPIC_LEN};
 
 use crate::auth::gate::Gate;
+use crate::config::StackRules;
 use crate::hub::{Reader, SubscribeError, TopicPolicy, WriteRefused};
 use crate::tracking::{StackTopic, Tracking, TOPIC_PREFIX};
-
-/// What the operator configured about stack topics.
-#[derive(Debug, Clone)]
-pub struct StackRules {
-    /// `--stack-reader-group`: who may read `stack:` topics (with auth).
-    pub reader_group: Option<String>,
-    /// `--stack-allow`: globs (`*`, `?`) over stack names the server tracks.
-    pub allow: Vec<String>,
-}
-
-impl Default for StackRules {
-    fn default() -> StackRules {
-        StackRules {
-            reader_group: None,
-            allow: vec!["*".into()],
-        }
-    }
-}
 
 pub struct ServerPolicy {
     gate: Arc<Gate>,

@@ -50,10 +50,49 @@ impl WatchEnd {
 
     pub fn exit_code(&self) -> ExitCode {
         if let WatchEnd::Error(m) = self {
-            eprintln!("stackpulse: {m}");
+            eprintln!("stackpulse: {}", terminal_safe(m));
         }
         ExitCode::from(self.code())
     }
+}
+
+/// `s` without C0 and C1 control characters (and DEL), except `\t`: strings from
+/// the server (status reasons, outputs, messages, names) can carry escape
+/// sequences that would rewrite the operator's terminal.
+pub fn terminal_safe(s: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| c != '\t' && (c.is_control() || ('\u{80}'..='\u{9f}').contains(&c));
+    if s.chars().any(unsafe_char) {
+        std::borrow::Cow::Owned(s.chars().filter(|c| !unsafe_char(*c)).collect())
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
+}
+
+/// [`terminal_safe`] applied to every string of a message, before the view
+/// stores or prints any of it.
+fn terminal_safe_message(msg: &TrackerMessage) -> TrackerMessage {
+    fn walk(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::String(s) => {
+                if let std::borrow::Cow::Owned(clean) = terminal_safe(s) {
+                    *s = clean;
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            serde_json::Value::Object(map) => map.values_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let cleaned = serde_json::to_value(msg).and_then(|mut v| {
+        walk(&mut v);
+        serde_json::from_value(v)
+    });
+    cleaned.unwrap_or_else(|_| {
+        TrackerMessage::Error(stackpulse_cfn::TrackerError {
+            message: "a message from the server could not be displayed".into(),
+            retrying: true,
+        })
+    })
 }
 
 const GREEN: &str = "\x1b[32m";
@@ -122,6 +161,7 @@ impl<W: Write> View<W> {
 
     /// Applies one message; `Some` once the operation ended.
     pub fn apply(&mut self, msg: &TrackerMessage) -> Option<WatchEnd> {
+        let msg = &terminal_safe_message(msg);
         match msg {
             TrackerMessage::ResourceUpdate(u) => {
                 self.summary = u.stack.clone();
@@ -353,7 +393,8 @@ pub async fn via_server<W: Write>(
                 failures = 0;
                 let final_error = e.event_type == crate::tracking::events::TRACKER_ERROR
                     && e.data.get("final").and_then(serde_json::Value::as_bool) == Some(true);
-                for msg in from_hub(&e.event_type, &e.timestamp, &e.data, stack) {
+                let data = e.data.as_object().cloned().unwrap_or_default();
+                for msg in from_hub(&e.event_type, &e.timestamp, &data, stack) {
                     if let Some(end) = view.apply(&msg) {
                         client.close().await;
                         return end;
@@ -564,6 +605,7 @@ pub async fn deploy(args: DeployArgs) -> ExitCode {
         stack_name: args.stack_name.clone(),
         parameters: args.parameters.iter().cloned().collect(),
         capabilities: args.capabilities.clone(),
+        role_arn: None,
     };
     let created = match stackpulse_cfn::create_stack(&client, request).await {
         Ok(c) => c,
@@ -649,6 +691,51 @@ mod tests {
             text.contains("Root cause: Db (AWS::RDS::DBInstance) CREATE_FAILED: boom"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn control_characters_are_stripped() {
+        assert_eq!(terminal_safe("plain\ttext"), "plain\ttext");
+        assert_eq!(
+            terminal_safe("a\x1b]0;pwned\x07b\x1b[2J\r\nc\u{9b}31m\u{7f}d"),
+            "a]0;pwnedb[2Jc31md"
+        );
+        assert!(matches!(terminal_safe("ok"), std::borrow::Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn server_strings_reach_the_terminal_without_escapes() {
+        let TrackerMessage::ResourceUpdate(mut u) = update("CREATE_FAILED") else {
+            unreachable!()
+        };
+        u.resource.status_reason =
+            "\x1b[2J\x1b]0;owned\x07fake\nStack s CREATE_COMPLETE succeeded".into();
+        u.resource.logical_id = "Db\x1b[31m".into();
+        let TrackerMessage::DeploymentComplete(mut done) = failed() else {
+            unreachable!()
+        };
+        done.outputs.push(stackpulse_cfn::StackOutput {
+            key: "Url\u{9b}2J".into(),
+            value: "https://x\x1b[0m".into(),
+            description: String::new(),
+        });
+        for tty in [false, true] {
+            let mut out = Vec::new();
+            let mut view = View::new(&mut out, tty, "s");
+            view.apply(&TrackerMessage::ResourceUpdate(u.clone()));
+            view.apply(&TrackerMessage::DeploymentComplete(done.clone()));
+            let text = String::from_utf8(out).expect("utf8");
+            assert!(
+                !text.contains("\x1b[2J") && !text.contains("\x1b]0"),
+                "{text:?}"
+            );
+            assert!(
+                !text.contains('\u{9b}') && !text.contains('\x07'),
+                "{text:?}"
+            );
+            assert!(!text.contains("fake\n"), "{text:?}");
+            assert!(text.contains("Output Url2J = https://x[0m"), "{text:?}");
+        }
     }
 
     #[tokio::test]

@@ -76,11 +76,13 @@ export async function publish(httpUrl, topic, type, data) {
  * A TCP proxy in front of the server. `dropAll()` cuts every connection at once (the
  * client sees an abrupt close, no close frame); `blackhole = true` keeps new and
  * existing connections open but stops forwarding (a dead network path).
- * `requests` holds the first line of every HTTP request that came through.
+ * `requests` holds the first line of every HTTP request that came through, and
+ * `protocols` the `Sec-WebSocket-Protocol` header of each (null when absent).
  */
 export async function startProxy(targetPort) {
   const sockets = new Set();
   const requests = [];
+  const protocols = [];
   const state = { blackhole: false };
   const server = net.createServer((client) => {
     const upstream = net.connect(targetPort, '127.0.0.1');
@@ -90,7 +92,10 @@ export async function startProxy(targetPort) {
     client.on('data', (chunk) => {
       if (first) {
         first = false;
-        requests.push(chunk.toString('latin1').split('\r\n')[0]);
+        const lines = chunk.toString('latin1').split('\r\n');
+        requests.push(lines[0]);
+        const header = lines.find((l) => l.toLowerCase().startsWith('sec-websocket-protocol:'));
+        protocols.push(header ? header.slice(header.indexOf(':') + 1).trim() : null);
       }
       if (!state.blackhole) upstream.write(chunk);
     });
@@ -115,6 +120,7 @@ export async function startProxy(targetPort) {
     port,
     wsUrl: `ws://127.0.0.1:${port}/ws`,
     requests,
+    protocols,
     state,
     get connections() {
       return sockets.size / 2;

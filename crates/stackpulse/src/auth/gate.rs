@@ -14,8 +14,8 @@ use stackpulse_auth::{Acl, AuthError, Policy, User, Verified, Verifier};
 
 use super::jwks_http::HttpKeyFetcher;
 use super::limits::Admission;
-use super::settings::{AdmissionLimits, AuthSettings};
 use super::{bearer, PublisherKeys};
+use crate::config::auth::{AdmissionLimits, AuthSettings};
 
 /// Why a request was not authenticated; each is a 401 with the contract's body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,6 +207,43 @@ impl Gate {
                 "Unauthorized: no publisher key is configured on this server (start it with --publisher-key KEY or STACKPULSE_PUBLISHER_KEYS)",
             )),
             _ => Err(unauthorized("Unauthorized: Invalid publisher key")),
+        }
+    }
+}
+
+impl Gate {
+    /// Checks a `POST /canvas/deploy` credential: a publisher key, or (with auth)
+    /// a user in `deployer_group` or the admin group. Without auth the local
+    /// anonymous user deploys: the server then answers loopback requests only, and
+    /// the HTTP edge refuses foreign `Host`s, foreign `Origin`s and non-JSON bodies.
+    pub async fn authorize_deployer(
+        &self,
+        token: Option<&str>,
+        keys: &PublisherKeys,
+        deployer_group: &str,
+    ) -> Result<(), (StatusCode, String)> {
+        let token = token.map(str::trim).filter(|t| !t.is_empty());
+        if token.is_some_and(|t| keys.matches(t)) {
+            return Ok(());
+        }
+        let Some(e) = &self.enabled else {
+            return Ok(());
+        };
+        let verified = self
+            .authenticate(token)
+            .await
+            .map_err(|u| (StatusCode::UNAUTHORIZED, u.message().to_owned()))?;
+        let user = &verified.user;
+        if user.in_group(deployer_group) || user.in_group(&e.policy.admin_group) {
+            Ok(())
+        } else {
+            Err((
+                StatusCode::FORBIDDEN,
+                format!(
+                    "Forbidden: user {} may not deploy (deployers are publisher keys and members of the deployer group {:?} or the admin group {:?})",
+                    user.username, deployer_group, e.policy.admin_group
+                ),
+            ))
         }
     }
 }

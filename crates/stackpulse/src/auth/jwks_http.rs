@@ -1,7 +1,10 @@
 //! Fetching the JWKS over HTTP(S) for the verifier's key cache.
 //!
 //! TLS is rustls with the aws-lc-rs provider (the one the AWS SDK already builds)
-//! and the Mozilla root set, so no system OpenSSL is involved.
+//! and the Mozilla root set, so no system OpenSSL is involved. Redirects are not
+//! followed (a JWKS that moves is a configuration to fix, not to trust), and the
+//! body is read with a cap: a `Content-Length` over it is refused before any byte
+//! is read, and a streamed body is cut off at it.
 
 use std::time::Duration;
 
@@ -27,6 +30,7 @@ impl HttpKeyFetcher {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .connect_timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| FetchError(format!("cannot build HTTP client: {e}")))?;
         Ok(HttpKeyFetcher { url, client })
@@ -36,7 +40,7 @@ impl HttpKeyFetcher {
 #[async_trait]
 impl KeyFetcher for HttpKeyFetcher {
     async fn fetch(&self) -> Result<Vec<u8>, FetchError> {
-        let resp = self
+        let mut resp = self
             .client
             .get(&self.url)
             .send()
@@ -49,17 +53,30 @@ impl KeyFetcher for HttpKeyFetcher {
                 resp.status()
             )));
         }
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| FetchError(format!("{}: {e}", self.url)))?;
-        if body.len() > MAX_JWKS_BYTES {
-            return Err(FetchError(format!(
+        let too_large = || {
+            FetchError(format!(
                 "{}: JWKS larger than {MAX_JWKS_BYTES} bytes",
                 self.url
-            )));
+            ))
+        };
+        if resp
+            .content_length()
+            .is_some_and(|n| n > MAX_JWKS_BYTES as u64)
+        {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| FetchError(format!("{}: {e}", self.url)))?
+        {
+            if body.len() + chunk.len() > MAX_JWKS_BYTES {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
         }
         metrics::counter!("stackpulse_jwks_fetches_total").increment(1);
-        Ok(body.to_vec())
+        Ok(body)
     }
 }

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use dashmap::DashMap;
 
-use super::settings::AdmissionLimits;
+use crate::config::auth::AdmissionLimits;
 
 struct Bucket {
     tokens: f64,
@@ -117,9 +117,12 @@ impl Admission {
         }
     }
 
-    /// Checks the per-IP attempt rate (before any token work).
+    /// Checks the per-IP attempt rate (before any token work). `ip` is the
+    /// client's address as the HTTP edge resolved it (behind a trusted proxy, from
+    /// `X-Forwarded-For`); IPv6 clients share a bucket per /64, which one host
+    /// can otherwise rotate through.
     pub fn check_ip(&self, ip: IpAddr) -> Result<(), Refusal> {
-        if self.per_ip.allow(&ip, Instant::now()) {
+        if self.per_ip.allow(&ip_bucket(ip), Instant::now()) {
             Ok(())
         } else {
             Err(Refusal::IpRate)
@@ -155,10 +158,37 @@ impl Admission {
     }
 }
 
+/// The per-IP bucket of an address: IPv4 as is, IPv6 by its /64 (IPv4-mapped
+/// IPv6 as the IPv4 address).
+pub fn ip_bucket(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & (u128::MAX << 64))),
+        },
+        v4 => v4,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn ipv6_clients_are_bucketed_by_64() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        assert_eq!(
+            ip_bucket(ip("2001:db8::1")),
+            ip_bucket(ip("2001:db8::ffff:1"))
+        );
+        assert_ne!(
+            ip_bucket(ip("2001:db8::1")),
+            ip_bucket(ip("2001:db8:0:1::1"))
+        );
+        assert_eq!(ip_bucket(ip("::ffff:192.0.2.1")), ip("192.0.2.1"));
+        assert_eq!(ip_bucket(ip("192.0.2.1")), ip("192.0.2.1"));
+    }
 
     #[test]
     fn bucket_allows_burst_then_refills() {

@@ -8,7 +8,6 @@
 //! Publisher keys are kept only as SHA-256 digests and compared in constant time.
 //!
 //! # Layout
-//! - [`settings`]: the auth flags and their resolution into a verifier config.
 //! - [`jwks_http`]: fetching the JWKS over HTTP(S).
 //! - [`gate`]: request authentication and topic authorization.
 //! - [`limits`]: connection-attempt rate limits and per-user connection counts.
@@ -16,7 +15,6 @@
 pub mod gate;
 pub mod jwks_http;
 pub mod limits;
-pub mod settings;
 
 use sha2::{Digest, Sha256};
 

@@ -2,9 +2,13 @@
 //!
 //! Body `{"templateBody", "stackName"?, "parameters"?: {k: v}, "region"?,
 //! "capabilities"?: [..]}` → `201 {"stackName", "stackId"}`. A stack name is
-//! generated (`stackpulse-<8 hex>`) when absent. AWS's refusals (bad template,
+//! generated (`stackpulse-<8 hex>`) when absent. Only deployers may call it
+//! ([`crate::auth::gate::Gate::authorize_deployer`]); `capabilities` must be in
+//! `--deploy-capabilities` (400 naming the flag otherwise), and the stack is
+//! created under `--deploy-role-arn` when set. AWS's refusals (bad template,
 //! missing parameter, name in use) answer 400 with AWS's own message; other AWS
-//! failures (credentials, network) answer 502. The client then opens
+//! failures (credentials, network) answer 502 with one sentence and a `code`,
+//! AWS's text going to the log only. The client then opens
 //! `/canvas/deploy/track/{stackName}` to watch it.
 
 use std::collections::BTreeMap;
@@ -18,7 +22,8 @@ use serde::Deserialize;
 use serde_json::Value;
 use stackpulse_cfn::{create_stack, CreateStackError, CreateStackRequest};
 
-use crate::http::{error_body, AppState};
+use crate::app::AppState;
+use crate::http::error::AppError;
 use crate::tracking::{valid_region, valid_stack_name};
 
 #[derive(Debug, Deserialize)]
@@ -57,25 +62,30 @@ pub async fn deploy(
     body: Bytes,
 ) -> Response {
     let token = crate::auth::gate::request_token(&headers, query.as_deref());
-    if let Err(u) = state.gate.authenticate(token.as_deref()).await {
-        return error_body(StatusCode::UNAUTHORIZED, u.message()).into_response();
+    let edge = &state.config.edge;
+    if let Err(refusal) = state
+        .gate
+        .authorize_deployer(token.as_deref(), &state.publishers, &edge.deployer_group)
+        .await
+    {
+        return AppError::from(refusal).into_response();
     }
     let body: DeployBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) => {
-            return error_body(StatusCode::BAD_REQUEST, &format!("Invalid body: {e}"))
+            return AppError::new(StatusCode::BAD_REQUEST, format!("Invalid body: {e}"))
                 .into_response()
         }
     };
     if body.template_body.trim().is_empty() {
-        return error_body(StatusCode::BAD_REQUEST, "Missing templateBody").into_response();
+        return AppError::new(StatusCode::BAD_REQUEST, "Missing templateBody").into_response();
     }
     let stack_name = body.stack_name.filter(|n| !n.trim().is_empty());
     if let Some(name) = &stack_name {
         if !valid_stack_name(name) {
-            return error_body(
+            return AppError::new(
                 StatusCode::BAD_REQUEST,
-                &format!("Invalid stackName: {name} (letters, digits and '-', starting with a letter, at most 128)"),
+                format!("Invalid stackName: {name} (letters, digits and '-', starting with a letter, at most 128)"),
             )
             .into_response();
         }
@@ -83,10 +93,14 @@ pub async fn deploy(
     let region = body.region.filter(|r| !r.is_empty());
     if let Some(r) = &region {
         if !valid_region(r) {
-            return error_body(StatusCode::BAD_REQUEST, &format!("Invalid region: {r}"))
+            return AppError::new(StatusCode::BAD_REQUEST, format!("Invalid region: {r}"))
                 .into_response();
         }
     }
+    let capabilities = match allowed_capabilities(&body.capabilities, &edge.deploy_capabilities) {
+        Ok(c) => c,
+        Err(message) => return AppError::new(StatusCode::BAD_REQUEST, message).into_response(),
+    };
     let client = state.tracking.aws().client(region.as_deref()).await;
     let request = CreateStackRequest {
         template_body: body.template_body,
@@ -96,7 +110,8 @@ pub async fn deploy(
             .iter()
             .map(|(k, v)| (k.clone(), parameter_value(v)))
             .collect(),
-        capabilities: body.capabilities,
+        capabilities,
+        role_arn: edge.deploy_role_arn.clone(),
     };
     match create_stack(&client, request).await {
         Ok(created) => (
@@ -108,18 +123,58 @@ pub async fn deploy(
         )
             .into_response(),
         Err(CreateStackError::Invalid(message)) => {
-            error_body(StatusCode::BAD_REQUEST, &message).into_response()
+            AppError::new(StatusCode::BAD_REQUEST, message).into_response()
         }
-        Err(e @ CreateStackError::Aws(_)) => {
+        Err(e @ CreateStackError::Aws { code, .. }) => {
             tracing::warn!(error = %e, "CreateStack failed");
-            error_body(StatusCode::BAD_GATEWAY, &e.to_string()).into_response()
+            AppError::new(StatusCode::BAD_GATEWAY, e.user_message())
+                .with_code(code)
+                .into_response()
         }
     }
+}
+
+/// The requested capabilities in the operator's spelling, or why one is refused.
+fn allowed_capabilities(requested: &[String], allowed: &[String]) -> Result<Vec<String>, String> {
+    requested
+        .iter()
+        .map(|c| {
+            allowed
+                .iter()
+                .find(|a| a.eq_ignore_ascii_case(c.trim()))
+                .cloned()
+                .ok_or_else(|| {
+                    let list = if allowed.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        allowed.join(", ")
+                    };
+                    format!(
+                        "Capability {c:?} is not allowed on this server (allowed by --deploy-capabilities: {list})"
+                    )
+                })
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capabilities_must_be_allowed() {
+        let allowed = vec!["CAPABILITY_IAM".to_owned()];
+        assert_eq!(
+            allowed_capabilities(&["capability_iam".into()], &allowed),
+            Ok(vec!["CAPABILITY_IAM".to_owned()])
+        );
+        let e =
+            allowed_capabilities(&["CAPABILITY_NAMED_IAM".into()], &allowed).expect_err("refused");
+        assert!(e.contains("--deploy-capabilities"), "{e}");
+        let e = allowed_capabilities(&["CAPABILITY_IAM".into()], &[]).expect_err("none allowed");
+        assert!(e.contains("none"), "{e}");
+        assert_eq!(allowed_capabilities(&[], &[]), Ok(vec![]));
+    }
 
     #[test]
     fn parameter_values() {

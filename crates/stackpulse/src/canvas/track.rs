@@ -1,9 +1,9 @@
 //! `GET /canvas/deploy/track/{stack_name}?region=`: the seed-000 tracking socket.
 //!
-//! An invalid stack name or region is refused with 400 before the upgrade; then
-//! admission is exactly `/ws`'s ([`crate::ws::admit`]: rate limits, the token when
-//! auth is on, connection limits), and the topic's ACL is checked like a `/ws`
-//! subscribe; the token's expiry closes the socket with 4001. The
+//! An invalid stack name or region is refused with 400 before the upgrade; then it
+//! is a dialect of the connection driver ([`crate::ws::driver`]): admission,
+//! writer, timeouts, limits and teardown are `/ws`'s, and it subscribes through
+//! the same [`crate::ws::driver::subscribe_topic`] (ACL and canonical topic). The
 //! connection then:
 //! 1. subscribes a hub session to the stack's topic (`stack:<name>`, or
 //!    `stack:<region>:<name>` for a region other than the default: the same topic
@@ -20,29 +20,25 @@
 //!
 //! The socket stays open after `deployment_complete`; the client closes it. Client
 //! frames are read (for pongs, close and the idle timeout) and otherwise ignored.
-//! Close codes are those of `/ws` (1001 shutdown, 4000 idle, 4008 slow consumer).
+//! Close codes are those of `/ws` (1001 shutdown, 1009 frame too large, 4000 idle,
+//! 4001 token expired, 4008 slow consumer).
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
-use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, Utf8Bytes, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures_util::stream::SplitStream;
-use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::Value;
 use stackpulse_cfn::{TrackerError, TrackerMessage};
 
-use crate::http::{error_body, AppState};
-use crate::hub::{CloseReason, Delivery};
+use crate::app::AppState;
+use crate::http::error::AppError;
+use crate::hub::Delivery;
 use crate::tracking::events::from_hub;
 use crate::tracking::{valid_region, valid_stack_name};
-use crate::ws::connection::{expired, open, token_expiry, Encoded, Encoder, Opened};
-use crate::ws::registry::ConnInfo;
-use crate::ws::{admit, configure, Admission};
+use crate::ws::driver::{self, subscribe_topic, Conn, Dialect, Encoded, Encoder};
 
 #[derive(Debug, Deserialize)]
 pub struct TrackQuery {
@@ -59,20 +55,20 @@ pub async fn track_handler(
     ws: WebSocketUpgrade,
 ) -> Response {
     if !valid_stack_name(&stack_name) {
-        return error_body(
+        return AppError::new(
             StatusCode::BAD_REQUEST,
-            &format!("Invalid stack name: {stack_name}"),
+            format!("Invalid stack name: {stack_name}"),
         )
         .into_response();
     }
     let region = query.region.filter(|r| !r.is_empty());
     if let Some(r) = &region {
         if !valid_region(r) {
-            return error_body(StatusCode::BAD_REQUEST, &format!("Invalid region: {r}"))
+            return AppError::new(StatusCode::BAD_REQUEST, format!("Invalid region: {r}"))
                 .into_response();
         }
     }
-    let admission = match admit(&state, remote, &headers, raw_query.as_deref()).await {
+    let admitted = match driver::admit(&state, remote, &headers, raw_query.as_deref()).await {
         Ok(a) => a,
         Err(refusal) => return refusal,
     };
@@ -80,89 +76,42 @@ pub async fn track_handler(
         .tracking
         .topic_for(&stack_name, region.as_deref())
         .await;
-    let frame_limit = state.config.max_frame_bytes;
-    let tracked = state.tasks.token();
-    configure(ws, frame_limit).on_upgrade(move |socket| async move {
-        run(socket, state, admission, remote, topic, stack_name).await;
-        drop(tracked);
-    })
+    let canvas = Canvas { topic, stack_name };
+    driver::serve(ws, crate::auth::gate::SUBPROTOCOL, state, admitted, canvas)
 }
 
-async fn run(
-    socket: WebSocket,
-    state: AppState,
-    admission: Admission,
-    remote: SocketAddr,
+/// The canvas dialect: subscribed to its stack's topic when it opens; client
+/// frames are ignored (the driver still reads them for pongs, close and idle).
+struct Canvas {
     topic: String,
     stack_name: String,
-) {
-    let Admission {
-        mut slot,
-        verified,
-        user_slot,
-    } = admission;
-    let Opened {
-        info,
-        outbox,
-        stream,
-        writer,
-    } = open(
-        socket,
-        &state,
-        &mut slot,
-        verified,
-        remote,
-        CanvasEncoder { stack_name },
-    );
-    let session = info.session.clone();
-    tracing::debug!(conn = session.id, %remote, %topic, "canvas tracker connected");
-    let reader = crate::hub::Reader::user(info.user.clone());
-    if let Err(e) = state
-        .hub
-        .subscribe(&session, &topic, None, None, &reader)
-        .await
-    {
-        let error = TrackerMessage::Error(TrackerError {
-            message: format!("Cannot track {topic}: {e}"),
-            retrying: false,
-        });
-        let _ = outbox.push(Delivery::frame(encode(&error)));
-    }
-    read_loop(stream, &state, &info).await;
-    outbox.close(CloseReason::ClientClosed);
-    state.hub.close_session(&session).await;
-    let _ = writer.await;
-    tracing::debug!(conn = session.id, "canvas tracker disconnected");
-    drop(user_slot);
-    drop(slot);
 }
 
-async fn read_loop(mut stream: SplitStream<WebSocket>, state: &AppState, info: &Arc<ConnInfo>) {
-    let outbox = &info.session.outbox;
-    let idle = state.config.idle_timeout;
-    loop {
-        let next = tokio::select! {
-            biased;
-            _ = outbox.closing() => return,
-            _ = token_expiry(info.expires_at.load(Ordering::Acquire)) => {
-                if expired(info) {
-                    outbox.close(CloseReason::TokenExpired);
-                    return;
-                }
-                continue;
-            }
-            next = tokio::time::timeout(idle, stream.next()) => next,
-        };
-        match next {
-            Err(_) => {
-                outbox.close(CloseReason::IdleTimeout);
-                return;
-            }
-            Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => return,
-            Ok(Some(Ok(Message::Pong(_)))) => info.touch_ping(),
-            Ok(Some(Ok(_))) => {}
+impl Dialect for Canvas {
+    type Encoder = CanvasEncoder;
+
+    fn encoder(&mut self) -> CanvasEncoder {
+        CanvasEncoder {
+            stack_name: self.stack_name.clone(),
         }
     }
+
+    async fn on_open(&mut self, conn: &Conn<'_>) {
+        let session = &conn.info.session;
+        let topic = &self.topic;
+        tracing::debug!(conn = session.id, %topic, "canvas tracker connected");
+        if let Err(e) =
+            subscribe_topic(conn.state, session, &conn.info.user, topic, None, None).await
+        {
+            let error = TrackerMessage::Error(TrackerError {
+                message: format!("Cannot track {topic}: {e}"),
+                retrying: false,
+            });
+            conn.send(encode(&error));
+        }
+    }
+
+    async fn on_text(&mut self, _conn: &Conn<'_>, _text: &str) {}
 }
 
 /// A tracker message as this endpoint sends it (no `eventId`: not in its contract).
@@ -181,7 +130,19 @@ fn encode(msg: &TrackerMessage) -> String {
 /// The frames to write for one queued item.
 fn translate(item: Delivery, stack_name: &str) -> Vec<String> {
     let text = match &item {
-        Delivery::Event(event) => event.frame.as_str(),
+        // An event's typed body is parsed once per node, whoever reads it.
+        Delivery::Event(event) => {
+            return from_hub(
+                &event.event_type,
+                event.timestamp(),
+                event.data(),
+                stack_name,
+            )
+            .iter()
+            .map(encode)
+            .collect()
+        }
+        // A snapshot or a reply: encoded once for this subscriber.
         Delivery::Frame(frame) => frame.as_str(),
         Delivery::Subscribed(_) => return Vec::new(),
         Delivery::Forbidden(topic) => {
@@ -207,8 +168,10 @@ fn translate(item: Delivery, stack_name: &str) -> Vec<String> {
         .get("timestamp")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    let data = frame.get("data").cloned().unwrap_or(Value::Null);
-    from_hub(event_type, timestamp, &data, stack_name)
+    let Some(data) = frame.get("data").and_then(Value::as_object) else {
+        return Vec::new();
+    };
+    from_hub(event_type, timestamp, data, stack_name)
         .iter()
         .map(encode)
         .collect()

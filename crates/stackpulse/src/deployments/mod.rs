@@ -409,12 +409,14 @@ fn snapshot_completion(progress: &mut Progress, topics: &[String], frame: &str) 
         return Vec::new();
     };
     let timestamp = frame.get("timestamp").and_then(Value::as_str).unwrap_or("");
-    let data = frame.get("data").cloned().unwrap_or(Value::Null);
+    let Some(data) = frame.get("data").and_then(Value::as_object) else {
+        return Vec::new();
+    };
     let origin = Origin {
         stack_name: stack.stack.clone(),
         environment: String::new(),
     };
-    from_hub(STACK_SNAPSHOT, timestamp, &data, &stack.stack)
+    from_hub(STACK_SNAPSHOT, timestamp, data, &stack.stack)
         .into_iter()
         .filter(|m| matches!(m, TrackerMessage::DeploymentComplete(_)))
         .flat_map(|m| to_hub(&m, &origin))

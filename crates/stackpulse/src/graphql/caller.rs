@@ -11,9 +11,9 @@ use axum::http::HeaderMap;
 use serde_json::{Map, Value};
 use stackpulse_auth::User;
 
+use crate::app::AppState;
 use crate::auth::bearer;
 use crate::auth::gate::Unauthorized;
-use crate::http::AppState;
 
 /// The resolved caller, put into every async-graphql request's data.
 #[derive(Debug, Clone)]

@@ -17,30 +17,34 @@
 
 use std::sync::Arc;
 
-use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::app::AppState;
 use crate::auth::User;
-use crate::http::AppState;
 use crate::hub::{CloseReason, Delivery, Hub, Outbox, Session, StampedEvent, SubscribeError};
+use crate::ws::driver::{subscribe_topic, BudgetPermit};
 
-/// A hub event as the GraphQL types read it, decoded from its serialized frame.
-#[derive(Debug, Clone, Deserialize)]
+/// A hub event as the GraphQL types read it: the stamped event's typed body
+/// (parsed at most once per node), not its frame.
+#[derive(Debug, Clone)]
 pub struct HubEvent {
-    #[serde(rename = "type")]
     pub event_type: String,
-    #[serde(rename = "deployment_id")]
     pub topic: String,
     pub seq: u64,
     pub timestamp: String,
-    #[serde(default)]
-    pub data: Map<String, Value>,
+    pub data: Arc<Map<String, Value>>,
 }
 
 impl HubEvent {
-    /// Decodes a stamped event's frame (the hub serializes each event once).
+    /// The GraphQL view of a stamped event.
     pub fn decode(event: &StampedEvent) -> Option<HubEvent> {
-        serde_json::from_str(event.frame.as_str()).ok()
+        Some(HubEvent {
+            event_type: event.event_type.to_string(),
+            topic: event.topic.to_string(),
+            seq: event.seq,
+            timestamp: event.timestamp().to_owned(),
+            data: event.data().clone(),
+        })
     }
 
     pub fn str(&self, key: &str) -> Option<String> {
@@ -101,16 +105,20 @@ pub struct Feed {
     last_seq: u64,
     ended: bool,
     _leave: Leave,
+    /// The feed's place in its connection's subscription budget.
+    _permit: Option<BudgetPermit>,
 }
 
 impl Feed {
-    /// Subscribes to `topic` for `user` (ACL checked by the gate), replaying after
-    /// `since` when given; a `stack:*` topic starts (or joins) its poller.
+    /// Subscribes to `topic` for `user` through the driver's one subscribe (ACL,
+    /// canonical topic, the stack's poller), replaying after `since` when given;
+    /// `permit` is its place in the connection's subscription budget.
     pub async fn open(
         state: &AppState,
         user: &User,
         topic: &str,
         since: Option<u64>,
+        permit: Option<BudgetPermit>,
     ) -> Result<Feed, SubscribeError> {
         let (outbox, rx) = Outbox::new(state.config.queue_size);
         let session = state.hub.open_session(outbox.clone());
@@ -118,17 +126,14 @@ impl Feed {
             hub: state.hub.clone(),
             session: session.clone(),
         };
-        let reader = crate::hub::Reader::user(user.clone());
-        state
-            .hub
-            .subscribe(&session, topic, since, None, &reader)
-            .await?;
+        subscribe_topic(state, &session, user, topic, since, None).await?;
         Ok(Feed {
             rx,
             outbox,
             last_seq: since.unwrap_or(0),
             ended: false,
             _leave: leave,
+            _permit: permit,
         })
     }
 
@@ -210,7 +215,9 @@ mod tests {
         };
         let state = crate::server::build_state(config).expect("state");
         let user = User::anonymous();
-        let mut feed = Feed::open(&state, &user, "T", None).await.expect("open");
+        let mut feed = Feed::open(&state, &user, "T", None, None)
+            .await
+            .expect("open");
         // `subscribed` takes one place of four: seqs 1-3 fit, 4 overflows.
         for i in 0..10 {
             state
@@ -239,7 +246,9 @@ mod tests {
             state.hub.publish(status("R", s)).await.expect("publish");
         }
         let user = User::anonymous();
-        let feed = Feed::open(&state, &user, "R", Some(1)).await.expect("open");
+        let feed = Feed::open(&state, &user, "R", Some(1), None)
+            .await
+            .expect("open");
         assert_eq!(state.hub.local_subscribers("R"), 1);
         let mut stream = Box::pin(feed.into_stream(|e| e.str("status")));
         use futures_util::StreamExt;

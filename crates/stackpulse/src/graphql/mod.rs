@@ -15,8 +15,15 @@
 //! - [`caller`]: credentials (JWT raw or Bearer, publisher key) → who is asking.
 //! - [`feed`]: a hub subscription as a stream of decoded events.
 //! - [`http`]: `POST /graphql`.
-//! - [`realtime`]: the AppSync real-time protocol loop around `execute_stream`.
-//! - [`transport_ws`]: `graphql-transport-ws`, by async-graphql's own protocol code.
+//! - [`realtime`]: the AppSync real-time dialect around `execute_stream`.
+//! - [`transport_ws`]: the `graphql-transport-ws` dialect, by async-graphql's own
+//!   protocol code.
+//!
+//! Both socket dialects run on the connection driver ([`crate::ws::driver`]): it
+//! awaits `connection_init` (10 s from the upgrade, else 4408), admits the
+//! credential, and owns the writer, timeouts, limits and teardown. The feeds of
+//! one connection share its [`crate::ws::driver::SubscriptionBudget`], so
+//! `--max-subscriptions` counts fields per connection.
 
 pub mod caller;
 pub mod feed;
@@ -37,7 +44,9 @@ use axum::Router;
 
 pub use schema::StackpulseSchema;
 
-use crate::http::{error_body, AppState};
+use crate::app::AppState;
+use crate::http::error::AppError;
+use crate::ws::driver;
 
 /// The subprotocol of the AppSync real-time dialect.
 pub const APPSYNC_PROTOCOL: &str = "graphql-ws";
@@ -52,6 +61,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
             "/graphql",
             get(socket_handler)
                 .post(http::graphql_post)
+                .route_layer(axum::middleware::from_fn(crate::http::edge::json_only))
                 .with_state(schema.clone()),
         )
         .route("/graphql/realtime", get(socket_handler).with_state(schema))
@@ -71,8 +81,8 @@ pub fn offered_protocols(headers: &HeaderMap) -> Vec<String> {
 
 /// `GET /graphql` and `GET /graphql/realtime`: picks the dialect by subprotocol
 /// (`graphql-transport-ws` first, then AppSync's `graphql-ws`), applies the
-/// admission checks that need no credential (the credential arrives inside the
-/// socket), and upgrades.
+/// admission checks that need no credential, and hands the socket to the
+/// connection driver, which awaits `connection_init` for the rest.
 async fn socket_handler(
     State(schema): State<StackpulseSchema>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
@@ -81,7 +91,7 @@ async fn socket_handler(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let Some(state) = schema.data::<AppState>().cloned() else {
-        return error_body(
+        return AppError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "GraphQL schema without state",
         )
@@ -94,36 +104,20 @@ async fn socket_handler(
     let offered = offered_protocols(&headers);
     let transport_ws = offered.iter().any(|p| p == TRANSPORT_WS_PROTOCOL);
     if !transport_ws && !offered.iter().any(|p| p == APPSYNC_PROTOCOL) {
-        return error_body(
+        return AppError::new(
             StatusCode::BAD_REQUEST,
             "Sec-WebSocket-Protocol must offer graphql-ws (AppSync real-time) or graphql-transport-ws",
         )
         .into_response();
     }
-    if let Err(refusal) = crate::ws::precheck(&state, remote) {
-        return refusal.into_response();
-    }
-    let slot = match crate::ws::reserve(&state) {
-        Ok(s) => s,
-        Err(refusal) => return refusal.into_response(),
-    };
-    // `configure` offers `/ws`'s `stackpulse.v1`; the `protocols` calls below
-    // replace that choice with the GraphQL dialect's (axum keeps the last call).
-    let ws = crate::ws::configure(ws, state.config.max_frame_bytes);
-    let tracked = state.tasks.token();
+    // The credential arrives in `connection_init`: the driver applies the checks
+    // that need none, upgrades, and awaits it with a hard deadline.
     if transport_ws {
         let credential = caller::upgrade_credential(&headers, query.as_deref());
-        return ws
-            .protocols([TRANSPORT_WS_PROTOCOL])
-            .on_upgrade(move |socket| async move {
-                transport_ws::run(socket, state, schema, slot, remote, credential).await;
-                drop(tracked);
-            });
+        let dialect = transport_ws::TransportWs::new(schema, credential);
+        return driver::serve_in_band(ws, TRANSPORT_WS_PROTOCOL, state, remote, dialect);
     }
     let handshake = realtime::handshake_auth(&offered, query.as_deref());
-    ws.protocols([APPSYNC_PROTOCOL])
-        .on_upgrade(move |socket| async move {
-            realtime::run(socket, state, schema, slot, remote, handshake).await;
-            drop(tracked);
-        })
+    let dialect = realtime::AppSync::new(schema, handshake);
+    driver::serve_in_band(ws, APPSYNC_PROTOCOL, state, remote, dialect)
 }

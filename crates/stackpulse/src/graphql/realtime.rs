@@ -6,14 +6,19 @@
 //!    object is read by [`handshake_auth`] from a `header-<base64url>` subprotocol
 //!    entry, else from the raw `header=` query parameter (standard base64, whose
 //!    `+` must not become a space).
-//! 2. **Handshake**: the client's `connection_init` (with or without payload) is
-//!    answered with `connection_ack {connectionTimeoutMs}` and a first `ka` when the
-//!    auth object's credential resolves; otherwise with `connection_error`
+//! 2. **Handshake** (the connection driver, [`crate::ws::driver`], awaits it: 10 s
+//!    from the upgrade, else 4408; no place under `--max-connections` until then):
+//!    the client's `connection_init` (with or without payload) is answered with
+//!    `connection_ack {connectionTimeoutMs}` and a first `ka` when the auth
+//!    object's credential resolves; otherwise with `connection_error`
 //!    (`UnauthorizedException`/401 for bad auth, which both clients treat as final)
 //!    and a close.
 //! 3. **Subscriptions**: each `start` carries `payload.data`, a JSON *string* of
 //!    `{query, variables, operationName?}`, and its own auth object in
-//!    `payload.extensions.authorization`, checked again here. A subscription
+//!    `payload.extensions.authorization`, checked again here; the connection then
+//!    expires (4001) with the shortest-lived token of its `start`s, and a
+//!    connection made with a publisher key alone may not start anything. Every
+//!    field holds one of the connection's `--max-subscriptions` topics. A subscription
 //!    operation is run with async-graphql's `execute_stream` in its own task (the
 //!    pump): when the field has subscribed to the hub the resolver signals
 //!    [`Started`] and the pump sends `start_ack`; each stream item becomes `data`
@@ -22,7 +27,8 @@
 //!    opaque and echoed back exactly.
 //! 4. **Keep-alive**: `ka` every `--graphql-keepalive` seconds; WebSocket pings,
 //!    the idle timeout, the token's expiry (4001) and shutdown (1001) work as on
-//!    `/ws`, through the same writer ([`crate::ws::connection::write_loop`]).
+//!    `/ws`, through the driver's writer and read loop (1009 for a frame over
+//!    `--max-frame-bytes`).
 //!
 //! Backpressure: the pumps push into the connection's bounded outbox with the
 //! hub's replay wait, so a client that stops reading is closed as a slow consumer
@@ -31,27 +37,25 @@
 //! does; the server sends only the message types both clients know.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_graphql::parser::types::{DocumentOperations, OperationType};
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use axum::extract::ws::Utf8Bytes;
 use base64::Engine;
-use futures_util::stream::SplitStream;
 use futures_util::StreamExt;
 use serde_json::{json, Map, Value};
+use stackpulse_auth::Verified;
 use tokio::task::JoinHandle;
 
 use super::caller::{credential_from_object, resolve, Caller};
 use super::schema::Started;
 use super::StackpulseSchema;
+use crate::app::AppState;
 use crate::auth::User;
-use crate::http::AppState;
-use crate::hub::{CloseReason, Delivery, Outbox};
-use crate::ws::connection::{expired, open, token_expiry, Encoded, Encoder, Opened};
-use crate::ws::registry::{ConnInfo, Slot};
+use crate::hub::{Delivery, Outbox};
+use crate::ws::driver::{Conn, Dialect, FrameEncoder, InBand, Refuse, Refused, SubscriptionBudget};
 
 /// What AppSync announces in `connection_ack`: clients drop a connection that
 /// sees neither `ka` nor `data` for this long.
@@ -157,129 +161,141 @@ fn appsync_errors(errors: &[async_graphql::ServerError], default_type: &str) -> 
         .collect()
 }
 
-/// Writes queued AppSync frames as they are.
-struct AppSyncEncoder;
-
-impl Encoder for AppSyncEncoder {
-    fn encode(&mut self, item: Delivery) -> (Encoded, u64) {
-        match item {
-            Delivery::Frame(frame) => {
-                let data = u64::from(frame.as_str().starts_with(r#"{"type":"data""#));
-                (Encoded::One(Message::Text(*frame)), data)
-            }
-            _ => (Encoded::Many(Vec::new()), 0),
-        }
-    }
-}
-
-/// Sends a frame and a close directly (before the writer exists).
-async fn refuse(socket: &mut WebSocket, frame: String, reason: &'static str) {
-    let _ = socket.send(Message::Text(Utf8Bytes::from(frame))).await;
-    let close = CloseFrame {
-        code: crate::ws::close::NORMAL,
-        reason: Utf8Bytes::from_static(reason),
-    };
-    let _ = tokio::time::timeout(
-        Duration::from_secs(3),
-        socket.send(Message::Close(Some(close))),
-    )
-    .await;
-}
-
-/// Waits for `connection_init`; `false` when the client left or stayed silent.
-async fn await_init(socket: &mut WebSocket, idle: Duration) -> bool {
-    loop {
-        match tokio::time::timeout(idle, socket.recv()).await {
-            Ok(Some(Ok(Message::Text(text)))) => {
-                let kind = serde_json::from_str::<Value>(text.as_str())
-                    .ok()
-                    .and_then(|v| v.get("type").and_then(Value::as_str).map(str::to_owned));
-                if kind.as_deref() == Some("connection_init") {
-                    return true;
-                }
-            }
-            Ok(Some(Ok(Message::Close(_)))) | Ok(Some(Err(_))) | Ok(None) | Err(_) => return false,
-            Ok(Some(Ok(_))) => {}
-        }
-    }
-}
-
-pub async fn run(
-    mut socket: WebSocket,
-    state: AppState,
+/// The AppSync dialect of one connection.
+pub(crate) struct AppSync {
     schema: StackpulseSchema,
-    mut slot: Slot,
-    remote: SocketAddr,
+    /// The handshake's auth object (from the upgrade), or why it is unreadable.
     handshake: Result<Option<Map<String, Value>>, String>,
-) {
-    if !await_init(&mut socket, state.config.idle_timeout).await {
-        return;
+    /// The handshake's caller: used by a `start` without its own auth object.
+    caller: Option<Caller>,
+    /// The connection's topics, shared by the feeds of all its `start`s.
+    budget: Option<Arc<SubscriptionBudget>>,
+    subscriptions: HashMap<String, JoinHandle<()>>,
+    keepalive: Option<JoinHandle<()>>,
+}
+
+impl AppSync {
+    pub fn new(
+        schema: StackpulseSchema,
+        handshake: Result<Option<Map<String, Value>>, String>,
+    ) -> AppSync {
+        AppSync {
+            schema,
+            handshake,
+            caller: None,
+            budget: None,
+            subscriptions: HashMap::new(),
+            keepalive: None,
+        }
     }
-    let auth_object = match handshake {
-        Ok(obj) => obj,
-        Err(message) => {
-            let frame = connection_error("BadRequestException", &message, 400);
-            return refuse(&mut socket, frame, "bad auth header").await;
-        }
-    };
-    let credential = auth_object.as_ref().and_then(credential_from_object);
-    let caller = match resolve(&state, credential).await {
-        Ok(c) => c,
-        Err(u) => {
-            let frame = connection_error("UnauthorizedException", u.message(), 401);
-            return refuse(&mut socket, frame, "unauthorized").await;
-        }
-    };
-    let verified = stackpulse_auth::Verified {
-        user: caller.user.clone().unwrap_or_else(User::anonymous),
-        expires_at: caller.expires_at,
-    };
-    let user_slot = if caller.user.is_some() {
-        match crate::ws::admit_user(&state, &verified) {
-            Ok(s) => s,
+}
+
+/// A `connection_error` and a normal close with `reason`.
+fn refuse(error_type: &str, message: &str, code: u16, reason: &str) -> Refuse {
+    Refuse {
+        frame: Some(connection_error(error_type, message, code)),
+        code: crate::ws::close::NORMAL,
+        reason: reason.to_owned(),
+    }
+}
+
+impl InBand for AppSync {
+    async fn authenticate(
+        &mut self,
+        state: &AppState,
+        _init: &str,
+    ) -> Result<(Verified, bool), Refuse> {
+        let auth_object = match &self.handshake {
+            Ok(obj) => obj.clone(),
             Err(message) => {
-                let frame = connection_error("LimitExceededError", &message, 429);
-                return refuse(&mut socket, frame, "too many connections").await;
+                return Err(refuse(
+                    "BadRequestException",
+                    message,
+                    400,
+                    "bad auth header",
+                ))
             }
-        }
-    } else {
-        None
-    };
-
-    let Opened {
-        info,
-        outbox,
-        stream,
-        writer,
-    } = open(socket, &state, &mut slot, verified, remote, AppSyncEncoder);
-    tracing::debug!(conn = info.session.id, %remote, "AppSync real-time client connected");
-    let ack = json!({
-        "type": "connection_ack",
-        "payload": { "connectionTimeoutMs": CONNECTION_TIMEOUT_MS },
-    });
-    let _ = outbox.push(Delivery::frame(ack.to_string()));
-    let keepalive = tokio::spawn(keepalive(outbox.clone(), state.config.graphql_keepalive));
-
-    let mut conn = Connection {
-        state: &state,
-        schema: &schema,
-        info: &info,
-        caller,
-        subscriptions: HashMap::new(),
-    };
-    conn.read_loop(stream).await;
-    for (_, pump) in conn.subscriptions.drain() {
-        pump.abort();
+        };
+        let credential = auth_object.as_ref().and_then(credential_from_object);
+        let caller = resolve(state, credential)
+            .await
+            .map_err(|u| refuse("UnauthorizedException", u.message(), 401, "unauthorized"))?;
+        let verified = Verified {
+            user: caller.user.clone().unwrap_or_else(User::anonymous),
+            expires_at: caller.expires_at,
+        };
+        let per_user = caller.user.is_some();
+        self.caller = Some(caller);
+        self.budget = Some(SubscriptionBudget::new(state.config.max_subscriptions));
+        Ok((verified, per_user))
     }
-    keepalive.abort();
-    outbox.close(CloseReason::ClientClosed);
-    let _ = writer.await;
-    tracing::debug!(
-        conn = info.session.id,
-        "AppSync real-time client disconnected"
-    );
-    drop(user_slot);
-    drop(slot);
+
+    fn refusal(&self, refused: Refused, message: &str) -> Refuse {
+        match refused {
+            Refused::UserLimit => {
+                refuse("LimitExceededError", message, 429, "too many connections")
+            }
+            Refused::ServerFull => refuse("LimitExceededError", message, 503, "server full"),
+        }
+    }
+}
+
+impl Dialect for AppSync {
+    type Encoder = FrameEncoder;
+
+    fn encoder(&mut self) -> FrameEncoder {
+        FrameEncoder {
+            event_prefix: r#"{"type":"data""#,
+        }
+    }
+
+    async fn on_open(&mut self, conn: &Conn<'_>) {
+        let ack = json!({
+            "type": "connection_ack",
+            "payload": { "connectionTimeoutMs": CONNECTION_TIMEOUT_MS },
+        });
+        conn.send(ack.to_string());
+        self.keepalive = Some(tokio::spawn(keepalive(
+            conn.outbox().clone(),
+            conn.state.config.graphql_keepalive,
+        )));
+    }
+
+    async fn on_text(&mut self, conn: &Conn<'_>, text: &str) {
+        let Ok(Value::Object(message)) = serde_json::from_str::<Value>(text) else {
+            // gql raises on an `error` without id; AppSync ignores what it cannot read.
+            tracing::debug!(
+                conn = conn.info.session.id,
+                "unreadable AppSync client frame"
+            );
+            return;
+        };
+        let id = message.get("id").cloned().unwrap_or(Value::Null);
+        match message.get("type").and_then(Value::as_str) {
+            Some("start") => {
+                let payload = message.get("payload").cloned().unwrap_or(Value::Null);
+                self.start(conn, id, payload).await;
+            }
+            Some("stop") => {
+                let key = id_key(&id);
+                if let Some(pump) = self.subscriptions.remove(&key) {
+                    pump.abort();
+                }
+                conn.send(json!({ "type": "complete", "id": id }).to_string());
+            }
+            // `connection_init` again, `connection_terminate`, `ka`, anything else.
+            _ => {}
+        }
+    }
+
+    async fn on_end(&mut self, _conn: &Conn<'_>) {
+        for (_, pump) in self.subscriptions.drain() {
+            pump.abort();
+        }
+        if let Some(keepalive) = self.keepalive.take() {
+            keepalive.abort();
+        }
+    }
 }
 
 /// `ka` right after the ack, then every `every`.
@@ -295,130 +311,69 @@ async fn keepalive(outbox: Arc<Outbox>, every: Duration) {
     }
 }
 
-struct Connection<'a> {
-    state: &'a AppState,
-    schema: &'a StackpulseSchema,
-    info: &'a Arc<ConnInfo>,
-    /// The handshake's caller: used by a `start` without its own auth object.
-    caller: Caller,
-    subscriptions: HashMap<String, JoinHandle<()>>,
-}
+const PUBLISHER_ONLY: &str =
+    "Unauthorized: a publisher key may only publish; send a user token to read or subscribe";
 
-impl Connection<'_> {
-    fn outbox(&self) -> &Arc<Outbox> {
-        &self.info.session.outbox
-    }
-
-    fn send(&self, frame: String) {
-        // A full queue closes the connection (slow consumer); nothing else to do.
-        let _ = self.outbox().push(Delivery::frame(frame));
-    }
-
-    async fn read_loop(&mut self, mut stream: SplitStream<WebSocket>) {
-        let idle = self.state.config.idle_timeout;
-        loop {
-            let next = tokio::select! {
-                biased;
-                _ = self.outbox().closing() => return,
-                _ = token_expiry(self.info.expires_at.load(Ordering::Acquire)) => {
-                    if expired(self.info) {
-                        self.outbox().close(CloseReason::TokenExpired);
-                        return;
-                    }
-                    continue;
-                }
-                next = tokio::time::timeout(idle, stream.next()) => next,
-            };
-            match next {
-                Err(_) => {
-                    self.outbox().close(CloseReason::IdleTimeout);
-                    return;
-                }
-                Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => return,
-                Ok(Some(Ok(Message::Pong(_)))) => self.info.touch_ping(),
-                Ok(Some(Ok(Message::Text(text)))) => Box::pin(self.handle(text.as_str())).await,
-                Ok(Some(Ok(_))) => {}
-            }
-        }
-    }
-
-    async fn handle(&mut self, text: &str) {
-        let Ok(Value::Object(message)) = serde_json::from_str::<Value>(text) else {
-            // gql raises on an `error` without id; AppSync ignores what it cannot read.
-            tracing::debug!(
-                conn = self.info.session.id,
-                "unreadable AppSync client frame"
-            );
-            return;
-        };
-        let id = message.get("id").cloned().unwrap_or(Value::Null);
-        match message.get("type").and_then(Value::as_str) {
-            Some("start") => {
-                let payload = message.get("payload").cloned().unwrap_or(Value::Null);
-                self.start(id, payload).await;
-            }
-            Some("stop") => {
-                let key = id_key(&id);
-                if let Some(pump) = self.subscriptions.remove(&key) {
-                    pump.abort();
-                }
-                self.send(json!({ "type": "complete", "id": id }).to_string());
-            }
-            // `connection_init` again, `connection_terminate`, `ka`, anything else.
-            _ => {}
-        }
-    }
-
-    async fn start(&mut self, id: Value, payload: Value) {
+impl AppSync {
+    async fn start(&mut self, conn: &Conn<'_>, id: Value, payload: Value) {
         let key = id_key(&id);
         if key.is_empty() {
             let errors = vec![error_object("BadRequestException", "Missing id", Some(400))];
-            return self.send(start_error(&id, errors));
+            return conn.send(start_error(&id, errors));
         }
         let request = match parse_start(&payload) {
             Ok(r) => r,
             Err(message) => {
                 let errors = vec![error_object("BadRequestException", &message, Some(400))];
-                return self.send(start_error(&id, errors));
+                return conn.send(start_error(&id, errors));
             }
         };
+        let unauthorized = |message: &str| {
+            start_error(
+                &id,
+                vec![error_object("UnauthorizedException", message, Some(401))],
+            )
+        };
+        let Some(handshake) = &self.caller else {
+            return conn.send(unauthorized("Unauthorized: Missing token"));
+        };
+        // A connection made with a publisher key holds no user subscriptions.
+        if handshake.user.is_none() {
+            return conn.send(unauthorized(PUBLISHER_ONLY));
+        }
         let auth = payload
             .get("extensions")
             .and_then(|e| e.get("authorization"))
             .and_then(Value::as_object);
         let caller = match auth {
-            Some(obj) => resolve(self.state, credential_from_object(obj)).await,
+            Some(obj) => resolve(conn.state, credential_from_object(obj)).await,
             // No auth object: the handshake's credential, verified again.
-            None => resolve(self.state, self.caller.credential.clone()).await,
+            None => resolve(conn.state, handshake.credential.clone()).await,
         };
         let caller = match caller {
+            Ok(c) if c.user.is_none() => return conn.send(unauthorized(PUBLISHER_ONLY)),
             Ok(c) => c,
-            Err(u) => {
-                let errors = vec![error_object(
-                    "UnauthorizedException",
-                    u.message(),
-                    Some(401),
-                )];
-                return self.send(start_error(&id, errors));
-            }
+            Err(u) => return conn.send(unauthorized(u.message())),
         };
+        // The connection closes (4001) when the shortest-lived token of its
+        // subscriptions expires.
+        conn.info
+            .expires_at
+            .fetch_min(caller.expires_at, Ordering::AcqRel);
         self.subscriptions.retain(|_, pump| !pump.is_finished());
         if let Some(old) = self.subscriptions.remove(&key) {
             old.abort();
         }
-        let max = self.state.config.max_subscriptions;
-        if self.subscriptions.len() >= max {
-            let message = format!("Too many subscriptions (limit {max} per connection)");
-            let errors = vec![error_object("LimitExceededError", &message, Some(429))];
-            return self.send(start_error(&id, errors));
-        }
         let (started, started_rx) = Started::new();
-        let request = request.data(caller).data(started);
+        let mut request = request.data(caller).data(started);
+        if let Some(budget) = &self.budget {
+            request = request.data(budget.clone());
+        }
         let pump = Pump {
             schema: self.schema.clone(),
-            outbox: self.outbox().clone(),
+            outbox: conn.outbox().clone(),
             id,
-            wait: self.state.hub.config().replay_timeout,
+            wait: conn.state.hub.config().replay_timeout,
         };
         self.subscriptions
             .insert(key, tokio::spawn(pump.run(request, started_rx)));

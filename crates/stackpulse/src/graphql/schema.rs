@@ -15,37 +15,83 @@
 //!
 //! Errors carry an `errorType` extension (AppSync's names) that the real-time
 //! transport copies into its `errors[{errorType, message}]` frames.
+//!
+//! Cost: [`build`] installs [`cost::CostGuard`], which checks every document on
+//! every transport before async-graphql validates it (fragment expansion,
+//! aliases, root fields, one root field per subscription); async-graphql's
+//! complexity then charges `recent_events(limit)` `limit` times its selection.
+//! Introspection is served only with `--graphql-introspection` (default: on
+//! without auth, off with auth).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_graphql::{
     Context, Error, ErrorExtensions, Json, Object, Schema, SimpleObject, Subscription, ID,
 };
 use futures_util::{Stream, StreamExt};
 use serde_json::{json, Map, Value};
-use stackpulse_protocol::PublishRequest;
+use stackpulse_protocol::{ProtocolError, PublishRequest, MAX_TOPIC_LEN};
 use tokio::sync::oneshot;
 
 use super::caller::Caller;
 use super::feed::{Feed, FeedEnded, HubEvent};
+use crate::app::AppState;
 use crate::auth::User;
-use crate::http::AppState;
 use crate::hub::SubscribeError;
 use crate::tracking::{valid_region, valid_stack_name};
+use crate::ws::driver::SubscriptionBudget;
+
+// `graphql/cost.rs`, declared here while `graphql/mod.rs` is being rewritten
+// elsewhere; it can move to `mod.rs` as `pub mod cost;` unchanged.
+#[path = "cost.rs"]
+pub mod cost;
 
 pub type StackpulseSchema = Schema<Query, Mutation, Subscription>;
 
 /// Most events a `recent_events` field returns.
 const MAX_RECENT: usize = 500;
 
+/// Most complexity one document may have: every field costs 1, and
+/// `recent_events(limit)` costs `limit` times its selection (so about ten
+/// `recent_events(limit: 500) { data }` fit, or two with five fields each).
+pub const MAX_COMPLEXITY: usize = 5_000;
+/// Most directives on one field.
+pub const MAX_DIRECTIVES: usize = 8;
+
 /// Builds the schema over the server's state.
 pub fn build(state: AppState) -> StackpulseSchema {
-    Schema::build(Query, Mutation, Subscription)
+    let introspection = state.config.graphql_introspection;
+    let limits = cost::CostLimits {
+        introspection,
+        ..cost::CostLimits::default()
+    };
+    let builder = Schema::build(Query, Mutation, Subscription)
+        // First: the document check runs before async-graphql parses or
+        // validates anything, on every transport.
+        .extension(cost::CostGuard(limits))
         .data(state)
         // Deep enough for the standard introspection query (codegen, GraphiQL).
         .limit_depth(32)
-        .limit_complexity(10_000)
-        .finish()
+        .limit_recursive_depth(limits.max_depth)
+        .limit_directives(MAX_DIRECTIVES)
+        .limit_complexity(MAX_COMPLEXITY);
+    if introspection {
+        builder.finish()
+    } else {
+        builder.disable_introspection().finish()
+    }
+}
+
+/// Refuses a topic name longer than `/ws` accepts, with `/ws`'s message.
+fn check_topic_len(topic: &str) -> Result<(), Error> {
+    if topic.len() > MAX_TOPIC_LEN {
+        return Err(gql_error(
+            "BadRequestException",
+            ProtocolError::InvalidDeploymentId.to_string(),
+            Some(400),
+        ));
+    }
+    Ok(())
 }
 
 /// An error with AppSync's `errorType` (and optionally `errorCode`).
@@ -134,6 +180,7 @@ async fn open_feed(
 ) -> Result<Feed, Error> {
     let state = state(ctx)?;
     let user = user(ctx)?;
+    check_topic_len(topic)?;
     if topic.is_empty() {
         return Err(gql_error(
             "BadRequestException",
@@ -141,7 +188,11 @@ async fn open_feed(
             Some(400),
         ));
     }
-    let feed = Feed::open(state, user, topic, since)
+    let permit = match ctx.data_opt::<Arc<SubscriptionBudget>>() {
+        Some(budget) => Some(budget.take().map_err(|e| subscribe_error(field, e))?),
+        None => None,
+    };
+    let feed = Feed::open(state, user, topic, since, permit)
         .await
         .map_err(|e| subscribe_error(field, e))?;
     if let Some(started) = ctx.data_opt::<Started>() {
@@ -155,6 +206,13 @@ async fn stack_topic(
     stack_name: &str,
     region: Option<&str>,
 ) -> Result<String, Error> {
+    if stack_name.len() > MAX_TOPIC_LEN {
+        return Err(gql_error(
+            "BadRequestException",
+            format!("Invalid stack_name: must be a string of at most {MAX_TOPIC_LEN} bytes"),
+            Some(400),
+        ));
+    }
     if !valid_stack_name(stack_name) {
         return Err(gql_error(
             "BadRequestException",
@@ -307,7 +365,7 @@ impl From<HubEvent> for Event {
             seq: e.seq,
             event_type: e.event_type,
             timestamp: e.timestamp,
-            data: Json(e.data),
+            data: Json(std::sync::Arc::unwrap_or_clone(e.data)),
         }
     }
 }
@@ -355,7 +413,11 @@ impl TopicState {
         Json(self.snapshot.clone())
     }
 
-    /// The topic's most recent events still in history, oldest first.
+    /// The topic's most recent events still in history, oldest first (at most
+    /// 500; costs `limit` times its selection).
+    #[graphql(
+        complexity = "limit.clamp(1, MAX_RECENT).saturating_mul(child_complexity).saturating_add(1)"
+    )]
     async fn recent_events(
         &self,
         ctx: &Context<'_>,
@@ -419,6 +481,7 @@ impl Query {
         ctx: &Context<'_>,
         deployment_id: ID,
     ) -> Result<Option<TopicState>, Error> {
+        check_topic_len(&deployment_id)?;
         topic_state(ctx, &deployment_id).await
     }
 
@@ -463,20 +526,21 @@ impl Mutation {
                 unauthorized(&message)
             });
         }
-        let mut data = json!({ "status": status });
+        let mut data = serde_json::Map::new();
+        data.insert("status".into(), json!(status));
         if let Some(n) = current_layer {
-            data["current_layer"] = json!(n);
+            data.insert("current_layer".into(), json!(n));
         }
         if let Some(n) = total_layers {
-            data["total_layers"] = json!(n);
+            data.insert("total_layers".into(), json!(n));
         }
-        let body = json!({
-            "type": "deployment.status",
-            "deployment_id": deployment_id.as_str(),
-            "data": data,
-        });
-        let request = PublishRequest::from_json(body.to_string().as_bytes())
-            .map_err(|m| gql_error("BadRequestException", m, Some(400)))?;
+        let request = PublishRequest::new(
+            "deployment.status".into(),
+            deployment_id.to_string(),
+            data,
+            None,
+        )
+        .map_err(|m| gql_error("BadRequestException", m, Some(400)))?;
         let event = state.hub.publish(request).await.map_err(|e| {
             let error_type = match e.status() {
                 403 => "Unauthorized",

@@ -1,161 +1,198 @@
-//! `GET /graphql` with the subprotocol `graphql-transport-ws` (the `graphql-ws`
-//! npm package, Apollo Client, urql), spoken by async-graphql's own protocol code.
+//! The `graphql-transport-ws` dialect on `GET /graphql` (the `graphql-ws` npm
+//! package, Apollo Client, urql), spoken by async-graphql's own protocol code.
 //!
-//! Text frames from the socket feed async-graphql's [`WebSocket`] stream; its
-//! output frames go back to the socket. The credential comes from the
-//! `connection_init` payload (`Authorization`, raw or Bearer, or `token`), else
-//! from the upgrade (`?token=`, `Authorization`, `x-api-key`); a refused one
-//! closes the socket with 4403 ("Forbidden", the protocol's code for it), a user
-//! over their connection limit with 4429; the token's expiry closes it with 4001.
-//! Subscriptions run on the same schema and feeds as the AppSync endpoint, so
-//! `since` and the slow-consumer policy hold, and a socket that takes longer than
-//! the hub's replay wait to accept a frame is closed with 4008; shutdown closes the
-//! socket with 1001.
+//! The connection driver ([`crate::ws::driver`]) awaits `connection_init` and
+//! [`authenticates`](InBand::authenticate) its credential: the init payload's
+//! (`Authorization`, raw or Bearer, or `token`), else the upgrade's (`?token=`,
+//! `Authorization`, `x-api-key`). A refused one closes the socket with 4403
+//! ("Forbidden", the protocol's code for it), as does a publisher key alone (it
+//! may only publish); a user over their connection limit gets 4429.
+//!
+//! Once open, text frames from the driver (the `connection_init` first) feed
+//! async-graphql's [`WebSocket`] stream through a channel; a pump task pushes its
+//! output frames into the connection's outbox (`Delivery::Frame`), so the driver's
+//! writer sends them with its pings, and a client that does not take a frame
+//! within the hub's replay wait is closed as a slow consumer (4008). The protocol's
+//! own closes (4400, 4409, …) go out through the driver with their reason cut to
+//! fit a close frame. Subscriptions run on the same schema and feeds as the
+//! AppSync endpoint, sharing the connection's subscription budget.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_graphql::http::{WebSocket, WebSocketProtocols, WsMessage};
 use async_graphql::Data;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket as Socket};
-use futures_util::{SinkExt, StreamExt};
-use parking_lot::Mutex;
+use futures_util::{Stream, StreamExt};
 use serde_json::Value;
+use stackpulse_auth::Verified;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
-use super::caller::{credential_from_object, resolve};
+use super::caller::{credential_from_object, resolve, Caller};
 use super::StackpulseSchema;
-use crate::auth::limits::UserSlot;
-use crate::auth::User;
-use crate::http::AppState;
-use crate::hub::{CloseReason, Outbox};
-use crate::ws::close;
-use crate::ws::connection::{expired, token_expiry};
-use crate::ws::registry::{ConnInfo, Slot};
+use crate::app::AppState;
+use crate::hub::{CloseReason, Delivery, Outbox};
+use crate::ws::driver::{
+    Conn, Control, Dialect, FrameEncoder, InBand, Refuse, Refused, SubscriptionBudget,
+};
 
-/// Prefix of the init error that means "bad credential" (mapped to 4403).
-const UNAUTHORIZED: &str = "Unauthorized";
+/// The protocol's close code for a refused credential.
+const FORBIDDEN: u16 = 4403;
+/// Client frames buffered for async-graphql before the reader waits.
+const INPUT_BUFFER: usize = 16;
 
-pub async fn run(
-    socket: Socket,
-    state: AppState,
+pub(crate) struct TransportWs {
     schema: StackpulseSchema,
-    mut slot: Slot,
-    remote: SocketAddr,
+    /// The upgrade's credential, used when `connection_init` carries none.
     upgrade_credential: Option<String>,
-) {
-    // The outbox only carries the server's close request (shutdown) here.
-    let (outbox, _rx) = Outbox::new(1);
-    let session = state.hub.open_session(outbox.clone());
-    let info = Arc::new(ConnInfo {
-        user: User::anonymous(),
-        remote,
-        connected_at: chrono::Utc::now(),
-        last_ping: AtomicI64::new(0),
-        expires_at: AtomicU64::new(u64::MAX),
-        session,
-    });
-    slot.register(info.clone());
+    /// Set by [`InBand::authenticate`].
+    caller: Option<Caller>,
+    /// The `connection_init` frame, replayed into async-graphql on open.
+    init: Option<String>,
+    input: Option<mpsc::Sender<String>>,
+    pump: Option<JoinHandle<()>>,
+}
 
-    let user_slot: Arc<Mutex<Option<UserSlot>>> = Arc::new(Mutex::new(None));
-    let init_state = state.clone();
-    let init_slot = user_slot.clone();
-    let init_info = info.clone();
-    let (mut sink, stream) = socket.split();
-    let input = stream
-        .take_while(|m| std::future::ready(matches!(m, Ok(m) if !matches!(m, Message::Close(_)))))
-        .filter_map(|m| {
-            std::future::ready(match m {
-                Ok(Message::Text(t)) => Some(t.as_str().to_owned()),
-                _ => None,
-            })
-        });
-    let mut protocol = WebSocket::new(schema, input, WebSocketProtocols::GraphQLWS)
-        .on_connection_init(move |payload: Value| async move {
-            let from_payload = payload.as_object().and_then(credential_from_object);
-            let caller = resolve(&init_state, from_payload.or(upgrade_credential))
-                .await
-                .map_err(|u| {
-                    async_graphql::Error::new(format!("{UNAUTHORIZED}: {}", u.message()))
-                })?;
-            if caller.user.is_some() {
-                let verified = stackpulse_auth::Verified {
-                    user: caller.user.clone().unwrap_or_else(User::anonymous),
-                    expires_at: caller.expires_at,
-                };
-                let slot = crate::ws::admit_user(&init_state, &verified)
-                    .map_err(|m| async_graphql::Error::new(format!("Limit: {m}")))?;
-                *init_slot.lock() = slot;
-            }
-            init_info
-                .expires_at
-                .store(caller.expires_at, Ordering::Release);
-            let mut data = Data::default();
+impl TransportWs {
+    pub fn new(schema: StackpulseSchema, upgrade_credential: Option<String>) -> TransportWs {
+        TransportWs {
+            schema,
+            upgrade_credential,
+            caller: None,
+            init: None,
+            input: None,
+            pump: None,
+        }
+    }
+}
+
+fn forbidden(message: &str) -> Refuse {
+    Refuse {
+        frame: None,
+        code: FORBIDDEN,
+        reason: format!("Unauthorized: {message}"),
+    }
+}
+
+impl InBand for TransportWs {
+    async fn authenticate(
+        &mut self,
+        state: &AppState,
+        init: &str,
+    ) -> Result<(Verified, bool), Refuse> {
+        let payload = serde_json::from_str::<Value>(init).ok();
+        let from_payload = payload
+            .as_ref()
+            .and_then(|v| v.get("payload"))
+            .and_then(Value::as_object)
+            .and_then(credential_from_object);
+        let credential = from_payload.or_else(|| self.upgrade_credential.take());
+        let caller = resolve(state, credential)
+            .await
+            .map_err(|u| forbidden(u.message()))?;
+        let Some(user) = caller.user.clone() else {
+            return Err(forbidden(
+                "a publisher key may only publish; send a user token to subscribe",
+            ));
+        };
+        let verified = Verified {
+            user,
+            expires_at: caller.expires_at,
+        };
+        self.caller = Some(caller);
+        self.init = Some(init.to_owned());
+        Ok((verified, true))
+    }
+
+    fn refusal(&self, refused: Refused, message: &str) -> Refuse {
+        let code = match refused {
+            Refused::UserLimit => 4429,
+            // Try Again Later.
+            Refused::ServerFull => 1013,
+        };
+        Refuse {
+            frame: None,
+            code,
+            reason: format!("Limit: {message}"),
+        }
+    }
+
+    /// The protocol's answer to a `subscribe` before `connection_init`.
+    fn before_init(kind: Option<&str>) -> Option<(u16, &'static str)> {
+        (kind == Some("subscribe")).then_some((4401, "Unauthorized"))
+    }
+}
+
+impl Dialect for TransportWs {
+    type Encoder = FrameEncoder;
+
+    fn encoder(&mut self) -> FrameEncoder {
+        FrameEncoder {
+            event_prefix: r#"{"type":"next""#,
+        }
+    }
+
+    async fn on_open(&mut self, conn: &Conn<'_>) {
+        let (tx, rx) = mpsc::channel::<String>(INPUT_BUFFER);
+        if let Some(init) = self.init.take() {
+            let _ = tx.try_send(init);
+        }
+        let input =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|t| (t, rx)) },
+            );
+        let mut data = Data::default();
+        // Always set by `authenticate`; without it the resolvers refuse.
+        if let Some(caller) = self.caller.take() {
             data.insert(caller);
-            Ok(data)
-        });
-    let wait = state.hub.config().replay_timeout;
-    loop {
-        let out = tokio::select! {
-            biased;
-            reason = outbox.closing() => {
-                let (code, text) = close::for_reason(reason);
-                let frame = CloseFrame { code, reason: Utf8Bytes::from_static(text) };
-                let _ = sink.send(Message::Close(Some(frame))).await;
-                break;
-            }
-            _ = token_expiry(info.expires_at.load(Ordering::Acquire)) => {
-                if expired(&info) {
-                    outbox.close(CloseReason::TokenExpired);
+        }
+        data.insert(SubscriptionBudget::new(conn.state.config.max_subscriptions));
+        let protocol = WebSocket::new(self.schema.clone(), input, WebSocketProtocols::GraphQLWS)
+            .on_connection_init(move |_| async move { Ok(data) });
+        self.pump = Some(tokio::spawn(pump(
+            protocol,
+            conn.outbox().clone(),
+            conn.control.clone(),
+            conn.state.hub.config().replay_timeout,
+        )));
+        self.input = Some(tx);
+    }
+
+    async fn on_text(&mut self, _conn: &Conn<'_>, text: &str) {
+        if let Some(input) = &self.input {
+            let _ = input.send(text.to_owned()).await;
+        }
+    }
+
+    async fn on_end(&mut self, _conn: &Conn<'_>) {
+        self.input = None;
+        if let Some(pump) = self.pump.take() {
+            pump.abort();
+        }
+    }
+}
+
+/// async-graphql's output frames → the outbox; its closes → the driver's close.
+async fn pump(
+    protocol: impl Stream<Item = WsMessage> + Send,
+    outbox: Arc<Outbox>,
+    control: Arc<Control>,
+    wait: Duration,
+) {
+    let mut protocol = std::pin::pin!(protocol);
+    while let Some(out) = protocol.next().await {
+        match out {
+            WsMessage::Text(text) => {
+                if outbox.push_wait(Delivery::frame(text), wait).await.is_err() {
+                    return;
                 }
-                continue;
             }
-            out = protocol.next() => out,
-        };
-        let sent = match out {
-            Some(WsMessage::Text(text)) => {
-                let write = sink.send(Message::Text(Utf8Bytes::from(text)));
-                match tokio::time::timeout(wait, write).await {
-                    Ok(sent) => sent,
-                    Err(_) => {
-                        // The client stopped reading: the hub's slow-consumer close.
-                        metrics::counter!("stackpulse_slow_consumer_closes_total").increment(1);
-                        let (code, text) = close::for_reason(CloseReason::SlowConsumer);
-                        let frame = CloseFrame {
-                            code,
-                            reason: Utf8Bytes::from_static(text),
-                        };
-                        let close = sink.send(Message::Close(Some(frame)));
-                        let _ = tokio::time::timeout(Duration::from_secs(3), close).await;
-                        break;
-                    }
-                }
+            WsMessage::Close(code, reason) => {
+                control.close_with(&outbox, code, &reason);
+                return;
             }
-            Some(WsMessage::Close(code, reason)) => {
-                let code = match code {
-                    1002 if reason.starts_with(UNAUTHORIZED) => 4403,
-                    1002 if reason.starts_with("Limit") => 4429,
-                    c => c,
-                };
-                let frame = CloseFrame {
-                    code,
-                    reason: Utf8Bytes::from(reason),
-                };
-                let _ = sink.send(Message::Close(Some(frame))).await;
-                break;
-            }
-            None => {
-                let _ = sink.close().await;
-                break;
-            }
-        };
-        if sent.is_err() {
-            break;
         }
     }
     outbox.close(CloseReason::ClientClosed);
-    drop(protocol);
-    drop(user_slot);
-    drop(slot);
 }

@@ -16,8 +16,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
+use super::error::AppError;
 use super::publish::publisher_body;
-use super::{error_body, AppState};
+use crate::app::AppState;
 use crate::deployments::request::DeploymentRequest;
 use crate::deployments::StartError;
 
@@ -32,7 +33,7 @@ pub async fn start(
     };
     let request = match DeploymentRequest::from_json(&body) {
         Ok(r) => r,
-        Err(message) => return error_body(StatusCode::BAD_REQUEST, &message).into_response(),
+        Err(message) => return AppError::new(StatusCode::BAD_REQUEST, &message).into_response(),
     };
     let id = request.deployment_id.clone();
     let names: Vec<String> = request.stacks.iter().map(|s| s.name.clone()).collect();
@@ -60,7 +61,7 @@ pub async fn start(
                 StartError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
                 StartError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             };
-            error_body(status, &e.to_string()).into_response()
+            AppError::new(status, e.to_string()).into_response()
         }
     }
 }

@@ -8,7 +8,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use super::{error_body, AppState};
+use super::error::AppError;
+use crate::app::AppState;
 use crate::hub::Reader;
 
 pub async fn healthz() -> Response {
@@ -35,7 +36,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let Some(handle) = crate::metrics::install() else {
-        return error_body(
+        return AppError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "metrics recorder unavailable",
         )
@@ -64,7 +65,7 @@ pub async fn topic(
     let token = crate::auth::gate::request_token(&headers, query.as_deref());
     let user = match state.gate.authenticate(token.as_deref()).await {
         Ok(v) => v.user,
-        Err(u) => return error_body(StatusCode::UNAUTHORIZED, u.message()).into_response(),
+        Err(u) => return AppError::new(StatusCode::UNAUTHORIZED, u.message()).into_response(),
     };
     let info = state.hub.backplane().info(&id).await;
     let acl = match &info {
@@ -73,7 +74,7 @@ pub async fn topic(
     };
     // Checked before existence, so a refused user cannot tell whether it exists.
     if !state.hub.may_read(&Reader::User(user), &id, acl) {
-        return error_body(StatusCode::FORBIDDEN, &format!("Forbidden: {id}")).into_response();
+        return AppError::new(StatusCode::FORBIDDEN, format!("Forbidden: {id}")).into_response();
     }
     let local = state.hub.local_subscribers(&id);
     let subscribers = match state.hub.backplane().topic_presence(&id).await {
@@ -107,8 +108,8 @@ pub async fn topic(
             .into_response()
         }
         Ok(None) => {
-            error_body(StatusCode::NOT_FOUND, &format!("Unknown topic: {id}")).into_response()
+            AppError::new(StatusCode::NOT_FOUND, format!("Unknown topic: {id}")).into_response()
         }
-        Err(e) => error_body(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()).into_response(),
+        Err(e) => AppError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
     }
 }

@@ -13,7 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use stackpulse_protocol::PublishRequest;
 
-use super::{error_body, AppState};
+use super::error::AppError;
+use crate::app::AppState;
 
 /// The body of a request that publishes: the publisher credential is checked
 /// first (401/403), then the body is read; an `Err` is the response to send.
@@ -27,12 +28,12 @@ pub async fn publisher_body(
         .authorize_publisher(headers, &state.publishers)
         .await
     {
-        return Err(error_body(status, &message).into_response());
+        return Err(AppError::new(status, &message).into_response());
     }
     body.map_err(|rejection| {
-        error_body(
+        AppError::new(
             rejection.status(),
-            &format!("Invalid body: {}", rejection.body_text()),
+            format!("Invalid body: {}", rejection.body_text()),
         )
         .into_response()
     })
@@ -49,7 +50,7 @@ pub async fn publish(
     };
     let request = match PublishRequest::from_json(&body) {
         Ok(r) => r,
-        Err(message) => return error_body(StatusCode::BAD_REQUEST, &message).into_response(),
+        Err(message) => return AppError::new(StatusCode::BAD_REQUEST, &message).into_response(),
     };
     match state.hub.publish(request).await {
         Ok(event) => (
@@ -63,7 +64,7 @@ pub async fn publish(
             if status.is_server_error() {
                 tracing::warn!(error = %e, "publish failed");
             }
-            error_body(status, &e.to_string()).into_response()
+            AppError::new(status, e.to_string()).into_response()
         }
     }
 }

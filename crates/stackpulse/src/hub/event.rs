@@ -31,9 +31,16 @@ pub struct StampedEvent {
     /// The ACL this event set on its topic (`None`: it left the ACL as it was).
     /// Live subscribers are checked against it before it is delivered.
     pub acl: Option<Acl>,
-    /// The `data` object, parsed from the frame on first use (or kept from the
-    /// publish on the node that stamped the event).
-    data: OnceLock<Arc<Map<String, Value>>>,
+    /// The typed body (`data` and `timestamp`), parsed from the frame on first use
+    /// (or kept from the publish on the node that stamped the event).
+    body: OnceLock<Body>,
+}
+
+/// The parts of an event consumers read as values.
+#[derive(Debug, Default)]
+struct Body {
+    data: Arc<Map<String, Value>>,
+    timestamp: Box<str>,
 }
 
 #[derive(Serialize)]
@@ -76,7 +83,10 @@ impl StampedEvent {
     ) -> StampedEvent {
         let frame = encode_frame(event_type, &topic, seq, timestamp, data);
         let event = StampedEvent::from_frame(topic, seq, epoch, event_type, frame);
-        let _ = event.data.set(Arc::new(data.clone()));
+        let _ = event.body.set(Body {
+            data: Arc::new(data.clone()),
+            timestamp: timestamp.into(),
+        });
         event
     }
 
@@ -96,7 +106,7 @@ impl StampedEvent {
             frame,
             published_at: Instant::now(),
             acl: None,
-            data: OnceLock::new(),
+            body: OnceLock::new(),
         }
     }
 
@@ -106,31 +116,32 @@ impl StampedEvent {
         self
     }
 
-    /// The event's `data` object (empty if the frame has none).
-    pub fn data(&self) -> &Arc<Map<String, Value>> {
-        self.data.get_or_init(|| {
+    fn body(&self) -> &Body {
+        self.body.get_or_init(|| {
             #[derive(serde::Deserialize)]
-            struct Body {
+            struct Wire {
                 #[serde(default)]
                 data: Map<String, Value>,
+                #[serde(default)]
+                timestamp: String,
             }
-            Arc::new(
-                serde_json::from_str::<Body>(self.frame.as_str())
-                    .map(|b| b.data)
-                    .unwrap_or_default(),
-            )
+            serde_json::from_str::<Wire>(self.frame.as_str())
+                .map(|w| Body {
+                    data: Arc::new(w.data),
+                    timestamp: w.timestamp.into(),
+                })
+                .unwrap_or_default()
         })
     }
 
+    /// The event's `data` object (empty if the frame has none).
+    pub fn data(&self) -> &Arc<Map<String, Value>> {
+        &self.body().data
+    }
+
     /// The event's timestamp, as stamped (RFC 3339).
-    pub fn timestamp(&self) -> Option<String> {
-        #[derive(serde::Deserialize)]
-        struct Stamp {
-            timestamp: String,
-        }
-        serde_json::from_str::<Stamp>(self.frame.as_str())
-            .ok()
-            .map(|s| s.timestamp)
+    pub fn timestamp(&self) -> &str {
+        &self.body().timestamp
     }
 }
 
@@ -165,9 +176,6 @@ mod tests {
             received.data().get("status"),
             Some(&Value::from("deploying"))
         );
-        assert_eq!(
-            received.timestamp().as_deref(),
-            Some("2025-10-23T10:05:00.000Z")
-        );
+        assert_eq!(received.timestamp(), "2025-10-23T10:05:00.000Z");
     }
 }

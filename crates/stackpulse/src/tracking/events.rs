@@ -169,7 +169,10 @@ fn parse_time(v: Option<&Value>) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
-fn resource_update(data: &Value, envelope_time: Option<DateTime<Utc>>) -> Option<ResourceUpdate> {
+fn resource_update(
+    data: &Map<String, Value>,
+    envelope_time: Option<DateTime<Utc>>,
+) -> Option<ResourceUpdate> {
     let resource: ResourceSummary = parse(data.get("resource"))?;
     let stack: StackSummary = parse(data.get("stack")).unwrap_or_default();
     Some(ResourceUpdate {
@@ -190,7 +193,7 @@ fn resource_update(data: &Value, envelope_time: Option<DateTime<Utc>>) -> Option
     })
 }
 
-fn completion(success: bool, data: &Value) -> DeploymentComplete {
+fn completion(success: bool, data: &Map<String, Value>) -> DeploymentComplete {
     DeploymentComplete {
         success,
         stack: parse(data.get("stack")).unwrap_or_default(),
@@ -230,7 +233,7 @@ fn completion(success: bool, data: &Value) -> DeploymentComplete {
 pub fn from_hub(
     event_type: &str,
     timestamp: &str,
-    data: &Value,
+    data: &Map<String, Value>,
     stack_name: &str,
 ) -> Vec<TrackerMessage> {
     let envelope_time = parse_time(Some(&Value::from(timestamp)));
@@ -283,7 +286,11 @@ pub fn from_hub(
                     })
                 })
                 .collect();
-            if let Some(done) = data.get("stacks").and_then(|s| s.get(stack_name)) {
+            if let Some(done) = data
+                .get("stacks")
+                .and_then(|s| s.get(stack_name))
+                .and_then(Value::as_object)
+            {
                 let finished_status = done
                     .get("stack")
                     .and_then(|s| s.get("status"))
@@ -373,12 +380,7 @@ mod tests {
         let mut back = Vec::new();
         for m in &msgs {
             for (t, data) in to_hub(m, &origin()) {
-                back.extend(from_hub(
-                    t,
-                    "2025-11-15T10:31:00.000Z",
-                    &Value::Object(data),
-                    "s",
-                ));
+                back.extend(from_hub(t, "2025-11-15T10:31:00.000Z", &data, "s"));
             }
         }
         assert_eq!(back, msgs);
@@ -400,7 +402,7 @@ mod tests {
                    "retry_at": "2025-11-15T10:35:00.000Z"})
         );
         // An error without a code (an older server's history) stays readable.
-        let old = json!({"message": "Rate exceeded", "retrying": true});
+        let old = object(json!({"message": "Rate exceeded", "retrying": true}));
         assert!(matches!(
             from_hub(TRACKER_ERROR, "", &old, "s").as_slice(),
             [TrackerMessage::Error(e)] if e.retrying
@@ -429,7 +431,7 @@ mod tests {
         assert_eq!(events[0].0, STACK_FAILED);
         assert_eq!(events[0].1["error_message"], "boom");
         assert_eq!(events[0].1["root_cause"]["logicalId"], "Db");
-        let back = from_hub(STACK_FAILED, "", &Value::Object(events[0].1.clone()), "s");
+        let back = from_hub(STACK_FAILED, "", &events[0].1, "s");
         assert_eq!(back, vec![failed]);
     }
 
@@ -453,8 +455,12 @@ mod tests {
                 snap.apply(seq, "2025-11-15T10:31:00.000Z", t, &data);
             }
         }
-        let data = Value::Object(snap.data().clone());
-        let msgs = from_hub(snap.event_type(), "2025-11-15T10:31:00.000Z", &data, "s");
+        let msgs = from_hub(
+            snap.event_type(),
+            "2025-11-15T10:31:00.000Z",
+            snap.data(),
+            "s",
+        );
         assert_eq!(msgs.len(), 3, "{msgs:?}");
         assert!(
             matches!(&msgs[0], TrackerMessage::ResourceUpdate(u) if u.resource.logical_id == "A")

@@ -8,6 +8,8 @@ pub const NORMAL: u16 = 1000;
 pub const GOING_AWAY: u16 = 1001;
 /// A client frame exceeded the configured size limit.
 pub const MESSAGE_TOO_BIG: u16 = 1009;
+/// A frame could not be written to the socket.
+pub const WRITE_FAILED: u16 = 1011;
 /// The server cannot keep a subscription gap-free right now (its backplane is
 /// unavailable): reconnect and resume with `since`.
 pub const SERVICE_RESTART: u16 = 1012;
@@ -15,6 +17,8 @@ pub const SERVICE_RESTART: u16 = 1012;
 pub const IDLE_TIMEOUT: u16 = 4000;
 /// The connection's token expired and no fresh one was sent with `auth`.
 pub const TOKEN_EXPIRED: u16 = 4001;
+/// A GraphQL socket sent no `connection_init` in time after its upgrade.
+pub const INIT_TIMEOUT: u16 = 4408;
 /// The client read too slowly and its outgoing queue overflowed.
 pub const SLOW_CONSUMER: u16 = 4008;
 

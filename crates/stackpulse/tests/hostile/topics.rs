@@ -5,6 +5,7 @@
 //! dialect gets it (the dialect table in [`super::dialects`] checks the ones that a
 //! socket can reach on all four endpoints).
 
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 use stackpulse_protocol::ServerMessage;
 use stackpulse_testkit::RedisServer;
@@ -13,6 +14,7 @@ use super::cfn_support::fake_cfn::FakeCfn;
 use super::cfn_support::{slow_stack, AWS_ENV};
 use super::common::tokens::*;
 use super::common::*;
+use super::dialects::{Conn, Dialect, Reply};
 
 /// A token for `sub` in `groups`.
 fn token(sub: &str, groups: &[&str]) -> String {
@@ -341,4 +343,120 @@ async fn f09_f21_event_and_snapshot_sizes_are_bounded() {
         }
         other => panic!("expected the snapshot, got {other:?}"),
     }
+}
+
+/// The next frame of a GraphQL or `/ws` subscription that is not a keep-alive:
+/// `Err(message)` for an error, `Ok(frame)` for anything else (data, `next`).
+async fn first_answer(conn: &mut Conn) -> Result<Value, String> {
+    let v = conn
+        .recv()
+        .await
+        .map_err(|code| format!("closed {code:?}"))?;
+    let errors = match v["type"].as_str().unwrap_or_default() {
+        "error" if conn.dialect == Dialect::Ws => {
+            return Err(v["message"].as_str().unwrap_or_default().to_owned())
+        }
+        "error" if conn.dialect == Dialect::AppSync => v["payload"]["errors"].clone(),
+        "error" => v["payload"].clone(),
+        "next" if v["payload"]["errors"].is_array() => v["payload"]["errors"].clone(),
+        _ => return Ok(v),
+    };
+    Err(errors[0]["message"].as_str().unwrap_or_default().to_owned())
+}
+
+/// Finding 3 on every dialect that can hold an ACL'd topic (a canvas socket holds
+/// a `stack:` topic, which never has an ACL): the event that sets an ACL excluding
+/// the subscriber is never delivered to it; it gets the dialect's 403 instead.
+#[tokio::test]
+async fn f03_on_every_dialect_an_acl_change_ends_the_subscription() {
+    let jwks = Jwks::serve("jwks.json").await;
+    let server = server_with(&jwks, &[]).await;
+    let eve = token("eve", &[]);
+    for dialect in [Dialect::Ws, Dialect::AppSync, Dialect::TransportWs] {
+        let topic = format!("private-{dialect:?}");
+        server.publish(&topic, "open").await;
+        let mut conn = dialect.connect(&server, Some(&eve)).await;
+        conn.subscribe(&topic).await;
+        assert_eq!(conn.reply().await, Reply::Ok, "{dialect:?}");
+        if dialect == Dialect::AppSync {
+            // AppSync sends the replayed event after start_ack.
+            let replay = first_answer(&mut conn).await.expect("the replayed event");
+            assert_eq!(replay["type"], "data", "{dialect:?}: {replay}");
+        }
+        if dialect == Dialect::Ws {
+            let snapshot = first_answer(&mut conn).await.expect("snapshot");
+            assert_eq!(snapshot["type"], "deployment.snapshot", "{snapshot}");
+        }
+        let (code, body) = publish(&server, &topic, Some(json!({"owner": "alice"}))).await;
+        assert_eq!(code, 202, "{body}");
+        match first_answer(&mut conn).await {
+            Err(message) => assert!(
+                message.contains("Forbidden"),
+                "{dialect:?}: the 403 names the cause: {message}"
+            ),
+            Ok(frame) => panic!("{dialect:?}: got {frame} instead of a 403"),
+        }
+    }
+}
+
+/// Findings 13 and 22 on every dialect: the default region spelled out is refused
+/// (one stack, one topic, one poller), and so is a stack `--stack-allow` excludes.
+#[tokio::test]
+async fn f13_f22_stack_names_are_checked_on_every_dialect() {
+    let server = Server::spawn(
+        &[
+            "--publisher-key",
+            KEY,
+            "--aws-endpoint-url",
+            "http://127.0.0.1:9",
+            "--aws-region",
+            "us-east-1",
+            "--stack-allow",
+            "prod-*",
+        ],
+        AWS_ENV,
+    )
+    .await;
+    for dialect in [Dialect::Ws, Dialect::AppSync, Dialect::TransportWs] {
+        let mut conn = dialect.connect(&server, None).await;
+        conn.subscribe("stack:us-east-1:prod-db").await;
+        match conn.reply().await {
+            Reply::Error(m) => assert!(m.contains("Use stack:prod-db"), "{dialect:?}: {m}"),
+            other => panic!("{dialect:?}: {other:?}"),
+        }
+        conn.subscribe("stack:dev-db").await;
+        match conn.reply().await {
+            Reply::Error(m) => assert!(
+                m.contains("Forbidden") || m.contains("Not Authorized"),
+                "{dialect:?}: {m}"
+            ),
+            other => panic!("{dialect:?}: {other:?}"),
+        }
+    }
+    // The canvas socket names its stack in the path: same rule.
+    let url = format!("ws://{}/canvas/deploy/track/dev-db", server.addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("canvas");
+    let mut conn_error = None;
+    while let Some(Ok(msg)) = ws.next().await {
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
+            let v: Value = serde_json::from_str(&t).expect("json");
+            if v["type"] == "error" {
+                conn_error = Some(v);
+                break;
+            }
+        }
+    }
+    let error = conn_error.expect("an error frame");
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Forbidden: stack:dev-db")),
+        "{error}"
+    );
+    assert_eq!(error["retrying"], false);
+    assert_eq!(
+        server.metric("stackpulse_tracking_pollers").await,
+        0.0,
+        "no refused name started a poller"
+    );
 }

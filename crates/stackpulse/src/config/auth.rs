@@ -107,10 +107,46 @@ pub struct AuthSettings {
 }
 
 fn secs(name: &'static str, v: f64) -> Result<Duration, ConfigError> {
-    Duration::try_from_secs_f64(v).map_err(|_| ConfigError::Invalid {
+    // More than 30 days is a typo, and timer arithmetic on it could overflow later.
+    const MAX: f64 = 30.0 * 86_400.0;
+    let d = Duration::try_from_secs_f64(v).map_err(|_| ConfigError::Invalid {
         name,
         message: format!("{v} is not a non-negative number of seconds"),
-    })
+    })?;
+    if v > MAX {
+        return Err(ConfigError::Invalid {
+            name,
+            message: format!("{v} is more than the {MAX} seconds allowed"),
+        });
+    }
+    Ok(d)
+}
+
+/// The largest `--jwt-leeway`.
+const MAX_LEEWAY: Duration = Duration::from_secs(300);
+
+/// A JWKS must come over HTTPS (whoever can alter it can forge tokens); plain
+/// `http://` only from this machine.
+fn check_jwks_url(url: &str) -> Result<(), ConfigError> {
+    let invalid = |message: String| ConfigError::Invalid {
+        name: "jwks-url",
+        message,
+    };
+    let parsed = url::Url::parse(url).map_err(|e| invalid(format!("{url:?} is not a URL: {e}")))?;
+    let loopback = match parsed.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        "http" => Err(invalid(format!(
+            "{url} is plain HTTP: a JWKS must be fetched over https:// (http:// only from localhost)"
+        ))),
+        other => Err(invalid(format!("{url}: unsupported scheme {other:?} (use https://)"))),
+    }
 }
 
 fn rate(name: &'static str, v: f64) -> Result<f64, ConfigError> {
@@ -207,15 +243,26 @@ pub fn resolve(args: &AuthArgs, file: &AuthFile) -> Result<Option<AuthSettings>,
         });
     }
     let jwks_url = jwks_url.unwrap_or_else(|| AuthConfig::jwks_url_for(&issuer));
+    check_jwks_url(&jwks_url)?;
     let mut verifier = AuthConfig::new(issuer, jwks_url, client_ids);
     if let Some(v) = args.jwt_leeway.or(file.jwt_leeway) {
         verifier.leeway = secs("jwt-leeway", v)?;
+        if verifier.leeway > MAX_LEEWAY {
+            return Err(ConfigError::Invalid {
+                name: "jwt-leeway",
+                message: format!(
+                    "{v} is more than {} seconds (expired tokens would stay valid that long)",
+                    MAX_LEEWAY.as_secs()
+                ),
+            });
+        }
     }
     if let Some(v) = args.jwks_refresh.or(file.jwks_refresh) {
         verifier.refresh_interval = secs("jwks-refresh", v)?.max(Duration::from_secs(1));
     }
     if let Some(v) = args.jwks_min_refetch.or(file.jwks_min_refetch) {
-        verifier.unknown_kid_interval = secs("jwks-min-refetch", v)?;
+        // Less than a second re-enables refetch storms on unknown `kid`s.
+        verifier.unknown_kid_interval = secs("jwks-min-refetch", v)?.max(Duration::from_secs(1));
     }
     let default = match args
         .default_topic_policy
@@ -251,6 +298,56 @@ pub fn resolve(args: &AuthArgs, file: &AuthFile) -> Result<Option<AuthSettings>,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leeway_and_refetch_bounds() {
+        let base = AuthArgs {
+            jwt_issuer: Some("https://issuer.example".into()),
+            cognito_client_ids: vec!["c".into()],
+            ..AuthArgs::default()
+        };
+        let args = AuthArgs {
+            jwt_leeway: Some(301.0),
+            ..base.clone()
+        };
+        let e = resolve(&args, &AuthFile::default()).expect_err("leeway");
+        assert!(e.to_string().contains("jwt-leeway"), "{e}");
+        let args = AuthArgs {
+            jwks_refresh: Some(1e13),
+            ..base.clone()
+        };
+        let e = resolve(&args, &AuthFile::default()).expect_err("refresh");
+        assert!(e.to_string().contains("jwks-refresh"), "{e}");
+        let args = AuthArgs {
+            jwks_min_refetch: Some(0.0),
+            jwt_leeway: Some(300.0),
+            ..base
+        };
+        let s = resolve(&args, &AuthFile::default())
+            .expect("valid")
+            .expect("auth on");
+        assert_eq!(s.verifier.unknown_kid_interval, Duration::from_secs(1));
+        assert_eq!(s.verifier.leeway, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn jwks_urls_need_https_off_loopback() {
+        assert!(check_jwks_url(
+            "https://cognito-idp.us-east-1.amazonaws.com/x/.well-known/jwks.json"
+        )
+        .is_ok());
+        assert!(check_jwks_url("http://127.0.0.1:9000/jwks.json").is_ok());
+        assert!(check_jwks_url("http://localhost/jwks.json").is_ok());
+        assert!(check_jwks_url("http://[::1]:1/jwks.json").is_ok());
+        for bad in [
+            "http://keys.example.com/jwks.json",
+            "ftp://127.0.0.1/x",
+            "nope",
+        ] {
+            let e = check_jwks_url(bad).expect_err(bad);
+            assert!(e.to_string().contains("jwks-url"), "{e}");
+        }
+    }
 
     #[test]
     fn cognito_flags_derive_issuer_and_jwks() {

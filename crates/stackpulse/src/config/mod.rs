@@ -11,7 +11,29 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::auth::settings::{self, AdmissionLimits, AuthArgs, AuthFile, AuthSettings};
+pub mod auth;
+
+use self::auth as settings;
+use self::auth::{AdmissionLimits, AuthArgs, AuthFile, AuthSettings};
+
+/// What the operator configured about stack topics (applied by the server's
+/// topic policy, [`crate::topic_policy`]).
+#[derive(Debug, Clone)]
+pub struct StackRules {
+    /// `--stack-reader-group`: who may read `stack:` topics (with auth).
+    pub reader_group: Option<String>,
+    /// `--stack-allow`: globs (`*`, `?`) over stack names the server tracks.
+    pub allow: Vec<String>,
+}
+
+impl Default for StackRules {
+    fn default() -> StackRules {
+        StackRules {
+            reader_group: None,
+            allow: vec!["*".into()],
+        }
+    }
+}
 
 /// `stackpulse serve` flags. Every field is optional so that unset flags fall back
 /// to the file and then to the defaults.
@@ -67,6 +89,10 @@ pub struct ServeArgs {
     /// Seconds without any frame from a client before it is closed (4000) [default: 60].
     #[arg(long, env = "STACKPULSE_IDLE_TIMEOUT", value_name = "SECONDS")]
     pub idle_timeout: Option<f64>,
+    /// Seconds a GraphQL socket has from its upgrade to send `connection_init`
+    /// (4408) [default: 10]; for tests.
+    #[arg(long, hide = true, value_name = "SECONDS")]
+    pub init_timeout: Option<f64>,
     /// Seconds to drain connections on shutdown [default: 5].
     #[arg(long, env = "STACKPULSE_SHUTDOWN_GRACE", value_name = "SECONDS")]
     pub shutdown_grace: Option<f64>,
@@ -87,6 +113,16 @@ pub struct ServeArgs {
     /// up after 65 s without one) [default: 30].
     #[arg(long, env = "STACKPULSE_GRAPHQL_KEEPALIVE", value_name = "SECONDS")]
     pub graphql_keepalive: Option<f64>,
+    /// Serve GraphQL introspection (`__schema`, `__type`): `--graphql-introspection`
+    /// or `=true` turns it on, `=false` off [default: on without auth, off with auth].
+    #[arg(
+        long,
+        env = "STACKPULSE_GRAPHQL_INTROSPECTION",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub graphql_introspection: Option<bool>,
     #[command(flatten)]
     pub auth: AuthArgs,
     /// Send every AWS request to this endpoint (moto, LocalStack) [default: AWS].
@@ -141,6 +177,60 @@ pub struct ServeArgs {
     /// loop twenty times faster) [default: 1].
     #[arg(long, env = "STACKPULSE_DEMO_PACE", value_name = "FACTOR")]
     pub demo_pace: Option<f64>,
+    #[command(flatten)]
+    pub edge: EdgeArgs,
+}
+
+/// The HTTP edge's flags (`POST /canvas/deploy`, Origin/Host, proxies, HTTP
+/// connections); TOML keys sit at the top level like every other flag's.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct EdgeArgs {
+    /// Group whose members may `POST /canvas/deploy` (besides publisher keys and
+    /// the admin group) [default: deployers].
+    #[arg(long, env = "STACKPULSE_DEPLOYER_GROUP", value_name = "GROUP")]
+    pub deployer_group: Option<String>,
+    /// A capability `POST /canvas/deploy` may acknowledge, e.g. CAPABILITY_IAM
+    /// (repeatable; env: comma-separated) [default: none].
+    #[arg(
+        long = "deploy-capabilities",
+        env = "STACKPULSE_DEPLOY_CAPABILITIES",
+        value_name = "CAPABILITY",
+        value_delimiter = ','
+    )]
+    pub deploy_capabilities: Vec<String>,
+    /// Service role CloudFormation assumes for stacks created by `POST /canvas/deploy`.
+    #[arg(long, env = "STACKPULSE_DEPLOY_ROLE_ARN", value_name = "ARN")]
+    pub deploy_role_arn: Option<String>,
+    /// Without auth: a browser Origin allowed besides loopback ones, e.g.
+    /// https://dash.example (repeatable; env: comma-separated).
+    #[arg(
+        long = "allowed-origin",
+        env = "STACKPULSE_ALLOWED_ORIGINS",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Vec<String>,
+    /// A proxy (address or CIDR) whose X-Forwarded-For names the client for per-IP
+    /// limits (repeatable; env: comma-separated) [default: none].
+    #[arg(
+        long = "trusted-proxy",
+        env = "STACKPULSE_TRUSTED_PROXIES",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<String>,
+    /// Open HTTP connections (plain or TLS) in total [default: 4 × --max-connections].
+    #[arg(long, env = "STACKPULSE_MAX_HTTP_CONNECTIONS", value_name = "N")]
+    pub max_http_connections: Option<usize>,
+    /// Seconds a client has to send a request's headers (also bounds idle
+    /// keep-alive); for tests [default: 10].
+    #[arg(
+        long,
+        env = "STACKPULSE_HTTP_HEADER_TIMEOUT",
+        value_name = "SECONDS",
+        hide = true
+    )]
+    pub http_header_timeout: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
@@ -172,6 +262,7 @@ struct FileConfig {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     graphql_keepalive: Option<f64>,
+    graphql_introspection: Option<bool>,
     redis_url: Option<String>,
     presence_interval: Option<f64>,
     aws_endpoint_url: Option<String>,
@@ -185,6 +276,14 @@ struct FileConfig {
     max_event_bytes: Option<usize>,
     stack_reader_group: Option<String>,
     stack_allow: Option<Vec<String>>,
+    // The HTTP edge (EdgeArgs).
+    deployer_group: Option<String>,
+    deploy_capabilities: Option<Vec<String>>,
+    deploy_role_arn: Option<String>,
+    allowed_origins: Option<Vec<String>>,
+    trusted_proxies: Option<Vec<String>>,
+    max_http_connections: Option<usize>,
+    http_header_timeout: Option<f64>,
 }
 
 /// The files `--tls-cert` and `--tls-key` name (read by [`crate::tls::load`]).
@@ -210,6 +309,8 @@ pub struct Config {
     pub queue_size: usize,
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
+    /// From the upgrade of a GraphQL socket to its `connection_init` (never reset).
+    pub init_timeout: Duration,
     pub shutdown_grace: Duration,
     /// The shared backplane; `None` keeps the hub in memory.
     pub redis_url: Option<String>,
@@ -221,6 +322,8 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// Interval of the AppSync `ka` keep-alive message.
     pub graphql_keepalive: Duration,
+    /// Whether GraphQL introspection is served.
+    pub graphql_introspection: bool,
     /// Endpoint of every AWS client (moto, LocalStack); `None`: AWS itself.
     pub aws_endpoint_url: Option<String>,
     /// Default region of tracked stacks; `None`: from the standard AWS chain.
@@ -240,7 +343,49 @@ pub struct Config {
     /// Largest encoded event a publisher may send (and the snapshot budget).
     pub max_event_bytes: usize,
     /// Who may read `stack:` topics and which stacks are tracked.
-    pub stacks: crate::topic_policy::StackRules,
+    pub stacks: StackRules,
+    /// Who may deploy, what they may acknowledge, the service role, the origins
+    /// and proxies trusted, and the HTTP connection limits.
+    pub edge: EdgeConfig,
+}
+
+/// The resolved [`EdgeArgs`].
+#[derive(Debug, Clone)]
+pub struct EdgeConfig {
+    pub deployer_group: String,
+    /// Capabilities `POST /canvas/deploy` may pass to CreateStack; empty: none.
+    pub deploy_capabilities: Vec<String>,
+    pub deploy_role_arn: Option<String>,
+    /// Origins (`scheme://host[:port]`, lowercase) allowed besides loopback ones
+    /// when auth is off.
+    pub allowed_origins: Vec<String>,
+    pub trusted_proxies: Vec<crate::net::Cidr>,
+    /// `None`: 4 × [`Config::max_connections`].
+    pub max_http_connections: Option<usize>,
+    pub http_header_timeout: Duration,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> EdgeConfig {
+        EdgeConfig {
+            deployer_group: "deployers".into(),
+            deploy_capabilities: Vec::new(),
+            deploy_role_arn: None,
+            allowed_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
+            max_http_connections: None,
+            http_header_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Config {
+    /// The cap on open HTTP connections.
+    pub fn max_http_connections(&self) -> usize {
+        self.edge
+            .max_http_connections
+            .unwrap_or_else(|| self.max_connections.saturating_mul(4))
+    }
 }
 
 impl Default for Config {
@@ -258,6 +403,7 @@ impl Default for Config {
             queue_size: 1024,
             ping_interval: Duration::from_secs(25),
             idle_timeout: Duration::from_secs(60),
+            init_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
             redis_url: None,
             presence_interval: Duration::from_secs(5),
@@ -269,6 +415,7 @@ impl Default for Config {
             },
             tls: None,
             graphql_keepalive: Duration::from_secs(30),
+            graphql_introspection: true,
             aws_endpoint_url: None,
             aws_region: None,
             poll_interval: Duration::from_secs(2),
@@ -278,7 +425,8 @@ impl Default for Config {
             max_topics: 100_000,
             max_pollers: 1000,
             max_event_bytes: 256 * 1024,
-            stacks: crate::topic_policy::StackRules::default(),
+            stacks: StackRules::default(),
+            edge: EdgeConfig::default(),
         }
     }
 }
@@ -296,14 +444,84 @@ pub enum ConfigError {
     Invalid { name: &'static str, message: String },
 }
 
+/// The longest duration any flag accepts: more is a typo, and timers and
+/// `Instant` arithmetic on it would overflow (a panic in a task) later.
+const MAX_SECONDS: f64 = 30.0 * 86_400.0;
+
 fn seconds(name: &'static str, value: f64) -> Result<Duration, ConfigError> {
-    Duration::try_from_secs_f64(value)
+    seconds_at_most(name, value, MAX_SECONDS)
+}
+
+/// A positive duration of at most `max` seconds.
+fn seconds_at_most(name: &'static str, value: f64, max: f64) -> Result<Duration, ConfigError> {
+    let d = Duration::try_from_secs_f64(value)
         .ok()
         .filter(|d| !d.is_zero())
         .ok_or(ConfigError::Invalid {
             name,
             message: format!("{value} is not a positive number of seconds"),
+        })?;
+    if value > max {
+        return Err(ConfigError::Invalid {
+            name,
+            message: format!("{value} is more than the {max} seconds allowed"),
+        });
+    }
+    Ok(d)
+}
+
+/// The longest poll interval: a stack polled less often is not being tracked.
+const MAX_POLL_INTERVAL: f64 = 3600.0;
+
+/// Resolves [`EdgeArgs`] over the file.
+fn resolve_edge(args: &EdgeArgs, file: &FileConfig) -> Result<EdgeConfig, ConfigError> {
+    let d = EdgeConfig::default();
+    let list = |flag: &Vec<String>, file: &Option<Vec<String>>| -> Vec<String> {
+        let v = if flag.is_empty() {
+            file.clone().unwrap_or_default()
+        } else {
+            flag.clone()
+        };
+        v.into_iter()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect()
+    };
+    let trusted_proxies = list(&args.trusted_proxies, &file.trusted_proxies)
+        .iter()
+        .map(|c| {
+            c.parse::<crate::net::Cidr>()
+                .map_err(|message| ConfigError::Invalid {
+                    name: "trusted-proxy",
+                    message,
+                })
         })
+        .collect::<Result<_, _>>()?;
+    let allowed_origins = list(&args.allowed_origins, &file.allowed_origins)
+        .iter()
+        .map(|o| crate::net::normalize_origin(o))
+        .collect();
+    Ok(EdgeConfig {
+        deployer_group: non_empty(args.deployer_group.clone().or(file.deployer_group.clone()))
+            .unwrap_or(d.deployer_group),
+        deploy_capabilities: list(&args.deploy_capabilities, &file.deploy_capabilities),
+        deploy_role_arn: non_empty(
+            args.deploy_role_arn
+                .clone()
+                .or(file.deploy_role_arn.clone()),
+        ),
+        allowed_origins,
+        trusted_proxies,
+        max_http_connections: args
+            .max_http_connections
+            .or(file.max_http_connections)
+            .map(|n| positive("max-http-connections", n))
+            .transpose()?,
+        http_header_timeout: match args.http_header_timeout.or(file.http_header_timeout) {
+            Some(s) => seconds_at_most("http-header-timeout", s, 3600.0)?,
+            None => d.http_header_timeout,
+        },
+    })
 }
 
 fn non_empty(value: Option<String>) -> Option<String> {
@@ -359,6 +577,7 @@ impl Config {
             None => FileConfig::default(),
         };
         let d = Config::default();
+        let edge = resolve_edge(&args.edge, &file)?;
         let auth_file = file.auth.unwrap_or_default();
         let keys = if args.publisher_keys.is_empty() {
             file.publisher_keys.unwrap_or_default()
@@ -370,7 +589,13 @@ impl Config {
             .map(|k| k.trim().to_owned())
             .filter(|k| !k.is_empty())
             .collect();
+        let auth = settings::resolve(&args.auth, &auth_file)?;
         Ok(Config {
+            // Introspection defaults to on in loopback dev mode only.
+            graphql_introspection: args
+                .graphql_introspection
+                .or(file.graphql_introspection)
+                .unwrap_or(auth.is_none()),
             bind: args.bind.or(file.bind).unwrap_or(d.bind),
             publisher_keys: keys,
             publisher_key_hashes: parse_hashes(if args.publisher_key_hashes.is_empty() {
@@ -415,6 +640,10 @@ impl Config {
                 Some(s) => seconds("ping-interval", s)?,
                 None => d.ping_interval,
             },
+            init_timeout: match args.init_timeout {
+                Some(s) => seconds("init-timeout", s)?,
+                None => d.init_timeout,
+            },
             idle_timeout: match args.idle_timeout.or(file.idle_timeout) {
                 Some(s) => seconds("idle-timeout", s)?,
                 None => d.idle_timeout,
@@ -428,7 +657,7 @@ impl Config {
                 Some(s) => seconds("presence-interval", s)?,
                 None => d.presence_interval,
             },
-            auth: settings::resolve(&args.auth, &auth_file)?,
+            auth,
             admission: settings::resolve_limits(&args.auth, &auth_file)?,
             tls: match (
                 args.tls_cert.clone().or(file.tls_cert),
@@ -457,7 +686,7 @@ impl Config {
             aws_endpoint_url: non_empty(args.aws_endpoint_url.clone().or(file.aws_endpoint_url)),
             aws_region: non_empty(args.aws_region.clone().or(file.aws_region)),
             poll_interval: match args.poll_interval.or(file.poll_interval) {
-                Some(s) => seconds("poll-interval", s)?,
+                Some(s) => seconds_at_most("poll-interval", s, MAX_POLL_INTERVAL)?,
                 None => d.poll_interval,
             },
             tracker_grace: match args.tracker_grace.or(file.tracker_grace) {
@@ -488,7 +717,7 @@ impl Config {
                     .or(file.max_event_bytes)
                     .unwrap_or(d.max_event_bytes),
             )?,
-            stacks: crate::topic_policy::StackRules {
+            stacks: StackRules {
                 reader_group: non_empty(
                     args.stack_reader_group.clone().or(file.stack_reader_group),
                 ),
@@ -510,6 +739,7 @@ impl Config {
                     }
                 },
             },
+            edge,
         })
     }
 }
@@ -518,6 +748,28 @@ impl Config {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn graphql_introspection_defaults_to_on_without_auth() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let resolve = |args: &[&str]| {
+            let cli = Cli::try_parse_from(std::iter::once("serve").chain(args.iter().copied()))
+                .expect("args");
+            Config::resolve(&cli.serve).expect("config")
+        };
+        assert!(resolve(&[]).graphql_introspection);
+        assert!(resolve(&["--graphql-introspection"]).graphql_introspection);
+        assert!(!resolve(&["--graphql-introspection=false"]).graphql_introspection);
+        let mut file = tempfile::NamedTempFile::new().expect("tmp");
+        writeln!(file, "graphql_introspection = false").expect("write");
+        let path = file.path().to_string_lossy().into_owned();
+        assert!(!resolve(&["--config", &path]).graphql_introspection);
+    }
 
     #[test]
     fn flags_beat_file_beats_defaults() {
@@ -590,6 +842,76 @@ mod tests {
         assert_eq!(c.aws_endpoint_url.as_deref(), Some("http://127.0.0.1:5000"));
         assert_eq!(c.poll_interval, Duration::from_millis(250));
         assert_eq!(c.tracker_grace, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn absurd_durations_and_edge_values_are_named() {
+        let cases: [(ServeArgs, &str); 5] = [
+            (
+                ServeArgs {
+                    poll_interval: Some(7200.0),
+                    ..ServeArgs::default()
+                },
+                "poll-interval",
+            ),
+            (
+                ServeArgs {
+                    tracker_grace: Some(1e12),
+                    ..ServeArgs::default()
+                },
+                "tracker-grace",
+            ),
+            (
+                ServeArgs {
+                    deployment_timeout: Some(1e20),
+                    ..ServeArgs::default()
+                },
+                "deployment-timeout",
+            ),
+            (
+                ServeArgs {
+                    idle_timeout: Some(f64::INFINITY),
+                    ..ServeArgs::default()
+                },
+                "idle-timeout",
+            ),
+            (
+                ServeArgs {
+                    edge: EdgeArgs {
+                        trusted_proxies: vec!["10.0.0.0/99".into()],
+                        ..EdgeArgs::default()
+                    },
+                    ..ServeArgs::default()
+                },
+                "trusted-proxy",
+            ),
+        ];
+        for (args, name) in cases {
+            let e = Config::resolve(&args).expect_err(name);
+            assert!(e.to_string().contains(name), "{e}");
+        }
+        let ok = ServeArgs {
+            deployment_timeout: Some(7.0 * 86_400.0),
+            max_connections: Some(10),
+            edge: EdgeArgs {
+                allowed_origins: vec!["https://Dash.example/".into()],
+                deploy_capabilities: vec!["CAPABILITY_IAM".into(), " ".into()],
+                ..EdgeArgs::default()
+            },
+            ..ServeArgs::default()
+        };
+        let c = Config::resolve(&ok).expect("valid");
+        assert_eq!(c.max_http_connections(), 40, "4 × --max-connections");
+        assert_eq!(
+            c.edge.allowed_origins,
+            vec!["https://dash.example".to_string()]
+        );
+        assert_eq!(
+            c.edge.deploy_capabilities,
+            vec!["CAPABILITY_IAM".to_string()]
+        );
+        assert_eq!(c.edge.deployer_group, "deployers");
+        assert_eq!(c.edge.http_header_timeout, Duration::from_secs(10));
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! Admission reserves a slot ([`Registry::reserve`]) *before* the upgrade, so the
 //! connection limit holds under a connect storm; the slot is released when its
-//! [`Slot`] is dropped, however the connection ends.
+//! [`Slot`] is dropped, however the connection ends. A socket whose credential
+//! comes later (GraphQL's `connection_init`) holds a [`Pending`] instead until then.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
@@ -57,6 +58,19 @@ impl ConnInfo {
 pub struct Registry {
     conns: DashMap<u64, Arc<ConnInfo>>,
     reserved: AtomicUsize,
+    /// Sockets upgraded without a credential yet (awaiting `connection_init`).
+    pending: AtomicUsize,
+}
+
+/// A socket awaiting its credential, counted apart from the places.
+pub struct Pending {
+    registry: Arc<Registry>,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.registry.pending.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// A reserved place under the connection limit.
@@ -76,6 +90,18 @@ impl Registry {
         Some(Slot {
             registry: self.clone(),
             id: None,
+        })
+    }
+
+    /// Counts a socket awaiting its credential if fewer than `max` are.
+    pub fn reserve_pending(self: &Arc<Self>, max: usize) -> Option<Pending> {
+        self.pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Pending {
+            registry: self.clone(),
         })
     }
 

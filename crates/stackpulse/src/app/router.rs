@@ -1,0 +1,56 @@
+//! Every route of the server: `/ws` (the monitoring socket, [`crate::ws`]),
+//! `POST /v1/events` and `/v1/deployments` ([`crate::http`]), the canvas endpoints
+//! ([`crate::canvas`]), `/graphql` and `/graphql/realtime` ([`crate::graphql`]), the
+//! operational endpoints and the dashboard, all behind the HTTP edge layer
+//! ([`crate::http::edge`]). A path nobody serves gets a JSON 404.
+
+use axum::extract::Request;
+use axum::handler::Handler;
+use axum::http::StatusCode;
+use axum::middleware;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, MethodRouter};
+use axum::Router;
+
+use super::AppState;
+use crate::http::error::AppError;
+use crate::http::{dashboard, deployments, edge, ops, publish};
+
+/// A POST route whose body is JSON: [`edge::json_only`] in front of `handler`.
+pub fn json_post<H, T>(handler: H) -> MethodRouter<AppState>
+where
+    H: Handler<T, AppState>,
+    T: 'static,
+{
+    post(handler).route_layer(middleware::from_fn(edge::json_only))
+}
+
+/// Every route of the server.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/ws", get(crate::ws::ws_handler))
+        .route("/v1/events", json_post(publish::publish))
+        .route("/v1/deployments", json_post(deployments::start))
+        .route(
+            "/canvas/deploy/track/{stack_name}",
+            get(crate::canvas::track::track_handler),
+        )
+        .route("/canvas/deploy", json_post(crate::canvas::deploy::deploy))
+        .route("/v1/topics/{id}", get(ops::topic))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .merge(crate::graphql::routes(state.clone()))
+        .merge(dashboard::routes())
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), edge::guard))
+        .with_state(state)
+}
+
+async fn not_found(req: Request) -> Response {
+    AppError::new(
+        StatusCode::NOT_FOUND,
+        format!("Not found: {} {}", req.method(), req.uri().path()),
+    )
+    .into_response()
+}
