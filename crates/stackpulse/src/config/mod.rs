@@ -347,6 +347,9 @@ pub struct Config {
     /// Who may deploy, what they may acknowledge, the service role, the origins
     /// and proxies trusted, and the HTTP connection limits.
     pub edge: EdgeConfig,
+    /// `serve --demo`: the trackers poll the demo's in-process endpoint, and
+    /// `/healthz` says so (the dashboard then offers the demo stacks).
+    pub demo: bool,
 }
 
 /// The resolved [`EdgeArgs`].
@@ -426,6 +429,7 @@ impl Default for Config {
             max_pollers: 1000,
             max_event_bytes: 256 * 1024,
             stacks: StackRules::default(),
+            demo: false,
             edge: EdgeConfig::default(),
         }
     }
@@ -591,6 +595,7 @@ impl Config {
             .collect();
         let auth = settings::resolve(&args.auth, &auth_file)?;
         Ok(Config {
+            demo: args.demo,
             // Introspection defaults to on in loopback dev mode only.
             graphql_introspection: args
                 .graphql_introspection
