@@ -418,3 +418,73 @@ async fn doctor_gives_a_verdict_per_item() {
     assert_eq!(verdict(&out, "AWS credentials"), "FAIL", "{out}");
     assert!(out.contains("AWS_PROFILE"), "{out}");
 }
+
+/// A network outage (three dropped connections in a row): every retry happens, the
+/// topic gets one `tracker.error` (`network`) and one `tracker.recovered`, then the
+/// operation's events; the log says it once.
+#[tokio::test]
+async fn network_outage_is_one_error_then_recovered() {
+    let fake = FakeCfn::start(vec![cfn_support::slow_stack("flaky", 1)]).await;
+    fake.world().faults.extend([Fault::Reset; 3]);
+    let s = spawn_isolated(
+        &[
+            "--aws-endpoint-url",
+            &fake.endpoint,
+            "--aws-region",
+            "us-east-1",
+            "--poll-interval",
+            "0.05",
+        ],
+        AWS_ENV,
+    )
+    .await;
+    let mut c = s.server.connect().await;
+    c.subscribe("stack:flaky", Some(0), None)
+        .await
+        .expect("subscribe");
+    let mut kinds = Vec::new();
+    let mut error = Value::Null;
+    loop {
+        let Frame::Event(e) = next(&mut c).await else {
+            continue;
+        };
+        match e.event_type.as_str() {
+            "tracker.error" => {
+                error = e.data.clone();
+                kinds.push("error");
+            }
+            "tracker.recovered" => {
+                assert_eq!(e.data["code"], "network", "{:?}", e.data);
+                kinds.push("recovered");
+            }
+            "resource.status" => {
+                if kinds.last() != Some(&"update") {
+                    kinds.push("update");
+                }
+            }
+            "stack.deployed" => {
+                kinds.push("deployed");
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(kinds, ["error", "recovered", "update", "deployed"]);
+    assert_eq!(error["code"], "network", "{error}");
+    assert_eq!(error["retrying"], true);
+    assert!(error["retry_at"].is_string(), "{error}");
+    assert!(error["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("could not be reached") && m.chars().count() <= 300));
+    assert!(
+        fake.world().faults.is_empty(),
+        "every dropped connection was retried"
+    );
+    let log = s.log.lock().expect("log").clone();
+    let told = log
+        .iter()
+        .filter(|l| l.contains("WARN") && l.contains("could not be reached"))
+        .count();
+    assert_eq!(told, 1, "{log:#?}");
+    assert!(log.iter().all(|l| l.len() < 1000), "{log:#?}");
+}
