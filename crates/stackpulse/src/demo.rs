@@ -195,7 +195,6 @@ const PAUSE: f64 = 6.0;
 /// A stack of the demo world, created (all events visible, `CREATE_COMPLETE`).
 fn created(name: &str) -> FakeStack {
     let mut s = FakeStack::new(name);
-    s.arn = arn(name);
     s.created = chrono::Utc::now();
     s.template_resources = resources(name).len();
     s.resources = resources(name)

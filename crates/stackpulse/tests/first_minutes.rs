@@ -457,11 +457,7 @@ async fn network_outage_is_one_error_then_recovered() {
                 assert_eq!(e.data["code"], "network", "{:?}", e.data);
                 kinds.push("recovered");
             }
-            "resource.status" => {
-                if kinds.last() != Some(&"update") {
-                    kinds.push("update");
-                }
-            }
+            "resource.status" if kinds.last() != Some(&"update") => kinds.push("update"),
             "stack.deployed" => {
                 kinds.push("deployed");
                 break;
