@@ -412,11 +412,14 @@ async fn doctor_gives_a_verdict_per_item() {
     assert!(out.contains("access_denied"), "{out}");
     assert!(!out.contains("123456789012"), "{out}");
 
-    // No credentials: said, with what to set.
-    let (code, out) = doctor(&flags, EMPTY_AWS).await;
+    // No credentials and no region anywhere: both said, with what to set.
+    let (code, out) = doctor(&flags[..2], EMPTY_AWS).await;
     assert_eq!(code, 1, "{out}");
     assert_eq!(verdict(&out, "AWS credentials"), "FAIL", "{out}");
     assert!(out.contains("AWS_PROFILE"), "{out}");
+    assert_eq!(verdict(&out, "AWS region"), "FAIL", "{out}");
+    assert!(out.contains("set AWS_REGION or --aws-region"), "{out}");
+    assert!(out.contains("[credentials]"), "the calls say why: {out}");
 }
 
 /// A network outage (three dropped connections in a row): every retry happens, the
