@@ -171,7 +171,7 @@ pub struct ServeArgs {
     // Demo mode (flags and environment only; see `crate::demo`).
     /// Play CloudFormation deployments in-process (no AWS account needed): stacks
     /// demo-network, demo-database, demo-app and the deployment `demo`, in a loop.
-    #[arg(long, env = "STACKPULSE_DEMO")]
+    #[arg(long, env = "STACKPULSE_DEMO", value_parser = clap::builder::BoolishValueParser::new())]
     pub demo: bool,
     /// Speed of --demo's scripts: seconds are multiplied by this (0.05 plays a
     /// loop twenty times faster) [default: 1].
