@@ -683,5 +683,27 @@ form.addEventListener('submit', (ev) => {
 updatePreview();
 for (const t of loadHash()) watch(t);
 
+// ---------------------------------------------------------------------------
+// The demo: a `serve --demo` server says so on /healthz; one click watches it.
+
+export const DEMO_TOPICS = ['demo', 'stack:demo-network', 'stack:demo-database', 'stack:demo-app'];
+const demoOffer = $('demo-offer');
+$('watch-demo').addEventListener('click', () => {
+  for (const t of DEMO_TOPICS) watch(t);
+  demoOffer.hidden = true;
+});
+void fetch('/healthz')
+  .then((r) => (r.ok ? r.json() : null))
+  .then((health: { demo?: boolean } | null) => {
+    const watched = DEMO_TOPICS.every((t) => views.has(t));
+    if (health?.demo === true && !watched) demoOffer.hidden = false;
+  })
+  .catch(() => {
+    // No offer when the server cannot be asked.
+  })
+  .finally(() => {
+    demoOffer.dataset.checked = 'true';
+  });
+
 // For tests and the curious: the client in the console.
 (window as unknown as { stackpulse: unknown }).stackpulse = { client, views };

@@ -362,3 +362,45 @@ test('with authentication on: refused without a token, live once one is entered'
     await issuer.close();
   }
 });
+
+describe('the dashboard on a demo server', () => {
+  let server;
+  before(async () => {
+    server = await startServer({ args: ['--demo', '--demo-pace', '0.05', '--poll-interval', '0.05'] });
+  });
+  after(async () => {
+    await server?.kill();
+  });
+
+  test('offers the demo stacks with one click, and shows the failure with its cause', async () => {
+    const { page, context, problems } = await openPage(`${server.httpUrl}/`);
+    await page.waitForSelector('#demo-offer[data-checked]:not([hidden])');
+    await page.click('#watch-demo');
+    for (const topic of ['demo', 'stack:demo-network', 'stack:demo-database', 'stack:demo-app']) {
+      await page.waitForSelector(card(topic));
+    }
+    assert.equal(await page.isHidden('#demo-offer'), true);
+    await until(page, (sel) => document.querySelector(sel)?.textContent.includes('failed ELB health checks'), card('stack:demo-app'));
+    await page.screenshot({ path: join(ARTIFACTS, 'dashboard-demo.png'), fullPage: true });
+    assert.deepEqual(problems, []);
+    await context.close();
+  });
+});
+
+describe('the dashboard on a server without --demo', () => {
+  let server;
+  before(async () => {
+    server = await startServer();
+  });
+  after(async () => {
+    await server?.kill();
+  });
+
+  test('offers no demo', async () => {
+    const { page, context, problems } = await openPage(`${server.httpUrl}/`);
+    await page.waitForSelector('#demo-offer[data-checked]', { state: 'attached' });
+    assert.equal(await page.isHidden('#demo-offer'), true);
+    assert.deepEqual(problems, []);
+    await context.close();
+  });
+});

@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 
 use crate::events::Event;
 use crate::progress::ResourceState;
-use crate::wire::StackOutput;
+use crate::wire::{ErrorCode, StackOutput, MAX_PROBLEM_MESSAGE};
 
 /// Counts AWS calls (requests sent, including failed ones), for a metric.
 ///
@@ -64,14 +64,33 @@ impl CallCounter {
 }
 
 /// What went wrong with one call, sorted by what to do about it.
+///
+/// Every variant carries AWS's (or the SDK's) own text for the log; users get
+/// [`AwsError::public_message`] and [`AwsError::code`] instead.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AwsError {
     /// `Throttling` / "Rate exceeded": back off and poll slower.
     #[error("throttled: {0}")]
     Throttled(String),
-    /// Network errors, timeouts, 5xx, unparseable answers: retry with backoff.
+    /// Connection refused or reset, DNS, TLS, timeouts: retry with backoff.
+    #[error("{0}")]
+    Network(String),
+    /// 5xx, unparseable answers (a proxy's HTML 502...): retry with backoff.
     #[error("{0}")]
     Transient(String),
+    /// No credentials in the chain (environment, profiles, SSO, instance role).
+    #[error("{0}")]
+    NoCredentials(String),
+    /// AWS refused the credentials (`InvalidClientTokenId`, `ExpiredToken`...): the
+    /// string starts with AWS's error code.
+    #[error("{0}")]
+    BadCredentials(String),
+    /// No region could be determined.
+    #[error("{0}")]
+    NoRegion(String),
+    /// `AccessDenied` and friends: the string starts with AWS's error code.
+    #[error("{0}")]
+    AccessDenied(String),
     /// `ValidationError` "Stack with id X does not exist".
     #[error("{0}")]
     NotFound(String),
@@ -81,45 +100,130 @@ pub enum AwsError {
     /// `AlreadyExistsException` on create.
     #[error("{0}")]
     AlreadyExists(String),
-    /// Anything else (access denied, ...): not retried.
+    /// Anything else: not retried. The string starts with AWS's error code.
     #[error("{0}")]
     Other(String),
 }
 
+/// AWS's error code at the start of `text` (`AccessDenied: User: arn:…`), cut to
+/// the characters an error code has: nothing else of AWS's text is shown.
+fn leading_code(text: &str) -> String {
+    text.split(": ")
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '.')
+        .take(64)
+        .collect()
+}
+
 impl AwsError {
-    /// One sentence for the people watching a stack. AWS's own text stays in the
+    /// The stable code clients branch on.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            AwsError::Throttled(_) => ErrorCode::Throttled,
+            AwsError::Network(_) => ErrorCode::Network,
+            AwsError::NoCredentials(_) | AwsError::BadCredentials(_) => ErrorCode::Credentials,
+            AwsError::NoRegion(_) => ErrorCode::Region,
+            AwsError::AccessDenied(_) => ErrorCode::AccessDenied,
+            AwsError::NotFound(_) => ErrorCode::NotFound,
+            AwsError::Transient(_)
+            | AwsError::Validation(_)
+            | AwsError::AlreadyExists(_)
+            | AwsError::Other(_) => ErrorCode::Aws,
+        }
+    }
+
+    /// Whether the tracker retries the call (every configuration error is retried
+    /// too, minutes apart: fixing the credentials or the policy needs no restart).
+    pub fn is_retried(&self) -> bool {
+        matches!(
+            self,
+            AwsError::Throttled(_)
+                | AwsError::Network(_)
+                | AwsError::Transient(_)
+                | AwsError::NoCredentials(_)
+                | AwsError::BadCredentials(_)
+                | AwsError::NoRegion(_)
+                | AwsError::AccessDenied(_)
+        )
+    }
+
+    /// One sentence with the cause and the fix, for the people watching a stack
+    /// (at most [`MAX_PROBLEM_MESSAGE`] characters). AWS's own text stays in the
     /// logs: it can name the account and the principal (`User: arn:aws:iam::…`) or
     /// carry the SDK's whole error chain. Only AWS's error code is kept.
     pub fn public_message(&self) -> String {
-        match self {
-            AwsError::Throttled(_) => "AWS is throttling CloudFormation requests".into(),
-            AwsError::Transient(_) => {
-                "AWS could not be reached or did not answer (network, credentials or a                  service error; the server's log has the details)"
-                    .into()
-            }
-            AwsError::NotFound(_) => "the stack does not exist".into(),
-            AwsError::Validation(_) => "CloudFormation refused the request as invalid".into(),
-            AwsError::AlreadyExists(_) => "a stack of that name already exists".into(),
-            AwsError::Other(m) => {
-                let code = m.split(": ").next().unwrap_or_default();
-                let code: String = code
-                    .chars()
-                    .filter(|c| c.is_ascii_alphanumeric() || *c == '.')
-                    .take(64)
-                    .collect();
-                if code.contains("AccessDenied") || code.contains("Unauthorized") {
-                    format!(
-                        "AWS denied access ({code}): the server's AWS principal lacks a                          CloudFormation permission it needs"
-                    )
-                } else if code.is_empty() {
-                    "the AWS request failed".into()
-                } else {
-                    format!("the AWS request failed ({code})")
+        let m = match self {
+            AwsError::Throttled(_) => "AWS is throttling CloudFormation requests; stackpulse \
+                polls slower until it stops (a larger --poll-interval helps if it persists)."
+                .to_string(),
+            AwsError::Network(_) => "CloudFormation could not be reached (connection failed or \
+                timed out); check the network, proxy and --aws-endpoint-url. The server's log \
+                has the details."
+                .to_string(),
+            AwsError::Transient(_) => "CloudFormation did not answer properly (a service error); \
+                stackpulse retries. The server's log has the details."
+                .to_string(),
+            AwsError::NoCredentials(_) => "No AWS credentials found (environment, shared config, \
+                SSO, instance role). Set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, \
+                or use --aws-endpoint-url for moto."
+                .to_string(),
+            AwsError::BadCredentials(m) => format!(
+                "AWS rejected the server's credentials ({}): they are invalid or expired. \
+                 Refresh them (aws sso login, new access keys) and stackpulse retries.",
+                leading_code(m)
+            ),
+            AwsError::NoRegion(_) => "No AWS region is set. Set AWS_REGION (or a profile's \
+                region) or start the server with --aws-region, e.g. --aws-region eu-west-1."
+                .to_string(),
+            AwsError::AccessDenied(m) => format!(
+                "AWS denied access ({}): grant the server's AWS principal \
+                 cloudformation:DescribeStacks, DescribeStackEvents, ListStackResources and \
+                 GetTemplate.",
+                leading_code(m)
+            ),
+            AwsError::NotFound(_) => "The stack does not exist; check its name and region \
+                (stack:<region>:<name> for another region)."
+                .to_string(),
+            AwsError::Validation(_) => "CloudFormation refused the request as invalid \
+                (ValidationError)."
+                .to_string(),
+            AwsError::AlreadyExists(_) => "A stack of that name already exists.".to_string(),
+            AwsError::Other(m) => match leading_code(m) {
+                code if code.is_empty() => "The AWS request failed; the server's log has the \
+                    details."
+                    .to_string(),
+                code => {
+                    format!("The AWS request failed ({code}); the server's log has the details.")
                 }
-            }
-        }
+            },
+        };
+        m.chars().take(MAX_PROBLEM_MESSAGE).collect()
     }
 }
+
+/// Error codes of credentials AWS refused.
+const BAD_CREDENTIALS: &[&str] = &[
+    "InvalidClientTokenId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "ExpiredTokenException",
+    "UnrecognizedClientException",
+    "InvalidAccessKeyId",
+    "MissingAuthenticationToken",
+    "IncompleteSignature",
+    "InvalidSignatureException",
+];
+
+/// Error codes of a principal without permission.
+const DENIED: &[&str] = &[
+    "AccessDenied",
+    "AccessDeniedException",
+    "UnauthorizedOperation",
+    "AuthorizationError",
+    "NotAuthorized",
+];
 
 /// Sorts an SDK error. Never panics, whatever the answer looked like.
 pub fn classify<E, R>(err: &SdkError<E, R>) -> AwsError
@@ -153,6 +257,10 @@ where
                 AwsError::Validation(text)
             } else if code == "AlreadyExistsException" {
                 AwsError::AlreadyExists(text)
+            } else if BAD_CREDENTIALS.contains(&code) {
+                AwsError::BadCredentials(format!("{code}: {text}"))
+            } else if DENIED.contains(&code) {
+                AwsError::AccessDenied(format!("{code}: {text}"))
             } else if matches!(
                 code,
                 "InternalFailure" | "ServiceUnavailable" | "InternalError"
@@ -163,11 +271,29 @@ where
                 AwsError::Other(format!("{code}: {text}"))
             }
         }
+        // The SDK reports a missing identity or region before anything is sent,
+        // as a construction or dispatch failure whose chain names it.
+        SdkError::ConstructionFailure(_) | SdkError::DispatchFailure(_)
+            if mentions_credentials(&context) =>
+        {
+            AwsError::NoCredentials(context)
+        }
+        SdkError::ConstructionFailure(_) | SdkError::DispatchFailure(_)
+            if context.to_ascii_lowercase().contains("region") =>
+        {
+            AwsError::NoRegion(context)
+        }
         SdkError::ConstructionFailure(_) => AwsError::Other(context),
-        // Timeouts, dispatch failures (connection refused or reset, DNS, TLS) and
-        // answers that could not be parsed (a proxy's HTML 502...) are transient.
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => AwsError::Network(context),
+        // Answers that could not be parsed (a proxy's HTML 502...).
         _ => AwsError::Transient(context),
     }
+}
+
+/// Whether an SDK error chain is about loading credentials.
+fn mentions_credentials(context: &str) -> bool {
+    let c = context.to_ascii_lowercase();
+    c.contains("credential") || c.contains("identity")
 }
 
 /// What `DescribeStacks` says about one stack.

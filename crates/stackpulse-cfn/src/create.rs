@@ -51,7 +51,7 @@ pub enum CreateStackError {
     #[error("{0}")]
     Invalid(String),
     /// Any other failure (network, credentials, throttling): `code` is one of
-    /// `credentials`, `access_denied`, `throttled`, `network`, `aws`; `detail` is
+    /// `credentials`, `region`, `access_denied`, `throttled`, `network`, `aws`; `detail` is
     /// AWS's text, for logs.
     #[error("CloudFormation CreateStack failed ({code}): {detail}")]
     Aws { code: &'static str, detail: String },
@@ -75,10 +75,11 @@ impl CreateStackError {
     }
 }
 
-/// The `code` of an AWS failure that is not the request's fault.
+/// The `code` of an AWS failure that is not the request's fault: the tracker's
+/// [`AwsError::code`], except that a service error (`Transient`) reads as
+/// `network` here, and an untyped error is sorted by AWS's error code.
 fn failure_code(err: &AwsError) -> &'static str {
     match err {
-        AwsError::Throttled(_) => "throttled",
         AwsError::Transient(_) => "network",
         AwsError::Other(m) => {
             let code = m.split(':').next().unwrap_or_default();
@@ -100,7 +101,7 @@ fn failure_code(err: &AwsError) -> &'static str {
                 "aws"
             }
         }
-        _ => "aws",
+        other => other.code().as_str(),
     }
 }
 
@@ -199,5 +200,14 @@ mod tests {
         );
         assert_eq!(failure_code(&AwsError::Throttled("x".into())), "throttled");
         assert_eq!(failure_code(&AwsError::Transient("x".into())), "network");
+        assert_eq!(
+            failure_code(&AwsError::AccessDenied("AccessDenied: x".into())),
+            "access_denied"
+        );
+        assert_eq!(
+            failure_code(&AwsError::NoCredentials("no provider".into())),
+            "credentials"
+        );
+        assert_eq!(failure_code(&AwsError::Network("reset".into())), "network");
     }
 }

@@ -1,6 +1,6 @@
 //! CloudFormation deployment tracking for stackpulse: polls one stack's current
 //! operation and turns it into typed messages (`resource_update`,
-//! `deployment_complete`, `error`), and creates stacks.
+//! `deployment_complete`, `error` with a stable code, `recovered`), and creates stacks.
 //!
 //! This crate knows nothing of sockets, HTTP servers or the hub: the server, the CLI's
 //! `watch --direct` and a future serverless mode all drive a [`Tracker`] and forward
@@ -34,6 +34,8 @@
 //! - [`backoff`]: exponential backoff with jitter, slower polling after throttling.
 //! - [`aws`]: every CloudFormation call, counted, with errors sorted by what to do.
 //! - [`create`]: `CreateStack` with a generated name and typed validation errors.
+//! - [`scripted`]: a scripted CloudFormation endpoint (the tests' fake, the demo's
+//!   stacks).
 
 #![forbid(unsafe_code)]
 
@@ -45,6 +47,7 @@ pub mod nested;
 pub mod progress;
 pub mod rootcause;
 pub mod scope;
+pub mod scripted;
 pub mod status;
 pub mod template;
 pub mod tracker;
@@ -59,6 +62,6 @@ pub use tracker::{
     NestedStackState, Outcome, Tracker, TrackerConfig, TrackerMessage, TrackerState,
 };
 pub use wire::{
-    DeploymentComplete, ResourceSummary, ResourceUpdate, RootCause, StackOutput, StackSummary,
-    TrackerError,
+    DeploymentComplete, ErrorCode, ResourceSummary, ResourceUpdate, RootCause, StackOutput,
+    StackSummary, TrackerError, TrackerProblem, TrackerRecovered,
 };

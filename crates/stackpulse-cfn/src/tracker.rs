@@ -21,10 +21,15 @@
 //!    and the run returns [`Outcome::Completed`].
 //!
 //! Every AWS call goes through one retry loop: throttling backs off with jitter and
-//! slows the interval; network errors back off and emit
-//! [`TrackerMessage::Error`] with `retrying: true`. Only a permanent error (access
-//! denied...) on the root stack, a stack that never appeared, or a closed channel ends
-//! a run early. The current state is also published on a `watch` channel
+//! slows the interval; network and service errors back off
+//! ([`TrackerConfig::backoff`]); configuration errors (no or refused credentials, no
+//! region, access denied) back off minutes apart ([`TrackerConfig::config_backoff`]),
+//! so that fixing them needs no restart. Each distinct problem is told once, as a
+//! [`TrackerMessage::Problem`] with its [`ErrorCode`], `retrying` and `retry_at` (not
+//! once per retry); the first call that succeeds after it sends
+//! [`TrackerMessage::Recovered`]. Only a permanent error (an unknown AWS error code,
+//! a validation error) on the root stack, a stack that never appeared, or a closed
+//! channel ends a run early. The current state is also published on a `watch` channel
 //! ([`Tracker::state`]) for late joiners.
 
 use std::collections::{HashMap, HashSet};
@@ -45,7 +50,8 @@ use crate::rootcause;
 use crate::scope::{InitialScan, OperationKind, ScopeHints};
 use crate::status::{stack_phase, StackPhase};
 use crate::wire::{
-    DeploymentComplete, ResourceSummary, ResourceUpdate, RootCause, StackSummary, TrackerError,
+    DeploymentComplete, ErrorCode, ResourceSummary, ResourceUpdate, RootCause, StackSummary,
+    TrackerError, TrackerProblem, TrackerRecovered, MAX_PROBLEM_MESSAGE,
 };
 
 /// Settings of one tracker.
@@ -57,8 +63,11 @@ pub struct TrackerConfig {
     pub poll_interval: Duration,
     /// How long to wait for a stack that does not exist yet (default 2 min).
     pub wait_for_stack: Duration,
-    /// Backoff after throttling and errors.
+    /// Backoff after throttling, network and service errors.
     pub backoff: BackoffConfig,
+    /// Backoff after configuration errors (credentials, region, access denied):
+    /// they do not fix themselves within seconds (default 1 to 10 min).
+    pub config_backoff: BackoffConfig,
     /// Timeout of one AWS request attempt (default 20 s).
     pub call_timeout: Duration,
     /// Events already delivered (by another node that polled this stack before):
@@ -75,6 +84,11 @@ impl TrackerConfig {
             poll_interval: Duration::from_secs(2),
             wait_for_stack: Duration::from_secs(120),
             backoff: BackoffConfig::default(),
+            config_backoff: BackoffConfig {
+                initial: Duration::from_secs(60),
+                max: Duration::from_secs(600),
+                max_slowdown: 1,
+            },
             call_timeout: Duration::from_secs(20),
             seen_event_ids: HashSet::new(),
             calls: CallCounter::new(),
@@ -101,7 +115,14 @@ pub enum TrackerMessage {
     ResourceUpdate(ResourceUpdate),
     /// The operation ended; always the last message of a completed run.
     DeploymentComplete(DeploymentComplete),
-    /// A problem; `retrying` says whether the tracker goes on.
+    /// A problem with its stable code; `retrying` says whether the tracker goes on.
+    /// Sent once per distinct problem. (Before [`TrackerMessage::Error`]: untagged
+    /// deserialization takes the first variant that fits.)
+    Problem(TrackerProblem),
+    /// The problem sent last is over.
+    Recovered(TrackerRecovered),
+    /// An error without a code, from outside the tracker (a socket that could not
+    /// subscribe); the tracker itself sends [`TrackerMessage::Problem`].
     Error(TrackerError),
     /// The whole current state, after the first poll and before completion.
     Snapshot(TrackerState),
@@ -144,7 +165,7 @@ pub enum Outcome {
     StackNotFound { stack: String },
     /// The receiver was dropped: nobody listens any more.
     Stopped,
-    /// A permanent AWS error (access denied, ...) on the root stack.
+    /// A permanent AWS error (validation, unknown error code...) on the root stack.
     Failed(String),
 }
 
@@ -190,6 +211,7 @@ impl Tracker {
             index: HashMap::new(),
             throttled: false,
             emitted: 0,
+            problem: None,
         };
         match run.run().await {
             Ok(o) => o,
@@ -198,18 +220,20 @@ impl Tracker {
                 stack: run.config.stack.clone(),
             },
             Err(Stop::Aws(e)) => {
-                tracing::warn!(stack = %run.config.stack, error = %e, "cannot track the stack");
-                let message = format!(
+                tracing::warn!(stack = %run.config.stack, code = e.code().as_str(), error = %e, "cannot track the stack");
+                let message = sentence(format!(
                     "Cannot track stack {}: {}",
                     run.config.stack,
                     e.public_message()
-                );
+                ));
                 // Best effort: the receiver may be gone too.
                 let _ = run
                     .tx
-                    .send(TrackerMessage::Error(TrackerError {
+                    .send(TrackerMessage::Problem(TrackerProblem {
+                        code: e.code(),
                         message: message.clone(),
                         retrying: false,
+                        retry_at: None,
                     }))
                     .await;
                 Outcome::Failed(message)
@@ -290,6 +314,16 @@ struct Run {
     /// A call was throttled during the current cycle.
     throttled: bool,
     emitted: u64,
+    /// The problem told last (code, message), until a call succeeds.
+    problem: Option<(ErrorCode, String)>,
+}
+
+/// A message cut to [`MAX_PROBLEM_MESSAGE`] characters.
+fn sentence(message: String) -> String {
+    if message.chars().count() <= MAX_PROBLEM_MESSAGE {
+        return message;
+    }
+    message.chars().take(MAX_PROBLEM_MESSAGE).collect()
 }
 
 impl Run {
@@ -340,11 +374,10 @@ impl Run {
     async fn resolve(&mut self) -> Result<StackInfo, Stop> {
         let started = Instant::now();
         let stack = self.config.stack.clone();
-        let mut reported = false;
         loop {
             let s = stack.clone();
             let r = self
-                .retrying("DescribeStacks", move |api| {
+                .retrying("DescribeStacks", false, move |api| {
                     let s = s.clone();
                     async move { api.describe_stack(&s).await }
                 })
@@ -354,29 +387,32 @@ impl Run {
                 Err(Stop::Aws(AwsError::NotFound(_))) => {
                     let waited = started.elapsed();
                     if waited >= self.config.wait_for_stack {
-                        self.emit(TrackerMessage::Error(TrackerError {
-                            message: format!(
-                                "Stack {stack} does not exist (waited {} s)",
+                        self.problem = None;
+                        self.report(
+                            ErrorCode::NotFound,
+                            format!(
+                                "Stack {stack} does not exist (waited {} s); check its name \
+                                 and region (stack:<region>:<name> for another region).",
                                 waited.as_secs()
                             ),
-                            retrying: false,
-                        }))
+                            None,
+                        )
                         .await?;
                         return Err(Stop::NotFound);
                     }
-                    if !reported {
-                        reported = true;
-                        self.emit(TrackerMessage::Error(TrackerError {
-                            message: format!(
-                                "Stack {stack} does not exist yet; waiting up to {} s for it",
-                                self.config.wait_for_stack.as_secs_f64()
-                            ),
-                            retrying: true,
-                        }))
-                        .await?;
-                    }
                     let left = self.config.wait_for_stack.saturating_sub(waited);
-                    tokio::time::sleep(self.config.poll_interval.min(left)).await;
+                    let delay = self.config.poll_interval.min(left);
+                    self.report(
+                        ErrorCode::NotFound,
+                        format!(
+                            "Stack {stack} does not exist yet; waiting up to {} s for it \
+                             (check its name and region if it should exist).",
+                            self.config.wait_for_stack.as_secs_f64()
+                        ),
+                        Some(delay),
+                    )
+                    .await?;
+                    tokio::time::sleep(delay).await;
                 }
                 Err(e) => return Err(e),
             }
@@ -394,12 +430,35 @@ impl Run {
             .get(feed)
             .map(|f| f.arn.clone())
             .unwrap_or_default();
-        self.retrying(what, move |api| f(api, arn.clone())).await
+        self.retrying(what, false, move |api| f(api, arn.clone()))
+            .await
     }
 
-    /// The retry loop: throttling and transient errors are retried with backoff,
-    /// forever; other errors are returned.
-    async fn retrying<T, F, Fut>(&mut self, what: &str, f: F) -> Result<T, Stop>
+    /// A call the run can do without (`GetTemplate`...): access denied is
+    /// returned at once instead of retried (a policy may leave it out on purpose).
+    async fn optional_call<T, F, Fut>(
+        &mut self,
+        what: &'static str,
+        f: F,
+        feed: usize,
+    ) -> Result<T, Stop>
+    where
+        F: Fn(Api, String) -> Fut,
+        Fut: Future<Output = Result<T, AwsError>>,
+    {
+        let arn = self
+            .feeds
+            .get(feed)
+            .map(|f| f.arn.clone())
+            .unwrap_or_default();
+        self.retrying(what, true, move |api| f(api, arn.clone()))
+            .await
+    }
+
+    /// The retry loop: throttling, network, service and configuration errors are
+    /// retried with backoff, forever; other errors are returned. A problem is told
+    /// once ([`Run::report`]); the next success tells its end.
+    async fn retrying<T, F, Fut>(&mut self, what: &str, optional: bool, f: F) -> Result<T, Stop>
     where
         F: Fn(Api) -> Fut,
         Fut: Future<Output = Result<T, AwsError>>,
@@ -407,40 +466,74 @@ impl Run {
         let mut attempt: u32 = 0;
         loop {
             match f(self.api.clone()).await {
-                Ok(v) => return Ok(v),
-                Err(AwsError::Throttled(m)) => {
-                    self.throttled = true;
-                    self.slowdown.throttled();
-                    let delay = self.config.backoff.delay(attempt);
-                    tracing::warn!(call = what, attempt, ?delay, "throttled by AWS: {m}");
-                    if attempt == 3 {
-                        self.emit(TrackerMessage::Error(TrackerError {
-                            message: "AWS is throttling CloudFormation requests; polling slower"
-                                .into(),
-                            retrying: true,
-                        }))
-                        .await?;
-                    }
-                    tokio::time::sleep(delay).await;
+                Ok(v) => {
+                    self.recovered().await?;
+                    return Ok(v);
                 }
-                Err(e @ AwsError::Transient(_)) => {
-                    let delay = self.config.backoff.delay(attempt);
-                    tracing::warn!(call = what, attempt, ?delay, "AWS call failed: {e}");
-                    self.emit(TrackerMessage::Error(TrackerError {
-                        message: format!(
-                            "{}; retrying in {:.1} s",
-                            e.public_message(),
-                            delay.as_secs_f64()
-                        ),
-                        retrying: true,
-                    }))
-                    .await?;
+                Err(e @ AwsError::AccessDenied(_)) if optional => return Err(Stop::Aws(e)),
+                Err(e) if e.is_retried() => {
+                    let code = e.code();
+                    let backoff = if code.is_configuration() {
+                        self.config.config_backoff
+                    } else {
+                        self.config.backoff
+                    };
+                    let delay = backoff.delay(attempt);
+                    tracing::debug!(call = what, attempt, ?delay, error = %e, "AWS call failed; retrying");
+                    if code == ErrorCode::Throttled {
+                        self.throttled = true;
+                        self.slowdown.throttled();
+                    }
+                    // Short throttling is normal: told from the fourth answer in a row.
+                    if code != ErrorCode::Throttled || attempt >= 3 {
+                        self.report(code, e.public_message(), Some(delay)).await?;
+                    }
                     tokio::time::sleep(delay).await;
                 }
                 Err(e) => return Err(Stop::Aws(e)),
             }
             attempt = attempt.saturating_add(1);
         }
+    }
+
+    /// Tells a problem, unless it is the one told last (same code and message):
+    /// `delay` is the wait before the next attempt (`None`: no retry).
+    async fn report(
+        &mut self,
+        code: ErrorCode,
+        message: String,
+        delay: Option<Duration>,
+    ) -> Result<(), Stop> {
+        let message = sentence(message);
+        if self
+            .problem
+            .as_ref()
+            .is_some_and(|(c, m)| *c == code && *m == message)
+        {
+            return Ok(());
+        }
+        tracing::warn!(stack = %self.config.stack, code = code.as_str(), retry_in = ?delay, "{message}");
+        self.problem = Some((code, message.clone()));
+        let retry_at = delay
+            .and_then(|d| chrono::Duration::from_std(d).ok())
+            .map(|d| chrono::Utc::now() + d);
+        self.emit(TrackerMessage::Problem(TrackerProblem {
+            code,
+            message,
+            retrying: delay.is_some(),
+            retry_at,
+        }))
+        .await
+    }
+
+    /// A call succeeded: the problem told last, if any, is over.
+    async fn recovered(&mut self) -> Result<(), Stop> {
+        let Some((code, _)) = self.problem.take() else {
+            return Ok(());
+        };
+        tracing::info!(stack = %self.config.stack, code = code.as_str(), "CloudFormation answers again");
+        self.emit(TrackerMessage::Recovered(TrackerRecovered { code }))
+            .await
     }
 
     async fn emit(&mut self, m: TrackerMessage) -> Result<(), Stop> {
@@ -561,7 +654,7 @@ impl Run {
     /// resources the update may not touch.
     async fn seed_root(&mut self, kind: OperationKind) -> Result<(), Stop> {
         let from_template = match self
-            .call(
+            .optional_call(
                 "GetTemplate",
                 |api, arn| async move { api.template_resources(&arn).await },
                 0,
@@ -578,7 +671,7 @@ impl Run {
         match from_template {
             Some(n) => self.feeds[0].table.expect_at_least(n),
             None => match self
-                .call(
+                .optional_call(
                     "GetTemplateSummary",
                     |api, arn| async move { api.template_resource_count(&arn).await },
                     0,
@@ -591,7 +684,7 @@ impl Run {
             },
         }
         match self
-            .call(
+            .optional_call(
                 "ListStackResources",
                 |api, arn| async move { api.list_resources(&arn).await },
                 0,
@@ -697,14 +790,16 @@ impl Run {
             // were retried) loses events but must not turn it into a failed run.
             Err(Stop::Aws(e)) => {
                 tracing::warn!(stack = %info.name, "final poll failed: {e}");
-                self.emit(TrackerMessage::Error(TrackerError {
-                    message: format!(
+                self.problem = None;
+                self.report(
+                    e.code(),
+                    format!(
                         "Could not read the last events of {}: {}",
                         info.name,
                         e.public_message()
                     ),
-                    retrying: false,
-                }))
+                    None,
+                )
                 .await?;
             }
             Err(e) => return Err(e),
@@ -715,7 +810,7 @@ impl Run {
         // stack's own events, or untouched resources): take their listed status.
         if success {
             if let Ok(list) = self
-                .call(
+                .optional_call(
                     "ListStackResources",
                     |api, arn| async move { api.list_resources(&arn).await },
                     0,

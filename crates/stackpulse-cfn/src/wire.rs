@@ -101,6 +101,101 @@ pub struct TrackerError {
     pub retrying: bool,
 }
 
+/// The stable codes of [`TrackerProblem`]: what kind of trouble, so that clients
+/// can branch (a banner, `watch`'s exit code) without reading the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// No AWS credentials, or AWS refused them (invalid, expired).
+    Credentials,
+    /// No AWS region could be determined.
+    Region,
+    /// The server's AWS principal lacks a CloudFormation permission.
+    AccessDenied,
+    /// AWS throttles the CloudFormation API.
+    Throttled,
+    /// The stack does not exist (yet).
+    NotFound,
+    /// CloudFormation could not be reached (connection, DNS, TLS, timeout).
+    Network,
+    /// Anything else CloudFormation answered (5xx, validation, unknown codes).
+    Aws,
+}
+
+impl ErrorCode {
+    /// The code as it appears on the wire (`access_denied`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Credentials => "credentials",
+            ErrorCode::Region => "region",
+            ErrorCode::AccessDenied => "access_denied",
+            ErrorCode::Throttled => "throttled",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Network => "network",
+            ErrorCode::Aws => "aws",
+        }
+    }
+
+    /// Configuration errors: retried minutes apart, and `watch` exits 2 on them.
+    pub fn is_configuration(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::Credentials | ErrorCode::Region | ErrorCode::AccessDenied
+        )
+    }
+}
+
+/// A problem the tracker hit (`{"type":"error","code",...}`): one per distinct
+/// problem, not one per retry; [`TrackerRecovered`] says it is over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename = "error", rename_all = "camelCase")]
+pub struct TrackerProblem {
+    pub code: ErrorCode,
+    /// One sentence (at most [`MAX_PROBLEM_MESSAGE`] characters) with the cause and
+    /// the fix; never AWS's own text, which can name the account and principal.
+    pub message: String,
+    /// `true` when the tracker keeps going (it backs off and retries).
+    pub retrying: bool,
+    /// When the next attempt is due (absent when not retrying).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "opt_timestamp"
+    )]
+    pub retry_at: Option<DateTime<Utc>>,
+}
+
+/// Longest [`TrackerProblem::message`], in characters.
+pub const MAX_PROBLEM_MESSAGE: usize = 300;
+
+/// The problem reported last is over: calls succeed again
+/// (`{"type":"recovered","code"}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename = "recovered", rename_all = "camelCase")]
+pub struct TrackerRecovered {
+    /// The code of the problem that cleared.
+    pub code: ErrorCode,
+}
+
+/// Serde helpers for an optional [`timestamp`].
+pub mod opt_timestamp {
+    use chrono::{DateTime, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.serialize_str(&super::timestamp::format(t)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
+        let s: Option<String> = Option::deserialize(d)?;
+        Ok(s.and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
+            .map(|t| t.with_timezone(&Utc)))
+    }
+}
+
 /// Serde helpers for RFC 3339 UTC timestamps with millisecond precision and `Z`.
 pub mod timestamp {
     use chrono::{DateTime, SecondsFormat, Utc};

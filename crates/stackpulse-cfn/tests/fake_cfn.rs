@@ -7,7 +7,7 @@ mod support;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use stackpulse_cfn::{Outcome, ResourceUpdate, Tracker, TrackerMessage};
+use stackpulse_cfn::{ErrorCode, Outcome, ResourceUpdate, Tracker, TrackerMessage, TrackerProblem};
 use support::fake_cfn::{arn, FakeCfn, FakeStack, Fault, Step, STACK};
 use support::{client, fast_config, run_built, run_tracker};
 
@@ -346,9 +346,17 @@ async fn failed_update_scoped_with_rollback_root_cause_and_faults() {
         (1, 1, 1, 33)
     );
 
-    // 2 resets and a 500: told to the clients, retried; throttling: backed off.
-    assert_eq!(c.errors.len(), 3, "{:?}", c.errors);
+    // 2 resets and a 500: told to the clients once each (not per retry), retried,
+    // and their end told; throttling: backed off.
+    let codes: Vec<ErrorCode> = c.errors.iter().map(|e| e.code).collect();
+    assert_eq!(
+        codes,
+        [ErrorCode::Network, ErrorCode::Aws],
+        "{:?}",
+        c.errors
+    );
     assert!(c.errors.iter().all(|e| e.retrying), "{:?}", c.errors);
+    assert_eq!(c.recovered, [ErrorCode::Network, ErrorCode::Aws]);
     assert_eq!(calls.throttled(), 3);
     assert_eq!(calls.failed(), 3);
 
@@ -566,8 +574,9 @@ async fn stack_that_appears_later_is_waited_for() {
     let fake = FakeCfn::start(vec![s]).await;
     let c = run_tracker(client(&fake.endpoint), fast_config("late"), LIMIT).await;
     match c.all.first() {
-        Some(TrackerMessage::Error(e)) => {
+        Some(TrackerMessage::Problem(e)) => {
             assert!(e.retrying);
+            assert_eq!(e.code, ErrorCode::NotFound);
             assert!(
                 e.message.contains("late does not exist yet"),
                 "{}",
@@ -577,6 +586,7 @@ async fn stack_that_appears_later_is_waited_for() {
         other => panic!("first message should report the wait: {other:?}"),
     }
     assert_eq!(c.errors.len(), 1, "reported once: {:?}", c.errors);
+    assert_eq!(c.recovered, [ErrorCode::NotFound], "the stack appeared");
     assert_eq!(c.updates.len(), 4);
     let done = c.complete.expect("deployment_complete");
     assert!(done.success);
@@ -643,23 +653,133 @@ async fn takeover_continues_without_duplicates() {
     assert!(c.complete.expect("complete").success);
 }
 
-/// A permanent error (access denied) ends the run with `retrying: false`.
-#[tokio::test]
-async fn permanent_errors_end_the_run() {
-    let fake = FakeCfn::start(vec![]).await;
-    fake.world().faults.push_back(Fault::AccessDenied);
-    let c = run_tracker(client(&fake.endpoint), fast_config("secret"), LIMIT).await;
-    let Some(Outcome::Failed(message)) = &c.outcome else {
-        panic!("expected a failed run: {:?}", c.outcome)
-    };
-    assert!(message.contains("AccessDenied"), "{message}");
+/// A stack that completes at its second `DescribeStacks`.
+fn quick_stack(name: &str) -> FakeStack {
+    let mut s = FakeStack::new(name);
+    s.push(name, "CREATE_IN_PROGRESS", "User Initiated", 0);
+    s.push("Q", "CREATE_IN_PROGRESS", "", 1);
+    s.push("Q", "CREATE_COMPLETE", "", 2);
+    s.push(name, "CREATE_COMPLETE", "", 3);
+    s.template_resources = 1;
+    s.visible = 1;
+    s.steps = vec![
+        Step::default(),
+        Step {
+            reveal: vec![reveal(name, 3)],
+            status: Some("CREATE_COMPLETE".into()),
+            ..Step::default()
+        },
+    ]
+    .into();
+    s
+}
+
+/// What users may see of an AWS error: one short sentence, none of AWS's text.
+fn assert_public(message: &str) {
     assert!(
         !message.contains("arn:aws") && !message.contains("123456789012"),
         "AWS's text (principal, account) stays out of what users see: {message}"
     );
+    assert!(message.chars().count() <= 300, "{message}");
+    assert!(!message.contains('\n'), "{message}");
+}
+
+/// Configuration errors (access denied, refused credentials) are retried with
+/// their own backoff, told once however many retries, and their end is told.
+#[tokio::test]
+async fn configuration_errors_are_told_once_and_recover() {
+    for (fault, code, words) in [
+        (
+            Fault::AccessDenied,
+            ErrorCode::AccessDenied,
+            "cloudformation:DescribeStacks",
+        ),
+        (Fault::ExpiredToken, ErrorCode::Credentials, "ExpiredToken"),
+        (Fault::Reset, ErrorCode::Network, "could not be reached"),
+    ] {
+        let fake = FakeCfn::start(vec![quick_stack("guarded")]).await;
+        fake.world().faults.extend([fault; 5]);
+        let c = run_tracker(client(&fake.endpoint), fast_config("guarded"), LIMIT).await;
+        assert_eq!(c.errors.len(), 1, "once, not per retry: {:?}", c.errors);
+        let e = &c.errors[0];
+        assert_eq!(e.code, code, "{e:?}");
+        assert!(e.retrying);
+        assert!(e.retry_at.is_some(), "{e:?}");
+        assert!(e.message.contains(words), "{}", e.message);
+        assert_public(&e.message);
+        assert_eq!(c.recovered, [code]);
+        assert!(matches!(c.all.first(), Some(TrackerMessage::Problem(_))));
+        assert!(matches!(c.all.get(1), Some(TrackerMessage::Recovered(_))));
+        assert!(c.complete.expect("complete").success);
+        assert_eq!(fake.world().faults.len(), 0, "every fault was retried");
+    }
+}
+
+/// The default backoff of configuration errors is minutes, not seconds.
+#[test]
+fn configuration_errors_back_off_for_minutes() {
+    let c = stackpulse_cfn::TrackerConfig::new("s");
+    assert!(c.config_backoff.delay(0) >= Duration::from_secs(30));
+    assert!(c.config_backoff.ceiling(10) >= Duration::from_secs(300));
+    assert!(c.backoff.ceiling(0) < Duration::from_secs(1));
+}
+
+/// An unknown AWS error ends the run with `retrying: false`, code `aws`.
+#[tokio::test]
+async fn permanent_errors_end_the_run() {
+    let fake = FakeCfn::start(vec![]).await;
+    fake.world().faults.push_back(Fault::Code("OptInRequired"));
+    let c = run_tracker(client(&fake.endpoint), fast_config("secret"), LIMIT).await;
+    let Some(Outcome::Failed(message)) = &c.outcome else {
+        panic!("expected a failed run: {:?}", c.outcome)
+    };
+    assert!(message.contains("OptInRequired"), "{message}");
+    assert_public(message);
     let last = c.errors.last().expect("an error");
     assert!(!last.retrying);
+    assert_eq!(last.code, ErrorCode::Aws);
+    assert_eq!(last.retry_at, None);
     assert_eq!(&last.message, message);
+}
+
+/// The first problem a tracker sends with `client` (then the tracker is dropped).
+async fn first_problem(client: aws_sdk_cloudformation::Client) -> TrackerProblem {
+    let tracker = Tracker::new(client, fast_config("anything"));
+    let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+    let run = tokio::spawn(tracker.run(tx));
+    let first = tokio::time::timeout(LIMIT, rx.recv())
+        .await
+        .expect("a message");
+    run.abort();
+    match first {
+        Some(TrackerMessage::Problem(p)) => p,
+        other => panic!("expected a problem: {other:?}"),
+    }
+}
+
+/// No credentials at all, or no region: codes `credentials` and `region`, with
+/// what to set.
+#[tokio::test]
+async fn missing_credentials_and_region_say_what_to_set() {
+    use aws_sdk_cloudformation::config::{BehaviorVersion, Credentials, Region};
+    let fake = FakeCfn::start(vec![]).await;
+    let no_credentials = aws_sdk_cloudformation::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .endpoint_url(&fake.endpoint)
+        .region(Region::new("us-east-1"))
+        .build();
+    let p = first_problem(aws_sdk_cloudformation::Client::from_conf(no_credentials)).await;
+    assert_eq!(p.code, ErrorCode::Credentials, "{p:?}");
+    assert!(p.message.contains("AWS_PROFILE"), "{}", p.message);
+    assert_public(&p.message);
+    let no_region = aws_sdk_cloudformation::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .credentials_provider(Credentials::new("t", "t", None, None, "tests"))
+        .build();
+    let p = first_problem(aws_sdk_cloudformation::Client::from_conf(no_region)).await;
+    assert_eq!(p.code, ErrorCode::Region, "{p:?}");
+    assert!(p.message.contains("AWS_REGION"), "{}", p.message);
+    assert_eq!(fake.request_count(), 0, "nothing was sent");
 }
 
 /// A receiver that goes away stops the tracker.
@@ -719,6 +839,8 @@ async fn sustained_throttling_is_survived_and_reported_once() {
     assert_eq!(calls.throttled(), 6);
     assert_eq!(c.errors.len(), 1, "{:?}", c.errors);
     assert!(c.errors[0].retrying);
+    assert_eq!(c.errors[0].code, ErrorCode::Throttled);
+    assert_eq!(c.recovered, [ErrorCode::Throttled]);
     assert!(
         c.errors[0].message.contains("throttling"),
         "{}",

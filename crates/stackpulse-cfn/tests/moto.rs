@@ -182,8 +182,9 @@ async fn stack_created_after_the_tracker_started_on_moto() {
         .await
         .expect("a message")
     {
-        Some(TrackerMessage::Error(e)) => {
+        Some(TrackerMessage::Problem(e)) => {
             assert!(e.retrying);
+            assert_eq!(e.code, stackpulse_cfn::ErrorCode::NotFound);
             assert!(e.message.contains("does not exist yet"), "{}", e.message);
         }
         other => panic!("expected the waiting report, got {other:?}"),

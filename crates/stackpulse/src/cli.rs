@@ -1,5 +1,6 @@
 //! The `stackpulse` command line: `serve`, `tail`, `watch`, `deploy` (the last
-//! two live in [`crate::watch`]) and `bench` (in [`crate::bench`]).
+//! two live in [`crate::watch`]), `bench` (in [`crate::bench`]) and `doctor` (in
+//! [`crate::doctor`]).
 //!
 //! Parsing lives here; the work lives in the library ([`crate::server::serve`],
 //! [`crate::client::Client`]). Exit codes: 0 success, 2 usage, connection or
@@ -46,6 +47,9 @@ pub enum Command {
     /// Load-test a fan-out server (stackpulse or nchan): connections, latency,
     /// deliveries per server CPU-second, RSS per connection.
     Bench(crate::bench::BenchArgs),
+    /// Check what `serve` needs (AWS credentials, region, CloudFormation
+    /// permissions, auth, Redis, TLS) with serve's flags; exit 0 only when all pass.
+    Doctor(Box<ServeArgs>),
 }
 
 #[derive(Debug, clap::Args)]
@@ -68,19 +72,23 @@ pub struct TailArgs {
 }
 
 pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let filter = tracing_subscriber::EnvFilter::try_from_env("STACKPULSE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // The AWS SDK's warnings: one line per distinct cause per minute.
+    let limit = crate::log_limit::SdkWarnLimit::new;
+    let registry = tracing_subscriber::registry().with(filter);
     let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => registry.with(layer.json().with_filter(limit())).try_init(),
+        LogFormat::Text => registry.with(layer.with_filter(limit())).try_init(),
     };
 }
 
 pub async fn serve(args: ServeArgs) -> ExitCode {
-    let config = match Config::resolve(&args) {
+    let mut config = match Config::resolve(&args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("stackpulse: {e}");
@@ -88,6 +96,16 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     init_logging(config.log_format);
+    let demo = match args.demo {
+        true => match demo_setup(&args, &mut config).await {
+            Ok(d) => Some(d),
+            Err(e) => {
+                eprintln!("stackpulse: cannot start the demo: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        false => None,
+    };
     if let Err(e) = crate::server::check_bind(&config) {
         eprintln!("stackpulse: {e}");
         return ExitCode::from(2);
@@ -121,6 +139,26 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
     let shutdown = crate::signal::shutdown_signal();
     let scheme = if tls.is_some() { "https" } else { "http" };
     println!("stackpulse listening on {scheme}://{addr}");
+    match demo {
+        Some((demo, key)) => {
+            println!(
+                "stackpulse demo: open {scheme}://{addr}/ to watch {} and the deployment {} \
+                 (played in-process, no AWS account needed)",
+                crate::demo::STACKS.join(", "),
+                crate::demo::DEPLOYMENT
+            );
+            tokio::spawn(demo.run(format!("{scheme}://{addr}"), key));
+        }
+        // Said once, in the background: the credential chain may take seconds.
+        None => {
+            tokio::spawn(crate::tracking::aws::log_startup_report(
+                crate::tracking::aws::AwsSettings {
+                    endpoint_url: config.aws_endpoint_url.clone(),
+                    region: config.aws_region.clone(),
+                },
+            ));
+        }
+    }
     let _ = std::io::stdout().flush();
     let no_keys = config.publisher_keys.is_empty() && config.publisher_key_hashes.is_empty();
     if config.auth.is_none() {
@@ -144,6 +182,25 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `--demo`: starts the demo's CloudFormation endpoint and points the server's
+/// trackers at it (static demo credentials, its region, a quicker poll unless one
+/// was set); returns the demo and the publisher key its driver uses.
+async fn demo_setup(
+    args: &ServeArgs,
+    config: &mut Config,
+) -> std::io::Result<(crate::demo::Demo, String)> {
+    let demo = crate::demo::Demo::start(args.demo_pace.unwrap_or(1.0)).await?;
+    crate::tracking::aws::use_demo_credentials();
+    config.aws_endpoint_url = Some(demo.endpoint().to_owned());
+    config.aws_region = Some(crate::demo::REGION.to_owned());
+    if args.poll_interval.is_none() {
+        config.poll_interval = Duration::from_millis(500);
+    }
+    let key = format!("demo-{:032x}", rand::random::<u128>());
+    config.publisher_keys.push(key.clone());
+    Ok((demo, key))
 }
 
 /// Reads a key from stdin and prints its SHA-256 in hex.

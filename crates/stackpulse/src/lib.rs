@@ -23,6 +23,9 @@
 //! - [`canvas`]: the seed-000 endpoints `/canvas/deploy/track/{stack}` (socket) and
 //!   `POST /canvas/deploy`.
 //! - [`watch`]: `stackpulse watch`'s terminal view of one stack.
+//! - [`doctor`]: `stackpulse doctor`, a verdict per thing `serve` needs.
+//! - [`demo`]: `serve --demo`: a scripted CloudFormation endpoint in-process and
+//!   a driver playing a multi-stack rollout on it, in a loop.
 //! - [`auth`]: users and publisher keys.
 //! - [`config`]: flags, environment and TOML file → [`config::Config`].
 //! - [`server`]: [`server::serve`]: run until shutdown, then drain.
@@ -31,6 +34,7 @@
 //! - [`signal`]: SIGINT/SIGTERM as the shutdown future.
 //! - [`bench`]: `stackpulse bench`, the load generator (stackpulse or nchan).
 //! - [`metrics`]: the Prometheus recorder.
+//! - [`log_limit`]: the AWS SDK's warnings, one line per cause per minute.
 //! - [`net`]: addresses, CIDRs, hosts and origins (pure parsing, used by the
 //!   configuration and the HTTP edge).
 #![forbid(unsafe_code)]
@@ -42,10 +46,13 @@ pub mod canvas;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod demo;
 pub mod deployments;
+pub mod doctor;
 pub mod graphql;
 pub mod http;
 pub mod hub;
+pub mod log_limit;
 pub mod metrics;
 pub mod net;
 pub mod server;

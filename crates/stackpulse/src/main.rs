@@ -15,5 +15,6 @@ async fn main() -> ExitCode {
         Command::Watch(args) => stackpulse::watch::watch(args).await,
         Command::Deploy(args) => stackpulse::watch::deploy(args).await,
         Command::Bench(args) => stackpulse::bench::main(args).await,
+        Command::Doctor(args) => stackpulse::doctor::main(*args).await,
     }
 }

@@ -12,7 +12,9 @@
 //! root cause on failure.
 //!
 //! Exit codes ([`WatchEnd::code`]): 0 the operation succeeded, 1 it failed, 2 the
-//! stack could not be watched (usage, connection, auth, stack not found).
+//! stack could not be watched (usage, connection, auth, stack not found, or a
+//! configuration error of the tracker: credentials, region, access denied, printed
+//! once).
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -20,7 +22,7 @@ use std::time::Duration;
 
 use stackpulse_cfn::{
     DeploymentComplete, Outcome, ResourceSummary, StackSummary, Tracker, TrackerConfig,
-    TrackerMessage,
+    TrackerError, TrackerMessage, TrackerProblem,
 };
 use stackpulse_protocol::ServerMessage;
 use tokio::time::Instant;
@@ -198,11 +200,25 @@ impl<W: Write> View<W> {
                 }
                 None
             }
-            TrackerMessage::Error(e) => {
-                let text = if e.retrying {
-                    format!("warning: {} (retrying)", e.message)
+            // A configuration error (credentials, region, access denied) does not
+            // go away by waiting: said once, and `watch` ends with exit 2.
+            TrackerMessage::Problem(p) if p.code.is_configuration() => Some(WatchEnd::Error(
+                format!("cannot track {}: {}", self.stack, p.message),
+            )),
+            TrackerMessage::Recovered(_) => {
+                if self.tty && self.last_error.take().is_some() {
+                    self.redraw();
+                }
+                None
+            }
+            TrackerMessage::Problem(TrackerProblem {
+                message, retrying, ..
+            })
+            | TrackerMessage::Error(TrackerError { message, retrying }) => {
+                let text = if *retrying {
+                    format!("warning: {message} (retrying)")
                 } else {
-                    format!("error: {}", e.message)
+                    format!("error: {message}")
                 };
                 if self.tty {
                     self.last_error = Some(text);

@@ -536,9 +536,11 @@ async fn failing_stack_throttling_and_watch_exit_codes() {
     let (code, out, err) = cli(&["watch", "denied", "--server", &server_url], &[]).await;
     assert_eq!(code, 2, "stdout: {out}\nstderr: {err}");
     assert!(
-        err.contains("stopped tracking denied") && err.contains("AccessDenied"),
+        err.contains("cannot track denied") && err.contains("AccessDenied"),
         "{err}"
     );
+    assert!(!err.contains("123456789012"), "{err}");
+    assert_eq!(err.lines().count(), 1, "said once: {err}");
 
     // The /ws topic has the seed-002 failure event.
     let mut c = server.connect().await;

@@ -10,8 +10,8 @@ use std::time::Duration;
 use aws_sdk_cloudformation::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_cloudformation::Client;
 use stackpulse_cfn::{
-    BackoffConfig, DeploymentComplete, Outcome, ResourceUpdate, Tracker, TrackerConfig,
-    TrackerError, TrackerMessage,
+    BackoffConfig, DeploymentComplete, ErrorCode, Outcome, ResourceUpdate, Tracker, TrackerConfig,
+    TrackerMessage, TrackerProblem,
 };
 
 /// A client for `endpoint` with static test credentials in us-east-1.
@@ -42,6 +42,11 @@ pub fn fast_config(stack: &str) -> TrackerConfig {
         max: Duration::from_millis(50),
         max_slowdown: 4,
     };
+    c.config_backoff = BackoffConfig {
+        initial: Duration::from_millis(5),
+        max: Duration::from_millis(20),
+        max_slowdown: 1,
+    };
     c
 }
 
@@ -50,7 +55,10 @@ pub fn fast_config(stack: &str) -> TrackerConfig {
 pub struct Collected {
     pub all: Vec<TrackerMessage>,
     pub updates: Vec<ResourceUpdate>,
-    pub errors: Vec<TrackerError>,
+    /// `Problem`s, in order.
+    pub errors: Vec<TrackerProblem>,
+    /// Codes of the `Recovered` messages, in order.
+    pub recovered: Vec<ErrorCode>,
     pub complete: Option<DeploymentComplete>,
     pub snapshots: usize,
     pub outcome: Option<Outcome>,
@@ -70,7 +78,9 @@ pub async fn run_built(tracker: Tracker, limit: Duration) -> Collected {
         while let Some(m) = rx.recv().await {
             match &m {
                 TrackerMessage::ResourceUpdate(u) => c.updates.push(u.clone()),
-                TrackerMessage::Error(e) => c.errors.push(e.clone()),
+                TrackerMessage::Problem(e) => c.errors.push(e.clone()),
+                TrackerMessage::Recovered(r) => c.recovered.push(r.code),
+                TrackerMessage::Error(e) => panic!("the tracker sends problems with codes: {e:?}"),
                 TrackerMessage::DeploymentComplete(d) => c.complete = Some(d.clone()),
                 TrackerMessage::Snapshot(_) => c.snapshots += 1,
             }

@@ -168,6 +168,15 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub stack_allow: Vec<String>,
+    // Demo mode (flags and environment only; see `crate::demo`).
+    /// Play CloudFormation deployments in-process (no AWS account needed): stacks
+    /// demo-network, demo-database, demo-app and the deployment `demo`, in a loop.
+    #[arg(long, env = "STACKPULSE_DEMO", value_parser = clap::builder::BoolishValueParser::new())]
+    pub demo: bool,
+    /// Speed of --demo's scripts: seconds are multiplied by this (0.05 plays a
+    /// loop twenty times faster) [default: 1].
+    #[arg(long, env = "STACKPULSE_DEMO_PACE", value_name = "FACTOR")]
+    pub demo_pace: Option<f64>,
     #[command(flatten)]
     pub edge: EdgeArgs,
 }
@@ -338,6 +347,9 @@ pub struct Config {
     /// Who may deploy, what they may acknowledge, the service role, the origins
     /// and proxies trusted, and the HTTP connection limits.
     pub edge: EdgeConfig,
+    /// `serve --demo`: the trackers poll the demo's in-process endpoint, and
+    /// `/healthz` says so (the dashboard then offers the demo stacks).
+    pub demo: bool,
 }
 
 /// The resolved [`EdgeArgs`].
@@ -417,6 +429,7 @@ impl Default for Config {
             max_pollers: 1000,
             max_event_bytes: 256 * 1024,
             stacks: StackRules::default(),
+            demo: false,
             edge: EdgeConfig::default(),
         }
     }
@@ -582,6 +595,7 @@ impl Config {
             .collect();
         let auth = settings::resolve(&args.auth, &auth_file)?;
         Ok(Config {
+            demo: args.demo,
             // Introspection defaults to on in loopback dev mode only.
             graphql_introspection: args
                 .graphql_introspection

@@ -12,7 +12,12 @@ use super::error::AppError;
 use crate::app::AppState;
 use crate::hub::Reader;
 
-pub async fn healthz() -> Response {
+/// `{"status": "ok"}`, plus `"demo": true` on a `serve --demo` server (the
+/// dashboard offers the demo stacks then).
+pub async fn healthz(State(state): State<AppState>) -> Response {
+    if state.config.demo {
+        return Json(json!({ "status": "ok", "demo": true })).into_response();
+    }
     Json(json!({ "status": "ok" })).into_response()
 }
 

@@ -5,10 +5,17 @@
 //! and region from the environment, profiles, SSO, web identity, IMDS…) the first
 //! time a client is needed and keeps one CloudFormation client per region. The
 //! server and `stackpulse watch --direct` / `deploy` share this code.
+//!
+//! [`startup_report`] resolves the credentials and the region once and says in one
+//! line where they came from, or exactly what to set ([`log_startup_report`]: the
+//! server's start-up line, spawned so it never delays the listener).
 
 use std::collections::HashMap;
 
+use std::time::Duration;
+
 use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_cloudformation::config::ProvideCredentials;
 use aws_sdk_cloudformation::Client;
 use parking_lot::Mutex;
 use tokio::sync::OnceCell;
@@ -28,9 +35,28 @@ pub struct AwsSettings {
     pub region: Option<String>,
 }
 
+/// Set by `serve --demo`: every AWS client of this process signs with static demo
+/// credentials (the demo's in-process endpoint accepts any signature).
+static DEMO_CREDENTIALS: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+
+/// Makes every AWS client of this process use static demo credentials
+/// (`serve --demo` only: its endpoint is in-process and never reaches AWS).
+pub fn use_demo_credentials() {
+    let _ = DEMO_CREDENTIALS.set(());
+}
+
 /// Loads the standard AWS configuration with the operator's overrides.
 pub async fn load(settings: &AwsSettings) -> SdkConfig {
     let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    if DEMO_CREDENTIALS.get().is_some() {
+        loader = loader.credentials_provider(aws_sdk_cloudformation::config::Credentials::new(
+            "demo",
+            "demo",
+            None,
+            None,
+            "stackpulse-demo",
+        ));
+    }
     if let Some(region) = &settings.region {
         loader = loader.region(Region::new(region.clone()));
     }
@@ -100,5 +126,117 @@ impl AwsClients {
             return client;
         }
         clients.entry(region).or_insert(client).clone()
+    }
+}
+
+/// How long the start-up check waits for the credential chain (an instance role
+/// on a machine without one waits for IMDS timeouts).
+const REPORT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What the start-up check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartupReport {
+    /// Where the credentials came from; `None`: none found.
+    pub credentials: Option<String>,
+    /// The region and where it came from.
+    pub region: String,
+    /// Whether a region was set anywhere (else [`FALLBACK_REGION`] is used).
+    pub region_set: bool,
+}
+
+impl StartupReport {
+    /// One line for the log.
+    pub fn line(&self) -> String {
+        let credentials = match &self.credentials {
+            Some(from) => format!("AWS credentials: {from}"),
+            None => "AWS credentials: none found (environment, shared config, SSO, web \
+                     identity, instance role), so stack tracking cannot work; set AWS_PROFILE \
+                     or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or run aws sso login), or use \
+                     --aws-endpoint-url for moto, or try serve --demo"
+                .to_string(),
+        };
+        format!("{credentials}; region: {}", self.region)
+    }
+
+    /// Whether tracking can work as configured.
+    pub fn ok(&self) -> bool {
+        self.credentials.is_some() && self.region_set
+    }
+}
+
+/// The name of a credentials provider as a person knows it.
+fn provider_label(name: &str) -> String {
+    let n = name.to_ascii_lowercase();
+    let profile = std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".to_string());
+    if n.contains("environment") {
+        "environment (AWS_ACCESS_KEY_ID)".to_string()
+    } else if n.contains("sso") || n.contains("login") {
+        format!("SSO (profile {profile})")
+    } else if n.contains("profile") || n.contains("process") {
+        format!("profile {profile}")
+    } else if n.contains("webidentity") {
+        "web identity (AWS_WEB_IDENTITY_TOKEN_FILE)".to_string()
+    } else if n.contains("imds") {
+        "instance role (IMDS)".to_string()
+    } else if n.contains("ecs") || n.contains("http") {
+        "container role".to_string()
+    } else {
+        name.to_string()
+    }
+}
+
+/// The provider that made `c` ("EnvironmentVariable", "ProfileFile", "SSO"...):
+/// the SDK shows it only in `Debug` (which redacts the secret).
+fn provider_name(c: &aws_sdk_cloudformation::config::Credentials) -> String {
+    let debug = format!("{c:?}");
+    debug
+        .split_once("provider_name: \"")
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map_or_else(|| "unknown".to_string(), |(name, _)| name.to_string())
+}
+
+/// Resolves the credentials and the region once, as the trackers will.
+pub async fn startup_report(settings: &AwsSettings) -> StartupReport {
+    let sdk = load(settings).await;
+    let credentials = match sdk.credentials_provider() {
+        Some(p) => match tokio::time::timeout(REPORT_TIMEOUT, p.provide_credentials()).await {
+            Ok(Ok(c)) => Some(provider_label(&provider_name(&c))),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %aws_sdk_cloudformation::error::DisplayErrorContext(&e), "no AWS credentials");
+                None
+            }
+            Err(_) => None,
+        },
+        None => None,
+    };
+    let env_region = ["AWS_REGION", "AWS_DEFAULT_REGION"]
+        .into_iter()
+        .find(|v| std::env::var(v).is_ok_and(|r| !r.is_empty()));
+    let (region, region_set) = match (&settings.region, sdk.region(), env_region) {
+        (Some(r), _, _) => (format!("{r} (--aws-region)"), true),
+        (None, Some(r), Some(var)) => (format!("{r} ({var})"), true),
+        (None, Some(r), None) => (format!("{r} (shared config)"), true),
+        (None, None, _) => (
+            format!(
+                "none set, using {FALLBACK_REGION}; set AWS_REGION or --aws-region for another"
+            ),
+            false,
+        ),
+    };
+    StartupReport {
+        credentials,
+        region,
+        region_set,
+    }
+}
+
+/// Logs the start-up line: info when tracking can work, a warning with what to set
+/// when it cannot.
+pub async fn log_startup_report(settings: AwsSettings) {
+    let report = startup_report(&settings).await;
+    if report.credentials.is_some() {
+        tracing::info!("{}", report.line());
+    } else {
+        tracing::warn!("{}", report.line());
     }
 }

@@ -11,9 +11,13 @@
 //!   duration_seconds, resource_count, outputs, stack, root_cause: null}` or
 //!   `stack.failed` `{stack_name, environment, error_message, root_cause, stack,
 //!   outputs: [], duration_seconds}`;
-//! - `Error` → `tracker.error` `{message, retrying}` (plus `final: true`, added by
-//!   the poller, when the run ended with it); `Snapshot` → nothing (the hub
-//!   folds its own `stack.snapshot` from the events).
+//! - `Problem` → `tracker.error` `{code, message, retrying, retry_at?}` (plus
+//!   `final: true`, added by the poller, when the run ended with it): `code` is one
+//!   of `credentials`, `region`, `access_denied`, `throttled`, `not_found`,
+//!   `network`, `aws`; the tracker sends one per distinct problem, not one per
+//!   retry; `Recovered` → `tracker.recovered` `{code}` (the problem is over);
+//!   `Error` (no code, from outside the tracker) → `tracker.error` with code `aws`;
+//!   `Snapshot` → nothing (the hub folds its own `stack.snapshot` from the events).
 //!
 //! Back ([`from_hub`]): the `/canvas/deploy/track` socket and `stackpulse watch
 //! --server` turn hub events (and a late joiner's `stack.snapshot`) back into the
@@ -22,8 +26,8 @@
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 use stackpulse_cfn::{
-    DeploymentComplete, ResourceSummary, ResourceUpdate, RootCause, StackOutput, StackSummary,
-    TrackerError, TrackerMessage,
+    DeploymentComplete, ErrorCode, ResourceSummary, ResourceUpdate, RootCause, StackOutput,
+    StackSummary, TrackerError, TrackerMessage, TrackerProblem, TrackerRecovered,
 };
 
 /// Event types a stack poller publishes.
@@ -32,6 +36,7 @@ pub const LOG_CREATED: &str = "log.created";
 pub const STACK_DEPLOYED: &str = "stack.deployed";
 pub const STACK_FAILED: &str = "stack.failed";
 pub const TRACKER_ERROR: &str = "tracker.error";
+pub const TRACKER_RECOVERED: &str = "tracker.recovered";
 pub const STACK_SNAPSHOT: &str = "stack.snapshot";
 
 /// Who the events are about: the stack and the environment label of seed-002
@@ -126,9 +131,28 @@ pub fn to_hub(msg: &TrackerMessage, origin: &Origin) -> Vec<(&'static str, Map<S
                 })),
             )]
         }
+        TrackerMessage::Problem(p) => {
+            let mut data = object(json!({
+                "code": p.code.as_str(),
+                "message": p.message,
+                "retrying": p.retrying,
+            }));
+            if let Some(at) = &p.retry_at {
+                data.insert(
+                    "retry_at".into(),
+                    Value::from(stackpulse_cfn::wire::timestamp::format(at)),
+                );
+            }
+            vec![(TRACKER_ERROR, data)]
+        }
+        TrackerMessage::Recovered(r) => {
+            vec![(TRACKER_RECOVERED, object(json!({"code": r.code.as_str()})))]
+        }
         TrackerMessage::Error(e) => vec![(
             TRACKER_ERROR,
-            object(json!({"message": e.message, "retrying": e.retrying})),
+            object(
+                json!({"code": ErrorCode::Aws.as_str(), "message": e.message, "retrying": e.retrying}),
+            ),
         )],
         TrackerMessage::Snapshot(_) => Vec::new(),
     }
@@ -220,17 +244,30 @@ pub fn from_hub(
             .collect(),
         STACK_DEPLOYED => vec![TrackerMessage::DeploymentComplete(completion(true, data))],
         STACK_FAILED => vec![TrackerMessage::DeploymentComplete(completion(false, data))],
-        TRACKER_ERROR => vec![TrackerMessage::Error(TrackerError {
-            message: data
+        TRACKER_ERROR => {
+            let message = data
                 .get("message")
                 .and_then(Value::as_str)
                 .unwrap_or_default()
-                .to_owned(),
-            retrying: data
+                .to_owned();
+            let retrying = data
                 .get("retrying")
                 .and_then(Value::as_bool)
-                .unwrap_or(false),
-        })],
+                .unwrap_or(false);
+            match parse::<ErrorCode>(data.get("code")) {
+                Some(code) => vec![TrackerMessage::Problem(TrackerProblem {
+                    code,
+                    message,
+                    retrying,
+                    retry_at: parse_time(data.get("retry_at")),
+                })],
+                None => vec![TrackerMessage::Error(TrackerError { message, retrying })],
+            }
+        }
+        TRACKER_RECOVERED => parse::<ErrorCode>(data.get("code"))
+            .map(|code| TrackerMessage::Recovered(TrackerRecovered { code }))
+            .into_iter()
+            .collect(),
         STACK_SNAPSHOT => {
             let stack: StackSummary = parse(data.get("stack")).unwrap_or_default();
             let mut out: Vec<TrackerMessage> = data
@@ -319,9 +356,14 @@ mod tests {
         let msgs = vec![
             update("A", "CREATE_IN_PROGRESS", 0),
             update("A", "CREATE_COMPLETE", 1),
-            TrackerMessage::Error(TrackerError {
-                message: "Rate exceeded".into(),
+            TrackerMessage::Problem(TrackerProblem {
+                code: ErrorCode::Throttled,
+                message: "AWS is throttling CloudFormation requests.".into(),
                 retrying: true,
+                retry_at: parse_time(Some(&Value::from("2025-11-15T10:31:02.500Z"))),
+            }),
+            TrackerMessage::Recovered(TrackerRecovered {
+                code: ErrorCode::Throttled,
             }),
             TrackerMessage::DeploymentComplete(DeploymentComplete {
                 success: true,
@@ -342,6 +384,29 @@ mod tests {
             }
         }
         assert_eq!(back, msgs);
+    }
+
+    #[test]
+    fn tracker_errors_carry_the_contract_fields() {
+        let problem = TrackerMessage::Problem(TrackerProblem {
+            code: ErrorCode::AccessDenied,
+            message: "AWS denied access.".into(),
+            retrying: true,
+            retry_at: parse_time(Some(&Value::from("2025-11-15T10:35:00Z"))),
+        });
+        let events = to_hub(&problem, &origin());
+        assert_eq!(events[0].0, TRACKER_ERROR);
+        assert_eq!(
+            Value::Object(events[0].1.clone()),
+            json!({"code": "access_denied", "message": "AWS denied access.", "retrying": true,
+                   "retry_at": "2025-11-15T10:35:00.000Z"})
+        );
+        // An error without a code (an older server's history) stays readable.
+        let old = object(json!({"message": "Rate exceeded", "retrying": true}));
+        assert!(matches!(
+            from_hub(TRACKER_ERROR, "", &old, "s").as_slice(),
+            [TrackerMessage::Error(e)] if e.retrying
+        ));
     }
 
     #[test]

@@ -16,8 +16,11 @@
 //! 3. runs a [`stackpulse_cfn::Tracker`] and publishes what it sends (see
 //!    [`events`]) with the lease as fence, renewing the lease meanwhile; a refused
 //!    (fenced) publish or a lost renewal stops the tracker and goes back to 1. The
-//!    `tracker.error` that ends a run without completion (stack not found, access
-//!    denied) carries `"final": true`, so `stackpulse watch` can stop;
+//!    `tracker.error` that ends a run without completion (stack not found, an
+//!    unknown AWS error) carries `"final": true`, so `stackpulse watch` can stop.
+//!    Configuration errors (credentials, region, access denied) do not end a run:
+//!    the tracker retries them minutes apart, and publishes each distinct problem
+//!    once and `tracker.recovered` when it is over (see [`events`]);
 //! 4. once the operation ended (or the stack could not be tracked), stays registered
 //!    until the topic has no local subscriber, so that clients joining later share
 //!    the finished poller instead of starting another. Meanwhile it looks at the
@@ -402,8 +405,8 @@ impl Tracking {
                         out.push((e, ended));
                     }
                     match msg {
-                        Some(TrackerMessage::Error(e)) if !e.retrying => {
-                            held = Some(TrackerMessage::Error(e));
+                        Some(TrackerMessage::Problem(e)) if !e.retrying => {
+                            held = Some(TrackerMessage::Problem(e));
                         }
                         Some(TrackerMessage::DeploymentComplete(_))
                             if published_updates == 0 && completed_before =>

@@ -1,4 +1,5 @@
-//! A scripted fake CloudFormation endpoint, for what moto cannot show over time.
+//! A scripted CloudFormation endpoint: the tests' fake for what moto cannot show
+//! over time, and the stacks `stackpulse serve --demo` plays.
 //!
 //! It speaks the AWS query protocol the SDK uses (form-encoded POST bodies with
 //! `Action=...`, XML answers shaped like AWS's, `ErrorResponse` for errors) over plain
@@ -9,7 +10,12 @@
 //! script's root stack takes the next step, which reveals more events (of the root or
 //! of its nested stacks), may change the status, and may queue faults (throttling,
 //! dropped connections, 500s) for the next requests. So a test advances the
-//! deployment exactly one step per tracker cycle, without sleeps.
+//! deployment exactly one step per tracker cycle, without sleeps. A driver that
+//! holds [`FakeCfn::world`] may also play stacks by the clock instead (the demo):
+//! push events with [`FakeStack::push_now`] and raise `visible`.
+//!
+//! Data flow: the SDK's request → `serve_connection` (HTTP/1.1 framing) →
+//! `handle` (one locked look at the [`World`]) → an XML answer or a fault.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
@@ -29,8 +35,12 @@ pub enum Fault {
     Reset,
     /// `500 InternalFailure`.
     Internal,
-    /// `403 AccessDenied`: not retryable.
+    /// `403 AccessDenied` naming a principal and account (which users must not see).
     AccessDenied,
+    /// `403 ExpiredToken`: AWS refuses the credentials.
+    ExpiredToken,
+    /// `400` with this error code and a message naming an account.
+    Code(&'static str),
 }
 
 /// One stack event of a script.
@@ -132,6 +142,41 @@ impl FakeStack {
         let last = self.events.len() - 1;
         &mut self.events[last]
     }
+
+    /// Appends an event stamped now and makes every event visible (a driver
+    /// playing the stack by the clock). `resource_type` is the resource's type;
+    /// the stack's own events (`logical` = its name) are typed as stacks.
+    pub fn push_now(
+        &mut self,
+        logical: &str,
+        resource_type: &str,
+        status: &str,
+        reason: &str,
+    ) -> &mut FakeEvent {
+        let is_stack = logical == self.name;
+        let n = self.events.len();
+        self.events.push(FakeEvent {
+            id: format!("{}-ev-{n:05}", self.name),
+            logical_id: logical.to_string(),
+            physical_id: if is_stack {
+                self.arn.clone()
+            } else {
+                format!("{}-{logical}-phys", self.name)
+            },
+            resource_type: if is_stack {
+                STACK.to_string()
+            } else {
+                resource_type.to_string()
+            },
+            status: status.to_string(),
+            reason: reason.to_string(),
+            timestamp: Utc::now(),
+            operation_id: None,
+        });
+        self.visible = self.events.len();
+        let last = self.events.len() - 1;
+        &mut self.events[last]
+    }
 }
 
 pub const STACK: &str = "AWS::CloudFormation::Stack";
@@ -186,11 +231,18 @@ impl Drop for FakeCfn {
 }
 
 impl FakeCfn {
+    /// Starts on a free loopback port; panics if it cannot (tests).
     pub async fn start(stacks: Vec<FakeStack>) -> FakeCfn {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind fake endpoint");
-        let addr: SocketAddr = listener.local_addr().expect("local addr");
+        match FakeCfn::bind(stacks).await {
+            Ok(f) => f,
+            Err(e) => panic!("cannot start the fake CloudFormation endpoint: {e}"),
+        }
+    }
+
+    /// Starts on a free loopback port.
+    pub async fn bind(stacks: Vec<FakeStack>) -> std::io::Result<FakeCfn> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr: SocketAddr = listener.local_addr()?;
         let world = Arc::new(Mutex::new(World {
             stacks,
             page_size: 100,
@@ -208,11 +260,11 @@ impl FakeCfn {
                 });
             }
         });
-        FakeCfn {
+        Ok(FakeCfn {
             endpoint: format!("http://{addr}"),
             world,
             task,
-        }
+        })
     }
 
     pub fn world(&self) -> MutexGuard<'_, World> {
@@ -375,6 +427,18 @@ fn handle(w: &mut World, p: &HashMap<String, String>) -> Option<(u16, String)> {
                 "Sender",
                 "AccessDenied",
                 "User: arn:aws:iam::123456789012:user/t is not authorized to perform: cloudformation:DescribeStacks",
+            ),
+            Fault::ExpiredToken => error(
+                403,
+                "Sender",
+                "ExpiredToken",
+                "The security token included in the request is expired (account 123456789012)",
+            ),
+            Fault::Code(code) => error(
+                400,
+                "Sender",
+                code,
+                "arn:aws:iam::123456789012:user/t cannot do that",
             ),
         };
     }
