@@ -10,7 +10,8 @@
 //! - Reading: a topic's ACL through the gate (owner, groups, admin, default
 //!   policy); a `stack:` topic also needs `--stack-reader-group` when it is set
 //!   (admins always may).
-//! - Writing: `stack:` topics belong to the tracker; publishers get 403.
+//! - Writing: `stack:` topics belong to the tracker; publishers get 403 (unless
+//!   the operator passed `--allow-stack-writes`, e.g. to replay a recording).
 
 use std::sync::Arc;
 
@@ -88,7 +89,7 @@ impl TopicPolicy for ServerPolicy {
     }
 
     fn may_write(&self, topic: &str) -> Result<(), WriteRefused> {
-        if topic.starts_with(TOPIC_PREFIX) {
+        if topic.starts_with(TOPIC_PREFIX) && !self.stacks.publishers_write {
             return Err(WriteRefused(
                 "stack: topics are written by the tracker".to_owned(),
             ));

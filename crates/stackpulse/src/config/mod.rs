@@ -24,6 +24,9 @@ pub struct StackRules {
     pub reader_group: Option<String>,
     /// `--stack-allow`: globs (`*`, `?`) over stack names the server tracks.
     pub allow: Vec<String>,
+    /// `--allow-stack-writes`: publishers may write `stack:` topics too (replaying
+    /// a recorded deployment, UI tests). Off: the tracker owns them.
+    pub publishers_write: bool,
 }
 
 impl Default for StackRules {
@@ -31,6 +34,7 @@ impl Default for StackRules {
         StackRules {
             reader_group: None,
             allow: vec!["*".into()],
+            publishers_write: false,
         }
     }
 }
@@ -168,6 +172,10 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub stack_allow: Vec<String>,
+    /// Let publishers write `stack:` topics too (replaying a recorded deployment,
+    /// UI tests); by default only the tracker writes them [default: false].
+    #[arg(long, env = "STACKPULSE_ALLOW_STACK_WRITES")]
+    pub allow_stack_writes: bool,
     // Demo mode (flags and environment only; see `crate::demo`).
     /// Play CloudFormation deployments in-process (no AWS account needed): stacks
     /// demo-network, demo-database, demo-app and the deployment `demo`, in a loop.
@@ -276,6 +284,7 @@ struct FileConfig {
     max_event_bytes: Option<usize>,
     stack_reader_group: Option<String>,
     stack_allow: Option<Vec<String>>,
+    allow_stack_writes: Option<bool>,
     // The HTTP edge (EdgeArgs).
     deployer_group: Option<String>,
     deploy_capabilities: Option<Vec<String>>,
@@ -743,6 +752,8 @@ impl Config {
                         globs
                     }
                 },
+                publishers_write: args.allow_stack_writes
+                    || file.allow_stack_writes.unwrap_or(false),
             },
             edge,
         })
