@@ -73,7 +73,10 @@ return {seq, epoch, frame}
 
 const READ: &str = r#"
 -- KEYS: seq epoch stream acl ; ARGV: epoch_candidate retention_ms first_wanted ('' = none)
+-- unborn_ttl_ms. A topic nobody published to keeps only its epoch, for unborn_ttl_ms
+-- after the last read (a subscriber that outlives it resyncs at the first event).
 redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2])
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('PEXPIRE', KEYS[2], ARGV[4]) end
 local epoch = redis.call('GET', KEYS[2])
 local latest = tonumber(redis.call('GET', KEYS[1]) or '0')
 local first = latest + 1
@@ -95,11 +98,9 @@ end
 return out
 "#;
 
-const FORGET_UNBORN: &str = r#"
--- KEYS: seq epoch ; a topic nobody published to keeps nothing once unwatched
-if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('DEL', KEYS[2]) end
-return 0
-"#;
+/// How long the epoch of a topic nobody published to lives after the last read
+/// (a subscribe) of it; its first publish makes it last as long as the history.
+const UNBORN_TTL: Duration = Duration::from_secs(600);
 
 const SNAPSHOT_CAS: &str = r#"
 -- KEYS: snap snapseq ; ARGV: expected_seq new_seq json retention_ms
@@ -133,7 +134,6 @@ struct Scripts {
     publish: Script,
     read: Script,
     snapshot_cas: Script,
-    forget_unborn: Script,
     lease_acquire: Script,
     lease_renew: Script,
     lease_release: Script,
@@ -264,7 +264,6 @@ impl RedisBackplane {
                 publish: Script::new(PUBLISH),
                 read: Script::new(READ),
                 snapshot_cas: Script::new(SNAPSHOT_CAS),
-                forget_unborn: Script::new(FORGET_UNBORN),
                 lease_acquire: Script::new(LEASE_ACQUIRE),
                 lease_renew: Script::new(LEASE_RENEW),
                 lease_release: Script::new(LEASE_RELEASE),
@@ -588,7 +587,8 @@ impl Backplane for RedisBackplane {
                 since
                     .map(|s| s.saturating_add(1).to_string())
                     .unwrap_or_default(),
-            );
+            )
+            .arg(u64::try_from(UNBORN_TTL.as_millis()).unwrap_or(600_000));
         let Value::Array(items) = self.invoke(inv).await? else {
             return Err(unavailable("unexpected read reply"));
         };
@@ -682,16 +682,6 @@ impl Backplane for RedisBackplane {
             }
             if let Some(sink) = slot.as_mut() {
                 let _ = sink.unsubscribe(Keys::of(topic).channel).await;
-            }
-            drop(slot);
-            // This node's last watcher left: a topic nobody published to keeps no
-            // key. (A subscriber on another node then sees the topic's first event
-            // in a new epoch, and resyncs from its snapshot.)
-            let keys = Keys::of(topic);
-            let mut inv = self.scripts.forget_unborn.prepare_invoke();
-            inv.key(&keys.seq).key(&keys.epoch);
-            if let Err(e) = self.invoke(inv).await {
-                tracing::debug!(%topic, error = %e, "could not forget an unborn topic");
             }
         }
     }
