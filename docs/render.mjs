@@ -244,9 +244,34 @@ function renderOperation(path, method, op) {
   }
   parts.push('<h4>Responses</h4><dl class="responses">');
   for (const status of Object.keys(op.responses ?? {}).sort(statusSort)) {
+    const ref = op.responses[status].$ref ?? '';
+    const shared = /^#\/components\/responses\/([^/]+)$/.exec(ref);
     const res = follow(openapi, op.responses[status]);
+    const body = shared
+      ? `<p>${esc(firstSentence(res.description))} <a href="#response-${slug(shared[1])}">${esc(shared[1])}</a></p>`
+      : `${md(res.description)}${renderContent(res.content)}`;
+    parts.push(`<dt><span class="status s${esc(status[0])}">${esc(status)}</span></dt>`, `<dd>${body}</dd>`);
+  }
+  parts.push('</dl></section>');
+  return parts.join('\n');
+}
+
+/** The first sentence of a description (up to the first period or colon). */
+function firstSentence(text) {
+  const t = String(text ?? '').trim();
+  const m = /^(.*?[.:])(\s|$)/.exec(t);
+  return (m ? m[1] : t).replace(/:$/, '.');
+}
+
+/** The responses under components.responses, referenced by name from the endpoints. */
+function renderSharedResponses() {
+  const names = Object.keys(openapi.components?.responses ?? {}).sort();
+  if (!names.length) return '';
+  const parts = ['<section class="op" id="responses"><h3>Shared responses</h3><dl class="responses">'];
+  for (const name of names) {
+    const res = openapi.components.responses[name];
     parts.push(
-      `<dt><span class="status s${esc(status[0])}">${esc(status)}</span></dt>`,
+      `<dt id="response-${slug(name)}"><strong>${esc(name)}</strong></dt>`,
       `<dd>${md(res.description)}${renderContent(res.content)}</dd>`,
     );
   }
@@ -273,6 +298,7 @@ function renderHttp() {
     md(openapi.info?.description),
     `<ul class="toc">\n${toc}\n</ul>`,
     ...ops.map(([path, method, op]) => renderOperation(path, method, op)),
+    renderSharedResponses(),
     '</section>',
   ].join('\n');
 }
