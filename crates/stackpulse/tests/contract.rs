@@ -471,3 +471,58 @@ async fn graphql_dialect_frames_match_the_spec() {
         assert_eq!(status, want);
     }
 }
+
+/// The rendered reference (`docs/dist/index.html`, `node docs/render.mjs`) is served
+/// at `/docs` and `/docs/` with the dashboard's security headers, and names the
+/// endpoints, channels and close codes of the specs.
+#[tokio::test]
+async fn the_reference_is_served_at_docs() {
+    let server = Server::start(&[]).await;
+    let mut etag = String::new();
+    for path in ["/docs", "/docs/"] {
+        let resp = server.http.get(server.url(path)).send().await.expect("get");
+        let status = resp.status().as_u16();
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let (content_type, csp) = (header("content-type"), header("content-security-policy"));
+        let (nosniff, cache) = (header("x-content-type-options"), header("cache-control"));
+        etag = header("etag");
+        let body = resp.text().await.expect("body");
+        contract().http("GET", path, status, &body);
+        assert_eq!(status, 200, "{path}");
+        assert_eq!(content_type, "text/html; charset=utf-8", "{path}");
+        assert!(csp.contains("default-src 'self'"), "{path}: {csp}");
+        assert!(csp.contains("script-src 'none'"), "{path}: {csp}");
+        assert!(csp.contains("style-src 'sha256-"), "{path}: {csp}");
+        assert!(csp.contains("frame-ancestors 'none'"), "{path}: {csp}");
+        assert_eq!(nosniff, "nosniff");
+        assert_eq!(cache, "no-cache");
+        assert!(!etag.is_empty());
+        assert!(!body.contains("<script"), "no scripts");
+        for needle in [
+            r#"<span class="method post">POST</span> <code>/v1/events</code>"#,
+            r#"<span class="method get">GET</span> <code>/docs</code>"#,
+            r#"<span class="method ws">WS</span> <code>/ws</code>"#,
+            r#"<span class="method ws">WS</span> <code>/canvas/deploy/track/{stack_name}</code>"#,
+            "<code>4008</code>",
+            "<code>deployment.status</code>",
+        ] {
+            assert!(body.contains(needle), "{path}: the page lacks {needle}");
+        }
+    }
+    let resp = server
+        .http
+        .get(server.url("/docs"))
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .expect("conditional get");
+    let status = resp.status().as_u16();
+    contract().http("GET", "/docs", status, "");
+    assert_eq!(status, 304);
+}

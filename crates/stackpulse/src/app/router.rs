@@ -1,7 +1,7 @@
 //! Every route of the server: `/ws` (the monitoring socket, [`crate::ws`]),
 //! `POST /v1/events` and `/v1/deployments` ([`crate::http`]), the canvas endpoints
 //! ([`crate::canvas`]), `/graphql` and `/graphql/realtime` ([`crate::graphql`]), the
-//! operational endpoints and the dashboard, all behind the HTTP edge layer
+//! operational endpoints, the dashboard and the API reference (`/docs`), all behind the HTTP edge layer
 //! ([`crate::http::edge`]). A path nobody serves gets a JSON 404.
 
 use axum::extract::Request;
@@ -14,7 +14,7 @@ use axum::Router;
 
 use super::AppState;
 use crate::http::error::AppError;
-use crate::http::{dashboard, deployments, edge, ops, publish};
+use crate::http::{dashboard, deployments, docs, edge, ops, publish};
 
 /// A POST route whose body is JSON: [`edge::json_only`] in front of `handler`.
 pub fn json_post<H, T>(handler: H) -> MethodRouter<AppState>
@@ -42,6 +42,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(ops::metrics))
         .merge(crate::graphql::routes(state.clone()))
         .merge(dashboard::routes())
+        .merge(docs::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), edge::guard))
         .with_state(state)

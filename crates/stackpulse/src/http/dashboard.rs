@@ -41,9 +41,9 @@ const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
                    img-src 'self' data:; connect-src 'self' ws: wss:; \
                    base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
-/// One embedded file.
-struct Asset {
-    body: &'static [u8],
+/// One embedded file (also the API reference, [`super::docs`]).
+pub(super) struct Asset {
+    pub(super) body: &'static [u8],
     content_type: &'static str,
     /// First 16 hex digits of the SHA-256 of `body`.
     version: String,
@@ -52,7 +52,7 @@ struct Asset {
 }
 
 impl Asset {
-    fn new(body: &'static [u8], content_type: &'static str) -> Asset {
+    pub(super) fn new(body: &'static [u8], content_type: &'static str) -> Asset {
         let digest = Sha256::digest(body);
         let version: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
         Asset {
@@ -138,7 +138,8 @@ fn not_modified(asset: &Asset, headers: &HeaderMap) -> bool {
         .any(|tag| tag == "*" || tag == asset.etag)
 }
 
-fn serve(asset: &'static Asset, headers: &HeaderMap, immutable: bool) -> Response {
+/// The asset, or `304` when `If-None-Match` names it; `no-cache` unless `immutable`.
+pub(super) fn serve(asset: &'static Asset, headers: &HeaderMap, immutable: bool) -> Response {
     let cache = if immutable { IMMUTABLE } else { REVALIDATE };
     let common = [
         (header::CACHE_CONTROL, HeaderValue::from_static(cache)),

@@ -8,12 +8,14 @@
 //! - [`deployments`]: `POST /v1/deployments`, several stacks as one topic.
 //! - [`ops`]: health, readiness, metrics and topic inspection.
 //! - [`dashboard`]: the web dashboard's page and assets, embedded in the binary.
+//! - [`docs`]: the API reference page at `/docs`, embedded in the binary.
 //! - [`edge`]: the checks in front of every route (loopback Host/Origin, JSON
 //!   content type, the client address behind trusted proxies).
 //! - [`error`]: [`error::AppError`], the JSON error response.
 
 pub mod dashboard;
 pub mod deployments;
+pub mod docs;
 pub mod edge;
 pub mod error;
 pub mod ops;
