@@ -6,22 +6,21 @@
 //! comes later (GraphQL's `connection_init`) holds a [`Pending`] instead until then.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
 use dashmap::DashMap;
+use parking_lot::RwLock;
 
 use crate::auth::User;
 use crate::hub::{CloseReason, Session};
 
 /// One open connection.
 pub struct ConnInfo {
-    pub user: User,
+    /// Who is connected; an in-band `auth` may bring a fresh token with other
+    /// groups for the same `sub`.
+    user: RwLock<User>,
     pub remote: SocketAddr,
-    pub connected_at: DateTime<Utc>,
-    /// Unix milliseconds of the last ping (WebSocket pong or `{"action":"ping"}`).
-    pub last_ping: AtomicI64,
     /// Unix seconds when the connection's token expires (`u64::MAX` without auth);
     /// moved forward by an in-band `auth`.
     pub expires_at: AtomicU64,
@@ -39,18 +38,21 @@ impl ConnInfo {
         session: Arc<Session>,
     ) -> Arc<ConnInfo> {
         Arc::new(ConnInfo {
-            user,
+            user: RwLock::new(user),
             remote,
-            connected_at: Utc::now(),
-            last_ping: AtomicI64::new(0),
             expires_at: AtomicU64::new(expires_at),
             session,
         })
     }
 
-    pub fn touch_ping(&self) {
-        self.last_ping
-            .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
+    /// The connection's user as of its latest token.
+    pub fn user(&self) -> User {
+        self.user.read().clone()
+    }
+
+    /// Replaces the user after an in-band re-authentication.
+    pub fn set_user(&self, user: User) {
+        *self.user.write() = user;
     }
 }
 

@@ -101,7 +101,7 @@ impl Dialect for Canvas {
         let topic = &self.topic;
         tracing::debug!(conn = session.id, %topic, "canvas tracker connected");
         if let Err(e) =
-            subscribe_topic(conn.state, session, &conn.info.user, topic, None, None).await
+            subscribe_topic(conn.state, session, &conn.info.user(), topic, None, None).await
         {
             let error = TrackerMessage::Error(TrackerError {
                 message: format!("Cannot track {topic}: {e}"),

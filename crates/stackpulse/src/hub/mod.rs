@@ -286,7 +286,7 @@ impl Deliver for Fanout {
                 if !hub
                     .rules()
                     .policy
-                    .may_read(sub.reader(), &event.topic, event.acl.as_ref())
+                    .may_read(&sub.reader(), &event.topic, event.acl.as_ref())
                 {
                     forbidden.push(sub.clone());
                     continue;
@@ -513,6 +513,29 @@ impl Hub {
         Ok(())
     }
 
+    /// The connection of `session` re-authenticated as `reader` (a fresh token with
+    /// other groups): each subscription is checked against its topic's ACL again,
+    /// and those the new reader may not read end with a 403.
+    pub async fn reauthorize(
+        &self,
+        session: &Arc<Session>,
+        reader: &Arc<Reader>,
+    ) -> Result<(), BackplaneError> {
+        let subs: Vec<Arc<Subscription>> = session.subs.lock().values().cloned().collect();
+        for sub in subs {
+            sub.set_reader(reader.clone());
+            let acl = self.0.backplane.info(&sub.topic).await?.and_then(|i| i.acl);
+            if !self
+                .rules()
+                .policy
+                .may_read(reader, &sub.topic, acl.as_ref())
+            {
+                self.0.fanout.forbid(self, &sub);
+            }
+        }
+        Ok(())
+    }
+
     /// Ends a session's subscription; false when there was none.
     pub async fn unsubscribe(&self, session: &Arc<Session>, topic: &str) -> bool {
         let removed = session.subs.lock().remove(topic);
@@ -612,7 +635,7 @@ impl Hub {
                 let rules = self.rules();
                 if !rules
                     .policy
-                    .may_read(sub.reader(), &sub.topic, read.acl.as_ref())
+                    .may_read(&sub.reader(), &sub.topic, read.acl.as_ref())
                 {
                     return Err(SubscribeError::Forbidden(sub.topic.to_string()));
                 }

@@ -65,7 +65,7 @@ pub enum SyncStep {
 pub struct Subscription {
     pub topic: Arc<str>,
     pub outbox: Arc<Outbox>,
-    reader: Arc<Reader>,
+    reader: Mutex<Arc<Reader>>,
     session: Weak<Session>,
     state: Mutex<State>,
 }
@@ -81,7 +81,7 @@ impl Subscription {
         Subscription {
             topic,
             outbox,
-            reader: Arc::new(Reader::System),
+            reader: Mutex::new(Arc::new(Reader::System)),
             session: Weak::new(),
             state: Mutex::new(State::Syncing {
                 pending: Vec::new(),
@@ -97,15 +97,20 @@ impl Subscription {
         reader: Arc<Reader>,
     ) -> Subscription {
         Subscription {
-            reader,
+            reader: Mutex::new(reader),
             session: Arc::downgrade(session),
             ..Subscription::new(topic, session.outbox.clone())
         }
     }
 
     /// Who reads through this subscription.
-    pub fn reader(&self) -> &Reader {
-        &self.reader
+    pub fn reader(&self) -> Arc<Reader> {
+        self.reader.lock().clone()
+    }
+
+    /// The connection re-authenticated as `reader`.
+    pub fn set_reader(&self, reader: Arc<Reader>) {
+        *self.reader.lock() = reader;
     }
 
     /// The session that holds it, while it is open.

@@ -60,7 +60,8 @@ async fn handle_text(state: &AppState, info: &Arc<ConnInfo>, text: &str) {
             deployment_id,
             since,
             epoch,
-        }) => match subscribe_topic(state, session, &info.user, &deployment_id, since, epoch).await
+        }) => match subscribe_topic(state, session, &info.user(), &deployment_id, since, epoch)
+            .await
         {
             Ok(()) | Err(SubscribeError::Closed) => {}
             Err(e) => {
@@ -81,7 +82,6 @@ async fn handle_text(state: &AppState, info: &Arc<ConnInfo>, text: &str) {
         }
         Ok(ClientMessage::Auth { token }) => reauthenticate(state, info, &token).await,
         Ok(ClientMessage::Ping) => {
-            info.touch_ping();
             reply(
                 outbox,
                 ServerMessage::Pong {
@@ -104,8 +104,17 @@ async fn reauthenticate(state: &AppState, info: &Arc<ConnInfo>, token: &str) {
         return;
     }
     match state.gate.authenticate(Some(token)).await {
-        Ok(v) if v.user.sub == info.user.sub => {
+        Ok(v) if v.user.sub == info.user().sub => {
             info.expires_at.store(v.expires_at, Ordering::Release);
+            if v.user.groups != info.user().groups {
+                // Other groups: every subscription is checked again (a lost group
+                // ends the ACL'd subscriptions it admitted, with a 403 each).
+                info.set_user(v.user.clone());
+                let reader = crate::hub::Reader::user(v.user.clone());
+                if let Err(e) = state.hub.reauthorize(&info.session, &reader).await {
+                    tracing::warn!(error = %e, "could not re-check subscriptions after a token refresh");
+                }
+            }
             let expires_at = i64::try_from(v.expires_at)
                 .ok()
                 .and_then(|s| chrono::DateTime::from_timestamp(s, 0))

@@ -648,7 +648,7 @@ async fn read_loop<S: Socket, D: Dialect>(
             // make every idle connection carry its size.
             Message::Text(text) => Box::pin(dialect.on_text(conn, text.as_str())).await,
             Message::Binary(_) => dialect.on_binary(conn),
-            Message::Pong(_) => info.touch_ping(),
+            Message::Pong(_) => {}
             Message::Ping(_) => {}
             Message::Close(_) => return,
         }

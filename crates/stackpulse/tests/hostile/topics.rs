@@ -471,3 +471,40 @@ async fn f13_f22_stack_names_are_checked_on_every_dialect() {
         "no refused name started a poller"
     );
 }
+
+/// Finding 17 (groups): an in-band `auth` with a fresh token whose groups no longer
+/// admit an ACL'd subscription ends that subscription with a 403; the others stay.
+#[tokio::test]
+async fn f17_a_refreshed_token_without_the_group_loses_the_groups_topics() {
+    let jwks = Jwks::serve("jwks.json").await;
+    let server = server_with(&jwks, &[]).await;
+    let (code, body) = publish(&server, "ops-only", Some(json!({"groups": ["ops"]}))).await;
+    assert_eq!(code, 202, "{body}");
+    server.publish("open-topic", "deploying").await;
+    let mut olga = server.connect_as(&token("olga", &["ops"])).await;
+    for topic in ["ops-only", "open-topic"] {
+        olga.subscribe(topic, Some(1), None).await.expect("send");
+        assert_eq!(subscribed(&mut olga).await.0, 1, "{topic}");
+    }
+    let refreshed = token("olga", &[]);
+    olga.send_text(&json!({"action": "auth", "token": refreshed}).to_string())
+        .await
+        .expect("send");
+    let mut forbidden = None;
+    let mut authenticated = false;
+    while forbidden.is_none() || !authenticated {
+        match next_control(&mut olga).await {
+            ServerMessage::Authenticated { .. } => authenticated = true,
+            ServerMessage::Error {
+                code,
+                deployment_id,
+                ..
+            } => forbidden = Some((code, deployment_id)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(forbidden, Some((403, Some("ops-only".to_string()))));
+    // The open topic is still delivered.
+    server.publish("open-topic", "deployed").await;
+    assert_eq!(next_event(&mut olga).await.deployment_id, "open-topic");
+}
