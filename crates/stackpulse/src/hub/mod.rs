@@ -48,9 +48,10 @@ pub use outbox::{CloseReason, Delivery, Outbox, SubscribedInfo};
 pub use policy::{Reader, Rules, TopicInterest, TopicPolicy, WriteRefused};
 pub use subscription::Subscription;
 
-/// The epoch of a topic nobody published to. Such a topic stores nothing; its
-/// first publish fixes its real epoch, which a subscriber that saw this one adopts
-/// (and a resume naming this epoch matches whatever epoch the topic then has).
+/// The epoch a read of a topic that does not exist shows (`GET /v1/topics/{id}`):
+/// such a read stores nothing, and a resume naming this epoch matches whatever
+/// epoch the topic has by then. (A subscriber makes the topic exist while it
+/// watches, so subscribers always hold a real epoch.)
 pub const UNBORN_EPOCH: &str = "0";
 
 use subscription::{Offer, SyncStep};
@@ -656,8 +657,7 @@ impl Hub {
                     (true, ok, ok)
                 }
                 Resume::Repair { from, epoch } => {
-                    let born_since = &**epoch == UNBORN_EPOCH && *from == 0;
-                    let ok = (*epoch == read.epoch || born_since) && read.covers(*from);
+                    let ok = *epoch == read.epoch && read.covers(*from);
                     (!ok, false, ok)
                 }
             };

@@ -9,10 +9,6 @@
 //! epoch change sends it back to syncing, and the hub repairs it from history. So
 //! each subscription sees every seq once, in order, whatever the timing.
 //!
-//! A subscription to a topic nobody published to goes live in the
-//! [unborn epoch](super::UNBORN_EPOCH); the topic's first event (seq 1) brings its
-//! real epoch, which the subscription adopts instead of repairing.
-//!
 //! Each subscription knows its [`Reader`] (for the live ACL check) and its session
 //! (so the hub can end it alone when the reader loses access).
 
@@ -135,10 +131,6 @@ impl Subscription {
                 Offer::Done
             }
             State::Live { last_seq, epoch } => {
-                if *last_seq == 0 && &**epoch == super::UNBORN_EPOCH {
-                    // The topic's first event fixes its epoch.
-                    *epoch = event.epoch.clone();
-                }
                 if !same_epoch(epoch, &event.epoch) || event.seq > *last_seq + 1 {
                     let from = *last_seq;
                     let epoch = epoch.clone();
@@ -305,23 +297,6 @@ mod tests {
                 epoch: old.clone()
             }
         );
-    }
-
-    #[test]
-    fn an_unborn_topic_adopts_the_epoch_of_its_first_event() {
-        let (outbox, mut rx) = Outbox::new(64);
-        let unborn: Arc<str> = crate::hub::UNBORN_EPOCH.into();
-        let born: Arc<str> = "e1".into();
-        let sub = Subscription::new("T".into(), outbox);
-        assert_eq!(sub.finish_sync(0, &unborn), SyncStep::Live);
-        assert_eq!(sub.offer(&ev(1, &born)), Offer::Done);
-        assert_eq!(sub.offer(&ev(2, &born)), Offer::Done);
-        assert_eq!(drain(&mut rx), vec![1, 2]);
-        let other: Arc<str> = "e2".into();
-        assert!(matches!(
-            sub.offer(&ev(3, &other)),
-            Offer::NeedsRepair { .. }
-        ));
     }
 
     #[test]
