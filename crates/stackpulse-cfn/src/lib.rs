@@ -51,10 +51,12 @@ pub mod scripted;
 pub mod status;
 pub mod template;
 pub mod tracker;
+pub mod wake;
 pub mod wire;
 
 pub use aws::{AwsError, CallCounter};
 pub use backoff::BackoffConfig;
+pub use wake::Wake;
 pub use create::{
     create_stack, generate_stack_name, CreateStackError, CreateStackRequest, CreatedStack,
 };

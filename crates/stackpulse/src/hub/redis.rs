@@ -20,6 +20,10 @@
 //! one Lua script returning the epoch, the latest seq, the oldest retained seq and
 //! the entries after `since`, atomically. **Leases** are `SET NX PX` keys holding a
 //! fencing token from a global counter; renew and release check the token.
+//! **Wakes** (a push asking a stack's poller to poll now, [`Backplane::wake`]) are
+//! `PUBLISH sp:wake <topic>`; every node's pub/sub connection is subscribed to
+//! `sp:wake` for its whole life, and hands each one to [`Deliver::wake`] (the node
+//! that runs the poller polls; the poller's wake signal coalesces repeats).
 //!
 //! When Redis is unreachable, commands fail with [`BackplaneError::Unavailable`]
 //! (publish answers 503, subscribe an error), `/readyz` reports it, the command
@@ -169,6 +173,9 @@ impl Keys {
 fn topic_of_channel(channel: &str) -> Option<&str> {
     channel.strip_prefix("sp:{")?.strip_suffix("}:ch")
 }
+
+/// The pub/sub channel of poller wakes (payload: the topic).
+const WAKE_CHANNEL: &str = "sp:wake";
 
 fn lease_key(name: &str) -> String {
     format!("sp:lease:{{{name}}}")
@@ -468,7 +475,7 @@ async fn pubsub_task(me: Weak<RedisBackplane>) {
         {
             let mut slot = bp.pubsub.lock().await;
             let topics: Vec<Arc<str>> = bp.watched.lock().keys().cloned().collect();
-            let mut ok = true;
+            let mut ok = sink.subscribe(WAKE_CHANNEL).await.is_ok();
             for topic in topics {
                 if sink.subscribe(Keys::of(&topic).channel).await.is_err() {
                     ok = false;
@@ -497,6 +504,12 @@ async fn pubsub_task(me: Weak<RedisBackplane>) {
         drop(bp);
         while let Some(msg) = stream.next().await {
             let channel = msg.get_channel_name().to_owned();
+            if channel == WAKE_CHANNEL {
+                if let Ok(topic) = std::str::from_utf8(msg.get_payload_bytes()) {
+                    sink_target.wake(topic);
+                }
+                continue;
+            }
             if let Some(event) = decode_message(&channel, msg.get_payload_bytes()) {
                 sink_target.deliver(&Arc::new(event));
             }
@@ -732,6 +745,12 @@ impl Backplane for RedisBackplane {
             .arg(lease.token)
             .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
         Ok(as_u64(&self.invoke(inv).await?) == Some(1))
+    }
+
+    async fn wake(&self, topic: &str) -> Result<(), BackplaneError> {
+        self.command::<i64>(redis::cmd("PUBLISH").arg(WAKE_CHANNEL).arg(topic))
+            .await
+            .map(|_| ())
     }
 
     async fn release_lease(&self, lease: &Lease) {
