@@ -56,13 +56,13 @@ pub mod wire;
 
 pub use aws::{AwsError, CallCounter};
 pub use backoff::BackoffConfig;
-pub use wake::Wake;
 pub use create::{
     create_stack, generate_stack_name, CreateStackError, CreateStackRequest, CreatedStack,
 };
 pub use tracker::{
     NestedStackState, Outcome, Tracker, TrackerConfig, TrackerMessage, TrackerState,
 };
+pub use wake::Wake;
 pub use wire::{
     DeploymentComplete, ErrorCode, ResourceSummary, ResourceUpdate, RootCause, StackOutput,
     StackSummary, TrackerError, TrackerProblem, TrackerRecovered,

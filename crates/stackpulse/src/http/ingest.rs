@@ -62,9 +62,9 @@ fn parse(body: &[u8]) -> Result<Push, String> {
         return Err("The body must be one EventBridge event (a JSON object)".into());
     };
     let field = |name: &str| -> Result<&str, String> {
-        obj.get(name).and_then(Value::as_str).ok_or_else(|| {
-            format!("Not an EventBridge event: `{name}` is missing or not a string")
-        })
+        obj.get(name)
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("Not an EventBridge event: `{name}` is missing or not a string"))
     };
     let detail_type = field("detail-type")?;
     let source = field("source")?;
@@ -136,11 +136,16 @@ pub async fn eventbridge(
     let body = match publisher_body(&state, &headers, body).await {
         Ok(body) => body,
         Err(refusal) => {
-            count(if refusal.status().is_client_error() {
-                "refused"
-            } else {
-                "unavailable"
-            });
+            let status = refusal.status();
+            count(
+                if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+                    "refused"
+                } else if status.is_client_error() {
+                    "invalid"
+                } else {
+                    "unavailable"
+                },
+            );
             return refusal;
         }
     };
@@ -155,7 +160,13 @@ pub async fn eventbridge(
             return AppError::new(StatusCode::BAD_REQUEST, message).into_response();
         }
     };
-    if !state.config.stacks.allow.iter().any(|g| glob_match(g, &stack)) {
+    if !state
+        .config
+        .stacks
+        .allow
+        .iter()
+        .any(|g| glob_match(g, &stack))
+    {
         count("ignored");
         return ignored(format!("stack {stack} is not tracked here (--stack-allow)"));
     }
@@ -175,7 +186,11 @@ pub async fn eventbridge(
 }
 
 fn ignored(reason: String) -> Response {
-    (StatusCode::OK, Json(serde_json::json!({ "ignored": reason }))).into_response()
+    (
+        StatusCode::OK,
+        Json(serde_json::json!({ "ignored": reason })),
+    )
+        .into_response()
 }
 
 /// Declares the ingest metric.
