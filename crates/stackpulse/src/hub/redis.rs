@@ -23,7 +23,8 @@
 //! **Wakes** (a push asking a stack's poller to poll now, [`Backplane::wake`]) are
 //! `PUBLISH sp:wake <topic>`; every node's pub/sub connection is subscribed to
 //! `sp:wake` for its whole life, and hands each one to [`Deliver::wake`] (the node
-//! that runs the poller polls; the poller's wake signal coalesces repeats).
+//! that runs the poller polls; the poller's wake signal coalesces repeats, and a
+//! wake for a topic whose `PUBLISH` is still in flight is folded into it).
 //!
 //! When Redis is unreachable, commands fail with [`BackplaneError::Unavailable`]
 //! (publish answers 503, subscribe an error), `/readyz` reports it, the command
@@ -215,6 +216,9 @@ pub struct RedisBackplane {
     pubsub_up: AtomicBool,
     /// Topics whose snapshot fold is already scheduled (coalesces publishes).
     folding: DashMap<Arc<str>, ()>,
+    /// Topics with a wake `PUBLISH` in flight: a wake meanwhile is coalesced into
+    /// it (the poll it causes starts after that wake arrived anyway).
+    waking: DashMap<String, ()>,
     /// A handle on itself, for the background snapshot folds.
     me: std::sync::OnceLock<Weak<RedisBackplane>>,
     /// This process's id in presence records.
@@ -276,6 +280,7 @@ impl RedisBackplane {
                 lease_release: Script::new(LEASE_RELEASE),
             },
             watched: parking_lot::Mutex::new(HashMap::new()),
+            waking: DashMap::new(),
             pubsub: tokio::sync::Mutex::new(None),
             pubsub_up: AtomicBool::new(false),
             folding: DashMap::new(),
@@ -748,6 +753,17 @@ impl Backplane for RedisBackplane {
     }
 
     async fn wake(&self, topic: &str) -> Result<(), BackplaneError> {
+        if self.waking.insert(topic.to_owned(), ()).is_some() {
+            return Ok(());
+        }
+        /// Clears the in-flight mark, also when the request is dropped midway.
+        struct Done<'a>(&'a DashMap<String, ()>, &'a str);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.remove(self.1);
+            }
+        }
+        let _done = Done(&self.waking, topic);
         self.command::<i64>(redis::cmd("PUBLISH").arg(WAKE_CHANNEL).arg(topic))
             .await
             .map(|_| ())
