@@ -289,3 +289,34 @@ async fn refusals_and_ignored_events() {
         json!({"stack": "app-two", "region": "eu-west-1", "topic": "stack:eu-west-1:app-two"})
     );
 }
+
+#[tokio::test]
+async fn a_push_while_the_backplane_is_down_is_503_then_accepted() {
+    let mut redis = RedisServer::start().await;
+    let url = redis.url();
+    let fake = FakeCfn::start(vec![]).await;
+    let node = server(&fake.endpoint, &["--redis-url", &url]).await;
+    redis.stop();
+    tokio::time::timeout(WAIT, async {
+        while node.get("/readyz").await.0 != 503 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("readyz never reported the outage");
+    let (code, body) = push(&node, &resource_change("down")).await;
+    assert_eq!(code, 503, "{body}");
+    // EventBridge retries a 503; once Redis is back the retry is accepted.
+    redis.resume().await;
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match push(&node, &resource_change("down")).await {
+                (202, _) => return,
+                (503, _) => tokio::time::sleep(Duration::from_millis(50)).await,
+                (code, body) => panic!("{code}: {body}"),
+            }
+        }
+    })
+    .await
+    .expect("the push was never accepted after Redis came back");
+}
