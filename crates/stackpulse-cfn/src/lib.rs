@@ -51,6 +51,7 @@ pub mod scripted;
 pub mod status;
 pub mod template;
 pub mod tracker;
+pub mod wake;
 pub mod wire;
 
 pub use aws::{AwsError, CallCounter};
@@ -61,6 +62,7 @@ pub use create::{
 pub use tracker::{
     NestedStackState, Outcome, Tracker, TrackerConfig, TrackerMessage, TrackerState,
 };
+pub use wake::Wake;
 pub use wire::{
     DeploymentComplete, ErrorCode, ResourceSummary, ResourceUpdate, RootCause, StackOutput,
     StackSummary, TrackerError, TrackerProblem, TrackerRecovered,

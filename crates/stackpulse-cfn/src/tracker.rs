@@ -11,7 +11,8 @@
 //!    (`GetTemplateSummary`, `ListStackResources`); apply the events oldest first,
 //!    emitting a [`TrackerMessage::ResourceUpdate`] for each one not already seen
 //!    (see [`TrackerConfig::seen_event_ids`]); then a [`TrackerMessage::Snapshot`].
-//! 3. **Each cycle**: sleep the poll interval (longer after throttling); poll the root
+//! 3. **Each cycle**: sleep the poll interval (longer after throttling; cut short by a
+//!    [`Wake`], see [`crate::wake`]); poll the root
 //!    and every active nested stack (`events`: pages until a known `EventId`); merge
 //!    their new events oldest first and emit them; ask `DescribeStacks` for the root's
 //!    status (`status`). Nested stacks are found in the events (`nested`), polled by
@@ -34,6 +35,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_cloudformation::Client;
@@ -49,10 +51,14 @@ use crate::progress::ResourceTable;
 use crate::rootcause;
 use crate::scope::{InitialScan, OperationKind, ScopeHints};
 use crate::status::{stack_phase, StackPhase};
+use crate::wake::Wake;
 use crate::wire::{
     DeploymentComplete, ErrorCode, ResourceSummary, ResourceUpdate, RootCause, StackSummary,
     TrackerError, TrackerProblem, TrackerRecovered, MAX_PROBLEM_MESSAGE,
 };
+
+/// The least time between the starts of two poll cycles when wakes come fast.
+const MIN_WAKE_GAP: Duration = Duration::from_millis(500);
 
 /// Settings of one tracker.
 #[derive(Debug, Clone)]
@@ -75,6 +81,11 @@ pub struct TrackerConfig {
     pub seen_event_ids: HashSet<String>,
     /// Where AWS calls are counted (shared with the caller's metrics).
     pub calls: CallCounter,
+    /// Pushes: a wake cuts the wait between two polls short (see [`Wake`]).
+    pub wake: Option<Arc<Wake>>,
+    /// Time between two poll cycles within [`crate::wake::PUSH_RECENT`] of a push
+    /// (default 30 s: pushes bring the news, polling is the safety net).
+    pub push_poll_interval: Duration,
 }
 
 impl TrackerConfig {
@@ -92,6 +103,8 @@ impl TrackerConfig {
             call_timeout: Duration::from_secs(20),
             seen_event_ids: HashSet::new(),
             calls: CallCounter::new(),
+            wake: None,
+            push_poll_interval: Duration::from_secs(30),
         }
     }
 
@@ -340,6 +353,7 @@ impl Run {
             stack_status: info.status.clone(),
         };
 
+        let mut last_poll = Instant::now();
         self.poll_all(Some(hints)).await?;
         self.emit(TrackerMessage::Snapshot(self.state(None)))
             .await?;
@@ -365,8 +379,26 @@ impl Run {
             if self.tx.is_closed() {
                 return Err(Stop::ReceiverGone);
             }
-            tokio::time::sleep(self.slowdown.apply(self.config.poll_interval)).await;
+            self.wait_between_polls(last_poll).await;
+            last_poll = Instant::now();
             self.poll_all(None).await?;
+        }
+    }
+
+    /// The wait before the next poll cycle: the poll interval (the push poll
+    /// interval after a recent push; longer after throttling), cut short by a wake,
+    /// though never to less than [`MIN_WAKE_GAP`] after the previous poll began.
+    async fn wait_between_polls(&self, last_poll: Instant) {
+        let Some(wake) = self.config.wake.clone() else {
+            tokio::time::sleep(self.slowdown.apply(self.config.poll_interval)).await;
+            return;
+        };
+        let interval = wake.interval(self.config.poll_interval, self.config.push_poll_interval);
+        tokio::select! {
+            _ = tokio::time::sleep(self.slowdown.apply(interval)) => {}
+            _ = wake.woken() => {
+                tokio::time::sleep_until(last_poll + MIN_WAKE_GAP).await;
+            }
         }
     }
 

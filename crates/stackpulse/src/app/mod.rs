@@ -50,6 +50,7 @@ pub struct AppState {
 impl AppState {
     pub fn new(hub: Hub, config: Config) -> Result<AppState, String> {
         let gate = Gate::new(config.auth.clone(), config.admission)?;
+        crate::http::ingest::describe_metrics();
         let tracking = Tracking::new(
             hub.clone(),
             TrackingConfig {
@@ -61,6 +62,7 @@ impl AppState {
                 grace: config.tracker_grace,
                 lease_ttl: config.poller_lease,
                 max_pollers: config.max_pollers,
+                push_poll_interval: config.push_poll_interval,
             },
         );
         let gate = Arc::new(gate);

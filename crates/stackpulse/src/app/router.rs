@@ -1,5 +1,5 @@
 //! Every route of the server: `/ws` (the monitoring socket, [`crate::ws`]),
-//! `POST /v1/events` and `/v1/deployments` ([`crate::http`]), the canvas endpoints
+//! `POST /v1/events`, `/v1/deployments` and `/v1/ingest/eventbridge` ([`crate::http`]), the canvas endpoints
 //! ([`crate::canvas`]), `/graphql` and `/graphql/realtime` ([`crate::graphql`]), the
 //! operational endpoints, the dashboard and the API reference (`/docs`), all behind the HTTP edge layer
 //! ([`crate::http::edge`]). A path nobody serves gets a JSON 404.
@@ -14,7 +14,7 @@ use axum::Router;
 
 use super::AppState;
 use crate::http::error::AppError;
-use crate::http::{dashboard, deployments, docs, edge, ops, publish};
+use crate::http::{dashboard, deployments, docs, edge, ingest, ops, publish};
 
 /// A POST route whose body is JSON: [`edge::json_only`] in front of `handler`.
 pub fn json_post<H, T>(handler: H) -> MethodRouter<AppState>
@@ -31,6 +31,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ws", get(crate::ws::ws_handler))
         .route("/v1/events", json_post(publish::publish))
         .route("/v1/deployments", json_post(deployments::start))
+        .route("/v1/ingest/eventbridge", json_post(ingest::eventbridge))
         .route(
             "/canvas/deploy/track/{stack_name}",
             get(crate::canvas::track::track_handler),

@@ -138,6 +138,10 @@ pub struct ServeArgs {
     /// Seconds between two CloudFormation polls of a stack, fractions allowed [default: 2].
     #[arg(long, env = "STACKPULSE_POLL_INTERVAL", value_name = "SECONDS")]
     pub poll_interval: Option<f64>,
+    /// Seconds between two polls of a stack that got a push (`POST
+    /// /v1/ingest/eventbridge`) in the last 10 minutes, fractions allowed [default: 30].
+    #[arg(long, env = "STACKPULSE_PUSH_POLL_INTERVAL", value_name = "SECONDS")]
+    pub push_poll_interval: Option<f64>,
     /// Seconds a stack poller keeps going after its last subscriber left, while the
     /// stack is not terminal [default: 60].
     #[arg(long, env = "STACKPULSE_TRACKER_GRACE", value_name = "SECONDS")]
@@ -276,6 +280,7 @@ struct FileConfig {
     aws_endpoint_url: Option<String>,
     aws_region: Option<String>,
     poll_interval: Option<f64>,
+    push_poll_interval: Option<f64>,
     tracker_grace: Option<f64>,
     poller_lease: Option<f64>,
     deployment_timeout: Option<f64>,
@@ -339,6 +344,8 @@ pub struct Config {
     pub aws_region: Option<String>,
     /// Time between two polls of one stack.
     pub poll_interval: Duration,
+    /// Time between two polls of a stack pushed within the last 10 minutes.
+    pub push_poll_interval: Duration,
     /// How long a poller outlives its last subscriber while the stack is busy.
     pub tracker_grace: Duration,
     /// How long a poller lease lasts without renewal.
@@ -431,6 +438,7 @@ impl Default for Config {
             aws_endpoint_url: None,
             aws_region: None,
             poll_interval: Duration::from_secs(2),
+            push_poll_interval: Duration::from_secs(30),
             tracker_grace: Duration::from_secs(60),
             poller_lease: Duration::from_secs(30),
             deployment_timeout: Duration::from_secs(6 * 3600),
@@ -702,6 +710,10 @@ impl Config {
             poll_interval: match args.poll_interval.or(file.poll_interval) {
                 Some(s) => seconds_at_most("poll-interval", s, MAX_POLL_INTERVAL)?,
                 None => d.poll_interval,
+            },
+            push_poll_interval: match args.push_poll_interval.or(file.push_poll_interval) {
+                Some(s) => seconds_at_most("push-poll-interval", s, MAX_POLL_INTERVAL)?,
+                None => d.push_poll_interval,
             },
             tracker_grace: match args.tracker_grace.or(file.tracker_grace) {
                 Some(s) => seconds("tracker-grace", s)?,

@@ -5,6 +5,7 @@
 //!
 //! # Layout
 //! - [`publish`]: the publish API.
+//! - [`ingest`]: `POST /v1/ingest/eventbridge`, pushes that wake a stack's poller.
 //! - [`deployments`]: `POST /v1/deployments`, several stacks as one topic.
 //! - [`ops`]: health, readiness, metrics and topic inspection.
 //! - [`dashboard`]: the web dashboard's page and assets, embedded in the binary.
@@ -18,5 +19,6 @@ pub mod deployments;
 pub mod docs;
 pub mod edge;
 pub mod error;
+pub mod ingest;
 pub mod ops;
 pub mod publish;

@@ -108,6 +108,10 @@ pub trait Deliver: Send + Sync {
     /// Events may have been lost on the way to this node (its cross-node link was
     /// down): every live subscription must check itself against history.
     fn resync_all(&self) {}
+
+    /// A push asked the poller of `topic` to poll now (heard on every node; only
+    /// the node running it does anything). Must not block.
+    fn wake(&self, _topic: &str) {}
 }
 
 #[async_trait]
@@ -143,6 +147,10 @@ pub trait Backplane: Send + Sync + 'static {
 
     /// Gives a lease up early.
     async fn release_lease(&self, lease: &Lease);
+
+    /// Asks whichever node polls `topic` to poll now: [`Deliver::wake`] on every
+    /// node (this one included). Wakes may coalesce; none is stored for later.
+    async fn wake(&self, topic: &str) -> Result<(), BackplaneError>;
 
     /// Number of topics currently stored.
     fn topic_count(&self) -> usize;

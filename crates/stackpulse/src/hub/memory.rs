@@ -309,6 +309,11 @@ impl Backplane for MemoryBackplane {
         }
     }
 
+    async fn wake(&self, topic: &str) -> Result<(), BackplaneError> {
+        self.sink.wake(topic);
+        Ok(())
+    }
+
     async fn release_lease(&self, lease: &Lease) {
         let mut guard = self.leases.lock();
         if guard

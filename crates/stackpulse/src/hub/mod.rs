@@ -305,6 +305,12 @@ impl Deliver for Fanout {
         }
     }
 
+    fn wake(&self, topic: &str) {
+        if let Some(hub) = self.hub.get().and_then(Weak::upgrade).map(Hub) {
+            hub.rules().interest.wake(topic);
+        }
+    }
+
     fn resync_all(&self) {
         for topic in self.topics.iter() {
             for sub in topic.values() {

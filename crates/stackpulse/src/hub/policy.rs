@@ -66,6 +66,9 @@ pub trait TopicInterest: Send + Sync + 'static {
 
     /// The last local subscriber of `topic` left.
     fn unwanted(&self, topic: &Arc<str>);
+
+    /// A push asked `topic`'s poller to poll now (see [`super::Backplane::wake`]).
+    fn wake(&self, _topic: &str) {}
 }
 
 /// The policy of a hub nobody configured (hub unit tests): every name, every

@@ -20,6 +20,11 @@
 //! one Lua script returning the epoch, the latest seq, the oldest retained seq and
 //! the entries after `since`, atomically. **Leases** are `SET NX PX` keys holding a
 //! fencing token from a global counter; renew and release check the token.
+//! **Wakes** (a push asking a stack's poller to poll now, [`Backplane::wake`]) are
+//! `PUBLISH sp:wake <topic>`; every node's pub/sub connection is subscribed to
+//! `sp:wake` for its whole life, and hands each one to [`Deliver::wake`] (the node
+//! that runs the poller polls; the poller's wake signal coalesces repeats, and a
+//! wake for a topic whose `PUBLISH` is still in flight is folded into it).
 //!
 //! When Redis is unreachable, commands fail with [`BackplaneError::Unavailable`]
 //! (publish answers 503, subscribe an error), `/readyz` reports it, the command
@@ -170,6 +175,9 @@ fn topic_of_channel(channel: &str) -> Option<&str> {
     channel.strip_prefix("sp:{")?.strip_suffix("}:ch")
 }
 
+/// The pub/sub channel of poller wakes (payload: the topic).
+const WAKE_CHANNEL: &str = "sp:wake";
+
 fn lease_key(name: &str) -> String {
     format!("sp:lease:{{{name}}}")
 }
@@ -208,6 +216,9 @@ pub struct RedisBackplane {
     pubsub_up: AtomicBool,
     /// Topics whose snapshot fold is already scheduled (coalesces publishes).
     folding: DashMap<Arc<str>, ()>,
+    /// Topics with a wake `PUBLISH` in flight: a wake meanwhile is coalesced into
+    /// it (the poll it causes starts after that wake arrived anyway).
+    waking: DashMap<String, ()>,
     /// A handle on itself, for the background snapshot folds.
     me: std::sync::OnceLock<Weak<RedisBackplane>>,
     /// This process's id in presence records.
@@ -269,6 +280,7 @@ impl RedisBackplane {
                 lease_release: Script::new(LEASE_RELEASE),
             },
             watched: parking_lot::Mutex::new(HashMap::new()),
+            waking: DashMap::new(),
             pubsub: tokio::sync::Mutex::new(None),
             pubsub_up: AtomicBool::new(false),
             folding: DashMap::new(),
@@ -468,7 +480,7 @@ async fn pubsub_task(me: Weak<RedisBackplane>) {
         {
             let mut slot = bp.pubsub.lock().await;
             let topics: Vec<Arc<str>> = bp.watched.lock().keys().cloned().collect();
-            let mut ok = true;
+            let mut ok = sink.subscribe(WAKE_CHANNEL).await.is_ok();
             for topic in topics {
                 if sink.subscribe(Keys::of(&topic).channel).await.is_err() {
                     ok = false;
@@ -497,6 +509,12 @@ async fn pubsub_task(me: Weak<RedisBackplane>) {
         drop(bp);
         while let Some(msg) = stream.next().await {
             let channel = msg.get_channel_name().to_owned();
+            if channel == WAKE_CHANNEL {
+                if let Ok(topic) = std::str::from_utf8(msg.get_payload_bytes()) {
+                    sink_target.wake(topic);
+                }
+                continue;
+            }
             if let Some(event) = decode_message(&channel, msg.get_payload_bytes()) {
                 sink_target.deliver(&Arc::new(event));
             }
@@ -732,6 +750,23 @@ impl Backplane for RedisBackplane {
             .arg(lease.token)
             .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
         Ok(as_u64(&self.invoke(inv).await?) == Some(1))
+    }
+
+    async fn wake(&self, topic: &str) -> Result<(), BackplaneError> {
+        if self.waking.insert(topic.to_owned(), ()).is_some() {
+            return Ok(());
+        }
+        /// Clears the in-flight mark, also when the request is dropped midway.
+        struct Done<'a>(&'a DashMap<String, ()>, &'a str);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.remove(self.1);
+            }
+        }
+        let _done = Done(&self.waking, topic);
+        self.command::<i64>(redis::cmd("PUBLISH").arg(WAKE_CHANNEL).arg(topic))
+            .await
+            .map(|_| ())
     }
 
     async fn release_lease(&self, lease: &Lease) {

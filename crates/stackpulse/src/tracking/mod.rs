@@ -28,6 +28,14 @@
 //!    when a new operation started (the stack is busy, was updated, replaced or
 //!    created), it goes back to 1 and tracks it.
 //!
+//! A push (`POST /v1/ingest/eventbridge`) reaches the poller through
+//! [`crate::hub::Backplane::wake`] on whichever node runs it, as a
+//! [`stackpulse_cfn::Wake`]: the tracker polls at once instead of finishing its
+//! wait, and a finished poller looks at the stack at once. A stack woken in the
+//! last 10 minutes is polled every `--push-poll-interval` instead of
+//! `--poll-interval`. A push never writes events, so EventId dedup keeps the
+//! stream exact.
+//!
 //! While the stack is busy and nobody is subscribed, the poller keeps going for the
 //! grace time (`--tracker-grace`), then stops. A subscriber arriving after it
 //! stopped starts a fresh one, which tracks the stack's then current operation (and
@@ -53,7 +61,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use serde_json::Value;
-use stackpulse_cfn::{CallCounter, Outcome, Tracker, TrackerConfig, TrackerMessage};
+use stackpulse_cfn::{CallCounter, Outcome, Tracker, TrackerConfig, TrackerMessage, Wake};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -144,6 +152,9 @@ pub struct TrackingConfig {
     pub lease_ttl: Duration,
     /// Pollers one node runs at most (`--max-pollers`).
     pub max_pollers: usize,
+    /// Time between two polls of a stack that got a push in the last 10 minutes
+    /// (`--push-poll-interval`).
+    pub push_poll_interval: Duration,
 }
 
 /// One poller's registration.
@@ -154,6 +165,8 @@ struct PollerEntry {
     calls: CallCounter,
     /// How many of them the node-wide metric has counted.
     reported: AtomicU64,
+    /// Pushes for this stack ([`TopicInterest::wake`]): poll now.
+    wake: Arc<Wake>,
 }
 
 /// The poller manager (one per node).
@@ -296,6 +309,7 @@ impl Tracking {
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(look_every) => {}
+                    _ = slot.wake.woken() => {}
                     _ = &mut unwanted => return,
                 }
                 let now = self.look(&topic, &stack, &slot).await;
@@ -373,6 +387,8 @@ impl Tracking {
         config.poll_interval = self.config.poll_interval;
         config.seen_event_ids = seen;
         config.calls = calls.clone();
+        config.wake = Some(slot.wake.clone());
+        config.push_poll_interval = self.config.push_poll_interval;
         let client = self.aws.client(stack.region.as_deref()).await;
         let origin = Origin {
             stack_name: stack.stack.clone(),
@@ -581,6 +597,7 @@ impl TopicInterest for Tracking {
                     wanted: watch::Sender::new(true),
                     calls: CallCounter::default(),
                     reported: AtomicU64::new(0),
+                    wake: Arc::new(Wake::new()),
                 });
                 e.insert(entry.clone());
                 self.running.fetch_add(1, Ordering::AcqRel);
@@ -594,6 +611,15 @@ impl TopicInterest for Tracking {
             }
         }
         Ok(())
+    }
+
+    /// A push for the stack: the poller running here (if any) polls now. A node
+    /// that does not hold the lease only keeps the wake pending (coalesced), which
+    /// costs at most one early poll once it takes the lease over.
+    fn wake(&self, topic: &str) {
+        if let Some(entry) = self.pollers.get(topic) {
+            entry.wake.wake();
+        }
     }
 
     fn unwanted(&self, topic: &Arc<str>) {
