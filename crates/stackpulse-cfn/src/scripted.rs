@@ -276,40 +276,52 @@ impl FakeCfn {
     }
 }
 
+/// Reads one HTTP/1.1 request from `sock` (headers, then `Content-Length` bytes
+/// of body), keeping what follows it in `buf` for the next one; returns its body,
+/// or `None` when the peer closed the connection.
+pub async fn read_request(
+    sock: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<String>> {
+    let header_end = loop {
+        if let Some(p) = find(buf, b"\r\n\r\n") {
+            break p + 4;
+        }
+        let mut chunk = [0u8; 8192];
+        let n = sock.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..header_end]).to_string();
+    let len = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    while buf.len() < header_end + len {
+        let mut chunk = [0u8; 8192];
+        let n = sock.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body = String::from_utf8_lossy(&buf[header_end..header_end + len]).to_string();
+    buf.drain(..header_end + len);
+    Ok(Some(body))
+}
+
 async fn serve_connection(mut sock: TcpStream, world: Arc<Mutex<World>>) -> std::io::Result<()> {
     let mut buf: Vec<u8> = Vec::new();
     loop {
-        // Read one request: headers, then Content-Length bytes of body.
-        let header_end = loop {
-            if let Some(p) = find(&buf, b"\r\n\r\n") {
-                break p + 4;
-            }
-            let mut chunk = [0u8; 8192];
-            let n = sock.read(&mut chunk).await?;
-            if n == 0 {
-                return Ok(());
-            }
-            buf.extend_from_slice(&chunk[..n]);
+        let Some(body) = read_request(&mut sock, &mut buf).await? else {
+            return Ok(());
         };
-        let head = String::from_utf8_lossy(&buf[..header_end]).to_string();
-        let len = head
-            .lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("content-length")
-                    .then(|| v.trim().parse::<usize>().ok())?
-            })
-            .unwrap_or(0);
-        while buf.len() < header_end + len {
-            let mut chunk = [0u8; 8192];
-            let n = sock.read(&mut chunk).await?;
-            if n == 0 {
-                return Ok(());
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
-        let body = String::from_utf8_lossy(&buf[header_end..header_end + len]).to_string();
-        buf.drain(..header_end + len);
         let params = parse_form(&body);
         let answer = {
             let mut w = world.lock().unwrap_or_else(|p| p.into_inner());

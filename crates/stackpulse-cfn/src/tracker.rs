@@ -457,13 +457,7 @@ impl Run {
         F: Fn(Api, String) -> Fut,
         Fut: Future<Output = Result<T, AwsError>>,
     {
-        let arn = self
-            .feeds
-            .get(feed)
-            .map(|f| f.arn.clone())
-            .unwrap_or_default();
-        self.retrying(what, false, move |api| f(api, arn.clone()))
-            .await
+        self.feed_call(what, false, f, feed).await
     }
 
     /// A call the run can do without (`GetTemplate`...): access denied is
@@ -478,12 +472,28 @@ impl Run {
         F: Fn(Api, String) -> Fut,
         Fut: Future<Output = Result<T, AwsError>>,
     {
+        self.feed_call(what, true, f, feed).await
+    }
+
+    /// [`Run::call`] and [`Run::optional_call`]: `optional` returns access denied
+    /// at once instead of retrying it.
+    async fn feed_call<T, F, Fut>(
+        &mut self,
+        what: &'static str,
+        optional: bool,
+        f: F,
+        feed: usize,
+    ) -> Result<T, Stop>
+    where
+        F: Fn(Api, String) -> Fut,
+        Fut: Future<Output = Result<T, AwsError>>,
+    {
         let arn = self
             .feeds
             .get(feed)
             .map(|f| f.arn.clone())
             .unwrap_or_default();
-        self.retrying(what, true, move |api| f(api, arn.clone()))
+        self.retrying(what, optional, move |api| f(api, arn.clone()))
             .await
     }
 
