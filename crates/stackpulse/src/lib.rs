@@ -35,6 +35,8 @@
 //! - [`bench`]: `stackpulse bench`, the load generator (stackpulse or nchan).
 //! - [`metrics`]: the Prometheus recorder.
 //! - [`log_limit`]: the AWS SDK's warnings, one line per cause per minute.
+//! - [`sns`]: SNS messages verified (signature, certificate URL, topic): the
+//!   credential of `POST /v1/ingest/sns`.
 //! - [`net`]: addresses, CIDRs, hosts and origins (pure parsing, used by the
 //!   configuration and the HTTP edge).
 #![forbid(unsafe_code)]
@@ -57,6 +59,7 @@ pub mod metrics;
 pub mod net;
 pub mod server;
 pub mod signal;
+pub mod sns;
 pub mod tls;
 pub mod topic_policy;
 pub mod tracking;

@@ -1,5 +1,5 @@
 //! Every route of the server: `/ws` (the monitoring socket, [`crate::ws`]),
-//! `POST /v1/events`, `/v1/deployments` and `/v1/ingest/eventbridge` ([`crate::http`]), the canvas endpoints
+//! `POST /v1/events`, `/v1/deployments` and `/v1/ingest/eventbridge`, `/v1/ingest/sns` ([`crate::http`]), the canvas endpoints
 //! ([`crate::canvas`]), `/graphql` and `/graphql/realtime` ([`crate::graphql`]), the
 //! operational endpoints, the dashboard and the API reference (`/docs`), all behind the HTTP edge layer
 //! ([`crate::http::edge`]). A path nobody serves gets a JSON 404.
@@ -10,11 +10,11 @@ use axum::http::StatusCode;
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
-use axum::Router;
+use axum::{Extension, Router};
 
 use super::AppState;
 use crate::http::error::AppError;
-use crate::http::{dashboard, deployments, docs, edge, ingest, ops, publish};
+use crate::http::{dashboard, deployments, docs, edge, ingest, ingest_sns, ops, publish};
 
 /// A POST route whose body is JSON: [`edge::json_only`] in front of `handler`.
 pub fn json_post<H, T>(handler: H) -> MethodRouter<AppState>
@@ -32,6 +32,15 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/events", json_post(publish::publish))
         .route("/v1/deployments", json_post(deployments::start))
         .route("/v1/ingest/eventbridge", json_post(ingest::eventbridge))
+        // SNS posts its JSON as text/plain: no `json_only` here; the signature is
+        // the credential (see `ingest_sns`).
+        .route(
+            "/v1/ingest/sns",
+            post(ingest_sns::sns).layer(Extension(ingest_sns::SnsIngest::new(
+                &state.config.sns,
+                None,
+            ))),
+        )
         .route(
             "/canvas/deploy/track/{stack_name}",
             get(crate::canvas::track::track_handler),

@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub mod auth;
+pub mod sns;
 
 use self::auth as settings;
 use self::auth::{AdmissionLimits, AuthArgs, AuthFile, AuthSettings};
@@ -191,6 +192,9 @@ pub struct ServeArgs {
     pub demo_pace: Option<f64>,
     #[command(flatten)]
     pub edge: EdgeArgs,
+    /// `POST /v1/ingest/sns` (see [`sns`]).
+    #[command(flatten)]
+    pub sns: sns::SnsArgs,
 }
 
 /// The HTTP edge's flags (`POST /canvas/deploy`, Origin/Host, proxies, HTTP
@@ -298,6 +302,9 @@ struct FileConfig {
     trusted_proxies: Option<Vec<String>>,
     max_http_connections: Option<usize>,
     http_header_timeout: Option<f64>,
+    // SNS push ingest (sns::SnsArgs).
+    sns_topic_arns: Option<Vec<String>>,
+    sns_endpoint_url: Option<String>,
 }
 
 /// The files `--tls-cert` and `--tls-key` name (read by [`crate::tls::load`]).
@@ -366,6 +373,8 @@ pub struct Config {
     /// `serve --demo`: the trackers poll the demo's in-process endpoint, and
     /// `/healthz` says so (the dashboard then offers the demo stacks).
     pub demo: bool,
+    /// Which SNS topics may push to `POST /v1/ingest/sns`.
+    pub sns: sns::SnsConfig,
 }
 
 /// The resolved [`EdgeArgs`].
@@ -448,6 +457,7 @@ impl Default for Config {
             stacks: StackRules::default(),
             demo: false,
             edge: EdgeConfig::default(),
+            sns: sns::SnsConfig::default(),
         }
     }
 }
@@ -599,6 +609,11 @@ impl Config {
         };
         let d = Config::default();
         let edge = resolve_edge(&args.edge, &file)?;
+        let sns = sns::resolve(
+            &args.sns,
+            file.sns_topic_arns.clone(),
+            file.sns_endpoint_url.clone(),
+        )?;
         let auth_file = file.auth.unwrap_or_default();
         let keys = if args.publisher_keys.is_empty() {
             file.publisher_keys.unwrap_or_default()
@@ -768,6 +783,7 @@ impl Config {
                     || file.allow_stack_writes.unwrap_or(false),
             },
             edge,
+            sns,
         })
     }
 }

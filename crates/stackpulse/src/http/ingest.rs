@@ -103,7 +103,7 @@ fn parse(body: &[u8]) -> Result<Push, String> {
 }
 
 /// `arn:<partition>:cloudformation:<region>:<account>:stack/<name>/<id>` → (region, name).
-fn stack_of_arn(arn: &str) -> Option<(&str, &str)> {
+pub(crate) fn stack_of_arn(arn: &str) -> Option<(&str, &str)> {
     let mut parts = arn.splitn(6, ':');
     let (Some("arn"), Some(partition), Some("cloudformation"), Some(region), Some(_), Some(res)) = (
         parts.next(),
@@ -160,6 +160,19 @@ pub async fn eventbridge(
             return AppError::new(StatusCode::BAD_REQUEST, message).into_response();
         }
     };
+    wake_stack(&state, region, stack, count).await
+}
+
+/// The end of every push path (EventBridge and SNS): `--stack-allow` (200 ignored
+/// when it excludes the stack), then the wake of the stack's canonical topic
+/// through the backplane (202 `{"stack","region","topic"}`, or 503 when the
+/// backplane is down). `count` records the result in the caller's metric.
+pub(crate) async fn wake_stack(
+    state: &AppState,
+    region: String,
+    stack: String,
+    count: fn(&'static str),
+) -> Response {
     if !state
         .config
         .stacks
@@ -185,7 +198,8 @@ pub async fn eventbridge(
         .into_response()
 }
 
-fn ignored(reason: String) -> Response {
+/// `200 {"ignored": reason}`: a push that asks for nothing (not retried).
+pub(crate) fn ignored(reason: String) -> Response {
     (
         StatusCode::OK,
         Json(serde_json::json!({ "ignored": reason })),
@@ -200,6 +214,7 @@ pub fn describe_metrics() {
         "Pushes received on POST /v1/ingest/eventbridge, by result \
          (woken, ignored, invalid, refused, unavailable)"
     );
+    super::ingest_sns::describe_metrics();
 }
 
 #[cfg(test)]

@@ -6,6 +6,8 @@
 //! # Layout
 //! - [`publish`]: the publish API.
 //! - [`ingest`]: `POST /v1/ingest/eventbridge`, pushes that wake a stack's poller.
+//! - [`ingest_sns`]: `POST /v1/ingest/sns`, signed SNS notifications that wake a
+//!   stack's poller.
 //! - [`deployments`]: `POST /v1/deployments`, several stacks as one topic.
 //! - [`ops`]: health, readiness, metrics and topic inspection.
 //! - [`dashboard`]: the web dashboard's page and assets, embedded in the binary.
@@ -20,5 +22,6 @@ pub mod docs;
 pub mod edge;
 pub mod error;
 pub mod ingest;
+pub mod ingest_sns;
 pub mod ops;
 pub mod publish;
