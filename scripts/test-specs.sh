@@ -14,6 +14,9 @@
 #     rules` (Debian package prometheus, scripts/ensure-promtool.sh). The metrics the
 #     alerts and deploy/grafana/stackpulse.json use are checked against the binary's
 #     /metrics by crates/stackpulse/tests/ops_kit.rs.
+#   - the CloudFormation templates in README.md (every ```yaml block with an
+#     AWSTemplateFormatVersion: the push ingest rule/destination and SNS topic and
+#     subscription) with cfn-lint.
 # Python packages go into target/py-venv (shared with scripts/test-python.sh),
 # pinned in scripts/specs-requirements.txt.
 # Environment: STACKPULSE_BIN (the binary; built with cargo when unset).
@@ -68,4 +71,19 @@ echo "== promtool: deploy/prometheus/alerts.yaml and its unit tests"
 promtool=$(scripts/ensure-promtool.sh)
 "$promtool" check rules deploy/prometheus/alerts.yaml
 (cd deploy/prometheus && "$promtool" test rules alerts.test.yaml)
+echo "== cfn-lint: the CloudFormation templates in README.md"
+readme_cfn="$root/target/readme-cfn"
+rm -rf "$readme_cfn"
+mkdir -p "$readme_cfn"
+awk -v dir="$readme_cfn" '
+  /^```yaml$/ { inblock = 1; body = ""; next }
+  inblock && /^```$/ {
+    inblock = 0
+    if (body ~ /AWSTemplateFormatVersion/) { n++; printf "%s", body > (dir "/template-" n ".yaml"); close(dir "/template-" n ".yaml") }
+    next
+  }
+  inblock { body = body $0 "\n" }
+' README.md
+ls "$readme_cfn"/*.yaml >/dev/null 2>&1 || { echo "error: no CloudFormation template found in README.md" >&2; exit 1; }
+"$venv/bin/cfn-lint" "$readme_cfn"/*.yaml
 echo "== specs and deployment kit: all valid"

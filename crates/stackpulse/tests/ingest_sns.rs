@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{OriginalUri, State};
-use axum::http::StatusCode;
+use axum::extract::State;
+use axum::http::{StatusCode, Uri};
 use axum::response::IntoResponse;
 use base64::Engine;
 use cfn_support::fake_cfn::FakeCfn;
@@ -173,19 +173,20 @@ impl SnsHost {
     async fn start(cert_pem: Vec<u8>) -> SnsHost {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let state = (Arc::new(cert_pem), requests.clone());
-        let app = axum::Router::new()
-            .fallback(
-                |State((pem, seen)): State<(Arc<Vec<u8>>, Arc<Mutex<Vec<String>>>)>,
-                 OriginalUri(uri): OriginalUri| async move {
-                    seen.lock().push(uri.to_string());
-                    if uri.path().ends_with(".pem") {
-                        (StatusCode::OK, pem.as_ref().clone()).into_response()
-                    } else {
-                        (StatusCode::OK, "<ConfirmSubscriptionResponse/>").into_response()
-                    }
-                },
-            )
-            .with_state(state);
+        let app =
+            axum::Router::new()
+                .fallback(
+                    |State((pem, seen)): State<(Arc<Vec<u8>>, Arc<Mutex<Vec<String>>>)>,
+                     uri: Uri| async move {
+                        seen.lock().push(uri.to_string());
+                        if uri.path().ends_with(".pem") {
+                            (StatusCode::OK, pem.as_ref().clone()).into_response()
+                        } else {
+                            (StatusCode::OK, "<ConfirmSubscriptionResponse/>").into_response()
+                        }
+                    },
+                )
+                .with_state(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

@@ -140,7 +140,8 @@ pub struct ServeArgs {
     #[arg(long, env = "STACKPULSE_POLL_INTERVAL", value_name = "SECONDS")]
     pub poll_interval: Option<f64>,
     /// Seconds between two polls of a stack that got a push (`POST
-    /// /v1/ingest/eventbridge`) in the last 10 minutes, fractions allowed [default: 30].
+    /// /v1/ingest/eventbridge` or `/v1/ingest/sns`) in the last 10 minutes, fractions
+    /// allowed [default: 30].
     #[arg(long, env = "STACKPULSE_PUSH_POLL_INTERVAL", value_name = "SECONDS")]
     pub push_poll_interval: Option<f64>,
     /// Seconds a stack poller keeps going after its last subscriber left, while the

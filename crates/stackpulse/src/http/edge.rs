@@ -13,6 +13,8 @@
 //! [`json_only`] (on each JSON POST route): a POST body must be declared
 //! `application/json` (415 otherwise), so a browser's CORS "simple request"
 //! (`text/plain`, forms) never reaches a handler.
+//! `POST /v1/ingest/sns` has no such layer: SNS posts its JSON as `text/plain`,
+//! and the route's credential is the SNS signature, which no browser can forge.
 
 use std::net::{IpAddr, SocketAddr};
 
