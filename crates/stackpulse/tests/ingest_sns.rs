@@ -162,6 +162,9 @@ fn confirmation(kind: &str) -> Value {
     })
 }
 
+/// What the fake SNS host serves (the certificate) and what it saw (every request).
+type SnsHostState = (Arc<Vec<u8>>, Arc<Mutex<Vec<String>>>);
+
 /// Stands in for `https://sns.us-east-1.amazonaws.com`: serves the test's
 /// certificate at any `.pem` path, answers every other GET 200, records them all.
 struct SnsHost {
@@ -173,20 +176,18 @@ impl SnsHost {
     async fn start(cert_pem: Vec<u8>) -> SnsHost {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let state = (Arc::new(cert_pem), requests.clone());
-        let app =
-            axum::Router::new()
-                .fallback(
-                    |State((pem, seen)): State<(Arc<Vec<u8>>, Arc<Mutex<Vec<String>>>)>,
-                     uri: Uri| async move {
-                        seen.lock().push(uri.to_string());
-                        if uri.path().ends_with(".pem") {
-                            (StatusCode::OK, pem.as_ref().clone()).into_response()
-                        } else {
-                            (StatusCode::OK, "<ConfirmSubscriptionResponse/>").into_response()
-                        }
-                    },
-                )
-                .with_state(state);
+        let app = axum::Router::new()
+            .fallback(
+                |State((pem, seen)): State<SnsHostState>, uri: Uri| async move {
+                    seen.lock().push(uri.to_string());
+                    if uri.path().ends_with(".pem") {
+                        (StatusCode::OK, pem.as_ref().clone()).into_response()
+                    } else {
+                        (StatusCode::OK, "<ConfirmSubscriptionResponse/>").into_response()
+                    }
+                },
+            )
+            .with_state(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

@@ -150,29 +150,35 @@ impl Fetcher for HttpFetcher {
 /// past [`MAX_CERTS`].
 #[derive(Default)]
 pub struct CertCache {
-    inner: Mutex<(HashMap<String, Arc<Vec<u8>>>, VecDeque<String>)>,
+    inner: Mutex<Certs>,
+}
+
+/// The cached certificates and their URLs, oldest first.
+#[derive(Default)]
+struct Certs {
+    by_url: HashMap<String, Arc<Vec<u8>>>,
+    order: VecDeque<String>,
 }
 
 impl CertCache {
     pub fn get(&self, url: &Url) -> Option<Arc<Vec<u8>>> {
-        self.inner.lock().0.get(url.as_str()).cloned()
+        self.inner.lock().by_url.get(url.as_str()).cloned()
     }
 
     pub fn insert(&self, url: &Url, der: Arc<Vec<u8>>) {
-        let mut inner = self.inner.lock();
-        let (map, order) = &mut *inner;
-        if map.insert(url.as_str().to_owned(), der).is_none() {
-            order.push_back(url.as_str().to_owned());
+        let mut certs = self.inner.lock();
+        if certs.by_url.insert(url.as_str().to_owned(), der).is_none() {
+            certs.order.push_back(url.as_str().to_owned());
         }
-        while order.len() > MAX_CERTS {
-            if let Some(old) = order.pop_front() {
-                map.remove(&old);
+        while certs.order.len() > MAX_CERTS {
+            if let Some(old) = certs.order.pop_front() {
+                certs.by_url.remove(&old);
             }
         }
     }
 
     pub fn len(&self) -> usize {
-        self.inner.lock().0.len()
+        self.inner.lock().by_url.len()
     }
 
     pub fn is_empty(&self) -> bool {

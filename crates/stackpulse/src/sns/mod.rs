@@ -131,7 +131,7 @@ impl Verifier {
     pub async fn verify(&self, body: &[u8], now: DateTime<Utc>) -> Result<Verified, Rejection> {
         let message = SnsMessage::parse(body)?;
         let kind = message.kind()?;
-        if !self.topics.iter().any(|t| *t == message.topic_arn) {
+        if !self.topics.contains(&message.topic_arn) {
             return Err(Rejection::Refused(format!(
                 "TopicArn {:?} is not allowed here (--sns-topic-arn)",
                 message.topic_arn
