@@ -492,3 +492,37 @@ async fn without_a_topic_arn_the_endpoint_is_off() {
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn an_unreachable_certificate_is_503_so_sns_retries() {
+    let keys = keys();
+    let fake = FakeCfn::start(vec![]).await;
+    // Nothing listens there once the listener is dropped: the certificate fetch fails.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let node = Server::spawn(
+        &[
+            "--aws-endpoint-url",
+            &fake.endpoint,
+            "--aws-region",
+            "us-east-1",
+            "--sns-topic-arn",
+            TOPIC,
+            "--sns-endpoint-url",
+            &format!("http://{closed}"),
+        ],
+        AWS_ENV,
+    )
+    .await;
+    let (code, body) = push(&node, &signed(notification("app-one"), "2", &keys.key)).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("signing certificate")),
+        "{body}"
+    );
+}

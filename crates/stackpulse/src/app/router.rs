@@ -36,10 +36,7 @@ pub fn router(state: AppState) -> Router {
         // the credential (see `ingest_sns`).
         .route(
             "/v1/ingest/sns",
-            post(ingest_sns::sns).layer(Extension(ingest_sns::SnsIngest::new(
-                &state.config.sns,
-                None,
-            ))),
+            post(ingest_sns::sns).layer(Extension(ingest_sns::SnsIngest::new(&state.config.sns))),
         )
         .route(
             "/canvas/deploy/track/{stack_name}",

@@ -48,8 +48,8 @@ pub struct SnsIngest {
 }
 
 impl SnsIngest {
-    /// From the resolved flags; `fetcher` replaces the HTTP one (tests).
-    pub fn new(config: &SnsConfig, fetcher: Option<Arc<dyn Fetcher>>) -> SnsIngest {
+    /// From the resolved flags: certificates and confirmations over HTTP(S).
+    pub fn new(config: &SnsConfig) -> SnsIngest {
         let verifier = if config.topic_arns.is_empty() {
             Err(
                 "SNS ingest is off: start the server with --sns-topic-arn <topic ARN> \
@@ -57,12 +57,10 @@ impl SnsIngest {
                     .to_owned(),
             )
         } else {
-            let fetcher = match fetcher {
-                Some(f) => Ok(f),
-                None => HttpFetcher::new(config.endpoint_url.clone())
-                    .map(|f| Arc::new(f) as Arc<dyn Fetcher>),
-            };
-            fetcher.map(|f| Arc::new(Verifier::new(config.topic_arns.clone(), f)))
+            HttpFetcher::new(config.endpoint_url.clone()).map(|f| {
+                let fetcher: Arc<dyn Fetcher> = Arc::new(f);
+                Arc::new(Verifier::new(config.topic_arns.clone(), fetcher))
+            })
         };
         SnsIngest { verifier }
     }
