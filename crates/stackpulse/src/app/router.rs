@@ -1,5 +1,5 @@
 //! Every route of the server: `/ws` (the monitoring socket, [`crate::ws`]),
-//! `POST /v1/events`, `/v1/deployments` and `/v1/ingest/eventbridge`, `/v1/ingest/sns` ([`crate::http`]), the canvas endpoints
+//! `POST /v1/events`, `/v1/deployments`, `/v1/ingest/eventbridge` and `/v1/ingest/sns` ([`crate::http`]), the canvas endpoints
 //! ([`crate::canvas`]), `/graphql` and `/graphql/realtime` ([`crate::graphql`]), the
 //! operational endpoints, the dashboard and the API reference (`/docs`), all behind the HTTP edge layer
 //! ([`crate::http::edge`]). A path nobody serves gets a JSON 404.

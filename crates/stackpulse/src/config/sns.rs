@@ -143,4 +143,40 @@ mod tests {
             assert!(resolve(&args(&[], Some(bad)), None, None).is_err(), "{bad}");
         }
     }
+
+    #[test]
+    fn the_toml_file_sets_them_and_flags_win() {
+        use std::io::Write;
+        let mut file = tempfile::NamedTempFile::new().expect("tmp");
+        writeln!(
+            file,
+            "sns_topic_arns = [\"arn:aws:sns:eu-west-1:123456789012:from-file\"]\n\
+             sns_endpoint_url = \"http://127.0.0.1:9\""
+        )
+        .expect("write");
+        let mut args = super::super::ServeArgs {
+            config: Some(file.path().to_path_buf()),
+            ..Default::default()
+        };
+        let c = super::super::Config::resolve(&args).expect("config");
+        assert_eq!(
+            c.sns.topic_arns,
+            ["arn:aws:sns:eu-west-1:123456789012:from-file"]
+        );
+        assert_eq!(
+            c.sns.endpoint_url.map(String::from).as_deref(),
+            Some("http://127.0.0.1:9/")
+        );
+        args.sns.sns_topic_arns = vec!["arn:aws:sns:eu-west-1:123456789012:flag".into()];
+        let c = super::super::Config::resolve(&args).expect("config");
+        assert_eq!(
+            c.sns.topic_arns,
+            ["arn:aws:sns:eu-west-1:123456789012:flag"]
+        );
+        assert!(super::super::Config::resolve(&Default::default())
+            .expect("config")
+            .sns
+            .topic_arns
+            .is_empty());
+    }
 }
