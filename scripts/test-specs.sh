@@ -14,6 +14,11 @@
 #     rules` (Debian package prometheus, scripts/ensure-promtool.sh). The metrics the
 #     alerts and deploy/grafana/stackpulse.json use are checked against the binary's
 #     /metrics by crates/stackpulse/tests/ops_kit.rs.
+#   - deploy/aws/serverless.yaml (SAM) and every CloudFormation template in README.md
+#     with cfn-lint; the serverless template, expanded by aws-sam-translator, against
+#     the serverless-mode contract, the binary's variables and the AWS calls in crates/
+#     (deploy/aws/check_template.py, whose own tests break the template on purpose);
+#     cfn-lint again on the expanded template.
 # Python packages go into target/py-venv (shared with scripts/test-python.sh),
 # pinned in scripts/specs-requirements.txt.
 # Environment: STACKPULSE_BIN (the binary; built with cargo when unset).
@@ -68,4 +73,23 @@ echo "== promtool: deploy/prometheus/alerts.yaml and its unit tests"
 promtool=$(scripts/ensure-promtool.sh)
 "$promtool" check rules deploy/prometheus/alerts.yaml
 (cd deploy/prometheus && "$promtool" test rules alerts.test.yaml)
+echo "== cfn-lint: deploy/aws/serverless.yaml and the CloudFormation templates in README.md"
+mkdir -p target/tmp
+rm -f target/tmp/readme-cfn-*.yaml
+mapfile -t readme_templates < <("$venv/bin/python" - <<'PY'
+import re
+from pathlib import Path
+blocks = re.findall(r"^```yaml\n(AWSTemplateFormatVersion.*?)^```", Path("README.md").read_text(), re.M | re.S)
+for i, block in enumerate(blocks, 1):
+    path = Path(f"target/tmp/readme-cfn-{i}.yaml")
+    path.write_text(block)
+    print(path)
+PY
+)
+echo "${#readme_templates[@]} template(s) in README.md"
+"$venv/bin/cfn-lint" deploy/aws/serverless.yaml "${readme_templates[@]}"
+echo "== serverless template: contract, IAM and code cross-checks (deploy/aws/check_template.py)"
+"$venv/bin/python" deploy/aws/check_template.py --bin "$bin" --translated target/tmp/serverless.translated.json
+"$venv/bin/cfn-lint" target/tmp/serverless.translated.json
+"$venv/bin/python" -m unittest deploy/aws/test_check_template.py
 echo "== specs and deployment kit: all valid"
