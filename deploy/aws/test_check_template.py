@@ -21,7 +21,7 @@ TEXT = check_template.TEMPLATE.read_text()
 SERVE_ENV = {
     "STACKPULSE_LOG_FORMAT", "STACKPULSE_STACK_ALLOW", "STACKPULSE_COGNITO_REGION",
     "STACKPULSE_COGNITO_USER_POOL_ID", "STACKPULSE_COGNITO_CLIENT_IDS", "STACKPULSE_JWT_ISSUER", "STACKPULSE_JWKS_URL",
-    "STACKPULSE_PUBLISHER_KEY_HASHES",
+    "STACKPULSE_PUBLISHER_KEY_HASHES", "STACKPULSE_PUBLISHER_KEYS",
 }
 
 
@@ -136,6 +136,15 @@ class TemplateBreakages(unittest.TestCase):
     def test_publisher_keys_are_noecho(self) -> None:
         self.assert_reported(edit("    NoEcho: true\n", ""), "PublisherKeySha256 looks secret")
 
+    def test_no_raw_publisher_keys(self) -> None:
+        self.assert_reported(edit("STACKPULSE_PUBLISHER_KEY_HASHES: !If", "STACKPULSE_PUBLISHER_KEYS: !If"),
+                             "raw keys")
+
+    def test_anonymous_is_refused_by_default(self) -> None:
+        self.assert_reported(edit('    Default: "false"\n    AllowedValues: ["false", "true"]',
+                                  '    Default: "true"\n    AllowedValues: ["false", "true"]'), "AllowAnonymous")
+        self.assert_reported(edit("          - !Equals [!Ref AllowAnonymous, \"true\"]\n", ""), "no Rules assertion")
+
     def test_outputs(self) -> None:
         self.assert_reported(edit("Value: !Sub wss://", "Value: !Sub https://"), "WebSocketUrl")
 
@@ -158,7 +167,8 @@ class CodeCrossChecks(unittest.TestCase):
     def test_calls_within_the_role_pass(self) -> None:
         root = self.fake_root({"crates/x/src/store.rs": (
             'use aws_sdk_dynamodb::Client;\n// "connectionId" "pk" "sk" "ttl"\n'
-            "c.update_item().send(); c.query().send(); c.create_table().send();\n"
+            "c.update_item().send(); c.query().send(); c.transact_write_items().send();\n"
+            "c.create_table().send(); c.describe_table().send();\n"
             "use aws_sdk_apigatewaymanagement::Client as M;\nm.post_to_connection().send(); m.delete_connection();\n")})
         self.assertEqual(failures(TEXT, root), [])
 
@@ -167,6 +177,12 @@ class CodeCrossChecks(unittest.TestCase):
                                'use aws_sdk_dynamodb::Client;\n// "connectionId" "pk" "sk" "ttl"\nc.scan().send();\n'})
         found = failures(TEXT, root)
         self.assertTrue(any("calls DynamoDB scan" in f for f in found), found)
+
+    def test_partiql_is_not_granted(self) -> None:
+        root = self.fake_root({"crates/x/src/store.rs":
+                               'use aws_sdk_dynamodb::Client;\n// "connectionId" "pk" "sk" "ttl"\nc.execute_statement();\n'})
+        found = failures(TEXT, root)
+        self.assertTrue(any("calls DynamoDB execute_statement" in f for f in found), found)
 
     def test_a_management_call_the_role_lacks(self) -> None:
         root = self.fake_root({"crates/x/src/push.rs":
