@@ -4,7 +4,8 @@
 # `stackpulse lambda`), for the provided.al2023 runtime. deploy/aws/serverless.yaml's
 # CodeUri points at it; `sam deploy` uploads it. Not run in CI (a release build).
 #
-# Usage: scripts/package-lambda.sh [--arch arm64|x86_64] [--plain-cargo] [-- CARGO_ARGS...]
+# Usage: scripts/package-lambda.sh [--arch arm64|x86_64] [--plain-cargo | --from BINARY]
+#                                  [-- CARGO_ARGS...]
 #   --arch arm64 (default, the template's default Architecture): `cargo lambda build
 #       --release --arm64`. cargo-lambda comes from PyPI (`cargo-lambda`, with zig as
 #       its cross-linker, installed into target/lambda-venv when not on PATH); it also
@@ -15,6 +16,7 @@
 #   --plain-cargo (x86_64 only, on an x86_64 Linux host): plain `cargo build --release`
 #       without cargo-lambda. The binary then links against the host's glibc, so the
 #       script refuses it when it needs a glibc newer than AL2023's 2.34.
+#   --from BINARY: package a stackpulse binary built elsewhere (checked like the others).
 #   CARGO_ARGS are passed to the build (e.g. `-- --features ...`).
 # Everything it writes stays under target/.
 set -euo pipefail
@@ -23,14 +25,17 @@ root=$(pwd)
 
 arch=arm64
 plain=0
+from=
 cargo_args=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --arch) arch=${2:-}; shift 2 ;;
     --arch=*) arch=${1#--arch=}; shift ;;
     --plain-cargo) plain=1; shift ;;
+    --from) from=${2:-}; shift 2 ;;
+    --from=*) from=${1#--from=}; shift ;;
     --) shift; cargo_args=("$@"); break ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "error: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -44,9 +49,12 @@ target_dir=$(cargo metadata --format-version 1 --no-deps |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 out="$target_dir/lambda/stackpulse"
 mkdir -p "$out"
-rm -f "$out/bootstrap" "$out/bootstrap.zip"
+rm -f "$out/bootstrap" "$out/bootstrap.zip" "$out/ARCH"
 
-if [ "$plain" = 1 ]; then
+if [ -n "$from" ]; then
+  [ -f "$from" ] || { echo "error: --from $from: no such file" >&2; exit 2; }
+  cp "$from" "$out/bootstrap"
+elif [ "$plain" = 1 ]; then
   if [ "$arch" != x86_64 ] || [ "$(uname -m)" != x86_64 ]; then
     echo "error: --plain-cargo builds for the host only: use it with --arch x86_64 on an x86_64 host" >&2
     exit 2
@@ -77,7 +85,7 @@ fi
 
 # Check the binary is for the chosen CPU and the runtime's glibc, then zip it with
 # the executable bit Lambda needs.
-python3 - "$out/bootstrap" "$elf_machine" "$arch" <<'PY'
+if ! python3 - "$out/bootstrap" "$elf_machine" "$arch" <<'PY'
 import re, struct, sys, zipfile
 path, machine, arch = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 data = open(path, "rb").read()
@@ -98,7 +106,12 @@ with zipfile.ZipFile(path + ".zip", "w", zipfile.ZIP_DEFLATED) as z:
     z.writestr(info, data)
 print(f"glibc needed: {'.'.join(map(str, newest))} (provided.al2023 has 2.34)")
 PY
+then
+  rm -f "$out/bootstrap" "$out/bootstrap.zip"
+  exit 1
+fi
 echo "$arch" > "$out/ARCH"
 ls -l "$out/bootstrap" "$out/bootstrap.zip"
 echo "== $out/bootstrap.zip ($arch): deploy with"
-echo "   sam deploy --guided --template-file deploy/aws/serverless.yaml --parameter-overrides Architecture=$arch"
+echo "   sam deploy --guided --template-file deploy/aws/serverless.yaml --capabilities CAPABILITY_IAM \\"
+echo "     --parameter-overrides Architecture=$arch"
