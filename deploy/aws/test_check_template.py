@@ -152,6 +152,20 @@ class TemplateBreakages(unittest.TestCase):
         self.assert_reported(edit("Type: EventBridgeRule", "Type: EventBridgeRules"), "cannot load or transform")
 
 
+class ShortTags(unittest.TestCase):
+    def test_short_tags_become_long_forms(self) -> None:
+        doc = check_template.load(
+            "a: !Ref P\nb: !GetAtt T.Arn\nc: !Sub [\"${X}\", {X: !Ref Y}]\n"
+            "d: !If [C, !Ref AWS::Region, !Ref AWS::NoValue]\ne: !Condition C\n")
+        self.assertEqual(doc, {
+            "a": {"Ref": "P"},
+            "b": {"Fn::GetAtt": ["T", "Arn"]},
+            "c": {"Fn::Sub": ["${X}", {"X": {"Ref": "Y"}}]},
+            "d": {"Fn::If": ["C", {"Ref": "AWS::Region"}, {"Ref": "AWS::NoValue"}]},
+            "e": {"Condition": "C"},
+        })
+
+
 class CodeCrossChecks(unittest.TestCase):
     """The role must allow every AWS call the Rust code makes (a fake crates/ tree)."""
 
