@@ -406,7 +406,8 @@ class Checker:
         self.check(all(s.get("Principal") == {"Service": ["lambda.amazonaws.com"]} for s in as_list(assume)),
                    f"{role_name}: may be assumed by someone other than lambda.amazonaws.com")
         managed = set(map(str, role_props.get("ManagedPolicyArns", [])))
-        self.check(managed <= {"arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"},
+        self.check(all(re.fullmatch(r"arn:aws(-[a-z-]+)?:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole", m)
+                       for m in managed),
                    f"{role_name}: managed policies beyond AWSLambdaBasicExecutionRole: {sorted(managed)}")
         return out
 

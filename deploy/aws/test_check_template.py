@@ -109,6 +109,10 @@ class TemplateBreakages(unittest.TestCase):
                                   "${AWS::Region}:${AWS::AccountId}:stack/${StackAllow}/*",
                                   '              Resource: "*"'), "on every resource")
 
+    def test_no_extra_managed_policies(self) -> None:
+        self.assert_reported(edit("      Policies:\n", "      Policies:\n        - arn:aws:iam::aws:policy/AdministratorAccess\n"),
+                             "managed policies beyond AWSLambdaBasicExecutionRole")
+
     def test_manage_connections_only_on_this_api(self) -> None:
         self.assert_reported(edit("${WebSocketApi}/${StageName}/POST/@connections/*", "*/*/POST/@connections/*"),
                              "not on this API's @connections")
