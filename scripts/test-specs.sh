@@ -14,9 +14,11 @@
 #     rules` (Debian package prometheus, scripts/ensure-promtool.sh). The metrics the
 #     alerts and deploy/grafana/stackpulse.json use are checked against the binary's
 #     /metrics by crates/stackpulse/tests/ops_kit.rs.
-#   - the CloudFormation templates in README.md (every ```yaml block with an
-#     AWSTemplateFormatVersion: the push ingest rule/destination and SNS topic and
-#     subscription) with cfn-lint.
+#   - deploy/aws/serverless.yaml (SAM) and every CloudFormation template in README.md
+#     with cfn-lint; the serverless template, expanded by aws-sam-translator, against
+#     the serverless-mode contract, the binary's variables and the AWS calls in crates/
+#     (deploy/aws/check_template.py, whose own tests break the template on purpose);
+#     cfn-lint again on the expanded template.
 # Python packages go into target/py-venv (shared with scripts/test-python.sh),
 # pinned in scripts/specs-requirements.txt.
 # Environment: STACKPULSE_BIN (the binary; built with cargo when unset).
@@ -71,7 +73,7 @@ echo "== promtool: deploy/prometheus/alerts.yaml and its unit tests"
 promtool=$(scripts/ensure-promtool.sh)
 "$promtool" check rules deploy/prometheus/alerts.yaml
 (cd deploy/prometheus && "$promtool" test rules alerts.test.yaml)
-echo "== cfn-lint: the CloudFormation templates in README.md"
+echo "== cfn-lint: deploy/aws/serverless.yaml and the CloudFormation templates in README.md"
 readme_cfn="$root/target/readme-cfn"
 rm -rf "$readme_cfn"
 mkdir -p "$readme_cfn"
@@ -85,5 +87,10 @@ awk -v dir="$readme_cfn" '
   inblock { body = body $0 "\n" }
 ' README.md
 ls "$readme_cfn"/*.yaml >/dev/null 2>&1 || { echo "error: no CloudFormation template found in README.md" >&2; exit 1; }
-"$venv/bin/cfn-lint" "$readme_cfn"/*.yaml
+"$venv/bin/cfn-lint" deploy/aws/serverless.yaml "$readme_cfn"/*.yaml
+mkdir -p target/tmp
+echo "== serverless template: contract, IAM and code cross-checks (deploy/aws/check_template.py)"
+"$venv/bin/python" deploy/aws/check_template.py --bin "$bin" --translated target/tmp/serverless.translated.json
+"$venv/bin/cfn-lint" target/tmp/serverless.translated.json
+"$venv/bin/python" -m unittest deploy/aws/test_check_template.py
 echo "== specs and deployment kit: all valid"
