@@ -30,6 +30,8 @@ interface RowEls {
   bar: SVGRectElement;
   label: SVGTextElement;
   title: SVGTitleElement;
+  /** What the texts were drawn from: unchanged (a finished bar), nothing to redo. */
+  drawn: string;
 }
 
 interface Group {
@@ -83,6 +85,7 @@ export class StackTimeline {
   private rows: Array<[string, TimedResource]> = [];
   private stack: TimedStack | null = null;
   private running = false;
+  private axis: { start: number; end: number } | null = null;
 
   constructor(private readonly topic: string) {
     this.el = h('section', 'gantt');
@@ -126,6 +129,15 @@ export class StackTimeline {
     }
     const eta = ms(this.stack?.etaAt);
     if (eta !== null) t1 = Math.max(t1, eta);
+    // While bars grow, the axis ends a little beyond what is needed and stays put
+    // until a bar reaches its end: a tick then moves the running bars only.
+    if (this.running) {
+      const a = this.axis;
+      if (!a || a.start !== t0 || t1 > a.end || t1 < a.end - (a.end - t0) / 2) this.axis = { start: t0, end: t1 + (t1 - t0) / 10 };
+      t1 = this.axis?.end ?? t1;
+    } else {
+      this.axis = null;
+    }
     const x = (t: number): number => (100 * (t - t0)) / (t1 - t0);
     this.el.dataset.t0 = String(t0);
     this.el.dataset.t1 = String(t1);
@@ -188,8 +200,10 @@ export class StackTimeline {
 
   private drawGroup(g: Group, list: Bar[], now: number, x: (t: number) => number): void {
     const critical = criticalPath(list, now);
-    g.svg.setAttribute('height', String(list.length * ROW));
-    g.svg.style.height = `${list.length * ROW}px`;
+    set(g.svg, 'height', String(list.length * ROW));
+    // Through the CSSOM: the page's CSP refuses `style` attributes.
+    const height = `${list.length * ROW}px`;
+    if (g.svg.style.height !== height) g.svg.style.height = height;
     if (g.summary) {
       const done = list.filter((b) => statusClass(b.status) === 'st-ok' && b.end !== null).length;
       const failed = list.filter((b) => statusClass(b.status) === 'st-failed').length;
@@ -239,7 +253,7 @@ export class StackTimeline {
     const bar = svg('rect', 'bar');
     const label = svg('text', 'label');
     g.append(title, ghost, bar, label);
-    return { g, ghost, bar, label, title };
+    return { g, ghost, bar, label, title, drawn: '' };
   }
 
   private drawRow(r: RowEls, b: Bar, i: number, now: number, x: (t: number) => number, critical: boolean): void {
@@ -273,10 +287,6 @@ export class StackTimeline {
       set(r.ghost, 'display', 'none');
     }
 
-    const took = duration(end - b.start);
-    const usual = b.expectedMs !== null ? ` · usually ${duration(b.expectedMs)}` : '';
-    const flag = b.slow ? ' · slow' : '';
-    text(r.label, `${b.logicalId} · ${took}${b.end === null ? '…' : ''}${usual}${flag}`);
     // Labels start at the bar, or end at it in the right half.
     if (x0 > 55) {
       set(r.label, 'x', pct(Math.max(x(end), x0)));
@@ -286,6 +296,15 @@ export class StackTimeline {
       set(r.label, 'text-anchor', 'start');
     }
     set(r.label, 'y', String(y + 11));
+
+    // The texts depend on the data only (and on now while running).
+    const drawn = [b.status, b.start, end, b.expectedMs, b.slow, critical, b.reason, b.type].join('|');
+    if (drawn === r.drawn) return;
+    r.drawn = drawn;
+    const took = duration(end - b.start);
+    const usual = b.expectedMs !== null ? ` · usually ${duration(b.expectedMs)}` : '';
+    const flag = b.slow ? ' · slow' : '';
+    text(r.label, `${b.logicalId} · ${took}${b.end === null ? '…' : ''}${usual}${flag}`);
 
     const lines = [
       `${b.logicalId} (${b.type})`,

@@ -279,17 +279,28 @@ describe('the timeline of a stack card', () => {
       }, c);
     const before = await measure();
     assert.ok(before.body <= 422, `the chart scrolls instead of growing: ${JSON.stringify(before)}`);
-    // One tick, timed for the record (not asserted: timings belong in benchmarks).
+    // Ticks, timed for the record (not asserted: timings belong in benchmarks): the
+    // median of 5 after a first one, script only and script + layout.
     const tickMs = await page.evaluate((topic) => {
       const chart = window.stackpulse.views.get(topic).chart;
-      const t = performance.now();
+      const median = (v) => v.sort((a, b) => a - b)[Math.floor(v.length / 2)];
       chart.tick();
       document.body.getBoundingClientRect();
-      return performance.now() - t;
+      const script = [];
+      const total = [];
+      for (let i = 0; i < 5; i++) {
+        const t = performance.now();
+        chart.tick();
+        const u = performance.now();
+        document.body.getBoundingClientRect();
+        script.push(u - t);
+        total.push(performance.now() - t);
+      }
+      return { script: median(script), total: median(total) };
     }, T);
     const afterTick = await measure();
     assert.deepEqual(afterTick, before, 'a tick changes no layout');
-    console.log(`timeline: ${N} bars, one tick (redraw + layout) took ${tickMs.toFixed(1)} ms`);
+    console.log(`timeline: ${N} bars, one tick: ${tickMs.script.toFixed(1)} ms script, ${tickMs.total.toFixed(1)} ms with layout (median of 5)`);
     await page.screenshot({ path: join(ARTIFACTS, 'timeline-500.png') });
     assert.deepEqual(problems, []);
     await context.close();
