@@ -1,8 +1,8 @@
 //! Timing and estimates on `/ws`, through the real server binary: a stack whose
 //! earlier updates are in its history (the scripted endpoint's `push_operation`)
 //! is tracked, and its `resource.status` events carry `startedAt`, `finishedAt`,
-//! `expectedSeconds` and the stack's `etaAt`; every frame is validated against the
-//! specs by the harness.
+//! `expectedSeconds` and the stack's `etaAt`, and so does a late joiner's
+//! `stack.snapshot`; every frame is validated against the specs by the harness.
 
 mod cfn_support;
 mod common;
@@ -84,4 +84,22 @@ async fn resource_status_carries_timing_and_estimates() {
     assert_eq!(started["stack"]["etaAt"], "2025-10-23T10:17:07.000Z");
     let done = queue[1];
     assert_eq!(done["resource"]["finishedAt"], "2025-10-23T10:17:01.000Z");
+
+    // A late joiner's snapshot keeps the same fields.
+    let mut late = server.connect().await;
+    late.subscribe("stack:timed", None, None)
+        .await
+        .expect("subscribe");
+    let snapshot = loop {
+        if let Frame::Event(e) = next(&mut late).await {
+            if e.event_type == "stack.snapshot" {
+                break e.data;
+            }
+        }
+    };
+    let q = &snapshot["resources"]["Queue"];
+    assert_eq!(q["startedAt"], "2025-10-23T10:16:41.000Z", "{snapshot:#}");
+    assert_eq!(q["finishedAt"], "2025-10-23T10:17:01.000Z");
+    assert_eq!(q["expectedSeconds"], 25.0);
+    assert_eq!(snapshot["stack"]["expectedSeconds"], 27.0);
 }
