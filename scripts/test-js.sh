@@ -8,7 +8,8 @@
 #     tokens from moto (scripts/ensure-moto.sh installs it).
 # Sets up everything itself on a fresh Debian machine: chromium (apt-get), the npm
 # packages (npm ci from the committed lockfiles), the client build (tsc), the server
-# binary (cargo build). Artifacts: target/dashboard.png, target/dashboard-phone.png.
+# binary (cargo build). Artifacts: target/dashboard.png, target/dashboard-phone.png,
+# target/artifacts/timeline-*.png (the timeline chart, web/test/timeline.test.mjs).
 #
 # Environment: STACKPULSE_BIN (use this binary, skip cargo build), CHROMIUM_PATH
 # (default /usr/bin/chromium).

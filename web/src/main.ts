@@ -18,11 +18,13 @@ import {
   StackSnapshotData,
   StackSummary,
 } from '../../clients/js/src/index.js';
+import { foldTiming, TimedResource, TimedStack } from './estimate.js';
 import { statusClass } from './status.js';
+import { anchorId, StackTimeline } from './timeline.js';
 
 type Kind = 'stack' | 'deployment';
 
-interface ResourceRow extends ResourceSummary {
+interface ResourceRow extends ResourceSummary, TimedResource {
   nestedStack?: string;
   updatedAt?: string;
 }
@@ -39,7 +41,9 @@ interface TopicState {
   topic: string;
   kind: Kind;
   resources: Map<string, ResourceRow>;
-  stack: StackSummary | null;
+  stack: (StackSummary & TimedStack) | null;
+  /** The timeline chart (stack cards only), kept across re-renders. */
+  chart: StackTimeline | null;
   stacks: Map<string, SnapshotStackEntry>;
   deployment: { status?: string; current_layer?: number; total_layers?: number } | null;
   timeline: TimelineEntry[];
@@ -190,6 +194,7 @@ function watch(topic: string): void {
     kind: kindOf(topic),
     resources: new Map(),
     stack: null,
+    chart: kindOf(topic) === 'stack' ? new StackTimeline(topic) : null,
     stacks: new Map(),
     deployment: null,
     timeline: [],
@@ -304,7 +309,9 @@ function apply(view: TopicState, e: ServerEvent): void {
       const r = d.resource as ResourceSummary | undefined;
       const nested = typeof d.nestedStack === 'string' ? d.nestedStack : undefined;
       if (r && typeof r.logicalId === 'string') {
-        view.resources.set(resourceKey(r, nested), { ...r, nestedStack: nested, updatedAt: e.timestamp });
+        const key = resourceKey(r, nested);
+        const when = typeof d.eventTimestamp === 'string' ? d.eventTimestamp : e.timestamp;
+        view.resources.set(key, foldTiming(view.resources.get(key), { ...r, nestedStack: nested, updatedAt: e.timestamp }, when));
         addTimeline(view, {
           ...at,
           // When CloudFormation recorded it (the envelope's time is when the hub stamped it).
@@ -551,16 +558,35 @@ function render(view: TopicState): void {
     const box = h('div', 'failure');
     box.setAttribute('role', 'alert');
     box.append(h('strong', null, `Stack ${stackLabel(f.name, f.entry.environment)} failed`));
-    if (f.entry.error_message) box.append(h('p', 'failure-message', f.entry.error_message));
     const rc = f.entry.root_cause as RootCause | null | undefined;
+    // The tracker's error_message is the root cause's reason: say it once.
+    const message = f.entry.error_message ?? '';
+    if (message && !(rc?.reason && message.includes(rc.reason))) box.append(h('p', 'failure-message', message));
     if (rc && rc.logicalId) {
       const rcEl = h('div', 'root-cause');
       rcEl.append(h('span', 'rc-label', 'Root cause'), h('code', 'rc-id', rc.logicalId), h('span', 'rc-type', rc.type), badge(rc.status));
       if (rc.reason) rcEl.append(h('p', 'rc-reason', rc.reason));
+      const key = view.resources.has(rc.logicalId) ? rc.logicalId : [...view.resources.keys()].find((k) => k.endsWith(`/${rc.logicalId}`));
+      if (key) {
+        const links = h('p', 'rc-links');
+        links.append(jumpLink('rc-row-link', 'Show its row', anchorId('row', view.topic, key)));
+        if (view.chart && view.resources.get(key)?.startedAt) links.append(jumpLink('rc-bar-link', 'Show its bar', anchorId('bar', view.topic, key)));
+        rcEl.append(links);
+      }
       box.append(rcEl);
       rootCauseKey = rc.logicalId;
     }
     el.append(box);
+  }
+
+  // Where the time goes: one bar per resource (the tracked stack's own row left out).
+  if (view.chart) {
+    view.chart.update(
+      [...view.resources].filter(([, r]) => !isRootStack(view, r)),
+      view.stack,
+    );
+    el.append(view.chart.el);
+    if (view.chart.live) startTicker();
   }
 
   // Outputs of deployed stacks
@@ -598,6 +624,7 @@ function render(view: TopicState): void {
       const tr = h('tr', `resource ${statusClass(r.status)}`);
       tr.dataset.logicalId = r.logicalId;
       tr.dataset.key = key;
+      tr.id = anchorId('row', view.topic, key);
       const isRoot = rootCauseKey !== null && (key === rootCauseKey || r.logicalId === rootCauseKey) && (f !== null);
       if (isRoot) tr.classList.add('root-cause-row');
       const id = h('div', 'v');
@@ -637,6 +664,46 @@ function render(view: TopicState): void {
   }
   tl.append(ol);
   el.append(tl);
+}
+
+/**
+ * A link that scrolls to an element of the card and flashes it (not a `#hash`
+ * link: the hash holds the watched topics).
+ */
+function jumpLink(cls: string, text: string, target: string): HTMLAnchorElement {
+  const a = h('a', cls, text);
+  a.href = `#${target}`;
+  a.dataset.target = target;
+  a.addEventListener('click', (ev) => {
+    ev.preventDefault();
+    const t = document.getElementById(target);
+    if (!t) return;
+    t.scrollIntoView({ behavior: 'smooth', block: 'center' });
+    t.classList.remove('flash');
+    // Restart the animation.
+    void (t as HTMLElement).getBoundingClientRect();
+    t.classList.add('flash');
+  });
+  return a;
+}
+
+/** Running bars grow and ETAs count down: one tick a second while any chart is live. */
+let ticker = 0;
+function startTicker(): void {
+  if (ticker) return;
+  ticker = window.setInterval(() => {
+    let live = false;
+    for (const v of views.values()) {
+      if (v.chart?.live) {
+        v.chart.tick();
+        live = true;
+      }
+    }
+    if (!live) {
+      window.clearInterval(ticker);
+      ticker = 0;
+    }
+  }, 1000);
 }
 
 // ---------------------------------------------------------------------------

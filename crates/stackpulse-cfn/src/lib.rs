@@ -28,6 +28,8 @@
 //! - [`scope`]: which events belong to the current operation.
 //! - [`progress`]: latest status per resource, counts and percentage.
 //! - [`status`]: terminal / successful stack statuses, resource status classes.
+//! - [`estimate`]: resource and operation timing, medians of earlier operations, the
+//!   ETA.
 //! - [`rootcause`]: the first real failure, deepest nested stack first.
 //! - [`template`]: counting a template's resources (the progress total).
 //! - [`nested`]: finding nested stacks in a parent's events.
@@ -42,6 +44,7 @@
 pub mod aws;
 pub mod backoff;
 pub mod create;
+pub mod estimate;
 pub mod events;
 pub mod nested;
 pub mod progress;
@@ -64,6 +67,6 @@ pub use tracker::{
 };
 pub use wake::Wake;
 pub use wire::{
-    DeploymentComplete, ErrorCode, ResourceSummary, ResourceUpdate, RootCause, StackOutput,
-    StackSummary, TrackerError, TrackerProblem, TrackerRecovered,
+    DeploymentComplete, ErrorCode, ResourceSummary, ResourceUpdate, RootCause, Seconds,
+    StackOutput, StackSummary, TrackerError, TrackerProblem, TrackerRecovered,
 };

@@ -151,6 +151,7 @@ impl ResourceTable {
             in_progress_resources: c.in_progress,
             failed_resources: c.failed,
             progress,
+            ..StackSummary::default()
         }
     }
 
@@ -163,6 +164,7 @@ impl ResourceTable {
             physical_id: r.physical_id.clone(),
             status_reason: r.reason.clone(),
             progress,
+            ..ResourceSummary::default()
         }
     }
 }

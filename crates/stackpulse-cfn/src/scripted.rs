@@ -143,6 +143,33 @@ impl FakeStack {
         &mut self.events[last]
     }
 
+    /// Appends a whole successful earlier operation (history for the estimates):
+    /// the stack's `<ACTION>_IN_PROGRESS` at `start` seconds, each resource's
+    /// `<ACTION>_IN_PROGRESS` one second later and its `<ACTION>_COMPLETE` `secs`
+    /// after that, the stack's `<ACTION>_COMPLETE` one second after the last one.
+    /// Returns the second of that last event.
+    pub fn push_operation(&mut self, action: &str, start: i64, resources: &[(&str, i64)]) -> i64 {
+        let name = self.name.clone();
+        self.push(
+            &name,
+            &format!("{action}_IN_PROGRESS"),
+            "User Initiated",
+            start,
+        );
+        for (logical, _) in resources {
+            self.push(logical, &format!("{action}_IN_PROGRESS"), "", start + 1);
+        }
+        let mut ends: Vec<(i64, &str)> =
+            resources.iter().map(|(l, d)| (start + 1 + d, *l)).collect();
+        ends.sort();
+        for (t, logical) in &ends {
+            self.push(logical, &format!("{action}_COMPLETE"), "", *t);
+        }
+        let end = ends.last().map_or(start, |(t, _)| *t) + 1;
+        self.push(&name, &format!("{action}_COMPLETE"), "", end);
+        end
+    }
+
     /// Appends an event stamped now and makes every event visible (a driver
     /// playing the stack by the clock). `resource_type` is the resource's type;
     /// the stack's own events (`logical` = its name) are typed as stacks.

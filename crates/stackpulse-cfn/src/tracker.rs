@@ -45,6 +45,7 @@ use tokio::time::Instant;
 
 use crate::aws::{Api, AwsError, CallCounter, StackInfo};
 use crate::backoff::{BackoffConfig, Slowdown};
+use crate::estimate::Timing;
 use crate::events::{stack_name_from_arn, Event, EventLog, STACK_TYPE};
 use crate::nested;
 use crate::progress::ResourceTable;
@@ -52,6 +53,8 @@ use crate::rootcause;
 use crate::scope::{InitialScan, OperationKind, ScopeHints};
 use crate::status::{stack_phase, StackPhase};
 use crate::wake::Wake;
+mod history;
+
 use crate::wire::{
     DeploymentComplete, ErrorCode, ResourceSummary, ResourceUpdate, RootCause, StackSummary,
     TrackerError, TrackerProblem, TrackerRecovered, MAX_PROBLEM_MESSAGE,
@@ -170,6 +173,8 @@ pub struct NestedStackState {
 }
 
 /// How a run ended.
+// One per run: boxing the completion would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// The operation reached a terminal status (successful or not).
@@ -277,6 +282,8 @@ struct Feed {
     /// Events of the operation applied so far, oldest first.
     events: Vec<Event>,
     scanned: bool,
+    /// Start, end and estimates of the operation and its resources.
+    timing: Timing,
     /// A nested stack that reached a terminal status (polled once more, then not).
     finished: bool,
     polls_after_finish: u8,
@@ -293,6 +300,7 @@ impl Feed {
             status: String::new(),
             events: Vec::new(),
             scanned: false,
+            timing: Timing::new(),
             finished: false,
             polls_after_finish: 0,
         }
@@ -303,14 +311,26 @@ impl Feed {
     }
 
     fn summary(&self) -> StackSummary {
-        self.table.summary(&self.name, &self.status)
+        let mut s = self.table.summary(&self.name, &self.status);
+        self.timing.annotate_stack(&mut s);
+        s
     }
 
     fn resources(&self, progress: u8) -> Vec<ResourceSummary> {
         self.table
             .iter()
-            .map(|r| ResourceTable::resource_summary(r, progress))
+            .map(|r| self.resource_summary(r, progress))
             .collect()
+    }
+
+    fn resource_summary(
+        &self,
+        r: &crate::progress::ResourceState,
+        progress: u8,
+    ) -> ResourceSummary {
+        let mut s = ResourceTable::resource_summary(r, progress);
+        self.timing.annotate_resource(&mut s);
+        s
     }
 }
 
@@ -664,7 +684,8 @@ impl Run {
     async fn scan_feed(&mut self, i: usize, hints: ScopeHints) -> Result<Vec<Event>, Stop> {
         let mut scan = InitialScan::new(hints);
         let mut token: Option<String> = None;
-        loop {
+        let mut pages = Vec::new();
+        let rest = loop {
             let t = token.take();
             let page = self
                 .call(
@@ -676,13 +697,15 @@ impl Run {
                     i,
                 )
                 .await?;
+            pages.extend(page.events.iter().cloned());
             let more = scan.feed(page.events);
             match page.next_token {
                 Some(t) if more => token = Some(t),
-                _ => break,
+                rest => break rest,
             }
-        }
+        };
         let scoped = scan.finish();
+        self.learn_history(i, pages, &scoped, rest).await?;
         tracing::debug!(stack = %self.feeds[i].name, boundary = ?scoped.boundary, kind = ?scoped.kind, events = scoped.events.len(), "operation scoped");
         self.feeds[i].log.mark_seen(scoped.all_ids);
         self.feeds[i].scanned = true;
@@ -786,6 +809,7 @@ impl Run {
         let Some(feed) = self.feeds.get_mut(i) else {
             return Ok(());
         };
+        feed.timing.observe(&e);
         let resource = if e.is_stack_event() {
             feed.status = e.status.clone();
             if feed.parent.is_some() && stack_phase(&e.status).is_terminal() {
@@ -799,12 +823,13 @@ impl Run {
                 physical_id: e.physical_id.clone(),
                 status_reason: e.reason.clone(),
                 progress,
+                ..ResourceSummary::default()
             }
         } else {
             feed.table.apply(&e);
             let progress = feed.table.counts().progress;
             match feed.table.get(&e.logical_id) {
-                Some(r) => ResourceTable::resource_summary(r, progress),
+                Some(r) => feed.resource_summary(r, progress),
                 None => return Ok(()),
             }
         };

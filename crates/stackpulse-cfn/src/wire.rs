@@ -12,8 +12,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// One resource as a client sees it: its latest status and the stack progress at the
-/// moment of this event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// moment of this event. The timing fields (`startedAt`, `finishedAt`,
+/// `expectedSeconds`) are filled by [`crate::estimate`] and absent when unknown.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ResourceSummary {
     pub logical_id: String,
@@ -24,6 +25,25 @@ pub struct ResourceSummary {
     pub status_reason: String,
     /// Progress (0..=100) of the stack this resource belongs to, after this event.
     pub progress: u8,
+    /// The resource's first `*_IN_PROGRESS` event of this operation.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "opt_timestamp"
+    )]
+    pub started_at: Option<DateTime<Utc>>,
+    /// Its terminal event (`*_COMPLETE`, `*_FAILED`, `DELETE_SKIPPED`); absent while
+    /// it is in progress.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "opt_timestamp"
+    )]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Median duration of this logical resource for the same action (create, update,
+    /// delete) in earlier operations of the stack.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_seconds: Option<Seconds>,
 }
 
 /// Counts and progress of one stack's current operation.
@@ -38,6 +58,70 @@ pub struct StackSummary {
     pub failed_resources: u32,
     /// `floor(100 * completed / total)`, never above 100.
     pub progress: u8,
+    /// The operation's first event.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "opt_timestamp"
+    )]
+    pub started_at: Option<DateTime<Utc>>,
+    /// Median duration of earlier successful operations of the same kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_seconds: Option<Seconds>,
+    /// When the operation should end, recomputed at each event (see
+    /// [`crate::estimate`]); never before the latest event; absent when unknown or
+    /// once the operation ended.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "opt_timestamp"
+    )]
+    pub eta_at: Option<DateTime<Utc>>,
+}
+
+/// A duration in seconds with millisecond precision, a JSON number on the wire
+/// (`12.5`). Kept as whole milliseconds so that the wire types stay `Eq`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Seconds {
+    millis: u64,
+}
+
+impl Seconds {
+    pub fn from_millis(millis: u64) -> Self {
+        Self { millis }
+    }
+
+    pub fn millis(self) -> u64 {
+        self.millis
+    }
+
+    pub fn as_secs_f64(self) -> f64 {
+        self.millis as f64 / 1000.0
+    }
+
+    /// As a chrono duration (saturating).
+    pub fn as_duration(self) -> chrono::Duration {
+        chrono::Duration::milliseconds(i64::try_from(self.millis).unwrap_or(i64::MAX))
+    }
+}
+
+impl Serialize for Seconds {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(self.as_secs_f64())
+    }
+}
+
+impl<'de> Deserialize<'de> for Seconds {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let secs = f64::deserialize(d)?;
+        if !secs.is_finite() || secs < 0.0 {
+            return Err(serde::de::Error::custom(
+                "expected a non-negative number of seconds",
+            ));
+        }
+        // Bounded by the check above; `as` saturates for huge values.
+        Ok(Seconds::from_millis((secs * 1000.0).round() as u64))
+    }
 }
 
 /// One stack event (`{"type":"resource_update",...}`).
@@ -232,6 +316,7 @@ mod tests {
             in_progress_resources: 1,
             failed_resources: 0,
             progress: 66,
+            ..StackSummary::default()
         }
     }
 
@@ -251,6 +336,7 @@ mod tests {
                 physical_id: "i-1".into(),
                 status_reason: String::new(),
                 progress: 66,
+                ..ResourceSummary::default()
             },
             stack: summary(),
             nested_stack: None,

@@ -329,6 +329,7 @@ mod tests {
             in_progress_resources: 0,
             failed_resources: 0,
             progress: (completed * 50) as u8,
+            ..StackSummary::default()
         }
     }
 
@@ -344,6 +345,7 @@ mod tests {
                 physical_id: format!("{id}-phys"),
                 status_reason: String::new(),
                 progress: (completed * 50) as u8,
+                ..ResourceSummary::default()
             },
             stack: summary("CREATE_IN_PROGRESS", completed),
             nested_stack: None,
