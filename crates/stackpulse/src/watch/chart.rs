@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
-use stackpulse_cfn::status::ResourcePhase;
+use stackpulse_cfn::status::{is_cancellation, ResourcePhase};
 
 use super::state::{human, Row, State};
 
@@ -41,7 +41,7 @@ impl Outcome {
         let r = &row.resource;
         let deleting_op = stack_status.starts_with("DELETE");
         match row.phase() {
-            ResourcePhase::Failed if r.status_reason.contains("cancelled") => Outcome::Cancelled,
+            ResourcePhase::Failed if is_cancellation(&r.status_reason) => Outcome::Cancelled,
             ResourcePhase::Failed => Outcome::Failed,
             ResourcePhase::InProgress => Outcome::InProgress,
             _ if r.status.contains("ROLLBACK") => Outcome::RolledBack,

@@ -7,8 +7,9 @@
 //! their expected time). It never has more lines than the terminal is tall minus
 //! one: rows that do not fit are counted on a last `… and N more` line, so a
 //! 250-resource stack redraws the same few lines instead of flooding the
-//! scrollback. Failures are also printed once above the region (they stay in the
-//! scrollback with their full reason); with `--all` every event is.
+//! scrollback. Failures (not the resources cancelled because of one) are also
+//! printed once above the region, so they stay in the scrollback with their full
+//! reason; with `--all` every event is.
 //!
 //! Drawing is indicatif's: the region is the message of one [`ProgressBar`], which
 //! erases and redraws its lines (rate-limited) and never draws more lines than the
@@ -20,7 +21,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use console::{style, truncate_str, Term};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use stackpulse_cfn::status::ResourcePhase;
+use stackpulse_cfn::status::{is_cancellation, ResourcePhase};
 
 use super::plain::event_line;
 use super::state::{human, Change, Eta, Row, State};
@@ -230,10 +231,10 @@ impl TtyView {
                 self.waiting = false;
                 self.bar.set_style(bar_style());
             }
-            let failed = state
-                .rows()
-                .get(*i)
-                .is_some_and(|r| r.phase() == ResourcePhase::Failed);
+            // Real failures only: resources cancelled because of one are noise.
+            let failed = state.rows().get(*i).is_some_and(|r| {
+                r.phase() == ResourcePhase::Failed && !is_cancellation(&r.resource.status_reason)
+            });
             if self.all {
                 if let Some(line) = event_line(state, *i) {
                     self.bar.println(line);
