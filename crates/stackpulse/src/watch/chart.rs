@@ -2,10 +2,13 @@
 //!
 //! One horizontal bar per resource (the root stack's own row excluded), in the
 //! order they started, from its start (`startedAt`, else its first `*_IN_PROGRESS`
-//! event) to its finish (`finishedAt`, else its latest completed or failed event),
-//! coloured by how it ended: green completed, red failed, grey cancelled, purple
-//! rolled back or deleted, amber still in progress. Hand-written SVG text; a
-//! `.html`/`.htm` file gets the same SVG inside a minimal page.
+//! event) to the end of what the operation did to it (its first completed or
+//! failed event; `finishedAt` when sent), coloured by how that ended: green
+//! completed, red failed, grey cancelled, amber never finished; a deletion of a
+//! stack being deleted is "completed". When a rollback (or cleanup) undid it
+//! later, a thin purple segment on the same row shows that undo from its start to
+//! its end. Hand-written SVG text; a `.html`/`.htm` file gets the same SVG inside
+//! a minimal page.
 //!
 //! Data flow: [`super::Watcher`] calls [`write`] with the final [`State`] once the
 //! operation ended; [`svg`] is pure so tests parse its output.
@@ -37,16 +40,14 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    fn of(row: &Row, stack_status: &str) -> Outcome {
-        let r = &row.resource;
-        let deleting_op = stack_status.starts_with("DELETE");
-        match row.phase() {
-            ResourcePhase::Failed if is_cancellation(&r.status_reason) => Outcome::Cancelled,
-            ResourcePhase::Failed => Outcome::Failed,
-            ResourcePhase::InProgress => Outcome::InProgress,
-            _ if r.status.contains("ROLLBACK") => Outcome::RolledBack,
-            _ if r.status.starts_with("DELETE") && !deleting_op => Outcome::RolledBack,
-            _ => Outcome::Completed,
+    fn of(row: &Row) -> Outcome {
+        match &row.settled {
+            None => Outcome::InProgress,
+            Some((_, status, reason)) => match ResourcePhase::of(status) {
+                ResourcePhase::Failed if is_cancellation(reason) => Outcome::Cancelled,
+                ResourcePhase::Failed => Outcome::Failed,
+                _ => Outcome::Completed,
+            },
         }
     }
 
@@ -78,29 +79,57 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// One bar: (row, start, end, outcome).
-fn bars(state: &State) -> Vec<(&Row, DateTime<Utc>, DateTime<Utc>, Outcome)> {
+/// One row of the chart.
+struct Bar<'a> {
+    row: &'a Row,
+    start: DateTime<Utc>,
+    /// End of the operation's own work on it.
+    end: DateTime<Utc>,
+    outcome: Outcome,
+    /// A rollback or cleanup that undid it: (start, end).
+    undo: Option<(DateTime<Utc>, DateTime<Utc>)>,
+}
+
+fn bars(state: &State) -> Vec<Bar<'_>> {
     let end_of_all = state.last_event;
-    let mut bars: Vec<_> = state
+    let mut bars: Vec<Bar> = state
         .rows()
         .iter()
         .filter(|r| !r.is_root)
-        .filter_map(|r| {
-            let start = r.started?;
-            let end = r.finished.or(end_of_all).unwrap_or(start).max(start);
-            Some((r, start, end, Outcome::of(r, &state.summary.status)))
+        .filter_map(|row| {
+            let start = row.started?;
+            let end = match &row.settled {
+                Some((t, _, _)) => *t,
+                None => row.finished.or(end_of_all).unwrap_or(start),
+            }
+            .max(start);
+            let undo = row.undo_started.map(|u| {
+                let u = u.max(end);
+                (u, row.finished.or(end_of_all).unwrap_or(u).max(u))
+            });
+            Some(Bar {
+                row,
+                start,
+                end,
+                outcome: Outcome::of(row),
+                undo,
+            })
         })
         .collect();
     // Stable: equal starts keep the first-seen order.
-    bars.sort_by_key(|b| b.1);
+    bars.sort_by_key(|b| b.start);
     bars
 }
 
 /// The timeline of `state` as an SVG document.
 pub fn svg(state: &State) -> String {
     let bars = bars(state);
-    let t0 = bars.iter().map(|b| b.1).min().or(state.started());
-    let t1 = bars.iter().map(|b| b.2).max().or(state.last_event);
+    let t0 = bars.iter().map(|b| b.start).min().or(state.started());
+    let t1 = bars
+        .iter()
+        .map(|b| b.undo.map_or(b.end, |u| u.1.max(b.end)))
+        .max()
+        .or(state.last_event);
     let span = match (t0, t1) {
         (Some(a), Some(b)) => (b - a).num_milliseconds().max(1) as f64 / 1000.0,
         _ => 1.0,
@@ -141,26 +170,48 @@ pub fn svg(state: &State) -> String {
             human(std::time::Duration::from_secs_f64(secs))
         );
     }
-    for (i, (row, start, end, outcome)) in bars.iter().enumerate() {
+    let seconds =
+        |from: DateTime<Utc>, to: DateTime<Utc>| (to - from).num_milliseconds() as f64 / 1000.0;
+    for (i, bar) in bars.iter().enumerate() {
         let y = TOP + ROW_HEIGHT * i as f64;
-        let offset = t0.map_or(0.0, |t| (*start - t).num_milliseconds() as f64 / 1000.0);
-        let dur = (*end - *start).num_milliseconds() as f64 / 1000.0;
+        let offset = t0.map_or(0.0, |t| seconds(t, bar.start));
+        let dur = seconds(bar.start, bar.end);
         let bx = LABEL_WIDTH + offset * scale;
         let bw = (dur * scale).max(1.0);
-        let id = esc(&row.id());
+        let id = esc(&bar.row.id());
+        let (status, reason) = match &bar.row.settled {
+            Some((_, s, r)) => (s.as_str(), r.as_str()),
+            None => (bar.row.resource.status.as_str(), ""),
+        };
         let _ = write!(
             x,
             "<g class=\"row\" data-id=\"{id}\"><text x=\"{:.2}\" y=\"{:.2}\" text-anchor=\"end\">{id}</text>\
              <rect class=\"bar {}\" x=\"{bx:.2}\" y=\"{y:.2}\" width=\"{bw:.2}\" height=\"{BAR_HEIGHT}\" fill=\"{}\" \
-             data-start=\"{offset:.3}\" data-seconds=\"{dur:.3}\"><title>{id} ({}) {}: {}</title></rect></g>",
+             data-start=\"{offset:.3}\" data-seconds=\"{dur:.3}\"><title>{id} ({}) {} in {}{}{}</title></rect>",
             LABEL_WIDTH - 6.0,
             y + BAR_HEIGHT - 3.0,
-            outcome.class(),
-            outcome.colour(),
-            esc(&row.resource.resource_type),
-            esc(&row.resource.status),
+            bar.outcome.class(),
+            bar.outcome.colour(),
+            esc(&bar.row.resource.resource_type),
+            esc(status),
             human(std::time::Duration::from_secs_f64(dur.max(0.0))),
+            if reason.is_empty() { "" } else { ": " },
+            esc(reason),
         );
+        if let Some((from, to)) = bar.undo {
+            let ux = LABEL_WIDTH + t0.map_or(0.0, |t| seconds(t, from)) * scale;
+            let uw = (seconds(from, to) * scale).max(1.0);
+            let _ = write!(
+                x,
+                "<rect class=\"undo\" x=\"{ux:.2}\" y=\"{:.2}\" width=\"{uw:.2}\" height=\"{:.2}\" fill=\"{}\">\
+                 <title>{id} then {}</title></rect>",
+                y + BAR_HEIGHT / 4.0,
+                BAR_HEIGHT / 2.0,
+                Outcome::RolledBack.colour(),
+                esc(&bar.row.resource.status),
+            );
+        }
+        x.push_str("</g>");
     }
     x.push_str("</svg>\n");
     x
@@ -236,6 +287,50 @@ mod tests {
         assert!(ys.windows(2).all(|w| w[0] < w[1]), "{ys:?}");
         let classes: Vec<&str> = bars.iter().filter_map(|b| b.attribute("class")).collect();
         assert_eq!(classes, ["bar completed", "bar completed", "bar failed"]);
+    }
+
+    #[test]
+    fn a_rollback_is_a_segment_after_the_bar() {
+        let mut s = State::new("s");
+        for (id, st, sec) in [
+            ("A", "CREATE_IN_PROGRESS", 0),
+            ("A", "CREATE_COMPLETE", 10),
+            ("B", "CREATE_IN_PROGRESS", 0),
+            ("B", "CREATE_FAILED", 20),
+            ("A", "DELETE_IN_PROGRESS", 30),
+            ("A", "DELETE_COMPLETE", 40),
+        ] {
+            s.apply(&update(id, st, sec, 0, 2));
+        }
+        let text = svg(&s);
+        let doc = roxmltree::Document::parse(&text).expect("the chart is well-formed XML");
+        let rects: Vec<(&str, f64, f64)> = doc
+            .descendants()
+            .filter(|n| n.has_tag_name("rect"))
+            .map(|n| {
+                let num = |a: &str| {
+                    n.attribute(a)
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(f64::NAN)
+                };
+                (
+                    n.attribute("class").unwrap_or_default(),
+                    num("x"),
+                    num("width"),
+                )
+            })
+            .collect();
+        let px = PLOT_WIDTH / 40.0;
+        assert_eq!(rects.len(), 3, "{rects:?}");
+        assert_eq!(rects[0].0, "bar completed", "A was created: {rects:?}");
+        assert!((rects[0].2 - 10.0 * px).abs() < 0.01, "{rects:?}");
+        assert_eq!(rects[1].0, "undo");
+        assert!(
+            (rects[1].1 - (LABEL_WIDTH + 30.0 * px)).abs() < 0.01,
+            "{rects:?}"
+        );
+        assert!((rects[1].2 - 10.0 * px).abs() < 0.01, "{rects:?}");
+        assert_eq!(rects[2].0, "bar failed");
     }
 
     #[test]

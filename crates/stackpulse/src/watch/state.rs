@@ -40,6 +40,11 @@ pub struct Row {
     /// `finishedAt` when the stream has it, else the time of its latest
     /// completed or failed event (`None` while it is in progress).
     pub finished: Option<DateTime<Utc>>,
+    /// Its first completed or failed event: (time, status, reason). What the
+    /// operation did to it, before a rollback may undo it.
+    pub settled: Option<(DateTime<Utc>, String, String)>,
+    /// When it went back in progress after settling (a rollback or cleanup).
+    pub undo_started: Option<DateTime<Utc>>,
     pub expected_seconds: Option<f64>,
     /// When the latest status changed (orders the failed rows).
     pub changed: u64,
@@ -187,6 +192,8 @@ impl State {
                             at: u.timestamp,
                             started: None,
                             finished: None,
+                            settled: None,
+                            undo_started: None,
                             expected_seconds: None,
                             changed: 0,
                             is_root,
@@ -203,12 +210,26 @@ impl State {
                         if row.started.is_none() {
                             row.started = Some(u.timestamp);
                         }
+                        if row.settled.is_some() && row.undo_started.is_none() {
+                            row.undo_started = Some(u.timestamp);
+                        }
                         row.finished = None;
                     }
                     ResourcePhase::Completed | ResourcePhase::Failed => {
                         row.finished = Some(u.timestamp);
                         if row.started.is_none() {
                             row.started = Some(u.timestamp);
+                        }
+                        if row.settled.is_some() && row.undo_started.is_none() {
+                            // Undone without an in-progress event seen.
+                            row.undo_started = Some(u.timestamp);
+                        }
+                        if row.settled.is_none() {
+                            row.settled = Some((
+                                finished_at.unwrap_or(u.timestamp),
+                                row.resource.status.clone(),
+                                row.resource.status_reason.clone(),
+                            ));
                         }
                     }
                     ResourcePhase::Other => {}
