@@ -17,6 +17,7 @@
 #       without cargo-lambda. The binary then links against the host's glibc, so the
 #       script refuses it when it needs a glibc newer than AL2023's 2.34.
 #   --from BINARY: package a stackpulse binary built elsewhere (checked like the others).
+#   The binary is stripped of debug info (STACKPULSE_KEEP_SYMBOLS=1 keeps it).
 #   CARGO_ARGS are passed to the build (e.g. `-- --features ...`).
 # Everything it writes stays under target/.
 set -euo pipefail
@@ -35,7 +36,7 @@ while [ $# -gt 0 ]; do
     --from) from=${2:-}; shift 2 ;;
     --from=*) from=${1#--from=}; shift ;;
     --) shift; cargo_args=("$@"); break ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "error: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -81,6 +82,17 @@ else
   cargo lambda build --release "$lambda_flag" --bin stackpulse "${cargo_args[@]}"
   # cargo-lambda names the executable bootstrap already.
   [ -f "$out/bootstrap" ] || { echo "error: cargo lambda left no $out/bootstrap" >&2; exit 1; }
+fi
+
+# The release profile keeps line tables (backtraces); Lambda logs no backtraces worth
+# 150 MB, so drop the debug info (STACKPULSE_KEEP_SYMBOLS=1 keeps it). The host's
+# binutils strip only its own architecture: otherwise the package keeps it.
+if [ "${STACKPULSE_KEEP_SYMBOLS:-0}" != 1 ] && command -v strip >/dev/null 2>&1; then
+  if strip "$out/bootstrap" 2>/dev/null; then
+    echo "== stripped $out/bootstrap"
+  else
+    echo "note: this host's strip cannot strip a $arch binary; the package keeps its debug info" >&2
+  fi
 fi
 
 # Check the binary is for the chosen CPU and the runtime's glibc, then zip it with
