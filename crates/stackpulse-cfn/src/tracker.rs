@@ -47,7 +47,7 @@ use crate::aws::{Api, AwsError, CallCounter, StackInfo};
 use crate::backoff::{BackoffConfig, Slowdown};
 use crate::events::{stack_name_from_arn, Event, EventLog, STACK_TYPE};
 use crate::nested;
-use crate::progress::ResourceTable;
+use crate::progress::{Applied, ResourceTable};
 use crate::rootcause;
 use crate::scope::{InitialScan, OperationKind, ScopeHints};
 use crate::status::{stack_phase, StackPhase};
@@ -274,6 +274,12 @@ struct Feed {
     table: ResourceTable,
     /// Latest stack status known (from the stack's own events or DescribeStacks).
     status: String,
+    /// Latest status of the stack's own events (where the events being applied
+    /// stand: a cleanup phase is judged by it, never by a newer DescribeStacks).
+    event_status: String,
+    /// A nested stack's first read stops at events older than this: its parent's
+    /// first event about it in this operation (see `scope`).
+    not_before: Option<chrono::DateTime<chrono::Utc>>,
     /// Events of the operation applied so far, oldest first.
     events: Vec<Event>,
     scanned: bool,
@@ -291,6 +297,8 @@ impl Feed {
             log: EventLog::new(),
             table: ResourceTable::new(),
             status: String::new(),
+            event_status: String::new(),
+            not_before: None,
             events: Vec::new(),
             scanned: false,
             finished: false,
@@ -351,6 +359,8 @@ impl Run {
             operation_ids: info.operation_ids.clone(),
             since: info.last_updated_time.or(info.creation_time),
             stack_status: info.status.clone(),
+            operation_types: info.operation_types.clone(),
+            not_before: None,
         };
 
         let mut last_poll = Instant::now();
@@ -601,7 +611,10 @@ impl Run {
                 let hints = if i == 0 {
                     root_hints.take().unwrap_or_default()
                 } else {
-                    ScopeHints::default()
+                    ScopeHints {
+                        not_before: self.feeds[i].not_before,
+                        ..ScopeHints::default()
+                    }
                 };
                 self.scan_feed(i, hints).await
             };
@@ -622,7 +635,7 @@ impl Run {
                     self.feeds[i].polls_after_finish.saturating_add(1);
             }
             for e in &events {
-                self.discover(i, e);
+                self.discover(i, e, &events);
             }
             batches.push((i, events));
             i += 1;
@@ -634,8 +647,10 @@ impl Run {
         Ok(())
     }
 
-    /// Starts (or wakes) a nested stack feed from a parent's event.
-    fn discover(&mut self, parent: usize, e: &Event) {
+    /// Starts (or wakes) a nested stack feed from a parent's event; `batch` is the
+    /// parent's batch `e` belongs to (its first read is bounded by the parent's
+    /// first event about the child in this operation, applied or in `batch`).
+    fn discover(&mut self, parent: usize, e: &Event, batch: &[Event]) {
         let Some(child) = nested::child_of(e) else {
             return;
         };
@@ -652,10 +667,18 @@ impl Run {
                 let name = stack_name_from_arn(&child.arn)
                     .unwrap_or(&child.logical_id)
                     .to_string();
-                tracing::info!(parent = %self.feeds[parent].name, nested = %name, "tracking nested stack");
+                let not_before = self.feeds[parent]
+                    .events
+                    .iter()
+                    .chain(batch)
+                    .filter(|p| p.logical_id == child.logical_id && p.resource_type == STACK_TYPE)
+                    .map(|p| p.timestamp)
+                    .min();
+                tracing::info!(parent = %self.feeds[parent].name, nested = %name, ?not_before, "tracking nested stack");
                 self.index.insert(child.arn.clone(), self.feeds.len());
-                self.feeds
-                    .push(Feed::new(child.arn.clone(), name, Some(child)));
+                let mut feed = Feed::new(child.arn.clone(), name, Some(child));
+                feed.not_before = not_before;
+                self.feeds.push(feed);
             }
         }
     }
@@ -736,7 +759,8 @@ impl Run {
             Ok(list) => {
                 let table = &mut self.feeds[0].table;
                 table.expect_at_least(list.len());
-                if kind == OperationKind::Update {
+                // Resources an update or import may not touch are done already.
+                if matches!(kind, OperationKind::Update | OperationKind::Import) {
                     for r in list {
                         table.set(r);
                     }
@@ -786,26 +810,47 @@ impl Run {
         let Some(feed) = self.feeds.get_mut(i) else {
             return Ok(());
         };
-        let resource = if e.is_stack_event() {
-            feed.status = e.status.clone();
-            if feed.parent.is_some() && stack_phase(&e.status).is_terminal() {
-                feed.finished = true;
+        if e.status.is_empty() {
+            // Nothing to show (a hook-only event): never a row with an empty status.
+            tracing::debug!(stack = %feed.name, event = %e.id, "stack event without a status skipped");
+            feed.events.push(e);
+            return Ok(());
+        }
+        let resource = match feed.table.apply(&e, &feed.event_status) {
+            Applied::Stack => {
+                feed.status = e.status.clone();
+                feed.event_status = e.status.clone();
+                if feed.parent.is_some() {
+                    if stack_phase(&e.status).is_terminal() {
+                        feed.finished = true;
+                    } else if e.status.ends_with("_IN_PROGRESS") {
+                        // The child moves again (a rollback reaching into it).
+                        feed.finished = false;
+                        feed.polls_after_finish = 0;
+                    }
+                }
+                let progress = feed.summary().progress;
+                ResourceSummary {
+                    logical_id: e.logical_id.clone(),
+                    resource_type: STACK_TYPE.to_string(),
+                    status: e.status.clone(),
+                    physical_id: e.physical_id.clone(),
+                    status_reason: e.reason.clone(),
+                    progress,
+                }
             }
-            let progress = feed.summary().progress;
-            ResourceSummary {
-                logical_id: e.logical_id.clone(),
-                resource_type: STACK_TYPE.to_string(),
-                status: e.status.clone(),
-                physical_id: e.physical_id.clone(),
-                status_reason: e.reason.clone(),
-                progress,
+            // Checked above; kept for completeness.
+            Applied::NoStatus => return Ok(()),
+            // The replaced resource, as it is; its row stays the live one.
+            Applied::Cleanup(old) => {
+                ResourceTable::resource_summary(&old, feed.table.counts().progress)
             }
-        } else {
-            feed.table.apply(&e);
-            let progress = feed.table.counts().progress;
-            match feed.table.get(&e.logical_id) {
-                Some(r) => ResourceTable::resource_summary(r, progress),
-                None => return Ok(()),
+            Applied::Row => {
+                let progress = feed.table.counts().progress;
+                match feed.table.get(&e.logical_id) {
+                    Some(r) => ResourceTable::resource_summary(r, progress),
+                    None => return Ok(()),
+                }
             }
         };
         let nested_stack = feed.parent.as_ref().map(|_| feed.name.clone());
@@ -861,13 +906,10 @@ impl Run {
             {
                 let table = &mut self.feeds[0].table;
                 // What exists now is the truth: resources a condition left out of
-                // the template count no more.
+                // the template count no more, and every listed row takes its
+                // listed status and physical id (a replaced resource's live one).
                 table.set_expected(list.len());
-                for r in list {
-                    if table.get(&r.logical_id).is_none() {
-                        table.set(r);
-                    }
-                }
+                table.reconcile(list);
             }
         }
         self.feeds[0].status = info.status.clone();
