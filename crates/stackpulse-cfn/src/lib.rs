@@ -41,6 +41,7 @@
 
 pub mod aws;
 pub mod backoff;
+pub mod changeset;
 pub mod create;
 pub mod events;
 pub mod nested;

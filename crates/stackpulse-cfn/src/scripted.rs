@@ -41,6 +41,20 @@ pub enum Fault {
     ExpiredToken,
     /// `400` with this error code and a message naming an account.
     Code(&'static str),
+    /// This HTTP status (a 5xx) with this error code (`ServiceUnavailableException`,
+    /// `RequestTimeout`...): a service error whatever its code.
+    Status(u16, &'static str),
+}
+
+/// One change set of a stack (`ListChangeSets`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeChangeSet {
+    pub name: String,
+    /// `CREATE_PENDING`, `CREATE_IN_PROGRESS`, `CREATE_COMPLETE`, `FAILED`...
+    pub status: String,
+    /// `UNAVAILABLE`, `AVAILABLE`, `EXECUTE_IN_PROGRESS`, `EXECUTE_COMPLETE`...
+    pub execution_status: String,
+    pub status_reason: String,
 }
 
 /// One stack event of a script.
@@ -66,6 +80,8 @@ pub struct Step {
     pub faults: Vec<Fault>,
     /// Replaces `LastOperations` (ids, type).
     pub operations: Option<Vec<(String, String)>>,
+    /// Replaces the stack's change sets.
+    pub change_sets: Option<Vec<FakeChangeSet>>,
 }
 
 #[derive(Debug, Clone)]
@@ -93,6 +109,9 @@ pub struct FakeStack {
     pub missing_for: usize,
     /// Steps taken by `DescribeStacks` calls on this stack.
     pub steps: VecDeque<Step>,
+    /// `ListChangeSets` (a stack in `REVIEW_IN_PROGRESS` has at least one, unless
+    /// it was deleted).
+    pub change_sets: Vec<FakeChangeSet>,
 }
 
 impl FakeStack {
@@ -113,6 +132,7 @@ impl FakeStack {
             last_updated: None,
             missing_for: 0,
             steps: VecDeque::new(),
+            change_sets: Vec::new(),
         }
     }
 
@@ -335,6 +355,8 @@ async fn serve_connection(mut sock: TcpStream, world: Arc<Mutex<World>>) -> std:
             200 => "OK",
             400 => "Bad Request",
             403 => "Forbidden",
+            503 => "Service Unavailable",
+            504 => "Gateway Timeout",
             _ => "Internal Server Error",
         };
         let resp = format!(
@@ -452,6 +474,9 @@ fn handle(w: &mut World, p: &HashMap<String, String>) -> Option<(u16, String)> {
                 code,
                 "arn:aws:iam::123456789012:user/t cannot do that",
             ),
+            Fault::Status(status, code) => {
+                error(status, "Receiver", code, "The service is not available")
+            }
         };
     }
     match action.as_str() {
@@ -628,6 +653,32 @@ fn handle(w: &mut World, p: &HashMap<String, String>) -> Option<(u16, String)> {
             x.push_str("</ResourceTypes><Parameters/>");
             ok("GetTemplateSummary", &x)
         }
+        "ListChangeSets" => {
+            let Some(i) = w.find(&stack) else {
+                return not_found(&stack);
+            };
+            let s = &w.stacks[i];
+            let mut x = String::from("<Summaries>");
+            for c in &s.change_sets {
+                let _ = write!(
+                    x,
+                    "<member><StackId>{}</StackId><StackName>{}</StackName><ChangeSetId>arn:aws:cloudformation:us-east-1:123456789012:changeSet/{}/0000</ChangeSetId><ChangeSetName>{}</ChangeSetName><Status>{}</Status><ExecutionStatus>{}</ExecutionStatus><CreationTime>{}</CreationTime>",
+                    esc(&s.arn),
+                    esc(&s.name),
+                    esc(&c.name),
+                    esc(&c.name),
+                    esc(&c.status),
+                    esc(&c.execution_status),
+                    ts(&s.created)
+                );
+                if !c.status_reason.is_empty() {
+                    let _ = write!(x, "<StatusReason>{}</StatusReason>", esc(&c.status_reason));
+                }
+                x.push_str("</member>");
+            }
+            x.push_str("</Summaries>");
+            ok("ListChangeSets", &x)
+        }
         other => error(
             400,
             "Sender",
@@ -652,6 +703,9 @@ fn apply_step(w: &mut World, root: usize, step: Step) {
     }
     if let Some(ops) = step.operations {
         s.operations = ops;
+    }
+    if let Some(c) = step.change_sets {
+        s.change_sets = c;
     }
     w.faults.extend(step.faults);
 }

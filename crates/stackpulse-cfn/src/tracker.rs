@@ -45,6 +45,7 @@ use tokio::time::Instant;
 
 use crate::aws::{Api, AwsError, CallCounter, StackInfo};
 use crate::backoff::{BackoffConfig, Slowdown};
+use crate::changeset;
 use crate::events::{stack_name_from_arn, Event, EventLog, STACK_TYPE};
 use crate::nested;
 use crate::progress::{Applied, ResourceTable};
@@ -59,6 +60,10 @@ use crate::wire::{
 
 /// The least time between the starts of two poll cycles when wakes come fast.
 const MIN_WAKE_GAP: Duration = Duration::from_millis(500);
+
+/// While the root stack is in `REVIEW_IN_PROGRESS`, its change sets are read on the
+/// first cycle and then every this many cycles (see [`crate::changeset`]).
+const REVIEW_CHECK_EVERY: u32 = 5;
 
 /// Settings of one tracker.
 #[derive(Debug, Clone)]
@@ -86,6 +91,10 @@ pub struct TrackerConfig {
     /// Time between two poll cycles within [`crate::wake::PUSH_RECENT`] of a push
     /// (default 30 s: pushes bring the news, polling is the safety net).
     pub push_poll_interval: Duration,
+    /// How long a stack in `REVIEW_IN_PROGRESS` whose change set is ready but not
+    /// executed is tracked before the run ends (default 10 min; see
+    /// [`crate::changeset`]).
+    pub review_wait: Duration,
 }
 
 impl TrackerConfig {
@@ -105,6 +114,7 @@ impl TrackerConfig {
             calls: CallCounter::new(),
             wake: None,
             push_poll_interval: Duration::from_secs(30),
+            review_wait: Duration::from_secs(600),
         }
     }
 
@@ -225,6 +235,7 @@ impl Tracker {
             throttled: false,
             emitted: 0,
             problem: None,
+            review: ReviewWatch::default(),
         };
         match run.run().await {
             Ok(o) => o,
@@ -337,6 +348,18 @@ struct Run {
     emitted: u64,
     /// The problem told last (code, message), until a call succeeds.
     problem: Option<(ErrorCode, String)>,
+    review: ReviewWatch,
+}
+
+/// The root stack's time in `REVIEW_IN_PROGRESS` (see [`crate::changeset`]).
+#[derive(Debug, Default)]
+struct ReviewWatch {
+    /// When the review was first seen.
+    since: Option<Instant>,
+    /// Cycles spent in review.
+    cycles: u32,
+    /// The last change-set check said "ended".
+    ended_once: bool,
 }
 
 /// A message cut to [`MAX_PROBLEM_MESSAGE`] characters.
@@ -377,7 +400,10 @@ impl Run {
                 )
                 .await?;
             if stack_phase(&info.status).is_terminal() {
-                return self.complete(info).await;
+                return self.complete(info, None).await;
+            }
+            if let Some(cause) = self.review_ended(&info).await? {
+                return self.complete(info, Some(cause)).await;
             }
             if let Some(root) = self.feeds.first_mut() {
                 root.status = info.status.clone();
@@ -869,8 +895,57 @@ impl Run {
         self.emit(TrackerMessage::ResourceUpdate(update)).await
     }
 
-    /// The root stack is terminal: final poll, then the completion message.
-    async fn complete(&mut self, info: StackInfo) -> Result<Outcome, Stop> {
+    /// For a root stack in `REVIEW_IN_PROGRESS`: the cause to end the run with, once
+    /// its change sets say nothing more will happen (twice in a row).
+    async fn review_ended(&mut self, info: &StackInfo) -> Result<Option<RootCause>, Stop> {
+        if info.status != "REVIEW_IN_PROGRESS" {
+            self.review = ReviewWatch::default();
+            return Ok(None);
+        }
+        let since = *self.review.since.get_or_insert_with(Instant::now);
+        let cycle = self.review.cycles;
+        self.review.cycles = cycle.saturating_add(1);
+        if cycle % REVIEW_CHECK_EVERY != 0 && !self.review.ended_once {
+            return Ok(None);
+        }
+        let sets = match self
+            .optional_call(
+                "ListChangeSets",
+                |api, arn| async move { api.change_sets(&arn).await },
+                0,
+            )
+            .await
+        {
+            Ok(sets) => sets,
+            Err(Stop::Aws(e)) => {
+                tracing::debug!(stack = %info.name, "ListChangeSets unavailable: {e}");
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        match changeset::verdict(&info.name, &sets, since.elapsed(), self.config.review_wait) {
+            changeset::Review::Waiting => {
+                self.review.ended_once = false;
+                Ok(None)
+            }
+            changeset::Review::Ended(_) if !self.review.ended_once => {
+                self.review.ended_once = true;
+                Ok(None)
+            }
+            changeset::Review::Ended(cause) => {
+                tracing::info!(stack = %info.name, reason = %cause.reason, "change-set review ended");
+                Ok(Some(cause))
+            }
+        }
+    }
+
+    /// The operation is over (a terminal status, or a review that ended with
+    /// `cause`): final poll, then the completion message.
+    async fn complete(
+        &mut self,
+        info: StackInfo,
+        cause: Option<RootCause>,
+    ) -> Result<Outcome, Stop> {
         match self.poll_all(None).await {
             Ok(()) => {}
             // The outcome is known; a final poll that fails for good (transient errors
@@ -916,7 +991,7 @@ impl Run {
         let root_cause = if success {
             None
         } else {
-            Some(self.root_cause(&info))
+            Some(cause.unwrap_or_else(|| self.root_cause(&info)))
         };
         let done = DeploymentComplete {
             success,

@@ -848,3 +848,424 @@ async fn sustained_throttling_is_survived_and_reported_once() {
     );
     assert!(c.complete.expect("complete").success);
 }
+
+/// Marks a scripted event as a nested-stack resource with physical id `phys`.
+fn as_nested(e: &mut support::fake_cfn::FakeEvent, phys: &str) {
+    e.resource_type = STACK.into();
+    e.physical_id = phys.into();
+}
+
+/// B1 + B2: an update of a stack whose nested stack has history. The child is
+/// found through the parent's UPDATE_IN_PROGRESS before its own start event is
+/// visible: its earlier create must not be replayed. Later the child completes,
+/// then moves again on its own (a rollback reaching into it) before the parent
+/// says so: its own `*_IN_PROGRESS` keeps it polled to the end.
+#[tokio::test]
+async fn nested_update_with_history_neither_replays_nor_drops_the_child() {
+    let child = "app-Net-X";
+    let child_arn = arn(child);
+    let mut p = FakeStack::new("app");
+    let mut ch = FakeStack::new(child);
+    // The create, long ago.
+    p.push("app", "CREATE_IN_PROGRESS", "User Initiated", 0);
+    as_nested(p.push("Net", "CREATE_IN_PROGRESS", "", 1), "");
+    as_nested(
+        p.push(
+            "Net",
+            "CREATE_IN_PROGRESS",
+            "Resource creation Initiated",
+            1,
+        ),
+        &child_arn,
+    );
+    p.push("Api", "CREATE_IN_PROGRESS", "", 1);
+    p.push("Api", "CREATE_COMPLETE", "", 2);
+    as_nested(p.push("Net", "CREATE_COMPLETE", "", 5), &child_arn);
+    p.push("app", "CREATE_COMPLETE", "", 6);
+    // The update being tracked (index 7 on).
+    p.push("app", "UPDATE_IN_PROGRESS", "User Initiated", 100);
+    as_nested(p.push("Net", "UPDATE_IN_PROGRESS", "", 101), &child_arn);
+    p.push("Api", "UPDATE_IN_PROGRESS", "", 101);
+    as_nested(p.push("Net", "UPDATE_COMPLETE", "", 106), &child_arn);
+    p.push("Api", "UPDATE_FAILED", "Api quota exceeded", 107);
+    p.push(
+        "app",
+        "UPDATE_ROLLBACK_IN_PROGRESS",
+        "The following resource(s) failed to update: [Api].",
+        107,
+    );
+    p.push("Api", "UPDATE_COMPLETE", "", 108);
+    as_nested(p.push("Net", "UPDATE_COMPLETE", "", 111), &child_arn);
+    p.push(
+        "app",
+        "UPDATE_ROLLBACK_COMPLETE_CLEANUP_IN_PROGRESS",
+        "",
+        112,
+    );
+    p.push("app", "UPDATE_ROLLBACK_COMPLETE", "", 112);
+
+    ch.push(child, "CREATE_IN_PROGRESS", "User Initiated", 1);
+    ch.push("Sub", "CREATE_IN_PROGRESS", "", 2);
+    ch.push("Sub", "CREATE_COMPLETE", "", 3);
+    ch.push(child, "CREATE_COMPLETE", "", 4);
+    // Its part of the update (index 4 on).
+    ch.push(child, "UPDATE_IN_PROGRESS", "", 102);
+    ch.push("Sub", "UPDATE_IN_PROGRESS", "", 103);
+    ch.push("Sub", "UPDATE_COMPLETE", "", 104);
+    ch.push(child, "UPDATE_COMPLETE_CLEANUP_IN_PROGRESS", "", 105);
+    ch.push(child, "UPDATE_COMPLETE", "", 105);
+    ch.push(child, "UPDATE_ROLLBACK_IN_PROGRESS", "", 108);
+    ch.push("Sub", "UPDATE_IN_PROGRESS", "", 109);
+    ch.push("Sub", "UPDATE_COMPLETE", "", 110);
+    ch.push(
+        child,
+        "UPDATE_ROLLBACK_COMPLETE_CLEANUP_IN_PROGRESS",
+        "",
+        110,
+    );
+    ch.push(child, "UPDATE_ROLLBACK_COMPLETE", "", 110);
+
+    p.status = "UPDATE_IN_PROGRESS".into();
+    p.last_updated = Some(support::fake_cfn::base_time() + chrono::Duration::seconds(100));
+    p.template_resources = 2;
+    p.visible = 8;
+    ch.visible = 4;
+    ch.status = "CREATE_COMPLETE".into();
+    p.steps = vec![
+        Step::default(),
+        // The parent's event about Net; the child's own start is not visible yet.
+        Step {
+            reveal: vec![reveal("app", 2)],
+            ..Step::default()
+        },
+        Step::default(),
+        Step {
+            reveal: vec![reveal(child, 5), reveal("app", 1)],
+            ..Step::default()
+        },
+        // The child moves again, before the parent shows anything about it.
+        Step {
+            reveal: vec![reveal("app", 2), reveal(child, 1)],
+            status: Some("UPDATE_ROLLBACK_IN_PROGRESS".into()),
+            ..Step::default()
+        },
+        Step::default(),
+        Step {
+            reveal: vec![reveal(child, 4), reveal("app", 1)],
+            ..Step::default()
+        },
+        Step {
+            reveal: vec![reveal("app", 3)],
+            status: Some("UPDATE_ROLLBACK_COMPLETE".into()),
+            ..Step::default()
+        },
+    ]
+    .into();
+    let parent_ids = event_ids(&p, 7..17);
+    let child_ids = event_ids(&ch, 4..14);
+    let old_child_ids = event_ids(&ch, 0..4);
+    let fake = FakeCfn::start(vec![p, ch]).await;
+    let c = run_tracker(client(&fake.endpoint), fast_config("app"), LIMIT).await;
+
+    let got = ids(&c.updates);
+    for old in &old_child_ids {
+        assert!(
+            !got.contains(old),
+            "the child's create was replayed: {got:?}"
+        );
+    }
+    let got_child: Vec<String> = c
+        .updates
+        .iter()
+        .filter(|u| u.nested_stack.as_deref() == Some(child))
+        .map(|u| u.event_id.clone())
+        .collect();
+    assert_eq!(
+        got_child, child_ids,
+        "every child event of the update, in order"
+    );
+    let got_parent: Vec<String> = c
+        .updates
+        .iter()
+        .filter(|u| u.nested_stack.is_none())
+        .map(|u| u.event_id.clone())
+        .collect();
+    assert_eq!(got_parent, parent_ids);
+    let done = c.complete.expect("deployment_complete");
+    assert!(!done.success);
+    assert_eq!(
+        done.duration_seconds, 12,
+        "from the update's start, not the create's"
+    );
+    let rc = done.root_cause.expect("root cause");
+    assert_eq!(
+        (rc.logical_id.as_str(), rc.reason.as_str()),
+        ("Api", "Api quota exceeded")
+    );
+}
+
+/// B4: an update that replaces Bucket and removes Legacy (which cannot be
+/// deleted). The cleanup deletes the *old* Bucket: shown as such, but the row stays
+/// the live bucket; Legacy's DELETE_FAILED during cleanup is skipped, not a failure.
+#[tokio::test]
+async fn replacement_cleanup_does_not_overwrite_the_live_row() {
+    let mut s = FakeStack::new("swap");
+    s.push("swap", "CREATE_IN_PROGRESS", "User Initiated", 0);
+    s.push("Bucket", "CREATE_IN_PROGRESS", "", 1).physical_id = "old-bucket".into();
+    s.push("Bucket", "CREATE_COMPLETE", "", 2).physical_id = "old-bucket".into();
+    s.push("Legacy", "CREATE_COMPLETE", "", 2);
+    s.push("swap", "CREATE_COMPLETE", "", 3);
+    s.push("swap", "UPDATE_IN_PROGRESS", "User Initiated", 100);
+    s.push(
+        "Bucket",
+        "UPDATE_IN_PROGRESS",
+        "Requested update requires the creation of a new physical resource; hence creating one.",
+        101,
+    );
+    s.push("Bucket", "UPDATE_COMPLETE", "", 102);
+    s.push("swap", "UPDATE_COMPLETE_CLEANUP_IN_PROGRESS", "", 103);
+    s.push("Bucket", "DELETE_IN_PROGRESS", "", 104).physical_id = "old-bucket".into();
+    s.push("Bucket", "DELETE_COMPLETE", "", 105).physical_id = "old-bucket".into();
+    s.push("Legacy", "DELETE_FAILED", "Resource is in use", 105);
+    s.push("swap", "UPDATE_COMPLETE", "", 106);
+    s.status = "UPDATE_IN_PROGRESS".into();
+    s.last_updated = Some(support::fake_cfn::base_time() + chrono::Duration::seconds(100));
+    s.template_resources = 1;
+    // The listing: the new bucket (its physical id is `swap-Bucket-phys`).
+    s.resources = vec![(
+        "Bucket".into(),
+        "AWS::S3::Bucket".into(),
+        "UPDATE_COMPLETE".into(),
+    )];
+    s.visible = 6;
+    s.steps = vec![
+        Step::default(),
+        Step {
+            reveal: vec![reveal("swap", 3)],
+            ..Step::default()
+        },
+        Step {
+            reveal: vec![reveal("swap", 3)],
+            ..Step::default()
+        },
+        Step {
+            reveal: vec![reveal("swap", 1)],
+            status: Some("UPDATE_COMPLETE".into()),
+            ..Step::default()
+        },
+    ]
+    .into();
+    let fake = FakeCfn::start(vec![s]).await;
+    let tracker = Tracker::new(client(&fake.endpoint), fast_config("swap"));
+    let state = tracker.state();
+    let c = run_built(tracker, LIMIT).await;
+
+    // The old bucket's deletion is in the stream as what it is.
+    let deleted = c
+        .updates
+        .iter()
+        .find(|u| u.resource.status == "DELETE_COMPLETE")
+        .expect("the old bucket's deletion");
+    assert_eq!(deleted.resource.physical_id, "old-bucket");
+    let done = c.complete.expect("deployment_complete");
+    assert!(done.success);
+    assert_eq!(
+        (
+            done.stack.failed_resources,
+            done.stack.completed_resources,
+            done.stack.progress
+        ),
+        (0, 2, 100),
+        "{:?}",
+        done.stack
+    );
+    let st = state.borrow().clone();
+    let bucket = st
+        .resources
+        .iter()
+        .find(|r| r.logical_id == "Bucket")
+        .expect("Bucket row");
+    assert_eq!(
+        (bucket.status.as_str(), bucket.physical_id.as_str()),
+        ("UPDATE_COMPLETE", "swap-Bucket-phys"),
+        "the live bucket, not the deleted one"
+    );
+}
+
+/// B7: a tracker that starts mid-rollback, when `LastOperations` lists only the
+/// rollback: the failed update stays in scope, and its real failure is the cause.
+#[tokio::test]
+async fn rollback_only_last_operations_keep_the_failed_update() {
+    let mut s = FakeStack::new("rb");
+    let events: [(&str, &str, &str, i64, &str); 10] = [
+        ("rb", "CREATE_IN_PROGRESS", "User Initiated", 0, "op-1"),
+        ("A", "CREATE_COMPLETE", "", 1, "op-1"),
+        ("rb", "CREATE_COMPLETE", "", 2, "op-1"),
+        ("rb", "UPDATE_IN_PROGRESS", "User Initiated", 100, "op-2"),
+        ("C", "CREATE_IN_PROGRESS", "", 101, "op-2"),
+        (
+            "C",
+            "CREATE_FAILED",
+            "my-bucket already exists",
+            102,
+            "op-2",
+        ),
+        (
+            "rb",
+            "UPDATE_ROLLBACK_IN_PROGRESS",
+            "The following resource(s) failed to create: [C].",
+            103,
+            "op-3",
+        ),
+        ("C", "DELETE_COMPLETE", "", 104, "op-3"),
+        (
+            "rb",
+            "UPDATE_ROLLBACK_COMPLETE_CLEANUP_IN_PROGRESS",
+            "",
+            105,
+            "op-3",
+        ),
+        ("rb", "UPDATE_ROLLBACK_COMPLETE", "", 105, "op-3"),
+    ];
+    for (l, st, r, t, op) in events {
+        s.push(l, st, r, t).operation_id = Some(op.into());
+    }
+    s.status = "UPDATE_ROLLBACK_IN_PROGRESS".into();
+    s.status_reason = "The following resource(s) failed to create: [C].".into();
+    s.last_updated = Some(support::fake_cfn::base_time() + chrono::Duration::seconds(100));
+    s.operations = vec![("op-3".into(), "ROLLBACK".into())];
+    s.template_resources = 1;
+    s.visible = 8;
+    s.steps = vec![
+        Step::default(),
+        Step {
+            reveal: vec![reveal("rb", 2)],
+            status: Some("UPDATE_ROLLBACK_COMPLETE".into()),
+            ..Step::default()
+        },
+    ]
+    .into();
+    let expected = event_ids(&s, 3..10);
+    let fake = FakeCfn::start(vec![s]).await;
+    let c = run_tracker(client(&fake.endpoint), fast_config("rb"), LIMIT).await;
+    assert_eq!(
+        ids(&c.updates),
+        expected,
+        "the failed update and its rollback"
+    );
+    let done = c.complete.expect("deployment_complete");
+    assert_eq!(done.duration_seconds, 5);
+    let rc = done.root_cause.expect("root cause");
+    assert_eq!(
+        (
+            rc.logical_id.as_str(),
+            rc.status.as_str(),
+            rc.reason.as_str()
+        ),
+        ("C", "CREATE_FAILED", "my-bucket already exists")
+    );
+}
+
+/// B9: 5xx answers with codes the tracker does not know are service errors:
+/// retried, told once, and their end told.
+#[tokio::test]
+async fn unknown_5xx_codes_are_retried_and_told_once() {
+    let fake = FakeCfn::start(vec![quick_stack("flaky")]).await;
+    fake.world().faults.extend([
+        Fault::Status(503, "ServiceUnavailableException"),
+        Fault::Status(503, "ServiceUnavailableException"),
+        Fault::Status(504, "RequestTimeout"),
+    ]);
+    let c = run_tracker(client(&fake.endpoint), fast_config("flaky"), LIMIT).await;
+    assert!(
+        matches!(c.outcome, Some(Outcome::Completed(ref d)) if d.success),
+        "{:?}",
+        c.outcome
+    );
+    assert_eq!(c.errors.len(), 1, "once, not per retry: {:?}", c.errors);
+    assert_eq!(c.errors[0].code, ErrorCode::Aws);
+    assert!(c.errors[0].retrying);
+    assert_public(&c.errors[0].message);
+    assert_eq!(c.recovered, [ErrorCode::Aws]);
+    assert_eq!(fake.world().faults.len(), 0);
+}
+
+/// B6: a stack created through a change set that failed stays in
+/// REVIEW_IN_PROGRESS forever; the run ends with the change set's reason.
+#[tokio::test]
+async fn failed_change_set_review_ends_with_its_reason() {
+    use support::fake_cfn::FakeChangeSet;
+    let mut s = FakeStack::new("rev");
+    s.push("rev", "REVIEW_IN_PROGRESS", "User Initiated", 0);
+    s.status = "REVIEW_IN_PROGRESS".into();
+    s.visible = 1;
+    s.change_sets = vec![FakeChangeSet {
+        name: "deploy-1".into(),
+        status: "CREATE_IN_PROGRESS".into(),
+        execution_status: "UNAVAILABLE".into(),
+        status_reason: String::new(),
+    }];
+    s.steps = vec![
+        Step::default(),
+        Step::default(),
+        Step {
+            change_sets: Some(vec![FakeChangeSet {
+                name: "deploy-1".into(),
+                status: "FAILED".into(),
+                execution_status: "UNAVAILABLE".into(),
+                status_reason: "Template format error: Unresolved resource dependencies [Vpc]"
+                    .into(),
+            }]),
+            ..Step::default()
+        },
+    ]
+    .into();
+    let fake = FakeCfn::start(vec![s]).await;
+    let c = run_tracker(client(&fake.endpoint), fast_config("rev"), LIMIT).await;
+    let done = c.complete.expect("deployment_complete");
+    assert!(!done.success);
+    assert_eq!(done.stack.status, "REVIEW_IN_PROGRESS");
+    let rc = done.root_cause.expect("root cause");
+    assert_eq!(
+        (
+            rc.logical_id.as_str(),
+            rc.resource_type.as_str(),
+            rc.status.as_str()
+        ),
+        ("deploy-1", "AWS::CloudFormation::ChangeSet", "FAILED")
+    );
+    assert!(
+        rc.reason.contains("Unresolved resource dependencies"),
+        "{}",
+        rc.reason
+    );
+    assert!(c.errors.is_empty(), "{:?}", c.errors);
+}
+
+/// B6: a change set that is ready but never executed ends the run after
+/// `review_wait`; one that is executed meanwhile is tracked as usual.
+#[tokio::test]
+async fn unexecuted_change_set_ends_after_the_review_wait() {
+    use support::fake_cfn::FakeChangeSet;
+    let mut s = FakeStack::new("idle");
+    s.push("idle", "REVIEW_IN_PROGRESS", "User Initiated", 0);
+    s.status = "REVIEW_IN_PROGRESS".into();
+    s.visible = 1;
+    s.change_sets = vec![FakeChangeSet {
+        name: "deploy-2".into(),
+        status: "CREATE_COMPLETE".into(),
+        execution_status: "AVAILABLE".into(),
+        status_reason: String::new(),
+    }];
+    let fake = FakeCfn::start(vec![s]).await;
+    let mut cfg = fast_config("idle");
+    cfg.review_wait = Duration::from_millis(300);
+    let c = run_tracker(client(&fake.endpoint), cfg, LIMIT).await;
+    let rc = c
+        .complete
+        .expect("deployment_complete")
+        .root_cause
+        .expect("root cause");
+    assert_eq!(rc.logical_id, "deploy-2");
+    assert!(rc.reason.contains("not executed"), "{}", rc.reason);
+}
