@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use stackpulse_cfn::{ErrorCode, Outcome, ResourceUpdate, Tracker, TrackerMessage, TrackerProblem};
-use support::fake_cfn::{arn, FakeCfn, FakeStack, Fault, Step, STACK};
+use support::fake_cfn::{arn, scenarios, FakeCfn, FakeStack, Fault, Step, STACK};
 use support::{client, fast_config, run_built, run_tracker};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -849,12 +849,6 @@ async fn sustained_throttling_is_survived_and_reported_once() {
     assert!(c.complete.expect("complete").success);
 }
 
-/// Marks a scripted event as a nested-stack resource with physical id `phys`.
-fn as_nested(e: &mut support::fake_cfn::FakeEvent, phys: &str) {
-    e.resource_type = STACK.into();
-    e.physical_id = phys.into();
-}
-
 /// B1 + B2: an update of a stack whose nested stack has history. The child is
 /// found through the parent's UPDATE_IN_PROGRESS before its own start event is
 /// visible: its earlier create must not be replayed. Later the child completes,
@@ -862,109 +856,12 @@ fn as_nested(e: &mut support::fake_cfn::FakeEvent, phys: &str) {
 /// says so: its own `*_IN_PROGRESS` keeps it polled to the end.
 #[tokio::test]
 async fn nested_update_with_history_neither_replays_nor_drops_the_child() {
-    let child = "app-Net-X";
-    let child_arn = arn(child);
-    let mut p = FakeStack::new("app");
-    let mut ch = FakeStack::new(child);
-    // The create, long ago.
-    p.push("app", "CREATE_IN_PROGRESS", "User Initiated", 0);
-    as_nested(p.push("Net", "CREATE_IN_PROGRESS", "", 1), "");
-    as_nested(
-        p.push(
-            "Net",
-            "CREATE_IN_PROGRESS",
-            "Resource creation Initiated",
-            1,
-        ),
-        &child_arn,
-    );
-    p.push("Api", "CREATE_IN_PROGRESS", "", 1);
-    p.push("Api", "CREATE_COMPLETE", "", 2);
-    as_nested(p.push("Net", "CREATE_COMPLETE", "", 5), &child_arn);
-    p.push("app", "CREATE_COMPLETE", "", 6);
-    // The update being tracked (index 7 on).
-    p.push("app", "UPDATE_IN_PROGRESS", "User Initiated", 100);
-    as_nested(p.push("Net", "UPDATE_IN_PROGRESS", "", 101), &child_arn);
-    p.push("Api", "UPDATE_IN_PROGRESS", "", 101);
-    as_nested(p.push("Net", "UPDATE_COMPLETE", "", 106), &child_arn);
-    p.push("Api", "UPDATE_FAILED", "Api quota exceeded", 107);
-    p.push(
-        "app",
-        "UPDATE_ROLLBACK_IN_PROGRESS",
-        "The following resource(s) failed to update: [Api].",
-        107,
-    );
-    p.push("Api", "UPDATE_COMPLETE", "", 108);
-    as_nested(p.push("Net", "UPDATE_COMPLETE", "", 111), &child_arn);
-    p.push(
-        "app",
-        "UPDATE_ROLLBACK_COMPLETE_CLEANUP_IN_PROGRESS",
-        "",
-        112,
-    );
-    p.push("app", "UPDATE_ROLLBACK_COMPLETE", "", 112);
-
-    ch.push(child, "CREATE_IN_PROGRESS", "User Initiated", 1);
-    ch.push("Sub", "CREATE_IN_PROGRESS", "", 2);
-    ch.push("Sub", "CREATE_COMPLETE", "", 3);
-    ch.push(child, "CREATE_COMPLETE", "", 4);
-    // Its part of the update (index 4 on).
-    ch.push(child, "UPDATE_IN_PROGRESS", "", 102);
-    ch.push("Sub", "UPDATE_IN_PROGRESS", "", 103);
-    ch.push("Sub", "UPDATE_COMPLETE", "", 104);
-    ch.push(child, "UPDATE_COMPLETE_CLEANUP_IN_PROGRESS", "", 105);
-    ch.push(child, "UPDATE_COMPLETE", "", 105);
-    ch.push(child, "UPDATE_ROLLBACK_IN_PROGRESS", "", 108);
-    ch.push("Sub", "UPDATE_IN_PROGRESS", "", 109);
-    ch.push("Sub", "UPDATE_COMPLETE", "", 110);
-    ch.push(
-        child,
-        "UPDATE_ROLLBACK_COMPLETE_CLEANUP_IN_PROGRESS",
-        "",
-        110,
-    );
-    ch.push(child, "UPDATE_ROLLBACK_COMPLETE", "", 110);
-
-    p.status = "UPDATE_IN_PROGRESS".into();
-    p.last_updated = Some(support::fake_cfn::base_time() + chrono::Duration::seconds(100));
-    p.template_resources = 2;
-    p.visible = 8;
-    ch.visible = 4;
-    ch.status = "CREATE_COMPLETE".into();
-    p.steps = vec![
-        Step::default(),
-        // The parent's event about Net; the child's own start is not visible yet.
-        Step {
-            reveal: vec![reveal("app", 2)],
-            ..Step::default()
-        },
-        Step::default(),
-        Step {
-            reveal: vec![reveal(child, 5), reveal("app", 1)],
-            ..Step::default()
-        },
-        // The child moves again, before the parent shows anything about it.
-        Step {
-            reveal: vec![reveal("app", 2), reveal(child, 1)],
-            status: Some("UPDATE_ROLLBACK_IN_PROGRESS".into()),
-            ..Step::default()
-        },
-        Step::default(),
-        Step {
-            reveal: vec![reveal(child, 4), reveal("app", 1)],
-            ..Step::default()
-        },
-        Step {
-            reveal: vec![reveal("app", 3)],
-            status: Some("UPDATE_ROLLBACK_COMPLETE".into()),
-            ..Step::default()
-        },
-    ]
-    .into();
-    let parent_ids = event_ids(&p, 7..17);
-    let child_ids = event_ids(&ch, 4..14);
-    let old_child_ids = event_ids(&ch, 0..4);
-    let fake = FakeCfn::start(vec![p, ch]).await;
+    let stacks = scenarios::nested_update_with_history("app");
+    let child = scenarios::nested_child("app");
+    let parent_ids = scenarios::operation_ids(&stacks[0]);
+    let child_ids = scenarios::operation_ids(&stacks[1]);
+    let old_child_ids = scenarios::history_ids(&stacks[1]);
+    let fake = FakeCfn::start(stacks).await;
     let c = run_tracker(client(&fake.endpoint), fast_config("app"), LIMIT).await;
 
     let got = ids(&c.updates);
@@ -977,7 +874,7 @@ async fn nested_update_with_history_neither_replays_nor_drops_the_child() {
     let got_child: Vec<String> = c
         .updates
         .iter()
-        .filter(|u| u.nested_stack.as_deref() == Some(child))
+        .filter(|u| u.nested_stack.as_deref() == Some(child.as_str()))
         .map(|u| u.event_id.clone())
         .collect();
     assert_eq!(
@@ -1009,53 +906,7 @@ async fn nested_update_with_history_neither_replays_nor_drops_the_child() {
 /// the live bucket; Legacy's DELETE_FAILED during cleanup is skipped, not a failure.
 #[tokio::test]
 async fn replacement_cleanup_does_not_overwrite_the_live_row() {
-    let mut s = FakeStack::new("swap");
-    s.push("swap", "CREATE_IN_PROGRESS", "User Initiated", 0);
-    s.push("Bucket", "CREATE_IN_PROGRESS", "", 1).physical_id = "old-bucket".into();
-    s.push("Bucket", "CREATE_COMPLETE", "", 2).physical_id = "old-bucket".into();
-    s.push("Legacy", "CREATE_COMPLETE", "", 2);
-    s.push("swap", "CREATE_COMPLETE", "", 3);
-    s.push("swap", "UPDATE_IN_PROGRESS", "User Initiated", 100);
-    s.push(
-        "Bucket",
-        "UPDATE_IN_PROGRESS",
-        "Requested update requires the creation of a new physical resource; hence creating one.",
-        101,
-    );
-    s.push("Bucket", "UPDATE_COMPLETE", "", 102);
-    s.push("swap", "UPDATE_COMPLETE_CLEANUP_IN_PROGRESS", "", 103);
-    s.push("Bucket", "DELETE_IN_PROGRESS", "", 104).physical_id = "old-bucket".into();
-    s.push("Bucket", "DELETE_COMPLETE", "", 105).physical_id = "old-bucket".into();
-    s.push("Legacy", "DELETE_FAILED", "Resource is in use", 105);
-    s.push("swap", "UPDATE_COMPLETE", "", 106);
-    s.status = "UPDATE_IN_PROGRESS".into();
-    s.last_updated = Some(support::fake_cfn::base_time() + chrono::Duration::seconds(100));
-    s.template_resources = 1;
-    // The listing: the new bucket (its physical id is `swap-Bucket-phys`).
-    s.resources = vec![(
-        "Bucket".into(),
-        "AWS::S3::Bucket".into(),
-        "UPDATE_COMPLETE".into(),
-    )];
-    s.visible = 6;
-    s.steps = vec![
-        Step::default(),
-        Step {
-            reveal: vec![reveal("swap", 3)],
-            ..Step::default()
-        },
-        Step {
-            reveal: vec![reveal("swap", 3)],
-            ..Step::default()
-        },
-        Step {
-            reveal: vec![reveal("swap", 1)],
-            status: Some("UPDATE_COMPLETE".into()),
-            ..Step::default()
-        },
-    ]
-    .into();
-    let fake = FakeCfn::start(vec![s]).await;
+    let fake = FakeCfn::start(scenarios::replacement("swap")).await;
     let tracker = Tracker::new(client(&fake.endpoint), fast_config("swap"));
     let state = tracker.state();
     let c = run_built(tracker, LIMIT).await;
@@ -1194,33 +1045,7 @@ async fn unknown_5xx_codes_are_retried_and_told_once() {
 /// REVIEW_IN_PROGRESS forever; the run ends with the change set's reason.
 #[tokio::test]
 async fn failed_change_set_review_ends_with_its_reason() {
-    use support::fake_cfn::FakeChangeSet;
-    let mut s = FakeStack::new("rev");
-    s.push("rev", "REVIEW_IN_PROGRESS", "User Initiated", 0);
-    s.status = "REVIEW_IN_PROGRESS".into();
-    s.visible = 1;
-    s.change_sets = vec![FakeChangeSet {
-        name: "deploy-1".into(),
-        status: "CREATE_IN_PROGRESS".into(),
-        execution_status: "UNAVAILABLE".into(),
-        status_reason: String::new(),
-    }];
-    s.steps = vec![
-        Step::default(),
-        Step::default(),
-        Step {
-            change_sets: Some(vec![FakeChangeSet {
-                name: "deploy-1".into(),
-                status: "FAILED".into(),
-                execution_status: "UNAVAILABLE".into(),
-                status_reason: "Template format error: Unresolved resource dependencies [Vpc]"
-                    .into(),
-            }]),
-            ..Step::default()
-        },
-    ]
-    .into();
-    let fake = FakeCfn::start(vec![s]).await;
+    let fake = FakeCfn::start(scenarios::failed_change_set("rev")).await;
     let c = run_tracker(client(&fake.endpoint), fast_config("rev"), LIMIT).await;
     let done = c.complete.expect("deployment_complete");
     assert!(!done.success);
