@@ -896,6 +896,7 @@ pub mod scenarios {
             Step::default(),
             Step {
                 reveal: vec![reveal(name, 3)],
+                status: Some("UPDATE_COMPLETE_CLEANUP_IN_PROGRESS".into()),
                 ..Step::default()
             },
             Step {
