@@ -82,6 +82,10 @@ pub struct Step {
     pub operations: Option<Vec<(String, String)>>,
     /// Replaces the stack's change sets.
     pub change_sets: Option<Vec<FakeChangeSet>>,
+    /// (stack name, number of events) revealed only at the second
+    /// `DescribeStackEvents` call after this step: the events API lagging behind
+    /// `DescribeStacks`.
+    pub reveal_late: Vec<(String, usize)>,
 }
 
 #[derive(Debug, Clone)]
@@ -219,6 +223,8 @@ pub struct World {
     /// (action, StackName parameter) of every request received.
     pub requests: Vec<(String, String)>,
     pub page_size: usize,
+    /// Lagging reveals: (stack name, events, `DescribeStackEvents` calls to go).
+    pub late: Vec<(String, usize, usize)>,
 }
 
 impl World {
@@ -543,6 +549,7 @@ fn handle(w: &mut World, p: &HashMap<String, String>) -> Option<(u16, String)> {
             ok("DescribeStacks", &x)
         }
         "DescribeStackEvents" => {
+            reveal_lagging(w);
             let Some(i) = w.find(&stack) else {
                 return not_found(&stack);
             };
@@ -688,6 +695,24 @@ fn handle(w: &mut World, p: &HashMap<String, String>) -> Option<(u16, String)> {
     }
 }
 
+/// Counts one `DescribeStackEvents` call down for every lagging reveal; reveals
+/// those whose time came.
+fn reveal_lagging(w: &mut World) {
+    let mut due = Vec::new();
+    w.late.retain_mut(|(name, n, calls)| {
+        *calls = calls.saturating_sub(1);
+        if *calls == 0 {
+            due.push((name.clone(), *n));
+        }
+        *calls > 0
+    });
+    for (name, n) in due {
+        if let Some(s) = w.stacks.iter_mut().find(|s| s.name == name) {
+            s.visible = (s.visible + n).min(s.events.len());
+        }
+    }
+}
+
 fn apply_step(w: &mut World, root: usize, step: Step) {
     for (name, n) in &step.reveal {
         if let Some(s) = w.stacks.iter_mut().find(|s| &s.name == name) {
@@ -707,6 +732,8 @@ fn apply_step(w: &mut World, root: usize, step: Step) {
     if let Some(c) = step.change_sets {
         s.change_sets = c;
     }
+    w.late
+        .extend(step.reveal_late.into_iter().map(|(name, n)| (name, n, 2)));
     w.faults.extend(step.faults);
 }
 

@@ -1094,3 +1094,77 @@ async fn unexecuted_change_set_ends_after_the_review_wait() {
     assert_eq!(rc.logical_id, "deploy-2");
     assert!(rc.reason.contains("not executed"), "{}", rc.reason);
 }
+
+/// B10: `DescribeStackEvents` lags behind `DescribeStacks`: the stack's terminal
+/// event shows up only at the second events call after the terminal status. The
+/// final poll waits for it (bounded), so it is emitted and ends the duration.
+#[tokio::test]
+async fn final_poll_waits_for_the_lagging_terminal_event() {
+    let mut s = quick_stack("lag");
+    s.steps = vec![
+        Step::default(),
+        Step {
+            reveal: vec![reveal("lag", 2)],
+            reveal_late: vec![reveal("lag", 1)],
+            status: Some("CREATE_COMPLETE".into()),
+            ..Step::default()
+        },
+    ]
+    .into();
+    let all = event_ids(&s, 0..4);
+    let fake = FakeCfn::start(vec![s]).await;
+    let c = run_tracker(client(&fake.endpoint), fast_config("lag"), LIMIT).await;
+    assert_eq!(ids(&c.updates), all, "the terminal event too");
+    let done = c.complete.expect("deployment_complete");
+    assert!(done.success);
+    assert_eq!(done.duration_seconds, 3, "to the terminal event");
+}
+
+/// B12: during an IMPORT, resources not being imported count as done from the
+/// start (as during an update).
+#[tokio::test]
+async fn import_counts_untouched_resources_as_done() {
+    let mut s = FakeStack::new("imp");
+    s.push("imp", "CREATE_IN_PROGRESS", "User Initiated", 0);
+    s.push("Kept", "CREATE_COMPLETE", "", 1);
+    s.push("imp", "CREATE_COMPLETE", "", 2);
+    s.push("imp", "IMPORT_IN_PROGRESS", "User Initiated", 100);
+    s.push("Table", "IMPORT_IN_PROGRESS", "", 101);
+    s.push("Table", "IMPORT_COMPLETE", "", 102);
+    s.push("imp", "IMPORT_COMPLETE", "", 103);
+    s.status = "IMPORT_IN_PROGRESS".into();
+    s.template_resources = 2;
+    s.resources = vec![
+        (
+            "Kept".into(),
+            "AWS::S3::Bucket".into(),
+            "CREATE_COMPLETE".into(),
+        ),
+        (
+            "Table".into(),
+            "AWS::S3::Bucket".into(),
+            "IMPORT_IN_PROGRESS".into(),
+        ),
+    ];
+    s.visible = 5;
+    s.steps = vec![
+        Step::default(),
+        Step {
+            reveal: vec![reveal("imp", 2)],
+            status: Some("IMPORT_COMPLETE".into()),
+            ..Step::default()
+        },
+    ]
+    .into();
+    let fake = FakeCfn::start(vec![s]).await;
+    let c = run_tracker(client(&fake.endpoint), fast_config("imp"), LIMIT).await;
+    let first = c.updates.first().expect("updates");
+    assert_eq!(first.resource.status, "IMPORT_IN_PROGRESS");
+    assert_eq!(
+        (first.stack.completed_resources, first.stack.progress),
+        (1, 50),
+        "Kept is done from the start: {:?}",
+        first.stack
+    );
+    assert!(c.complete.expect("complete").success);
+}
