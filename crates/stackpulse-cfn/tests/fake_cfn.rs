@@ -1168,3 +1168,43 @@ async fn import_counts_untouched_resources_as_done() {
     );
     assert!(c.complete.expect("complete").success);
 }
+
+/// B11: an event without a status (a hook-only event) never turns a row into
+/// `""` nor is emitted as a resource update.
+#[tokio::test]
+async fn events_without_a_status_are_not_rows() {
+    let mut s = FakeStack::new("hooked");
+    s.push("hooked", "CREATE_IN_PROGRESS", "User Initiated", 0);
+    s.push("Q", "CREATE_IN_PROGRESS", "", 1);
+    s.push("Q", "CREATE_COMPLETE", "", 2);
+    s.push("Q", "", "Hook invoked", 2);
+    s.push("hooked", "CREATE_COMPLETE", "", 3);
+    s.template_resources = 1;
+    s.visible = 1;
+    s.steps = vec![
+        Step::default(),
+        Step {
+            reveal: vec![reveal("hooked", 4)],
+            status: Some("CREATE_COMPLETE".into()),
+            ..Step::default()
+        },
+    ]
+    .into();
+    let fake = FakeCfn::start(vec![s]).await;
+    let tracker = Tracker::new(client(&fake.endpoint), fast_config("hooked"));
+    let state = tracker.state();
+    let c = run_built(tracker, LIMIT).await;
+    assert!(
+        c.updates.iter().all(|u| !u.resource.status.is_empty()),
+        "{:?}",
+        c.updates
+    );
+    assert_eq!(c.updates.len(), 4);
+    let done = c.complete.expect("complete");
+    assert_eq!(
+        (done.stack.completed_resources, done.stack.progress),
+        (1, 100)
+    );
+    let st = state.borrow().clone();
+    assert_eq!(st.resources[0].status, "CREATE_COMPLETE");
+}
