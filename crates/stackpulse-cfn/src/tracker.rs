@@ -17,9 +17,13 @@
 //!    their new events oldest first and emit them; ask `DescribeStacks` for the root's
 //!    status (`status`). Nested stacks are found in the events (`nested`), polled by
 //!    their own ARN, and their terminal events never end the run.
-//! 4. **Terminal** status: one final poll, outputs (success only), duration, root
-//!    cause (`rootcause`), a final snapshot, then [`TrackerMessage::DeploymentComplete`]
-//!    and the run returns [`Outcome::Completed`].
+//! 4. **Terminal** status: a final poll (repeated a few times while the root's own
+//!    terminal event is not visible yet: the events API can lag), outputs (success
+//!    only), duration, root cause (`rootcause`), a final snapshot, then
+//!    [`TrackerMessage::DeploymentComplete`] and the run returns
+//!    [`Outcome::Completed`]. A root stack left in `REVIEW_IN_PROGRESS` (its change
+//!    set failed or is never executed) ends the same way, as a failure whose root
+//!    cause names the change set (`changeset`).
 //!
 //! Every AWS call goes through one retry loop: throttling backs off with jitter and
 //! slows the interval; network and service errors back off
@@ -60,6 +64,10 @@ use crate::wire::{
 
 /// The least time between the starts of two poll cycles when wakes come fast.
 const MIN_WAKE_GAP: Duration = Duration::from_millis(500);
+
+/// After the root turned terminal, how many more final polls wait for its own
+/// terminal event when `DescribeStackEvents` lags behind `DescribeStacks`.
+const FINAL_POLLS: u32 = 5;
 
 /// While the root stack is in `REVIEW_IN_PROGRESS`, its change sets are read on the
 /// first cycle and then every this many cycles (see [`crate::changeset`]).
@@ -895,6 +903,33 @@ impl Run {
         self.emit(TrackerMessage::ResourceUpdate(update)).await
     }
 
+    /// The final poll: once, then (when `await_terminal_event`) again, a poll
+    /// interval apart and at most [`FINAL_POLLS`] more times, until the root's own
+    /// event with the terminal status is read (the events API can lag behind
+    /// `DescribeStacks`).
+    async fn final_poll(
+        &mut self,
+        info: &StackInfo,
+        await_terminal_event: bool,
+    ) -> Result<(), Stop> {
+        self.poll_all(None).await?;
+        if !await_terminal_event {
+            return Ok(());
+        }
+        for _ in 0..FINAL_POLLS {
+            let seen = self.feeds[0]
+                .events
+                .iter()
+                .any(|e| e.is_stack_event() && e.status == info.status);
+            if seen {
+                break;
+            }
+            tokio::time::sleep(self.config.poll_interval).await;
+            self.poll_all(None).await?;
+        }
+        Ok(())
+    }
+
     /// For a root stack in `REVIEW_IN_PROGRESS`: the cause to end the run with, once
     /// its change sets say nothing more will happen (twice in a row).
     async fn review_ended(&mut self, info: &StackInfo) -> Result<Option<RootCause>, Stop> {
@@ -946,7 +981,7 @@ impl Run {
         info: StackInfo,
         cause: Option<RootCause>,
     ) -> Result<Outcome, Stop> {
-        match self.poll_all(None).await {
+        match self.final_poll(&info, cause.is_none()).await {
             Ok(()) => {}
             // The outcome is known; a final poll that fails for good (transient errors
             // were retried) loses events but must not turn it into a failed run.
