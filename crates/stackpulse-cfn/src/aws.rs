@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use aws_sdk_cloudformation::config::http::HttpResponse;
 use aws_sdk_cloudformation::config::retry::RetryConfig;
 use aws_sdk_cloudformation::config::timeout::TimeoutConfig;
 use aws_sdk_cloudformation::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
@@ -226,14 +227,15 @@ const DENIED: &[&str] = &[
 ];
 
 /// Sorts an SDK error. Never panics, whatever the answer looked like.
-pub fn classify<E, R>(err: &SdkError<E, R>) -> AwsError
+pub fn classify<E>(err: &SdkError<E, HttpResponse>) -> AwsError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
 {
     let context = DisplayErrorContext(err).to_string();
     match err {
         SdkError::ServiceError(se) => {
+            // Any 5xx is the service's trouble, whatever its code: retried.
+            let server_error = se.raw().status().is_server_error();
             let e = se.err();
             let code = e.code().unwrap_or_default();
             let message = e.message().unwrap_or_default().to_string();
@@ -265,6 +267,7 @@ where
                 code,
                 "InternalFailure" | "ServiceUnavailable" | "InternalError"
             ) || code.is_empty()
+                || server_error
             {
                 AwsError::Transient(context)
             } else {
@@ -306,6 +309,8 @@ pub struct StackInfo {
     pub outputs: Vec<StackOutput>,
     /// `LastOperations[].OperationId`.
     pub operation_ids: Vec<String>,
+    /// `LastOperations[].OperationType` of each id above (same order).
+    pub operation_types: Vec<String>,
     pub creation_time: Option<DateTime<Utc>>,
     pub last_updated_time: Option<DateTime<Utc>>,
 }
@@ -345,7 +350,7 @@ impl Api {
 
     /// Per-call config: no SDK retries (the tracker backs off itself) and a timeout
     /// per attempt so a hung connection cannot stall a poller.
-    fn overrides(&self) -> aws_sdk_cloudformation::config::Builder {
+    pub(crate) fn overrides(&self) -> aws_sdk_cloudformation::config::Builder {
         aws_sdk_cloudformation::config::Builder::default()
             .retry_config(RetryConfig::disabled())
             .timeout_config(
@@ -355,15 +360,14 @@ impl Api {
             )
     }
 
-    fn result<T, E, R>(
+    pub(crate) fn result<T, E>(
         &self,
-        r: Result<T, SdkError<E, R>>,
+        r: Result<T, SdkError<E, HttpResponse>>,
         what: &str,
         target: &str,
     ) -> Result<T, AwsError>
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
-        R: std::fmt::Debug,
     {
         self.calls.sent();
         r.map_err(|err| {
@@ -411,6 +415,12 @@ impl Api {
                 .last_operations()
                 .iter()
                 .filter_map(|o| o.operation_id().map(str::to_string))
+                .collect(),
+            operation_types: s
+                .last_operations()
+                .iter()
+                .filter(|o| o.operation_id().is_some())
+                .map(|o| o.operation_type().map_or("", |t| t.as_str()).to_string())
                 .collect(),
             creation_time: to_utc(s.creation_time()),
             last_updated_time: to_utc(s.last_updated_time()),

@@ -43,6 +43,7 @@
 
 pub mod aws;
 pub mod backoff;
+pub mod changeset;
 pub mod create;
 pub mod estimate;
 pub mod events;

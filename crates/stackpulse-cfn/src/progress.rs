@@ -11,8 +11,16 @@
 //!
 //! `total = max(expected, resources seen)`, so `completed <= total` always holds and
 //! `progress = floor(100 * completed / total)` never exceeds 100.
+//!
+//! Cleanup phases (`*_CLEANUP_IN_PROGRESS`, the caller says): a `DELETE_*` event for
+//! a physical id other than the row's is the deletion of a *replaced* resource. It
+//! never overwrites the live row ([`Applied::Cleanup`] hands it back to be shown as
+//! it is). A `DELETE_FAILED` of the row's own resource during cleanup (a resource
+//! removed from the template that could not be deleted; CloudFormation skips it and
+//! the operation succeeds) is a warning: it counts as done, not failed. Events with
+//! no status (hook-only events) change nothing ([`Applied::NoStatus`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 
@@ -48,6 +56,27 @@ pub struct ResourceTable {
     order: Vec<String>,
     by_id: HashMap<String, ResourceState>,
     expected: u32,
+    /// Rows whose `DELETE_FAILED` came during a cleanup: skipped, counted as done.
+    skipped_deletes: HashSet<String>,
+}
+
+/// What [`ResourceTable::apply`] did with an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// The stack's own event: not a resource, nothing changed.
+    Stack,
+    /// The event has no status: nothing changed.
+    NoStatus,
+    /// The row of the event's logical id now holds it.
+    Row,
+    /// The deletion of a replaced resource during a cleanup: the row was left as
+    /// it is; this is the old resource's state, to be shown as such.
+    Cleanup(ResourceState),
+}
+
+/// `true` for a stack status of a cleanup phase (after an update or its rollback).
+pub fn is_cleanup_phase(stack_status: &str) -> bool {
+    stack_status.ends_with("_CLEANUP_IN_PROGRESS")
 }
 
 impl ResourceTable {
@@ -72,14 +101,52 @@ impl ResourceTable {
         if !self.by_id.contains_key(&r.logical_id) {
             self.order.push(r.logical_id.clone());
         }
+        self.skipped_deletes.remove(&r.logical_id);
         self.by_id.insert(r.logical_id.clone(), r);
     }
 
-    /// Applies one event of this stack. Returns `false` (and changes nothing) for the
-    /// stack's own events.
-    pub fn apply(&mut self, e: &Event) -> bool {
+    /// What exists once the operation succeeded: every listed resource's status and
+    /// physical id overwrite its row (reason and time of the last event are kept).
+    pub fn reconcile(&mut self, listed: Vec<ResourceState>) {
+        for r in listed {
+            match self.by_id.get_mut(&r.logical_id) {
+                Some(row) if row.status != r.status || row.physical_id != r.physical_id => {
+                    row.status = r.status;
+                    row.physical_id = r.physical_id;
+                    self.skipped_deletes.remove(&r.logical_id);
+                }
+                Some(_) => {}
+                None => self.set(r),
+            }
+        }
+    }
+
+    /// Applies one event of this stack; `stack_status` is the stack's own status
+    /// where the event stands (it decides whether this is a cleanup phase).
+    pub fn apply(&mut self, e: &Event, stack_status: &str) -> Applied {
         if e.is_stack_event() {
-            return false;
+            return Applied::Stack;
+        }
+        if e.status.is_empty() {
+            return Applied::NoStatus;
+        }
+        let cleanup = is_cleanup_phase(stack_status) && e.status.starts_with("DELETE_");
+        if cleanup {
+            if let Some(row) = self.by_id.get(&e.logical_id) {
+                if !row.physical_id.is_empty()
+                    && !e.physical_id.is_empty()
+                    && row.physical_id != e.physical_id
+                {
+                    return Applied::Cleanup(ResourceState {
+                        logical_id: e.logical_id.clone(),
+                        resource_type: e.resource_type.clone(),
+                        status: e.status.clone(),
+                        physical_id: e.physical_id.clone(),
+                        reason: e.reason.clone(),
+                        updated: Some(e.timestamp),
+                    });
+                }
+            }
         }
         let physical_id = if e.physical_id.is_empty() {
             // Keep the id a previous event gave (a failed create has none).
@@ -98,7 +165,15 @@ impl ResourceTable {
             reason: e.reason.clone(),
             updated: Some(e.timestamp),
         });
-        true
+        if cleanup && e.status == "DELETE_FAILED" {
+            self.skipped_deletes.insert(e.logical_id.clone());
+        }
+        Applied::Row
+    }
+
+    /// `true` when the row's `DELETE_FAILED` came during a cleanup (a warning).
+    pub fn is_skipped_delete(&self, logical_id: &str) -> bool {
+        self.skipped_deletes.contains(logical_id)
     }
 
     pub fn get(&self, logical_id: &str) -> Option<&ResourceState> {
@@ -121,6 +196,10 @@ impl ResourceTable {
     pub fn counts(&self) -> Counts {
         let mut c = Counts::default();
         for r in self.by_id.values() {
+            if self.skipped_deletes.contains(&r.logical_id) {
+                c.completed += 1;
+                continue;
+            }
             match ResourcePhase::of(&r.status) {
                 ResourcePhase::Completed => c.completed += 1,
                 ResourcePhase::InProgress => c.in_progress += 1,
@@ -197,19 +276,22 @@ mod tests {
     fn each_logical_id_counts_once() {
         let mut t = ResourceTable::new();
         t.expect_at_least(3);
-        assert!(!t.apply(&ev("s", "app", "CREATE_IN_PROGRESS", 0)));
-        t.apply(&ev("1", "A", "CREATE_IN_PROGRESS", 1));
-        t.apply(&ev("2", "A", "CREATE_IN_PROGRESS", 1)); // "Resource creation Initiated"
-        t.apply(&ev("3", "A", "CREATE_COMPLETE", 2));
-        t.apply(&ev("4", "A", "CREATE_COMPLETE", 2)); // a duplicate-looking second event
-        t.apply(&ev("5", "B", "CREATE_IN_PROGRESS", 2));
+        assert_eq!(
+            t.apply(&ev("s", "app", "CREATE_IN_PROGRESS", 0), ""),
+            Applied::Stack
+        );
+        t.apply(&ev("1", "A", "CREATE_IN_PROGRESS", 1), "");
+        t.apply(&ev("2", "A", "CREATE_IN_PROGRESS", 1), ""); // "Resource creation Initiated"
+        t.apply(&ev("3", "A", "CREATE_COMPLETE", 2), "");
+        t.apply(&ev("4", "A", "CREATE_COMPLETE", 2), ""); // a duplicate-looking second event
+        t.apply(&ev("5", "B", "CREATE_IN_PROGRESS", 2), "");
         let c = t.counts();
         assert_eq!(
             (c.total, c.completed, c.in_progress, c.failed, c.progress),
             (3, 1, 1, 0, 33)
         );
-        t.apply(&ev("6", "B", "CREATE_COMPLETE", 3));
-        t.apply(&ev("7", "C", "CREATE_COMPLETE", 3));
+        t.apply(&ev("6", "B", "CREATE_COMPLETE", 3), "");
+        t.apply(&ev("7", "C", "CREATE_COMPLETE", 3), "");
         assert_eq!(t.counts().progress, 100);
     }
 
@@ -218,7 +300,7 @@ mod tests {
         let mut t = ResourceTable::new();
         t.expect_at_least(3);
         for (i, id) in ["A", "B", "C", "D", "E"].iter().enumerate() {
-            t.apply(&ev(&format!("{i}"), id, "CREATE_COMPLETE", 1));
+            t.apply(&ev(&format!("{i}"), id, "CREATE_COMPLETE", 1), "");
         }
         let s = t.summary("app", "CREATE_IN_PROGRESS");
         assert_eq!(
@@ -231,15 +313,15 @@ mod tests {
     fn rollback_counts_follow_latest_status() {
         let mut t = ResourceTable::new();
         t.expect_at_least(2);
-        t.apply(&ev("1", "A", "CREATE_COMPLETE", 1));
-        t.apply(&ev("2", "B", "CREATE_FAILED", 2));
+        t.apply(&ev("1", "A", "CREATE_COMPLETE", 1), "");
+        t.apply(&ev("2", "B", "CREATE_FAILED", 2), "");
         let c = t.counts();
         assert_eq!((c.completed, c.failed, c.progress), (1, 1, 50));
-        t.apply(&ev("3", "A", "DELETE_IN_PROGRESS", 3));
+        t.apply(&ev("3", "A", "DELETE_IN_PROGRESS", 3), "");
         let c = t.counts();
         assert_eq!((c.completed, c.in_progress, c.failed), (0, 1, 1));
-        t.apply(&ev("4", "A", "DELETE_COMPLETE", 4));
-        t.apply(&ev("5", "B", "DELETE_COMPLETE", 4));
+        t.apply(&ev("4", "A", "DELETE_COMPLETE", 4), "");
+        t.apply(&ev("5", "B", "DELETE_COMPLETE", 4), "");
         let c = t.counts();
         assert_eq!(
             (c.completed, c.in_progress, c.failed, c.total),
@@ -248,11 +330,110 @@ mod tests {
         // physical id kept when a later event has none
         let mut e = ev("6", "C", "CREATE_IN_PROGRESS", 5);
         e.physical_id = "p".into();
-        t.apply(&e);
+        t.apply(&e, "");
         let mut e = ev("7", "C", "CREATE_FAILED", 6);
         e.physical_id.clear();
-        t.apply(&e);
+        t.apply(&e, "");
         assert_eq!(t.get("C").map(|r| r.physical_id.as_str()), Some("p"));
+    }
+
+    /// An update that replaces A: the cleanup deletes the old A, whose events
+    /// must not overwrite the live row; a removed resource that could not be
+    /// deleted is skipped, a warning, not a failure.
+    #[test]
+    fn replacement_cleanup_keeps_the_live_row() {
+        let mut t = ResourceTable::new();
+        t.expect_at_least(2);
+        let at = |id: &str, logical: &str, status: &str, phys: &str| {
+            let mut e = ev(id, logical, status, 1);
+            e.physical_id = phys.into();
+            e
+        };
+        t.apply(
+            &at("0", "A", "UPDATE_COMPLETE", "old-a"),
+            "UPDATE_IN_PROGRESS",
+        );
+        t.apply(&at("1", "B", "UPDATE_COMPLETE", "b"), "UPDATE_IN_PROGRESS");
+        t.apply(
+            &at("2", "A", "UPDATE_IN_PROGRESS", "new-a"),
+            "UPDATE_IN_PROGRESS",
+        );
+        t.apply(
+            &at("3", "A", "UPDATE_COMPLETE", "new-a"),
+            "UPDATE_IN_PROGRESS",
+        );
+        let cleanup = "UPDATE_COMPLETE_CLEANUP_IN_PROGRESS";
+        match t.apply(&at("4", "A", "DELETE_IN_PROGRESS", "old-a"), cleanup) {
+            Applied::Cleanup(old) => {
+                assert_eq!(
+                    (old.status.as_str(), old.physical_id.as_str()),
+                    ("DELETE_IN_PROGRESS", "old-a")
+                )
+            }
+            other => panic!("expected a cleanup: {other:?}"),
+        }
+        t.apply(&at("5", "A", "DELETE_COMPLETE", "old-a"), cleanup);
+        let a = t.get("A").expect("A");
+        assert_eq!(
+            (a.status.as_str(), a.physical_id.as_str()),
+            ("UPDATE_COMPLETE", "new-a")
+        );
+        // B was removed from the template and could not be deleted: skipped.
+        assert_eq!(
+            t.apply(&at("6", "B", "DELETE_FAILED", "b"), cleanup),
+            Applied::Row
+        );
+        assert!(t.is_skipped_delete("B"));
+        let c = t.counts();
+        assert_eq!((c.completed, c.failed, c.progress), (2, 0, 100));
+        // Outside a cleanup a DELETE_FAILED is a failure.
+        t.apply(
+            &at("7", "C", "DELETE_FAILED", "c"),
+            "UPDATE_ROLLBACK_IN_PROGRESS",
+        );
+        assert_eq!(t.counts().failed, 1);
+    }
+
+    #[test]
+    fn events_without_a_status_change_nothing() {
+        let mut t = ResourceTable::new();
+        t.apply(&ev("1", "A", "CREATE_COMPLETE", 1), "");
+        assert_eq!(t.apply(&ev("2", "A", "", 2), ""), Applied::NoStatus);
+        assert_eq!(
+            t.get("A").map(|r| r.status.as_str()),
+            Some("CREATE_COMPLETE")
+        );
+    }
+
+    #[test]
+    fn reconcile_takes_the_listing() {
+        let mut t = ResourceTable::new();
+        let mut e = ev("1", "A", "DELETE_COMPLETE", 1);
+        e.physical_id = "old".into();
+        t.apply(&e, "");
+        let listed = |l: &str, st: &str, p: &str| ResourceState {
+            logical_id: l.into(),
+            resource_type: "AWS::S3::Bucket".into(),
+            status: st.into(),
+            physical_id: p.into(),
+            reason: String::new(),
+            updated: None,
+        };
+        t.reconcile(vec![
+            listed("A", "UPDATE_COMPLETE", "new"),
+            listed("B", "CREATE_COMPLETE", "b"),
+        ]);
+        let a = t.get("A").expect("A");
+        assert_eq!(
+            (a.status.as_str(), a.physical_id.as_str()),
+            ("UPDATE_COMPLETE", "new")
+        );
+        assert_eq!(
+            a.updated,
+            Some(e.timestamp),
+            "the last event's time is kept"
+        );
+        assert_eq!(t.len(), 2);
     }
 
     #[test]

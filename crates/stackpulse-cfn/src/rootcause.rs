@@ -1,19 +1,23 @@
-//! Root cause of a failed operation: the first real failure, found in the deepest
-//! nested stack that failed.
+//! Root cause of a failed operation: the earliest real failure in time, across the
+//! root stack and every nested stack it reaches.
 //!
 //! Input: the operation's events of every tracked stack (root and nested), oldest
-//! first, keyed by stack ARN. Walking a stack's events in order, the first `*_FAILED`
-//! of a resource wins, except
+//! first, keyed by stack ARN. From the root, every nested-stack resource with a
+//! physical id leads into its child's events (recursively). Candidates are the
+//! `*_FAILED` events of resources, except
 //! - cancellations ("Resource creation cancelled", ...): CloudFormation stopped that
 //!   resource because something else failed;
-//! - a nested-stack resource: its child stack is searched first (recursively); the
-//!   wrapper's own reason ("Embedded stack ... was not successfully created") is used
-//!   only when the child's events are unknown.
+//! - a nested-stack resource's wrapper ("Embedded stack ... was not successfully
+//!   created"): the cause is inside; a wrapper is used only when no real failure is
+//!   known at all (the child's events are unknown).
 //!
-//! The stack's own events are never a root cause. `None` means no resource failed
-//! (the tracker then reports the stack's status reason).
+//! The earliest candidate by timestamp wins (as CDK sorts the events of all its
+//! pollers before picking the first error); on a tie, the one met first (a stack's
+//! own order, a child before its parent's later events). The stacks' own events are
+//! never a root cause. `None` means no resource failed (the tracker then reports
+//! the stack's status reason).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::events::{Event, STACK_TYPE};
 use crate::status::{is_cancellation, is_embedded_stack_wrapper};
@@ -25,32 +29,55 @@ const MAX_DEPTH: usize = 16;
 
 /// Finds the root cause of the operation of the stack `root_arn`.
 pub fn find(root_arn: &str, events_by_stack: &HashMap<String, Vec<Event>>) -> Option<RootCause> {
-    find_in(root_arn, events_by_stack, 0)
+    let mut found = Found::default();
+    collect(root_arn, events_by_stack, 0, &mut found);
+    let earliest = |v: &[&Event]| {
+        v.iter()
+            .enumerate()
+            .min_by_key(|(i, e)| (e.timestamp, *i))
+            .map(|(_, e)| to_root_cause(e))
+    };
+    earliest(&found.failures).or_else(|| earliest(&found.wrappers))
 }
 
-fn find_in(arn: &str, all: &HashMap<String, Vec<Event>>, depth: usize) -> Option<RootCause> {
-    let events = all.get(arn)?;
-    let mut wrapper: Option<&Event> = None;
+/// Candidates met so far, in walk order.
+#[derive(Default)]
+struct Found<'a> {
+    failures: Vec<&'a Event>,
+    wrappers: Vec<&'a Event>,
+    visited: HashSet<&'a str>,
+}
+
+fn collect<'a>(
+    arn: &'a str,
+    all: &'a HashMap<String, Vec<Event>>,
+    depth: usize,
+    found: &mut Found<'a>,
+) {
+    if !found.visited.insert(arn) {
+        return;
+    }
+    let Some(events) = all.get(arn) else {
+        return;
+    };
     for e in events {
-        if !e.status.ends_with("_FAILED") || e.is_stack_event() || is_cancellation(&e.reason) {
+        if e.is_stack_event() {
             continue;
         }
-        if e.resource_type == STACK_TYPE {
-            if depth < MAX_DEPTH {
-                if let Some(child) = e.nested_stack_arn() {
-                    if let Some(rc) = find_in(child, all, depth + 1) {
-                        return Some(rc);
-                    }
-                }
-            }
-            if is_embedded_stack_wrapper(&e.reason) {
-                wrapper.get_or_insert(e);
-                continue;
+        if depth < MAX_DEPTH {
+            if let Some(child) = e.nested_stack_arn() {
+                collect(child, all, depth + 1, found);
             }
         }
-        return Some(to_root_cause(e));
+        if !e.status.ends_with("_FAILED") || is_cancellation(&e.reason) {
+            continue;
+        }
+        if e.resource_type == STACK_TYPE && is_embedded_stack_wrapper(&e.reason) {
+            found.wrappers.push(e);
+        } else {
+            found.failures.push(e);
+        }
     }
-    wrapper.map(to_root_cause)
 }
 
 fn to_root_cause(e: &Event) -> RootCause {
@@ -144,6 +171,30 @@ mod tests {
         let rc = find(ARN, &all).expect("root cause");
         assert_eq!(rc.logical_id, "Net");
         assert!(rc.reason.starts_with("Embedded stack"));
+    }
+
+    /// A child failure at T=4, an independent root failure at T=5, the wrapper at
+    /// T=7: the child's, earliest in time, wins even though the root's comes first
+    /// in the root's own order.
+    #[test]
+    fn earliest_failure_in_time_across_stacks() {
+        let wrapper = format!("Embedded stack {CHILD} was not successfully updated: boom");
+        let mut net = nested("p1", "UPDATE_IN_PROGRESS", "");
+        net.timestamp = crate::events::test_support::at(1);
+        let mut wrap = nested("p3", "UPDATE_FAILED", &wrapper);
+        wrap.timestamp = crate::events::test_support::at(7);
+        let parent = vec![
+            net,
+            with_reason(ev("p2", "Api", "UPDATE_FAILED", 5), "Api quota exceeded"),
+            wrap,
+        ];
+        let child = vec![child_ev("c1", "Subnet", "UPDATE_FAILED", "CIDR overlaps")];
+        let all = HashMap::from([(ARN.to_string(), parent), (CHILD.to_string(), child)]);
+        let rc = find(ARN, &all).expect("root cause");
+        assert_eq!(
+            (rc.logical_id.as_str(), rc.reason.as_str()),
+            ("Subnet", "CIDR overlaps")
+        );
     }
 
     #[test]

@@ -15,6 +15,17 @@
 //!    cleanups do not start operations, so a rollback stays with the failed operation.
 //! 3. Neither found in the whole history: events older than the stack's
 //!    `LastUpdatedTime`/`CreationTime` are out.
+//!
+//! Two hardenings on top:
+//! - When `LastOperations` lists only a rollback (a tracker that starts or takes over
+//!   mid-rollback may see `[ROLLBACK]` alone), the scan crosses exactly one
+//!   operation boundary, so the failed operation the rollback undoes (and its real
+//!   `*_FAILED`) stays in scope, as CDK's `mostRecentDeploymentAttempt` does.
+//! - [`ScopeHints::not_before`] is a hard time bound: the first event older than it
+//!   ends the scan. A nested stack's first read is bounded by its parent's first event
+//!   about it in this operation (as CDK bounds it by the parent event's time), so a
+//!   child found through an UPDATE/DELETE never replays its previous operation, even
+//!   when its own start event is not visible yet.
 
 use std::collections::HashSet;
 
@@ -32,6 +43,20 @@ pub struct ScopeHints {
     pub since: Option<DateTime<Utc>>,
     /// The stack status, to name the operation when no starting event is found.
     pub stack_status: String,
+    /// `LastOperations[].OperationType` of the ids above (`ROLLBACK`,
+    /// `UPDATE_STACK`...), in the same order; empty when unknown.
+    pub operation_types: Vec<String>,
+    /// Events older than this are out of scope and end the scan (server time).
+    pub not_before: Option<DateTime<Utc>>,
+}
+
+impl ScopeHints {
+    /// `true` when every hinted operation with a known type is a rollback (and at
+    /// least one is): the operation it undoes must be scanned too.
+    fn rollback_only(&self) -> bool {
+        !self.operation_types.is_empty()
+            && self.operation_types.iter().all(|t| t.contains("ROLLBACK"))
+    }
 }
 
 /// The kind of operation being tracked; decides how progress is seeded.
@@ -89,12 +114,16 @@ pub struct InitialScan {
     done: Option<Boundary>,
     /// An event of a hinted operation was met.
     met_hinted_op: bool,
+    /// Only rollbacks were hinted and the older operation they undo was not
+    /// reached yet: the next operation boundary is crossed once.
+    cross_one_boundary: bool,
     start_status: Option<String>,
 }
 
 impl InitialScan {
     pub fn new(hints: ScopeHints) -> Self {
         let op_ids = hints.operation_ids.iter().cloned().collect();
+        let cross_one_boundary = hints.rollback_only();
         Self {
             hints,
             op_ids,
@@ -102,6 +131,7 @@ impl InitialScan {
             all_ids: Vec::new(),
             done: None,
             met_hinted_op: false,
+            cross_one_boundary,
             start_status: None,
         }
     }
@@ -113,10 +143,18 @@ impl InitialScan {
             if self.done.is_some() {
                 continue;
             }
+            if self.hints.not_before.is_some_and(|t| e.timestamp < t) {
+                self.done = Some(Boundary::Time);
+                continue;
+            }
             if !self.op_ids.is_empty() {
                 if let Some(op) = e.operation_id.as_deref() {
                     if self.op_ids.contains(op) {
                         self.met_hinted_op = true;
+                    } else if self.met_hinted_op && self.cross_one_boundary {
+                        // The operation the hinted rollback undoes: in scope too.
+                        self.cross_one_boundary = false;
+                        self.op_ids.insert(op.to_string());
                     } else if self.met_hinted_op {
                         // Older than the current operation.
                         self.done = Some(Boundary::OperationId);
@@ -238,6 +276,61 @@ mod tests {
         let s = scan.finish();
         assert_eq!(ids(&s), ["u2", "u3", "u4", "r1"]);
         assert_eq!(s.boundary, Boundary::OperationId);
+    }
+
+    /// `LastOperations` lists only the rollback (a tracker starting mid-rollback):
+    /// the failed update it undoes stays in scope, the create before it does not.
+    #[test]
+    fn rollback_only_operations_keep_the_failed_update() {
+        let mut page = vec![
+            ev("r2", "app", "UPDATE_ROLLBACK_COMPLETE", 40),
+            ev("r1", "app", "UPDATE_ROLLBACK_IN_PROGRESS", 30),
+            ev("f1", "A", "UPDATE_FAILED", 29),
+        ];
+        page.extend(history());
+        for e in &mut page {
+            let op = match e.id.chars().next() {
+                Some('r') => "op-rollback",
+                Some('c') => "op-create",
+                _ => "op-update",
+            };
+            e.operation_id = Some(op.into());
+        }
+        let mut scan = InitialScan::new(ScopeHints {
+            operation_ids: vec!["op-rollback".into()],
+            operation_types: vec!["ROLLBACK".into()],
+            ..ScopeHints::default()
+        });
+        assert!(!scan.feed(page));
+        let s = scan.finish();
+        assert_eq!(ids(&s), ["u2", "u3", "u4", "f1", "r1", "r2"]);
+        assert_eq!(s.kind, OperationKind::Update);
+    }
+
+    /// A nested stack's first read is bounded by time: its previous operation is
+    /// out even when the current one's start event is not visible yet.
+    #[test]
+    fn not_before_bounds_a_scan_without_its_start_event() {
+        let mut scan = InitialScan::new(ScopeHints {
+            not_before: Some(at(19)),
+            ..ScopeHints::default()
+        });
+        // The update's start (u2) is not visible yet; older pages hold the create.
+        let page: Vec<Event> = history().into_iter().filter(|e| e.id != "u2").collect();
+        assert!(scan.feed(page[..2].to_vec()));
+        assert!(!scan.feed(page[2..].to_vec()));
+        let s = scan.finish();
+        assert_eq!(ids(&s), ["u3", "u4"]);
+        assert_eq!(s.boundary, Boundary::Time);
+        // Nothing of this operation visible yet: nothing in scope.
+        let mut scan = InitialScan::new(ScopeHints {
+            not_before: Some(at(50)),
+            ..ScopeHints::default()
+        });
+        assert!(!scan.feed(history()));
+        let s = scan.finish();
+        assert!(s.events.is_empty());
+        assert_eq!(s.all_ids.len(), 7, "every id read is remembered");
     }
 
     #[test]

@@ -41,6 +41,20 @@ pub enum Fault {
     ExpiredToken,
     /// `400` with this error code and a message naming an account.
     Code(&'static str),
+    /// This HTTP status (a 5xx) with this error code (`ServiceUnavailableException`,
+    /// `RequestTimeout`...): a service error whatever its code.
+    Status(u16, &'static str),
+}
+
+/// One change set of a stack (`ListChangeSets`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeChangeSet {
+    pub name: String,
+    /// `CREATE_PENDING`, `CREATE_IN_PROGRESS`, `CREATE_COMPLETE`, `FAILED`...
+    pub status: String,
+    /// `UNAVAILABLE`, `AVAILABLE`, `EXECUTE_IN_PROGRESS`, `EXECUTE_COMPLETE`...
+    pub execution_status: String,
+    pub status_reason: String,
 }
 
 /// One stack event of a script.
@@ -66,6 +80,12 @@ pub struct Step {
     pub faults: Vec<Fault>,
     /// Replaces `LastOperations` (ids, type).
     pub operations: Option<Vec<(String, String)>>,
+    /// Replaces the stack's change sets.
+    pub change_sets: Option<Vec<FakeChangeSet>>,
+    /// (stack name, number of events) revealed only at the second
+    /// `DescribeStackEvents` call after this step: the events API lagging behind
+    /// `DescribeStacks`.
+    pub reveal_late: Vec<(String, usize)>,
 }
 
 #[derive(Debug, Clone)]
@@ -93,6 +113,9 @@ pub struct FakeStack {
     pub missing_for: usize,
     /// Steps taken by `DescribeStacks` calls on this stack.
     pub steps: VecDeque<Step>,
+    /// `ListChangeSets` (a stack in `REVIEW_IN_PROGRESS` has at least one, unless
+    /// it was deleted).
+    pub change_sets: Vec<FakeChangeSet>,
 }
 
 impl FakeStack {
@@ -113,6 +136,7 @@ impl FakeStack {
             last_updated: None,
             missing_for: 0,
             steps: VecDeque::new(),
+            change_sets: Vec::new(),
         }
     }
 
@@ -226,6 +250,8 @@ pub struct World {
     /// (action, StackName parameter) of every request received.
     pub requests: Vec<(String, String)>,
     pub page_size: usize,
+    /// Lagging reveals: (stack name, events, `DescribeStackEvents` calls to go).
+    pub late: Vec<(String, usize, usize)>,
 }
 
 impl World {
@@ -362,6 +388,8 @@ async fn serve_connection(mut sock: TcpStream, world: Arc<Mutex<World>>) -> std:
             200 => "OK",
             400 => "Bad Request",
             403 => "Forbidden",
+            503 => "Service Unavailable",
+            504 => "Gateway Timeout",
             _ => "Internal Server Error",
         };
         let resp = format!(
@@ -479,6 +507,9 @@ fn handle(w: &mut World, p: &HashMap<String, String>) -> Option<(u16, String)> {
                 code,
                 "arn:aws:iam::123456789012:user/t cannot do that",
             ),
+            Fault::Status(status, code) => {
+                error(status, "Receiver", code, "The service is not available")
+            }
         };
     }
     match action.as_str() {
@@ -545,6 +576,7 @@ fn handle(w: &mut World, p: &HashMap<String, String>) -> Option<(u16, String)> {
             ok("DescribeStacks", &x)
         }
         "DescribeStackEvents" => {
+            reveal_lagging(w);
             let Some(i) = w.find(&stack) else {
                 return not_found(&stack);
             };
@@ -655,12 +687,56 @@ fn handle(w: &mut World, p: &HashMap<String, String>) -> Option<(u16, String)> {
             x.push_str("</ResourceTypes><Parameters/>");
             ok("GetTemplateSummary", &x)
         }
+        "ListChangeSets" => {
+            let Some(i) = w.find(&stack) else {
+                return not_found(&stack);
+            };
+            let s = &w.stacks[i];
+            let mut x = String::from("<Summaries>");
+            for c in &s.change_sets {
+                let _ = write!(
+                    x,
+                    "<member><StackId>{}</StackId><StackName>{}</StackName><ChangeSetId>arn:aws:cloudformation:us-east-1:123456789012:changeSet/{}/0000</ChangeSetId><ChangeSetName>{}</ChangeSetName><Status>{}</Status><ExecutionStatus>{}</ExecutionStatus><CreationTime>{}</CreationTime>",
+                    esc(&s.arn),
+                    esc(&s.name),
+                    esc(&c.name),
+                    esc(&c.name),
+                    esc(&c.status),
+                    esc(&c.execution_status),
+                    ts(&s.created)
+                );
+                if !c.status_reason.is_empty() {
+                    let _ = write!(x, "<StatusReason>{}</StatusReason>", esc(&c.status_reason));
+                }
+                x.push_str("</member>");
+            }
+            x.push_str("</Summaries>");
+            ok("ListChangeSets", &x)
+        }
         other => error(
             400,
             "Sender",
             "InvalidAction",
             &format!("Could not find operation {other}"),
         ),
+    }
+}
+
+/// Counts one `DescribeStackEvents` call down for every lagging reveal; reveals
+/// those whose time came.
+fn reveal_lagging(w: &mut World) {
+    let mut due = Vec::new();
+    w.late.retain_mut(|(name, n, calls)| {
+        *calls = calls.saturating_sub(1);
+        if *calls == 0 {
+            due.push((name.clone(), *n));
+        }
+        *calls > 0
+    });
+    for (name, n) in due {
+        if let Some(s) = w.stacks.iter_mut().find(|s| s.name == name) {
+            s.visible = (s.visible + n).min(s.events.len());
+        }
     }
 }
 
@@ -680,5 +756,243 @@ fn apply_step(w: &mut World, root: usize, step: Step) {
     if let Some(ops) = step.operations {
         s.operations = ops;
     }
+    if let Some(c) = step.change_sets {
+        s.change_sets = c;
+    }
+    w.late
+        .extend(step.reveal_late.into_iter().map(|(name, n)| (name, n, 2)));
     w.faults.extend(step.faults);
+}
+
+/// Scripted deployments shared by the tracker's tests and the server's end-to-end
+/// tests (one vocabulary): each returns the stacks to give [`FakeCfn::start`]. The
+/// operation being tracked starts at 100 s after [`base_time`]; what comes before
+/// is history.
+pub mod scenarios {
+    use super::{arn, base_time, FakeChangeSet, FakeEvent, FakeStack, Step, STACK};
+
+    /// Events of `s` from the tracked operation on (at or after 100 s).
+    pub fn operation_ids(s: &FakeStack) -> Vec<String> {
+        let start = base_time() + chrono::Duration::seconds(100);
+        s.events
+            .iter()
+            .filter(|e| e.timestamp >= start)
+            .map(|e| e.id.clone())
+            .collect()
+    }
+
+    /// Events of `s` before the tracked operation (its history).
+    pub fn history_ids(s: &FakeStack) -> Vec<String> {
+        let start = base_time() + chrono::Duration::seconds(100);
+        s.events
+            .iter()
+            .filter(|e| e.timestamp < start)
+            .map(|e| e.id.clone())
+            .collect()
+    }
+
+    fn nested(e: &mut FakeEvent, phys: &str) {
+        e.resource_type = STACK.into();
+        e.physical_id = phys.into();
+    }
+
+    fn reveal(stack: &str, n: usize) -> (String, usize) {
+        (stack.to_string(), n)
+    }
+
+    /// The name of [`nested_update_with_history`]'s nested stack.
+    pub fn nested_child(parent: &str) -> String {
+        format!("{parent}-Net-X")
+    }
+
+    /// An update of `parent`, whose nested stack `Net` (see [`nested_child`]) has
+    /// history (both were created long ago). The child is found through the
+    /// parent's `UPDATE_IN_PROGRESS` before its own start event is visible; it
+    /// completes, then moves again on its own (the parent's failure of `Api` rolls
+    /// back into it) before the parent shows anything about it. Both stacks have a
+    /// `CDKMetadata` (the child's physical id differs). Ends
+    /// `UPDATE_ROLLBACK_COMPLETE` after 12 s; root cause: `Api` "Api quota exceeded".
+    pub fn nested_update_with_history(parent: &str) -> Vec<FakeStack> {
+        let child = nested_child(parent);
+        let child_arn = arn(&child);
+        let mut p = FakeStack::new(parent);
+        let mut ch = FakeStack::new(&child);
+        p.push(parent, "CREATE_IN_PROGRESS", "User Initiated", 0);
+        nested(p.push("Net", "CREATE_IN_PROGRESS", "", 1), "");
+        nested(
+            p.push(
+                "Net",
+                "CREATE_IN_PROGRESS",
+                "Resource creation Initiated",
+                1,
+            ),
+            &child_arn,
+        );
+        p.push("Api", "CREATE_IN_PROGRESS", "", 1);
+        p.push("Api", "CREATE_COMPLETE", "", 2);
+        nested(p.push("Net", "CREATE_COMPLETE", "", 5), &child_arn);
+        p.push(parent, "CREATE_COMPLETE", "", 6);
+        p.push(parent, "UPDATE_IN_PROGRESS", "User Initiated", 100);
+        nested(p.push("Net", "UPDATE_IN_PROGRESS", "", 101), &child_arn);
+        p.push("Api", "UPDATE_IN_PROGRESS", "", 101);
+        p.push("CDKMetadata", "UPDATE_COMPLETE", "", 102);
+        nested(p.push("Net", "UPDATE_COMPLETE", "", 106), &child_arn);
+        p.push("Api", "UPDATE_FAILED", "Api quota exceeded", 107);
+        p.push(
+            parent,
+            "UPDATE_ROLLBACK_IN_PROGRESS",
+            "The following resource(s) failed to update: [Api].",
+            107,
+        );
+        p.push("Api", "UPDATE_COMPLETE", "", 108);
+        nested(p.push("Net", "UPDATE_COMPLETE", "", 111), &child_arn);
+        p.push(
+            parent,
+            "UPDATE_ROLLBACK_COMPLETE_CLEANUP_IN_PROGRESS",
+            "",
+            112,
+        );
+        p.push(parent, "UPDATE_ROLLBACK_COMPLETE", "", 112);
+
+        ch.push(&child, "CREATE_IN_PROGRESS", "User Initiated", 1);
+        ch.push("Sub", "CREATE_IN_PROGRESS", "", 2);
+        ch.push("Sub", "CREATE_COMPLETE", "", 3);
+        ch.push(&child, "CREATE_COMPLETE", "", 4);
+        ch.push(&child, "UPDATE_IN_PROGRESS", "", 102);
+        ch.push("Sub", "UPDATE_IN_PROGRESS", "", 103);
+        ch.push("CDKMetadata", "UPDATE_COMPLETE", "", 103);
+        ch.push("Sub", "UPDATE_COMPLETE", "", 104);
+        ch.push(&child, "UPDATE_COMPLETE_CLEANUP_IN_PROGRESS", "", 105);
+        ch.push(&child, "UPDATE_COMPLETE", "", 105);
+        ch.push(&child, "UPDATE_ROLLBACK_IN_PROGRESS", "", 108);
+        ch.push("Sub", "UPDATE_IN_PROGRESS", "", 109);
+        ch.push("Sub", "UPDATE_COMPLETE", "", 110);
+        ch.push(
+            &child,
+            "UPDATE_ROLLBACK_COMPLETE_CLEANUP_IN_PROGRESS",
+            "",
+            110,
+        );
+        ch.push(&child, "UPDATE_ROLLBACK_COMPLETE", "", 110);
+
+        p.status = "UPDATE_IN_PROGRESS".into();
+        p.last_updated = Some(base_time() + chrono::Duration::seconds(100));
+        p.template_resources = 3;
+        p.visible = 8;
+        ch.visible = 4;
+        ch.status = "CREATE_COMPLETE".into();
+        p.steps = vec![
+            Step::default(),
+            // The parent's event about Net; the child's own start is not visible.
+            Step {
+                reveal: vec![reveal(parent, 3)],
+                ..Step::default()
+            },
+            Step::default(),
+            Step {
+                reveal: vec![reveal(&child, 6), reveal(parent, 1)],
+                ..Step::default()
+            },
+            // The child moves again before the parent shows anything about it.
+            Step {
+                reveal: vec![reveal(parent, 2), reveal(&child, 1)],
+                status: Some("UPDATE_ROLLBACK_IN_PROGRESS".into()),
+                ..Step::default()
+            },
+            Step::default(),
+            Step {
+                reveal: vec![reveal(&child, 4), reveal(parent, 1)],
+                ..Step::default()
+            },
+            Step {
+                reveal: vec![reveal(parent, 3)],
+                status: Some("UPDATE_ROLLBACK_COMPLETE".into()),
+                ..Step::default()
+            },
+        ]
+        .into();
+        vec![p, ch]
+    }
+
+    /// An update of `name` that replaces `Bucket` (old physical id `old-bucket`,
+    /// new `<name>-Bucket-phys`) and removes `Legacy`, whose deletion fails during
+    /// the cleanup (skipped: the update succeeds).
+    pub fn replacement(name: &str) -> Vec<FakeStack> {
+        let mut s = FakeStack::new(name);
+        s.push(name, "CREATE_IN_PROGRESS", "User Initiated", 0);
+        s.push("Bucket", "CREATE_IN_PROGRESS", "", 1).physical_id = "old-bucket".into();
+        s.push("Bucket", "CREATE_COMPLETE", "", 2).physical_id = "old-bucket".into();
+        s.push("Legacy", "CREATE_COMPLETE", "", 2);
+        s.push(name, "CREATE_COMPLETE", "", 3);
+        s.push(name, "UPDATE_IN_PROGRESS", "User Initiated", 100);
+        s.push(
+            "Bucket",
+            "UPDATE_IN_PROGRESS",
+            "Requested update requires the creation of a new physical resource; hence creating one.",
+            101,
+        );
+        s.push("Bucket", "UPDATE_COMPLETE", "", 102);
+        s.push(name, "UPDATE_COMPLETE_CLEANUP_IN_PROGRESS", "", 103);
+        s.push("Bucket", "DELETE_IN_PROGRESS", "", 104).physical_id = "old-bucket".into();
+        s.push("Bucket", "DELETE_COMPLETE", "", 105).physical_id = "old-bucket".into();
+        s.push("Legacy", "DELETE_FAILED", "Resource is in use", 105);
+        s.push(name, "UPDATE_COMPLETE", "", 106);
+        s.status = "UPDATE_IN_PROGRESS".into();
+        s.last_updated = Some(base_time() + chrono::Duration::seconds(100));
+        s.template_resources = 1;
+        s.resources = vec![(
+            "Bucket".into(),
+            "AWS::S3::Bucket".into(),
+            "UPDATE_COMPLETE".into(),
+        )];
+        s.visible = 6;
+        s.steps = vec![
+            Step::default(),
+            Step {
+                reveal: vec![reveal(name, 3)],
+                status: Some("UPDATE_COMPLETE_CLEANUP_IN_PROGRESS".into()),
+                ..Step::default()
+            },
+            Step {
+                reveal: vec![reveal(name, 3)],
+                ..Step::default()
+            },
+            Step {
+                reveal: vec![reveal(name, 1)],
+                status: Some("UPDATE_COMPLETE".into()),
+                ..Step::default()
+            },
+        ]
+        .into();
+        vec![s]
+    }
+
+    /// A stack `name` created through change set `deploy-1`, which fails at the
+    /// third `DescribeStacks`: it stays in `REVIEW_IN_PROGRESS` for good.
+    pub fn failed_change_set(name: &str) -> Vec<FakeStack> {
+        let mut s = FakeStack::new(name);
+        s.push(name, "REVIEW_IN_PROGRESS", "User Initiated", 100);
+        s.status = "REVIEW_IN_PROGRESS".into();
+        s.visible = 1;
+        let set = |status: &str, reason: &str| FakeChangeSet {
+            name: "deploy-1".into(),
+            status: status.into(),
+            execution_status: "UNAVAILABLE".into(),
+            status_reason: reason.into(),
+        };
+        s.change_sets = vec![set("CREATE_IN_PROGRESS", "")];
+        s.steps = vec![
+            Step::default(),
+            Step::default(),
+            Step {
+                change_sets: Some(vec![set(
+                    "FAILED",
+                    "Template format error: Unresolved resource dependencies [Vpc]",
+                )]),
+                ..Step::default()
+            },
+        ]
+        .into();
+        vec![s]
+    }
 }

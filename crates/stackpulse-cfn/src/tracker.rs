@@ -17,9 +17,13 @@
 //!    their new events oldest first and emit them; ask `DescribeStacks` for the root's
 //!    status (`status`). Nested stacks are found in the events (`nested`), polled by
 //!    their own ARN, and their terminal events never end the run.
-//! 4. **Terminal** status: one final poll, outputs (success only), duration, root
-//!    cause (`rootcause`), a final snapshot, then [`TrackerMessage::DeploymentComplete`]
-//!    and the run returns [`Outcome::Completed`].
+//! 4. **Terminal** status: a final poll (repeated a few times while the root's own
+//!    terminal event is not visible yet: the events API can lag), outputs (success
+//!    only), duration, root cause (`rootcause`), a final snapshot, then
+//!    [`TrackerMessage::DeploymentComplete`] and the run returns
+//!    [`Outcome::Completed`]. A root stack left in `REVIEW_IN_PROGRESS` (its change
+//!    set failed or is never executed) ends the same way, as a failure whose root
+//!    cause names the change set (`changeset`).
 //!
 //! Every AWS call goes through one retry loop: throttling backs off with jitter and
 //! slows the interval; network and service errors back off
@@ -45,10 +49,11 @@ use tokio::time::Instant;
 
 use crate::aws::{Api, AwsError, CallCounter, StackInfo};
 use crate::backoff::{BackoffConfig, Slowdown};
+use crate::changeset;
 use crate::estimate::Timing;
 use crate::events::{stack_name_from_arn, Event, EventLog, STACK_TYPE};
 use crate::nested;
-use crate::progress::ResourceTable;
+use crate::progress::{Applied, ResourceTable};
 use crate::rootcause;
 use crate::scope::{InitialScan, OperationKind, ScopeHints};
 use crate::status::{stack_phase, StackPhase};
@@ -62,6 +67,14 @@ use crate::wire::{
 
 /// The least time between the starts of two poll cycles when wakes come fast.
 const MIN_WAKE_GAP: Duration = Duration::from_millis(500);
+
+/// After the root turned terminal, how many more final polls wait for its own
+/// terminal event when `DescribeStackEvents` lags behind `DescribeStacks`.
+const FINAL_POLLS: u32 = 5;
+
+/// While the root stack is in `REVIEW_IN_PROGRESS`, its change sets are read on the
+/// first cycle and then every this many cycles (see [`crate::changeset`]).
+const REVIEW_CHECK_EVERY: u32 = 5;
 
 /// Settings of one tracker.
 #[derive(Debug, Clone)]
@@ -89,6 +102,10 @@ pub struct TrackerConfig {
     /// Time between two poll cycles within [`crate::wake::PUSH_RECENT`] of a push
     /// (default 30 s: pushes bring the news, polling is the safety net).
     pub push_poll_interval: Duration,
+    /// How long a stack in `REVIEW_IN_PROGRESS` whose change set is ready but not
+    /// executed is tracked before the run ends (default 10 min; see
+    /// [`crate::changeset`]).
+    pub review_wait: Duration,
 }
 
 impl TrackerConfig {
@@ -108,6 +125,7 @@ impl TrackerConfig {
             calls: CallCounter::new(),
             wake: None,
             push_poll_interval: Duration::from_secs(30),
+            review_wait: Duration::from_secs(600),
         }
     }
 
@@ -230,6 +248,7 @@ impl Tracker {
             throttled: false,
             emitted: 0,
             problem: None,
+            review: ReviewWatch::default(),
         };
         match run.run().await {
             Ok(o) => o,
@@ -279,6 +298,12 @@ struct Feed {
     table: ResourceTable,
     /// Latest stack status known (from the stack's own events or DescribeStacks).
     status: String,
+    /// Latest status of the stack's own events (where the events being applied
+    /// stand: a cleanup phase is judged by it, never by a newer DescribeStacks).
+    event_status: String,
+    /// A nested stack's first read stops at events older than this: its parent's
+    /// first event about it in this operation (see `scope`).
+    not_before: Option<chrono::DateTime<chrono::Utc>>,
     /// Events of the operation applied so far, oldest first.
     events: Vec<Event>,
     scanned: bool,
@@ -298,6 +323,8 @@ impl Feed {
             log: EventLog::new(),
             table: ResourceTable::new(),
             status: String::new(),
+            event_status: String::new(),
+            not_before: None,
             events: Vec::new(),
             scanned: false,
             timing: Timing::new(),
@@ -349,6 +376,18 @@ struct Run {
     emitted: u64,
     /// The problem told last (code, message), until a call succeeds.
     problem: Option<(ErrorCode, String)>,
+    review: ReviewWatch,
+}
+
+/// The root stack's time in `REVIEW_IN_PROGRESS` (see [`crate::changeset`]).
+#[derive(Debug, Default)]
+struct ReviewWatch {
+    /// When the review was first seen.
+    since: Option<Instant>,
+    /// Cycles spent in review.
+    cycles: u32,
+    /// The last change-set check said "ended".
+    ended_once: bool,
 }
 
 /// A message cut to [`MAX_PROBLEM_MESSAGE`] characters.
@@ -371,6 +410,8 @@ impl Run {
             operation_ids: info.operation_ids.clone(),
             since: info.last_updated_time.or(info.creation_time),
             stack_status: info.status.clone(),
+            operation_types: info.operation_types.clone(),
+            not_before: None,
         };
 
         let mut last_poll = Instant::now();
@@ -387,7 +428,10 @@ impl Run {
                 )
                 .await?;
             if stack_phase(&info.status).is_terminal() {
-                return self.complete(info).await;
+                return self.complete(info, None).await;
+            }
+            if let Some(cause) = self.review_ended(&info).await? {
+                return self.complete(info, Some(cause)).await;
             }
             if let Some(root) = self.feeds.first_mut() {
                 root.status = info.status.clone();
@@ -621,7 +665,10 @@ impl Run {
                 let hints = if i == 0 {
                     root_hints.take().unwrap_or_default()
                 } else {
-                    ScopeHints::default()
+                    ScopeHints {
+                        not_before: self.feeds[i].not_before,
+                        ..ScopeHints::default()
+                    }
                 };
                 self.scan_feed(i, hints).await
             };
@@ -642,7 +689,7 @@ impl Run {
                     self.feeds[i].polls_after_finish.saturating_add(1);
             }
             for e in &events {
-                self.discover(i, e);
+                self.discover(i, e, &events);
             }
             batches.push((i, events));
             i += 1;
@@ -654,8 +701,10 @@ impl Run {
         Ok(())
     }
 
-    /// Starts (or wakes) a nested stack feed from a parent's event.
-    fn discover(&mut self, parent: usize, e: &Event) {
+    /// Starts (or wakes) a nested stack feed from a parent's event; `batch` is the
+    /// parent's batch `e` belongs to (its first read is bounded by the parent's
+    /// first event about the child in this operation, applied or in `batch`).
+    fn discover(&mut self, parent: usize, e: &Event, batch: &[Event]) {
         let Some(child) = nested::child_of(e) else {
             return;
         };
@@ -672,10 +721,18 @@ impl Run {
                 let name = stack_name_from_arn(&child.arn)
                     .unwrap_or(&child.logical_id)
                     .to_string();
-                tracing::info!(parent = %self.feeds[parent].name, nested = %name, "tracking nested stack");
+                let not_before = self.feeds[parent]
+                    .events
+                    .iter()
+                    .chain(batch)
+                    .filter(|p| p.logical_id == child.logical_id && p.resource_type == STACK_TYPE)
+                    .map(|p| p.timestamp)
+                    .min();
+                tracing::info!(parent = %self.feeds[parent].name, nested = %name, ?not_before, "tracking nested stack");
                 self.index.insert(child.arn.clone(), self.feeds.len());
-                self.feeds
-                    .push(Feed::new(child.arn.clone(), name, Some(child)));
+                let mut feed = Feed::new(child.arn.clone(), name, Some(child));
+                feed.not_before = not_before;
+                self.feeds.push(feed);
             }
         }
     }
@@ -759,7 +816,8 @@ impl Run {
             Ok(list) => {
                 let table = &mut self.feeds[0].table;
                 table.expect_at_least(list.len());
-                if kind == OperationKind::Update {
+                // Resources an update or import may not touch are done already.
+                if matches!(kind, OperationKind::Update | OperationKind::Import) {
                     for r in list {
                         table.set(r);
                     }
@@ -809,28 +867,49 @@ impl Run {
         let Some(feed) = self.feeds.get_mut(i) else {
             return Ok(());
         };
+        if e.status.is_empty() {
+            // Nothing to show (a hook-only event): never a row with an empty status.
+            tracing::debug!(stack = %feed.name, event = %e.id, "stack event without a status skipped");
+            feed.events.push(e);
+            return Ok(());
+        }
         feed.timing.observe(&e);
-        let resource = if e.is_stack_event() {
-            feed.status = e.status.clone();
-            if feed.parent.is_some() && stack_phase(&e.status).is_terminal() {
-                feed.finished = true;
+        let resource = match feed.table.apply(&e, &feed.event_status) {
+            Applied::Stack => {
+                feed.status = e.status.clone();
+                feed.event_status = e.status.clone();
+                if feed.parent.is_some() {
+                    if stack_phase(&e.status).is_terminal() {
+                        feed.finished = true;
+                    } else if e.status.ends_with("_IN_PROGRESS") {
+                        // The child moves again (a rollback reaching into it).
+                        feed.finished = false;
+                        feed.polls_after_finish = 0;
+                    }
+                }
+                let progress = feed.summary().progress;
+                ResourceSummary {
+                    logical_id: e.logical_id.clone(),
+                    resource_type: STACK_TYPE.to_string(),
+                    status: e.status.clone(),
+                    physical_id: e.physical_id.clone(),
+                    status_reason: e.reason.clone(),
+                    progress,
+                    ..ResourceSummary::default()
+                }
             }
-            let progress = feed.summary().progress;
-            ResourceSummary {
-                logical_id: e.logical_id.clone(),
-                resource_type: STACK_TYPE.to_string(),
-                status: e.status.clone(),
-                physical_id: e.physical_id.clone(),
-                status_reason: e.reason.clone(),
-                progress,
-                ..ResourceSummary::default()
+            // Checked above; kept for completeness.
+            Applied::NoStatus => return Ok(()),
+            // The replaced resource, as it is; its row stays the live one.
+            Applied::Cleanup(old) => {
+                ResourceTable::resource_summary(&old, feed.table.counts().progress)
             }
-        } else {
-            feed.table.apply(&e);
-            let progress = feed.table.counts().progress;
-            match feed.table.get(&e.logical_id) {
-                Some(r) => feed.resource_summary(r, progress),
-                None => return Ok(()),
+            Applied::Row => {
+                let progress = feed.table.counts().progress;
+                match feed.table.get(&e.logical_id) {
+                    Some(r) => feed.resource_summary(r, progress),
+                    None => return Ok(()),
+                }
             }
         };
         let nested_stack = feed.parent.as_ref().map(|_| feed.name.clone());
@@ -849,9 +928,85 @@ impl Run {
         self.emit(TrackerMessage::ResourceUpdate(update)).await
     }
 
-    /// The root stack is terminal: final poll, then the completion message.
-    async fn complete(&mut self, info: StackInfo) -> Result<Outcome, Stop> {
-        match self.poll_all(None).await {
+    /// The final poll: once, then (when `await_terminal_event`) again, a poll
+    /// interval apart and at most [`FINAL_POLLS`] more times, until the root's own
+    /// event with the terminal status is read (the events API can lag behind
+    /// `DescribeStacks`).
+    async fn final_poll(
+        &mut self,
+        info: &StackInfo,
+        await_terminal_event: bool,
+    ) -> Result<(), Stop> {
+        self.poll_all(None).await?;
+        if !await_terminal_event {
+            return Ok(());
+        }
+        for _ in 0..FINAL_POLLS {
+            let seen = self.feeds[0]
+                .events
+                .iter()
+                .any(|e| e.is_stack_event() && e.status == info.status);
+            if seen {
+                break;
+            }
+            tokio::time::sleep(self.config.poll_interval).await;
+            self.poll_all(None).await?;
+        }
+        Ok(())
+    }
+
+    /// For a root stack in `REVIEW_IN_PROGRESS`: the cause to end the run with, once
+    /// its change sets say nothing more will happen (twice in a row).
+    async fn review_ended(&mut self, info: &StackInfo) -> Result<Option<RootCause>, Stop> {
+        if info.status != "REVIEW_IN_PROGRESS" {
+            self.review = ReviewWatch::default();
+            return Ok(None);
+        }
+        let since = *self.review.since.get_or_insert_with(Instant::now);
+        let cycle = self.review.cycles;
+        self.review.cycles = cycle.saturating_add(1);
+        if cycle % REVIEW_CHECK_EVERY != 0 && !self.review.ended_once {
+            return Ok(None);
+        }
+        let sets = match self
+            .optional_call(
+                "ListChangeSets",
+                |api, arn| async move { api.change_sets(&arn).await },
+                0,
+            )
+            .await
+        {
+            Ok(sets) => sets,
+            Err(Stop::Aws(e)) => {
+                tracing::debug!(stack = %info.name, "ListChangeSets unavailable: {e}");
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        match changeset::verdict(&info.name, &sets, since.elapsed(), self.config.review_wait) {
+            changeset::Review::Waiting => {
+                self.review.ended_once = false;
+                Ok(None)
+            }
+            changeset::Review::Ended(_) if !self.review.ended_once => {
+                self.review.ended_once = true;
+                Ok(None)
+            }
+            changeset::Review::Ended(cause) => {
+                tracing::info!(stack = %info.name, reason = %cause.reason, "change-set review ended");
+                Ok(Some(cause))
+            }
+        }
+    }
+
+    /// The operation is over (a terminal status, or a review that ended with
+    /// `cause`): final poll, then the completion message.
+    async fn complete(
+        &mut self,
+        info: StackInfo,
+        cause: Option<RootCause>,
+    ) -> Result<Outcome, Stop> {
+        match self.final_poll(&info, cause.is_none()).await {
             Ok(()) => {}
             // The outcome is known; a final poll that fails for good (transient errors
             // were retried) loses events but must not turn it into a failed run.
@@ -886,20 +1041,17 @@ impl Run {
             {
                 let table = &mut self.feeds[0].table;
                 // What exists now is the truth: resources a condition left out of
-                // the template count no more.
+                // the template count no more, and every listed row takes its
+                // listed status and physical id (a replaced resource's live one).
                 table.set_expected(list.len());
-                for r in list {
-                    if table.get(&r.logical_id).is_none() {
-                        table.set(r);
-                    }
-                }
+                table.reconcile(list);
             }
         }
         self.feeds[0].status = info.status.clone();
         let root_cause = if success {
             None
         } else {
-            Some(self.root_cause(&info))
+            Some(cause.unwrap_or_else(|| self.root_cause(&info)))
         };
         let done = DeploymentComplete {
             success,

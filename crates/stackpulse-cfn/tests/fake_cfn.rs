@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use stackpulse_cfn::{ErrorCode, Outcome, ResourceUpdate, Tracker, TrackerMessage, TrackerProblem};
-use support::fake_cfn::{arn, FakeCfn, FakeStack, Fault, Step, STACK};
+use support::fake_cfn::{arn, scenarios, FakeCfn, FakeStack, Fault, Step, STACK};
 use support::{client, fast_config, run_built, run_tracker};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -847,4 +847,364 @@ async fn sustained_throttling_is_survived_and_reported_once() {
         c.errors[0].message
     );
     assert!(c.complete.expect("complete").success);
+}
+
+/// B1 + B2: an update of a stack whose nested stack has history. The child is
+/// found through the parent's UPDATE_IN_PROGRESS before its own start event is
+/// visible: its earlier create must not be replayed. Later the child completes,
+/// then moves again on its own (a rollback reaching into it) before the parent
+/// says so: its own `*_IN_PROGRESS` keeps it polled to the end.
+#[tokio::test]
+async fn nested_update_with_history_neither_replays_nor_drops_the_child() {
+    let stacks = scenarios::nested_update_with_history("app");
+    let child = scenarios::nested_child("app");
+    let parent_ids = scenarios::operation_ids(&stacks[0]);
+    let child_ids = scenarios::operation_ids(&stacks[1]);
+    let old_child_ids = scenarios::history_ids(&stacks[1]);
+    let fake = FakeCfn::start(stacks).await;
+    let c = run_tracker(client(&fake.endpoint), fast_config("app"), LIMIT).await;
+
+    let got = ids(&c.updates);
+    for old in &old_child_ids {
+        assert!(
+            !got.contains(old),
+            "the child's create was replayed: {got:?}"
+        );
+    }
+    let got_child: Vec<String> = c
+        .updates
+        .iter()
+        .filter(|u| u.nested_stack.as_deref() == Some(child.as_str()))
+        .map(|u| u.event_id.clone())
+        .collect();
+    assert_eq!(
+        got_child, child_ids,
+        "every child event of the update, in order"
+    );
+    let got_parent: Vec<String> = c
+        .updates
+        .iter()
+        .filter(|u| u.nested_stack.is_none())
+        .map(|u| u.event_id.clone())
+        .collect();
+    assert_eq!(got_parent, parent_ids);
+    let done = c.complete.expect("deployment_complete");
+    assert!(!done.success);
+    assert_eq!(
+        done.duration_seconds, 12,
+        "from the update's start, not the create's"
+    );
+    let rc = done.root_cause.expect("root cause");
+    assert_eq!(
+        (rc.logical_id.as_str(), rc.reason.as_str()),
+        ("Api", "Api quota exceeded")
+    );
+}
+
+/// B4: an update that replaces Bucket and removes Legacy (which cannot be
+/// deleted). The cleanup deletes the *old* Bucket: shown as such, but the row stays
+/// the live bucket; Legacy's DELETE_FAILED during cleanup is skipped, not a failure.
+#[tokio::test]
+async fn replacement_cleanup_does_not_overwrite_the_live_row() {
+    let fake = FakeCfn::start(scenarios::replacement("swap")).await;
+    let tracker = Tracker::new(client(&fake.endpoint), fast_config("swap"));
+    let state = tracker.state();
+    let c = run_built(tracker, LIMIT).await;
+
+    // The old bucket's deletion is in the stream as what it is.
+    let deleted = c
+        .updates
+        .iter()
+        .find(|u| u.resource.status == "DELETE_COMPLETE")
+        .expect("the old bucket's deletion");
+    assert_eq!(deleted.resource.physical_id, "old-bucket");
+    let done = c.complete.expect("deployment_complete");
+    assert!(done.success);
+    assert_eq!(
+        (
+            done.stack.failed_resources,
+            done.stack.completed_resources,
+            done.stack.progress
+        ),
+        (0, 2, 100),
+        "{:?}",
+        done.stack
+    );
+    let st = state.borrow().clone();
+    let bucket = st
+        .resources
+        .iter()
+        .find(|r| r.logical_id == "Bucket")
+        .expect("Bucket row");
+    assert_eq!(
+        (bucket.status.as_str(), bucket.physical_id.as_str()),
+        ("UPDATE_COMPLETE", "swap-Bucket-phys"),
+        "the live bucket, not the deleted one"
+    );
+}
+
+/// B7: a tracker that starts mid-rollback, when `LastOperations` lists only the
+/// rollback: the failed update stays in scope, and its real failure is the cause.
+#[tokio::test]
+async fn rollback_only_last_operations_keep_the_failed_update() {
+    let mut s = FakeStack::new("rb");
+    let events: [(&str, &str, &str, i64, &str); 10] = [
+        ("rb", "CREATE_IN_PROGRESS", "User Initiated", 0, "op-1"),
+        ("A", "CREATE_COMPLETE", "", 1, "op-1"),
+        ("rb", "CREATE_COMPLETE", "", 2, "op-1"),
+        ("rb", "UPDATE_IN_PROGRESS", "User Initiated", 100, "op-2"),
+        ("C", "CREATE_IN_PROGRESS", "", 101, "op-2"),
+        (
+            "C",
+            "CREATE_FAILED",
+            "my-bucket already exists",
+            102,
+            "op-2",
+        ),
+        (
+            "rb",
+            "UPDATE_ROLLBACK_IN_PROGRESS",
+            "The following resource(s) failed to create: [C].",
+            103,
+            "op-3",
+        ),
+        ("C", "DELETE_COMPLETE", "", 104, "op-3"),
+        (
+            "rb",
+            "UPDATE_ROLLBACK_COMPLETE_CLEANUP_IN_PROGRESS",
+            "",
+            105,
+            "op-3",
+        ),
+        ("rb", "UPDATE_ROLLBACK_COMPLETE", "", 105, "op-3"),
+    ];
+    for (l, st, r, t, op) in events {
+        s.push(l, st, r, t).operation_id = Some(op.into());
+    }
+    s.status = "UPDATE_ROLLBACK_IN_PROGRESS".into();
+    s.status_reason = "The following resource(s) failed to create: [C].".into();
+    s.last_updated = Some(support::fake_cfn::base_time() + chrono::Duration::seconds(100));
+    s.operations = vec![("op-3".into(), "ROLLBACK".into())];
+    s.template_resources = 1;
+    s.visible = 8;
+    s.steps = vec![
+        Step::default(),
+        Step {
+            reveal: vec![reveal("rb", 2)],
+            status: Some("UPDATE_ROLLBACK_COMPLETE".into()),
+            ..Step::default()
+        },
+    ]
+    .into();
+    let expected = event_ids(&s, 3..10);
+    let fake = FakeCfn::start(vec![s]).await;
+    let c = run_tracker(client(&fake.endpoint), fast_config("rb"), LIMIT).await;
+    assert_eq!(
+        ids(&c.updates),
+        expected,
+        "the failed update and its rollback"
+    );
+    let done = c.complete.expect("deployment_complete");
+    assert_eq!(done.duration_seconds, 5);
+    let rc = done.root_cause.expect("root cause");
+    assert_eq!(
+        (
+            rc.logical_id.as_str(),
+            rc.status.as_str(),
+            rc.reason.as_str()
+        ),
+        ("C", "CREATE_FAILED", "my-bucket already exists")
+    );
+}
+
+/// B9: 5xx answers with codes the tracker does not know are service errors:
+/// retried, told once, and their end told.
+#[tokio::test]
+async fn unknown_5xx_codes_are_retried_and_told_once() {
+    let fake = FakeCfn::start(vec![quick_stack("flaky")]).await;
+    fake.world().faults.extend([
+        Fault::Status(503, "ServiceUnavailableException"),
+        Fault::Status(503, "ServiceUnavailableException"),
+        Fault::Status(504, "RequestTimeout"),
+    ]);
+    let c = run_tracker(client(&fake.endpoint), fast_config("flaky"), LIMIT).await;
+    assert!(
+        matches!(c.outcome, Some(Outcome::Completed(ref d)) if d.success),
+        "{:?}",
+        c.outcome
+    );
+    assert_eq!(c.errors.len(), 1, "once, not per retry: {:?}", c.errors);
+    assert_eq!(c.errors[0].code, ErrorCode::Aws);
+    assert!(c.errors[0].retrying);
+    assert_public(&c.errors[0].message);
+    assert_eq!(c.recovered, [ErrorCode::Aws]);
+    assert_eq!(fake.world().faults.len(), 0);
+}
+
+/// B6: a stack created through a change set that failed stays in
+/// REVIEW_IN_PROGRESS forever; the run ends with the change set's reason.
+#[tokio::test]
+async fn failed_change_set_review_ends_with_its_reason() {
+    let fake = FakeCfn::start(scenarios::failed_change_set("rev")).await;
+    let c = run_tracker(client(&fake.endpoint), fast_config("rev"), LIMIT).await;
+    let done = c.complete.expect("deployment_complete");
+    assert!(!done.success);
+    assert_eq!(done.stack.status, "REVIEW_IN_PROGRESS");
+    let rc = done.root_cause.expect("root cause");
+    assert_eq!(
+        (
+            rc.logical_id.as_str(),
+            rc.resource_type.as_str(),
+            rc.status.as_str()
+        ),
+        ("deploy-1", "AWS::CloudFormation::ChangeSet", "FAILED")
+    );
+    assert!(
+        rc.reason.contains("Unresolved resource dependencies"),
+        "{}",
+        rc.reason
+    );
+    assert!(c.errors.is_empty(), "{:?}", c.errors);
+}
+
+/// B6: a change set that is ready but never executed ends the run after
+/// `review_wait`; one that is executed meanwhile is tracked as usual.
+#[tokio::test]
+async fn unexecuted_change_set_ends_after_the_review_wait() {
+    use support::fake_cfn::FakeChangeSet;
+    let mut s = FakeStack::new("idle");
+    s.push("idle", "REVIEW_IN_PROGRESS", "User Initiated", 0);
+    s.status = "REVIEW_IN_PROGRESS".into();
+    s.visible = 1;
+    s.change_sets = vec![FakeChangeSet {
+        name: "deploy-2".into(),
+        status: "CREATE_COMPLETE".into(),
+        execution_status: "AVAILABLE".into(),
+        status_reason: String::new(),
+    }];
+    let fake = FakeCfn::start(vec![s]).await;
+    let mut cfg = fast_config("idle");
+    cfg.review_wait = Duration::from_millis(300);
+    let c = run_tracker(client(&fake.endpoint), cfg, LIMIT).await;
+    let rc = c
+        .complete
+        .expect("deployment_complete")
+        .root_cause
+        .expect("root cause");
+    assert_eq!(rc.logical_id, "deploy-2");
+    assert!(rc.reason.contains("not executed"), "{}", rc.reason);
+}
+
+/// B10: `DescribeStackEvents` lags behind `DescribeStacks`: the stack's terminal
+/// event shows up only at the second events call after the terminal status. The
+/// final poll waits for it (bounded), so it is emitted and ends the duration.
+#[tokio::test]
+async fn final_poll_waits_for_the_lagging_terminal_event() {
+    let mut s = quick_stack("lag");
+    s.steps = vec![
+        Step::default(),
+        Step {
+            reveal: vec![reveal("lag", 2)],
+            reveal_late: vec![reveal("lag", 1)],
+            status: Some("CREATE_COMPLETE".into()),
+            ..Step::default()
+        },
+    ]
+    .into();
+    let all = event_ids(&s, 0..4);
+    let fake = FakeCfn::start(vec![s]).await;
+    let c = run_tracker(client(&fake.endpoint), fast_config("lag"), LIMIT).await;
+    assert_eq!(ids(&c.updates), all, "the terminal event too");
+    let done = c.complete.expect("deployment_complete");
+    assert!(done.success);
+    assert_eq!(done.duration_seconds, 3, "to the terminal event");
+}
+
+/// B12: during an IMPORT, resources not being imported count as done from the
+/// start (as during an update).
+#[tokio::test]
+async fn import_counts_untouched_resources_as_done() {
+    let mut s = FakeStack::new("imp");
+    s.push("imp", "CREATE_IN_PROGRESS", "User Initiated", 0);
+    s.push("Kept", "CREATE_COMPLETE", "", 1);
+    s.push("imp", "CREATE_COMPLETE", "", 2);
+    s.push("imp", "IMPORT_IN_PROGRESS", "User Initiated", 100);
+    s.push("Table", "IMPORT_IN_PROGRESS", "", 101);
+    s.push("Table", "IMPORT_COMPLETE", "", 102);
+    s.push("imp", "IMPORT_COMPLETE", "", 103);
+    s.status = "IMPORT_IN_PROGRESS".into();
+    s.template_resources = 2;
+    s.resources = vec![
+        (
+            "Kept".into(),
+            "AWS::S3::Bucket".into(),
+            "CREATE_COMPLETE".into(),
+        ),
+        (
+            "Table".into(),
+            "AWS::S3::Bucket".into(),
+            "IMPORT_IN_PROGRESS".into(),
+        ),
+    ];
+    s.visible = 5;
+    s.steps = vec![
+        Step::default(),
+        Step {
+            reveal: vec![reveal("imp", 2)],
+            status: Some("IMPORT_COMPLETE".into()),
+            ..Step::default()
+        },
+    ]
+    .into();
+    let fake = FakeCfn::start(vec![s]).await;
+    let c = run_tracker(client(&fake.endpoint), fast_config("imp"), LIMIT).await;
+    let first = c.updates.first().expect("updates");
+    assert_eq!(first.resource.status, "IMPORT_IN_PROGRESS");
+    assert_eq!(
+        (first.stack.completed_resources, first.stack.progress),
+        (1, 50),
+        "Kept is done from the start: {:?}",
+        first.stack
+    );
+    assert!(c.complete.expect("complete").success);
+}
+
+/// B11: an event without a status (a hook-only event) never turns a row into
+/// `""` nor is emitted as a resource update.
+#[tokio::test]
+async fn events_without_a_status_are_not_rows() {
+    let mut s = FakeStack::new("hooked");
+    s.push("hooked", "CREATE_IN_PROGRESS", "User Initiated", 0);
+    s.push("Q", "CREATE_IN_PROGRESS", "", 1);
+    s.push("Q", "CREATE_COMPLETE", "", 2);
+    s.push("Q", "", "Hook invoked", 2);
+    s.push("hooked", "CREATE_COMPLETE", "", 3);
+    s.template_resources = 1;
+    s.visible = 1;
+    s.steps = vec![
+        Step::default(),
+        Step {
+            reveal: vec![reveal("hooked", 4)],
+            status: Some("CREATE_COMPLETE".into()),
+            ..Step::default()
+        },
+    ]
+    .into();
+    let fake = FakeCfn::start(vec![s]).await;
+    let tracker = Tracker::new(client(&fake.endpoint), fast_config("hooked"));
+    let state = tracker.state();
+    let c = run_built(tracker, LIMIT).await;
+    assert!(
+        c.updates.iter().all(|u| !u.resource.status.is_empty()),
+        "{:?}",
+        c.updates
+    );
+    assert_eq!(c.updates.len(), 4);
+    let done = c.complete.expect("complete");
+    assert_eq!(
+        (done.stack.completed_resources, done.stack.progress),
+        (1, 100)
+    );
+    let st = state.borrow().clone();
+    assert_eq!(st.resources[0].status, "CREATE_COMPLETE");
 }

@@ -5,6 +5,15 @@
 //! one `deployment.snapshot` or `stack.snapshot` event carrying the seq it is current
 //! to. The fold is pure: it never looks at sockets or time.
 //!
+//! A tracked stack's `resources` are keyed by (nested stack, logical id): a root
+//! stack's resource by its logical id (as always), a nested stack's by
+//! `<nestedStack>/<logicalId>` ([`resource_key`]; logical ids are alphanumeric and
+//! stack names have no `/`, so the key splits back unambiguously). So a nested
+//! `CDKMetadata` never overwrites the root's, and readers that only know logical
+//! ids keep working for root resources. The deletion of a *replaced* resource (a
+//! `DELETE_*` for a physical id other than the row's, which CloudFormation only
+//! sends during an update's cleanup) never overwrites the live row.
+//!
 //! An encoded snapshot stays within a byte budget (`--max-event-bytes`, like any
 //! event), so a topic can always be subscribed to: over budget, long strings are
 //! cut first, then the oldest log lines go, then map entries (the data then says
@@ -91,9 +100,12 @@ impl Snapshot {
                 self.tracks_stack = true;
                 if let Some(Value::Object(resource)) = data.get("resource") {
                     if let Some(id) = resource.get("logicalId").and_then(Value::as_str) {
-                        let id = id.to_owned();
-                        self.object("resources")
-                            .insert(id, Value::Object(resource.clone()));
+                        let nested = data.get("nestedStack").and_then(Value::as_str);
+                        let key = resource_key(nested, id);
+                        let rows = self.object("resources");
+                        if !replaced_resource_cleanup(rows.get(&key), resource) {
+                            rows.insert(key, Value::Object(resource.clone()));
+                        }
                     }
                 }
                 if let Some(stack) = data.get("stack") {
@@ -177,6 +189,34 @@ impl Snapshot {
         }
         out
     }
+}
+
+/// The key of a resource in a stack snapshot's `resources`: its logical id for the
+/// root stack, `<nestedStack>/<logicalId>` for a nested stack's.
+pub fn resource_key(nested_stack: Option<&str>, logical_id: &str) -> String {
+    match nested_stack {
+        Some(n) if !n.is_empty() => format!("{n}/{logical_id}"),
+        _ => logical_id.to_owned(),
+    }
+}
+
+/// A `resources` key split back into (nested stack, logical id).
+pub fn split_resource_key(key: &str) -> (Option<&str>, &str) {
+    match key.split_once('/') {
+        Some((nested, logical)) => (Some(nested), logical),
+        None => (None, key),
+    }
+}
+
+/// `true` when `update` is the deletion of a resource other than the one the row
+/// holds (the old resource of a replacement, deleted during cleanup).
+fn replaced_resource_cleanup(row: Option<&Value>, update: &Map<String, Value>) -> bool {
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or_default().to_owned();
+    let Some(row) = row else { return false };
+    let status = text(update.get("status"));
+    let new_id = text(update.get("physicalId"));
+    let row_id = text(row.get("physicalId"));
+    status.starts_with("DELETE_") && !new_id.is_empty() && !row_id.is_empty() && new_id != row_id
 }
 
 /// Longest string kept in a snapshot that is over its budget.
@@ -294,6 +334,67 @@ mod tests {
             s.encode("D", 1 << 22).len() > 800_000,
             "within budget: untouched"
         );
+    }
+
+    /// B3: a nested stack's resource never overwrites the root's of the same
+    /// logical id; B4: a replaced resource's cleanup never overwrites the live row.
+    #[test]
+    fn resources_are_keyed_by_nested_stack_and_cleanups_skipped() {
+        let mut s = Snapshot::default();
+        let ev = |id: &str, status: &str, phys: &str, nested: Option<&str>| {
+            let mut d = obj(json!({
+                "resource": {"logicalId": id, "status": status, "physicalId": phys},
+                "stack": {"name": "app", "progress": 0}}));
+            if let Some(n) = nested {
+                d.insert("nestedStack".into(), Value::from(n));
+            }
+            d
+        };
+        s.apply(
+            1,
+            "t",
+            "resource.status",
+            &ev("CDKMetadata", "CREATE_COMPLETE", "m1", None),
+        );
+        s.apply(
+            2,
+            "t",
+            "resource.status",
+            &ev("CDKMetadata", "CREATE_FAILED", "m2", Some("app-Net-X")),
+        );
+        s.apply(
+            3,
+            "t",
+            "resource.status",
+            &ev("Bucket", "UPDATE_COMPLETE", "new", None),
+        );
+        s.apply(
+            4,
+            "t",
+            "resource.status",
+            &ev("Bucket", "DELETE_COMPLETE", "old", None),
+        );
+        let d = Value::Object(s.data().clone());
+        assert_eq!(d["resources"]["CDKMetadata"]["status"], "CREATE_COMPLETE");
+        assert_eq!(
+            d["resources"]["app-Net-X/CDKMetadata"]["status"],
+            "CREATE_FAILED"
+        );
+        assert_eq!(d["resources"]["Bucket"]["physicalId"], "new");
+        assert_eq!(d["resources"]["Bucket"]["status"], "UPDATE_COMPLETE");
+        // A resource removed by the update is deleted with its own id: shown.
+        s.apply(
+            5,
+            "t",
+            "resource.status",
+            &ev("Bucket", "DELETE_COMPLETE", "new", None),
+        );
+        assert_eq!(s.data()["resources"]["Bucket"]["status"], "DELETE_COMPLETE");
+        assert_eq!(
+            split_resource_key("app-Net-X/CDKMetadata"),
+            (Some("app-Net-X"), "CDKMetadata")
+        );
+        assert_eq!(split_resource_key("Bucket"), (None, "Bucket"));
     }
 
     #[test]

@@ -25,6 +25,8 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
+
+use crate::hub::snapshot::split_resource_key;
 use stackpulse_cfn::{
     DeploymentComplete, ErrorCode, ResourceSummary, ResourceUpdate, RootCause, StackOutput,
     StackSummary, TrackerError, TrackerMessage, TrackerProblem, TrackerRecovered,
@@ -58,9 +60,13 @@ fn to_value<T: serde::Serialize>(t: &T) -> Value {
     serde_json::to_value(t).unwrap_or(Value::Null)
 }
 
-/// The level of a stack event's log line.
-fn level(status: &str) -> &'static str {
-    if status.ends_with("_FAILED") {
+/// The level of a stack event's log line; `stack_status` is the root stack's. A
+/// `DELETE_FAILED` during a cleanup phase is a warning: CloudFormation skips the
+/// resource (it is left in place) and the operation still succeeds.
+fn level(status: &str, stack_status: &str) -> &'static str {
+    if status == "DELETE_FAILED" && stack_status.ends_with("_CLEANUP_IN_PROGRESS") {
+        "warning"
+    } else if status.ends_with("_FAILED") {
         "error"
     } else if status.contains("ROLLBACK") {
         "warning"
@@ -94,7 +100,7 @@ pub fn to_hub(msg: &TrackerMessage, origin: &Origin) -> Vec<(&'static str, Map<S
                 message = format!("[{n}] {message}");
             }
             let log = object(json!({
-                "level": level(&r.status),
+                "level": level(&r.status, &u.stack.status),
                 "message": message,
                 "stack_name": origin.stack_name,
                 "environment": origin.environment,
@@ -228,7 +234,8 @@ fn completion(success: bool, data: &Map<String, Value>) -> DeploymentComplete {
 /// Tracker messages for one hub event (or snapshot) of the topic of `stack_name`.
 ///
 /// A `stack.snapshot` becomes one `resource_update` per known resource (in the
-/// order they were first seen), followed by the `deployment_complete` of the last
+/// order they were first seen; a nested stack's, keyed `<nestedStack>/<logicalId>`,
+/// with its `nested_stack`), followed by the `deployment_complete` of the last
 /// operation when the stack's current status is the one that operation ended in.
 pub fn from_hub(
     event_type: &str,
@@ -270,20 +277,22 @@ pub fn from_hub(
             .collect(),
         STACK_SNAPSHOT => {
             let stack: StackSummary = parse(data.get("stack")).unwrap_or_default();
+            // Keyed by (nested stack, logical id): see `hub::snapshot::resource_key`.
             let mut out: Vec<TrackerMessage> = data
                 .get("resources")
                 .and_then(Value::as_object)
                 .into_iter()
-                .flat_map(|m| m.values())
-                .filter_map(|r| parse::<ResourceSummary>(Some(r)))
-                .map(|resource| {
-                    TrackerMessage::ResourceUpdate(ResourceUpdate {
+                .flat_map(|m| m.iter())
+                .filter_map(|(key, r)| {
+                    let resource = parse::<ResourceSummary>(Some(r))?;
+                    let (nested, _) = split_resource_key(key);
+                    Some(TrackerMessage::ResourceUpdate(ResourceUpdate {
                         timestamp: envelope_time.unwrap_or_else(Utc::now),
                         resource,
                         stack: stack.clone(),
-                        nested_stack: None,
+                        nested_stack: nested.map(str::to_owned),
                         event_id: String::new(),
-                    })
+                    }))
                 })
                 .collect();
             if let Some(done) = data
@@ -435,6 +444,56 @@ mod tests {
         assert_eq!(events[0].1["root_cause"]["logicalId"], "Db");
         let back = from_hub(STACK_FAILED, "", &events[0].1, "s");
         assert_eq!(back, vec![failed]);
+    }
+
+    /// B3: a late joiner's snapshot keeps nested resources apart from the root's,
+    /// each with its nested stack.
+    #[test]
+    fn snapshot_keeps_nested_resources_apart() {
+        let mut snap = Snapshot::default();
+        let mut nested = update("CDKMetadata", "CREATE_FAILED", 0);
+        if let TrackerMessage::ResourceUpdate(u) = &mut nested {
+            u.nested_stack = Some("s-Net-X".into());
+        }
+        let mut seq = 0;
+        for m in [update("CDKMetadata", "CREATE_COMPLETE", 1), nested] {
+            for (t, data) in to_hub(&m, &origin()) {
+                seq += 1;
+                snap.apply(seq, "2025-11-15T10:31:00.000Z", t, &data);
+            }
+        }
+        let msgs = from_hub(
+            snap.event_type(),
+            "2025-11-15T10:31:00.000Z",
+            snap.data(),
+            "s",
+        );
+        let rows: Vec<(Option<String>, String, String)> = msgs
+            .iter()
+            .filter_map(|m| match m {
+                TrackerMessage::ResourceUpdate(u) => Some((
+                    u.nested_stack.clone(),
+                    u.resource.logical_id.clone(),
+                    u.resource.status.clone(),
+                )),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                (
+                    None,
+                    "CDKMetadata".to_string(),
+                    "CREATE_COMPLETE".to_string()
+                ),
+                (
+                    Some("s-Net-X".to_string()),
+                    "CDKMetadata".to_string(),
+                    "CREATE_FAILED".to_string()
+                ),
+            ]
+        );
     }
 
     #[test]

@@ -554,6 +554,14 @@ impl Look {
     fn new_operation(&self, now: &Look) -> bool {
         match (self, now) {
             (_, Look::Unknown) => false,
+            // A stack still in review after its run ended (its change set failed
+            // or was never executed: see stackpulse_cfn::changeset) is not a new
+            // operation until something about it changes.
+            (Look::Stack { .. }, Look::Stack { status, .. })
+                if status == "REVIEW_IN_PROGRESS" && self == now =>
+            {
+                false
+            }
             (
                 _,
                 Look::Stack {
