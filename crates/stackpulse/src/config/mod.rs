@@ -142,6 +142,11 @@ pub struct ServeArgs {
     /// /v1/ingest/eventbridge`) in the last 10 minutes, fractions allowed [default: 30].
     #[arg(long, env = "STACKPULSE_PUSH_POLL_INTERVAL", value_name = "SECONDS")]
     pub push_poll_interval: Option<f64>,
+    /// CloudFormation requests per second per AWS account and region, for all stack
+    /// pollers of the node (of the cluster with --redis-url), fractions allowed
+    /// [default: 4].
+    #[arg(long, env = "STACKPULSE_AWS_MAX_RPS", value_name = "N")]
+    pub aws_max_rps: Option<f64>,
     /// Seconds a stack poller keeps going after its last subscriber left, while the
     /// stack is not terminal [default: 60].
     #[arg(long, env = "STACKPULSE_TRACKER_GRACE", value_name = "SECONDS")]
@@ -281,6 +286,7 @@ struct FileConfig {
     aws_region: Option<String>,
     poll_interval: Option<f64>,
     push_poll_interval: Option<f64>,
+    aws_max_rps: Option<f64>,
     tracker_grace: Option<f64>,
     poller_lease: Option<f64>,
     deployment_timeout: Option<f64>,
@@ -346,6 +352,8 @@ pub struct Config {
     pub poll_interval: Duration,
     /// Time between two polls of a stack pushed within the last 10 minutes.
     pub push_poll_interval: Duration,
+    /// CloudFormation requests per second per account and region (`--aws-max-rps`).
+    pub aws_max_rps: f64,
     /// How long a poller outlives its last subscriber while the stack is busy.
     pub tracker_grace: Duration,
     /// How long a poller lease lasts without renewal.
@@ -439,6 +447,7 @@ impl Default for Config {
             aws_region: None,
             poll_interval: Duration::from_secs(2),
             push_poll_interval: Duration::from_secs(30),
+            aws_max_rps: 4.0,
             tracker_grace: Duration::from_secs(60),
             poller_lease: Duration::from_secs(30),
             deployment_timeout: Duration::from_secs(6 * 3600),
@@ -468,6 +477,9 @@ pub enum ConfigError {
 /// The longest duration any flag accepts: more is a typo, and timers and
 /// `Instant` arithmetic on it would overflow (a panic in a task) later.
 const MAX_SECONDS: f64 = 30.0 * 86_400.0;
+
+/// Largest `--aws-max-rps` (CloudFormation's own limits are far below).
+const MAX_AWS_RPS: f64 = 1000.0;
 
 fn seconds(name: &'static str, value: f64) -> Result<Duration, ConfigError> {
     seconds_at_most(name, value, MAX_SECONDS)
@@ -714,6 +726,18 @@ impl Config {
             push_poll_interval: match args.push_poll_interval.or(file.push_poll_interval) {
                 Some(s) => seconds_at_most("push-poll-interval", s, MAX_POLL_INTERVAL)?,
                 None => d.push_poll_interval,
+            },
+            aws_max_rps: match args.aws_max_rps.or(file.aws_max_rps) {
+                Some(n) if n.is_finite() && n > 0.0 && n <= MAX_AWS_RPS => n,
+                Some(n) => {
+                    return Err(ConfigError::Invalid {
+                        name: "aws-max-rps",
+                        message: format!(
+                            "{n} is not a number of requests per second above 0 and at most {MAX_AWS_RPS}"
+                        ),
+                    })
+                }
+                None => d.aws_max_rps,
             },
             tracker_grace: match args.tracker_grace.or(file.tracker_grace) {
                 Some(s) => seconds("tracker-grace", s)?,
