@@ -144,7 +144,7 @@ pub struct ServeArgs {
     pub push_poll_interval: Option<f64>,
     /// CloudFormation requests per second per AWS account and region, for all stack
     /// pollers of the node (of the cluster with --redis-url), fractions allowed
-    /// [default: 4].
+    /// [default: 4; no limit with --aws-endpoint-url].
     #[arg(long, env = "STACKPULSE_AWS_MAX_RPS", value_name = "N")]
     pub aws_max_rps: Option<f64>,
     /// Seconds a stack poller keeps going after its last subscriber left, while the
@@ -352,8 +352,9 @@ pub struct Config {
     pub poll_interval: Duration,
     /// Time between two polls of a stack pushed within the last 10 minutes.
     pub push_poll_interval: Duration,
-    /// CloudFormation requests per second per account and region (`--aws-max-rps`).
-    pub aws_max_rps: f64,
+    /// CloudFormation requests per second per account and region (`--aws-max-rps`);
+    /// `None`: no limit (a local endpoint, `--aws-endpoint-url`, without the flag).
+    pub aws_max_rps: Option<f64>,
     /// How long a poller outlives its last subscriber while the stack is busy.
     pub tracker_grace: Duration,
     /// How long a poller lease lasts without renewal.
@@ -447,7 +448,7 @@ impl Default for Config {
             aws_region: None,
             poll_interval: Duration::from_secs(2),
             push_poll_interval: Duration::from_secs(30),
-            aws_max_rps: 4.0,
+            aws_max_rps: Some(DEFAULT_AWS_RPS),
             tracker_grace: Duration::from_secs(60),
             poller_lease: Duration::from_secs(30),
             deployment_timeout: Duration::from_secs(6 * 3600),
@@ -480,6 +481,8 @@ const MAX_SECONDS: f64 = 30.0 * 86_400.0;
 
 /// Largest `--aws-max-rps` (CloudFormation's own limits are far below).
 const MAX_AWS_RPS: f64 = 1000.0;
+/// Default `--aws-max-rps` against AWS.
+const DEFAULT_AWS_RPS: f64 = 4.0;
 
 fn seconds(name: &'static str, value: f64) -> Result<Duration, ConfigError> {
     seconds_at_most(name, value, MAX_SECONDS)
@@ -717,7 +720,7 @@ impl Config {
                 Some(s) => seconds("graphql-keepalive", s)?,
                 None => d.graphql_keepalive,
             },
-            aws_endpoint_url: non_empty(args.aws_endpoint_url.clone().or(file.aws_endpoint_url)),
+            aws_endpoint_url: non_empty(args.aws_endpoint_url.clone().or(file.aws_endpoint_url.clone())),
             aws_region: non_empty(args.aws_region.clone().or(file.aws_region)),
             poll_interval: match args.poll_interval.or(file.poll_interval) {
                 Some(s) => seconds_at_most("poll-interval", s, MAX_POLL_INTERVAL)?,
@@ -728,7 +731,7 @@ impl Config {
                 None => d.push_poll_interval,
             },
             aws_max_rps: match args.aws_max_rps.or(file.aws_max_rps) {
-                Some(n) if n.is_finite() && n > 0.0 && n <= MAX_AWS_RPS => n,
+                Some(n) if n.is_finite() && n > 0.0 && n <= MAX_AWS_RPS => Some(n),
                 Some(n) => {
                     return Err(ConfigError::Invalid {
                         name: "aws-max-rps",
@@ -736,6 +739,12 @@ impl Config {
                             "{n} is not a number of requests per second above 0 and at most {MAX_AWS_RPS}"
                         ),
                     })
+                }
+                // moto, LocalStack, the demo: no AWS API limits to protect.
+                None if non_empty(args.aws_endpoint_url.clone().or(file.aws_endpoint_url.clone()))
+                    .is_some() =>
+                {
+                    None
                 }
                 None => d.aws_max_rps,
             },

@@ -16,9 +16,14 @@
 //!   so N nodes together stay within the budget. While Redis is unreachable each
 //!   node falls back to its own slots (logged once per outage).
 //!
-//! The account comes from the stack ARN; before a call revealed it, a lane uses the
-//! account learned for the region from any earlier call (one set of credentials is
-//! one account), else `unknown`.
+//! A node signs every request with one set of credentials, so all its calls in a
+//! region normally belong to one account, which the stack ARNs reveal only after
+//! the first answer. So each region has one primary lane (Redis key
+//! `sp:budget:<region>`), charged with every call whose account is unknown or is the
+//! first account seen in that region; a call that names another account (another
+//! ARN) gets a lane of its own (`sp:budget:<account>/<region>`). Keying by the
+//! account from the start would split the first calls from the later ones and
+//! briefly allow twice the budget.
 //!
 //! Metrics: `stackpulse_tracking_aws_budget_wait_seconds` (histogram: how long
 //! each request waited for the budget) and `stackpulse_tracking_aws_budget_waiting`
@@ -189,22 +194,22 @@ impl Budget {
         self.interval
     }
 
-    /// The lane key of a scope: `account/region`.
+    /// The lane key of a scope: the region (its primary lane), or `account/region`
+    /// for an account other than the region's first.
     fn key(&self, scope: &CallScope) -> String {
-        let mut accounts = self.accounts.lock();
-        let account = match &scope.account {
-            Some(a) => {
-                if accounts.len() < MAX_LANES || accounts.contains_key(&scope.region) {
-                    accounts.insert(scope.region.clone(), a.clone());
-                }
-                a.clone()
-            }
-            None => accounts
-                .get(&scope.region)
-                .cloned()
-                .unwrap_or_else(|| "unknown".to_owned()),
+        let Some(account) = &scope.account else {
+            return scope.region.clone();
         };
-        format!("{account}/{}", scope.region)
+        let mut accounts = self.accounts.lock();
+        match accounts.get(&scope.region) {
+            Some(first) if first == account => scope.region.clone(),
+            Some(_) => format!("{account}/{}", scope.region),
+            None if accounts.len() < MAX_LANES => {
+                accounts.insert(scope.region.clone(), account.clone());
+                scope.region.clone()
+            }
+            None => format!("{account}/{}", scope.region),
+        }
     }
 
     /// The lane of `key`, started at first use.
@@ -409,21 +414,30 @@ mod tests {
     async fn lanes_are_per_account_and_region() {
         let budget = Budget::new(1.0, Slots::Local);
         let start = Instant::now();
-        let other = CallScope {
-            account: Some("123456789012".into()),
-            region: "us-east-1".into(),
-        };
-        budget.acquire(&scope(), "a").await;
-        budget.acquire(&other, "a").await;
-        // Another region's first slot is not delayed by this one's.
-        assert_eq!(Instant::now(), start);
-        // A scope without an account shares the lane of the account seen there.
         let unknown = CallScope {
             account: None,
             region: "eu-west-1".into(),
         };
-        budget.acquire(&unknown, "b").await;
+        let other_region = CallScope {
+            account: Some("123456789012".into()),
+            region: "us-east-1".into(),
+        };
+        let other_account = CallScope {
+            account: Some("999999999999".into()),
+            region: "eu-west-1".into(),
+        };
+        budget.acquire(&unknown, "a").await;
+        budget.acquire(&other_region, "a").await;
+        // Another region's first slot is not delayed by this one's.
+        assert_eq!(Instant::now(), start);
+        // The account revealed later shares the lane of the calls made before.
+        budget.acquire(&scope(), "b").await;
         assert_eq!(Instant::now() - start, Duration::from_secs(1));
+        // Another account in the same region has a lane of its own.
+        budget.acquire(&other_account, "c").await;
+        assert_eq!(Instant::now() - start, Duration::from_secs(1));
+        budget.acquire(&unknown, "b").await;
+        assert_eq!(Instant::now() - start, Duration::from_secs(2));
     }
 
     #[tokio::test(start_paused = true)]

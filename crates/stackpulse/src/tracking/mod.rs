@@ -170,8 +170,9 @@ pub struct TrackingConfig {
     /// Time between two polls of a stack that got a push in the last 10 minutes
     /// (`--push-poll-interval`).
     pub push_poll_interval: Duration,
-    /// CloudFormation requests per second per account and region (`--aws-max-rps`).
-    pub aws_max_rps: f64,
+    /// CloudFormation requests per second per account and region (`--aws-max-rps`);
+    /// `None`: no limit.
+    pub aws_max_rps: Option<f64>,
     /// The Redis through which the nodes share that budget; `None`: this node alone.
     pub budget_redis_url: Option<String>,
 }
@@ -196,8 +197,8 @@ struct PollerEntry {
 pub struct Tracking {
     hub: Hub,
     aws: AwsClients,
-    /// The AWS call budget every poller's requests wait for.
-    budget: Arc<Budget>,
+    /// The AWS call budget every poller's requests wait for (`None`: no limit).
+    budget: Option<Arc<Budget>>,
     config: TrackingConfig,
     pollers: DashMap<Arc<str>, Arc<PollerEntry>>,
     /// Pollers registered (kept beside the map: counting a DashMap locks every
@@ -211,11 +212,16 @@ impl Tracking {
     /// Fails only on an invalid Redis URL.
     pub fn new(hub: Hub, config: TrackingConfig) -> Result<Arc<Tracking>, String> {
         describe_metrics();
-        let slots = match &config.budget_redis_url {
-            Some(url) => Slots::redis(url)?,
-            None => Slots::Local,
+        let budget = match config.aws_max_rps {
+            Some(rps) => {
+                let slots = match &config.budget_redis_url {
+                    Some(url) => Slots::redis(url)?,
+                    None => Slots::Local,
+                };
+                Some(Budget::new(rps, slots))
+            }
+            None => None,
         };
-        let budget = Budget::new(config.aws_max_rps, slots);
         Ok(Arc::new_cyclic(|me| Tracking {
             hub,
             aws: AwsClients::new(config.aws.clone()),
@@ -228,11 +234,12 @@ impl Tracking {
     }
 
     /// The call budget as the limiter of the poller of `topic`.
-    fn limiter(&self, topic: &Arc<str>) -> Arc<dyn CallLimiter> {
-        Arc::new(StackBudget {
-            budget: self.budget.clone(),
+    fn limiter(&self, topic: &Arc<str>) -> Option<Arc<dyn CallLimiter>> {
+        let budget = self.budget.clone()?;
+        Some(Arc::new(StackBudget {
+            budget,
             topic: topic.clone(),
-        })
+        }))
     }
 
     /// The AWS clients (also used by `POST /canvas/deploy`).
@@ -389,7 +396,7 @@ impl Tracking {
         let calls = entry.calls.clone();
         let client = self.aws.client(stack.region.as_deref()).await;
         let api = stackpulse_cfn::aws::Api::new(client, calls.clone(), LOOK_TIMEOUT)
-            .with_limiter(Some(self.limiter(topic)));
+            .with_limiter(self.limiter(topic));
         let look = match api.describe_stack(&stack.stack).await {
             Ok(info) => Look::Stack {
                 arn: info.arn,
@@ -450,7 +457,7 @@ impl Tracking {
         config.calls = calls.clone();
         config.wake = Some(slot.wake.clone());
         config.push_poll_interval = self.config.push_poll_interval;
-        config.limiter = Some(self.limiter(topic));
+        config.limiter = self.limiter(topic);
         let client = self.aws.client(stack.region.as_deref()).await;
         let origin = Origin {
             stack_name: stack.stack.clone(),
