@@ -681,7 +681,11 @@ mod tests {
             arn_account("arn:aws-cn:cloudformation:cn-north-1:000011112222:stack/s/x"),
             Some("000011112222")
         );
-        for not in ["my-stack", "arn:aws:cloudformation:eu-west-1::stack/s", "arn:x"] {
+        for not in [
+            "my-stack",
+            "arn:aws:cloudformation:eu-west-1::stack/s",
+            "arn:x",
+        ] {
             assert_eq!(arn_account(not), None, "{not}");
         }
     }
@@ -692,7 +696,10 @@ mod tests {
         c.sent(CallApi::DescribeStacks);
         c.sent(CallApi::DescribeStackEvents);
         c.sent(CallApi::DescribeStackEvents);
-        c.record(CallApi::DescribeStackEvents, &AwsError::Throttled("x".into()));
+        c.record(
+            CallApi::DescribeStackEvents,
+            &AwsError::Throttled("x".into()),
+        );
         assert_eq!(c.total(), 3);
         assert_eq!(c.sent_to(CallApi::DescribeStackEvents), 2);
         assert_eq!(c.throttled_by(CallApi::DescribeStackEvents), 1);

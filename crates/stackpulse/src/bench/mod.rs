@@ -150,17 +150,19 @@ pub async fn main(args: BenchArgs) -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        BenchCommand::Tracking(args) => match tracking::run(args).await {
-            Ok(true) => ExitCode::SUCCESS,
-            Ok(false) => {
-                eprintln!("stackpulse bench tracking: a stream was not exact or a client got an error");
-                ExitCode::from(1)
+        BenchCommand::Tracking(args) => {
+            match tracking::run(args).await {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => {
+                    eprintln!("stackpulse bench tracking: a stream was not exact or a client got an error");
+                    ExitCode::from(1)
+                }
+                Err(e) => {
+                    eprintln!("stackpulse bench tracking: {e}");
+                    ExitCode::from(2)
+                }
             }
-            Err(e) => {
-                eprintln!("stackpulse bench tracking: {e}");
-                ExitCode::from(2)
-            }
-        },
+        }
         BenchCommand::Issuer(args) => match issuer::serve(args).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

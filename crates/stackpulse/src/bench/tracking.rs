@@ -119,7 +119,10 @@ async fn serve(
         .env("AWS_SECRET_ACCESS_KEY", "bench")
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("AWS_CONFIG_FILE", "/nonexistent/stackpulse-bench")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/stackpulse-bench")
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "/nonexistent/stackpulse-bench",
+        )
         .env_remove("STACKPULSE_CONFIG")
         .env_remove("STACKPULSE_REDIS_URL")
         .stdout(Stdio::piped())
@@ -250,7 +253,7 @@ fn metric_sum(text: &str, prefix: &str) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(prefix))
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
+        .fold(0.0, |a, b| a + b)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -365,7 +368,10 @@ pub async fn run(args: TrackingArgs) -> Result<bool, String> {
 
     delays.sort_by(f64::total_cmp);
     let wait_sum = metric_sum(&metrics, "stackpulse_tracking_aws_budget_wait_seconds_sum");
-    let wait_count = metric_sum(&metrics, "stackpulse_tracking_aws_budget_wait_seconds_count");
+    let wait_count = metric_sum(
+        &metrics,
+        "stackpulse_tracking_aws_budget_wait_seconds_count",
+    );
     let throttles = metric_sum(&metrics, "stackpulse_tracking_aws_throttles_total");
     let per_stack_minute = requests as f64 / (stack_seconds / 60.0).max(f64::EPSILON);
     println!(

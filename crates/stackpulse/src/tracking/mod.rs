@@ -288,7 +288,9 @@ impl Tracking {
         metrics::counter!("stackpulse_tracking_aws_calls_total")
             .increment(total.saturating_sub(before));
         let region = entry.region.get().map_or("unknown", String::as_str);
-        for (api, (sent_before, throttled_before)) in CallApi::ALL.iter().zip(&entry.reported_by_api) {
+        for (api, (sent_before, throttled_before)) in
+            CallApi::ALL.iter().zip(&entry.reported_by_api)
+        {
             let sent = entry.calls.sent_to(*api);
             let grew = sent.saturating_sub(sent_before.swap(sent, Ordering::AcqRel));
             if grew > 0 {
