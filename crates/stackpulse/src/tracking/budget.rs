@@ -45,6 +45,8 @@ use tokio::time::Instant;
 pub const DEFAULT_MAX_RPS: f64 = 4.0;
 /// Lanes kept at most (accounts × regions; both come from AWS or the operator).
 const MAX_LANES: usize = 256;
+/// How often an idle lane's dispatcher checks whether the lane still exists.
+const IDLE_CHECK: Duration = Duration::from_secs(30);
 /// How long one Redis reservation may take before the node uses its own slots.
 const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -289,9 +291,11 @@ impl Budget {
 async fn dispatch(budget: std::sync::Weak<Budget>, lane: std::sync::Weak<Lane>) {
     loop {
         let Some(l) = lane.upgrade() else { return };
-        // Wait for a request (a notification arriving before this point is kept).
-        while l.queues.lock().len() == 0 {
-            l.arrived.notified().await;
+        // Wait for a request (a notification arriving before this point is kept);
+        // now and then without holding the lane, so a lane nobody keeps ends.
+        if l.queues.lock().len() == 0 {
+            let _ = tokio::time::timeout(IDLE_CHECK, l.arrived.notified()).await;
+            continue;
         }
         let Some(b) = budget.upgrade() else { return };
         let at = b.reserve(&l).await;
