@@ -346,6 +346,17 @@ pub async fn run(args: TrackingArgs) -> Result<bool, String> {
     }
     let deploy = deploy_start.elapsed();
     let requests = fake.request_count() - requests_before;
+    let by_action = {
+        let w = fake.world();
+        let mut by: std::collections::BTreeMap<String, usize> = Default::default();
+        for (action, _) in w.requests.iter().skip(requests_before) {
+            *by.entry(action.clone()).or_default() += 1;
+        }
+        by.into_iter()
+            .map(|(a, n)| format!("{a} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let expected = 2 * args.resources + 2;
     let exact = seen.len() == args.stacks
         && seen
@@ -405,6 +416,7 @@ pub async fn run(args: TrackingArgs) -> Result<bool, String> {
          stack-minute ({:.2} per second)",
         requests as f64 / deploy.as_secs_f64().max(f64::EPSILON)
     );
+    println!("    by API: {by_action}");
     println!(
         "  budget: mean wait {:.3} s over {wait_count} requests; throttled answers: {throttles} \
          (server), {throttled_at_endpoint} (endpoint windows over the limit)",
