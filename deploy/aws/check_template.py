@@ -64,6 +64,7 @@ KNOWN_ACTIONS = {
     "cloudformation:DescribeStacks", "cloudformation:DescribeStackEvents",
     "cloudformation:ListStackResources", "cloudformation:GetTemplate",
     "cloudformation:GetTemplateSummary", "cloudformation:DescribeStackResources",
+    "cloudformation:ListChangeSets",
     "lambda:InvokeFunction", "sts:AssumeRole",
 }
 
@@ -95,8 +96,10 @@ CLOUDFORMATION_OPS = {
     "get_template": "cloudformation:GetTemplate",
     "get_template_summary": "cloudformation:GetTemplateSummary",
     "describe_stack_resources": "cloudformation:DescribeStackResources",
+    "list_change_sets": "cloudformation:ListChangeSets",
 }
-TRACKER_SOURCE = Path("crates/stackpulse-cfn/src/aws.rs")
+# The tracker's crate: aws.rs and changeset.rs make its CloudFormation calls.
+TRACKER_SOURCE = Path("crates/stackpulse-cfn/src")
 
 
 # --- Loading ------------------------------------------------------------------------
@@ -466,9 +469,11 @@ class Checker:
                        f"the code calls {op} ({', '.join(sorted(files))}) but execute-api:ManageConnections "
                        f"is not granted on {method}/@connections/*")
         tracker = self.root / TRACKER_SOURCE
-        for op, files in sorted(sdk_calls([tracker] if tracker.is_file() else [], CLOUDFORMATION_OPS).items()):
+        tracker_files = sorted(tracker.rglob("*.rs")) if tracker.is_dir() else []
+        for op, files in sorted(sdk_calls(tracker_files, CLOUDFORMATION_OPS).items()):
             self.check(CLOUDFORMATION_OPS[op] in granted,
-                       f"the stack tracker calls {op} ({tracker}) but the role does not allow {CLOUDFORMATION_OPS[op]}")
+                       f"the stack tracker calls {op} ({', '.join(sorted(str(f) for f in files))}) "
+                       f"but the role does not allow {CLOUDFORMATION_OPS[op]}")
 
     def parameters(self) -> None:
         params = self.source.get("Parameters", {})

@@ -5,10 +5,18 @@
 //! ([`StackInfo`], `Vec<Event>` pages, [`ResourceState`]s) or an [`AwsError`] that
 //! says whether to back off (throttled), retry (transient), wait (stack not found) or
 //! give up. SDK retries are switched off per call so that the tracker's own backoff is
-//! the only one, and so that [`CallCounter`] counts every request sent.
+//! the only one, and so that [`CallCounter`] counts every request sent (in total and
+//! per [`CallApi`]).
+//!
+//! Before each request, [`Api`] waits for its [`CallLimiter`] (when it has one): the
+//! server's call budget per account and region (`--aws-max-rps`), shared fairly
+//! between stacks. The limiter is a trait so that this crate knows nothing of how the
+//! budget is kept (in process, or shared by a cluster through Redis).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use aws_sdk_cloudformation::config::http::HttpResponse;
@@ -34,6 +42,80 @@ struct CallCounts {
     total: AtomicU64,
     throttled: AtomicU64,
     failed: AtomicU64,
+    /// Requests sent, per [`CallApi`].
+    by_api: [AtomicU64; CallApi::ALL.len()],
+    /// Throttled answers, per [`CallApi`].
+    throttled_by_api: [AtomicU64; CallApi::ALL.len()],
+}
+
+/// The CloudFormation APIs the tracker calls (a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CallApi {
+    DescribeStacks,
+    DescribeStackEvents,
+    ListStackResources,
+    GetTemplate,
+    GetTemplateSummary,
+    ListChangeSets,
+}
+
+impl CallApi {
+    /// Every API, in a fixed order.
+    pub const ALL: [CallApi; 6] = [
+        CallApi::DescribeStacks,
+        CallApi::DescribeStackEvents,
+        CallApi::ListStackResources,
+        CallApi::GetTemplate,
+        CallApi::GetTemplateSummary,
+        CallApi::ListChangeSets,
+    ];
+
+    /// AWS's name of the API.
+    pub fn name(self) -> &'static str {
+        match self {
+            CallApi::DescribeStacks => "DescribeStacks",
+            CallApi::DescribeStackEvents => "DescribeStackEvents",
+            CallApi::ListStackResources => "ListStackResources",
+            CallApi::GetTemplate => "GetTemplate",
+            CallApi::GetTemplateSummary => "GetTemplateSummary",
+            CallApi::ListChangeSets => "ListChangeSets",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Which budget a call is charged to: the account (from the stack ARN; `None` until
+/// a call revealed it) and the region of the client.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CallScope {
+    pub account: Option<String>,
+    pub region: String,
+}
+
+/// A future a [`CallLimiter`] returns.
+pub type Permit<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+/// Waits before each AWS request until the budget of its scope allows it.
+///
+/// Implementations decide fairness: `stack` names who asks (the stack name or ARN
+/// the call is about), so one busy stack cannot starve others.
+pub trait CallLimiter: Send + Sync + std::fmt::Debug {
+    /// Resolves when one request of `stack` in `scope` may be sent.
+    fn acquire<'a>(&'a self, scope: &'a CallScope, stack: &'a str) -> Permit<'a>;
+}
+
+/// The account id of a CloudFormation ARN
+/// (`arn:aws:cloudformation:<region>:<account>:stack/<name>/<id>`).
+pub fn arn_account(arn: &str) -> Option<&str> {
+    let mut parts = arn.split(':');
+    if parts.next() != Some("arn") {
+        return None;
+    }
+    let account = parts.nth(3)?;
+    (!account.is_empty() && account.bytes().all(|b| b.is_ascii_digit())).then_some(account)
 }
 
 impl CallCounter {
@@ -52,12 +134,24 @@ impl CallCounter {
     pub fn failed(&self) -> u64 {
         self.0.failed.load(Ordering::Relaxed)
     }
-    fn sent(&self) {
-        self.0.total.fetch_add(1, Ordering::Relaxed);
+    /// Requests of one API sent.
+    pub fn sent_to(&self, api: CallApi) -> u64 {
+        self.0.by_api[api.index()].load(Ordering::Relaxed)
     }
-    fn record(&self, e: &AwsError) {
+    /// Requests of one API answered with a throttling error.
+    pub fn throttled_by(&self, api: CallApi) -> u64 {
+        self.0.throttled_by_api[api.index()].load(Ordering::Relaxed)
+    }
+    fn sent(&self, api: CallApi) {
+        self.0.total.fetch_add(1, Ordering::Relaxed);
+        self.0.by_api[api.index()].fetch_add(1, Ordering::Relaxed);
+    }
+    fn record(&self, api: CallApi, e: &AwsError) {
         let c = match e {
-            AwsError::Throttled(_) => &self.0.throttled,
+            AwsError::Throttled(_) => {
+                self.0.throttled_by_api[api.index()].fetch_add(1, Ordering::Relaxed);
+                &self.0.throttled
+            }
             _ => &self.0.failed,
         };
         c.fetch_add(1, Ordering::Relaxed);
@@ -329,6 +423,9 @@ pub struct Api {
     client: Client,
     calls: CallCounter,
     call_timeout: Duration,
+    limiter: Option<Arc<dyn CallLimiter>>,
+    /// The account, once a stack ARN revealed it (shared by clones).
+    account: Arc<OnceLock<String>>,
 }
 
 fn to_utc(t: Option<&aws_sdk_cloudformation::primitives::DateTime>) -> Option<DateTime<Utc>> {
@@ -341,11 +438,43 @@ impl Api {
             client,
             calls,
             call_timeout,
+            limiter: None,
+            account: Arc::default(),
         }
+    }
+
+    /// Makes every request wait for `limiter` first (`None`: no limit).
+    pub fn with_limiter(mut self, limiter: Option<Arc<dyn CallLimiter>>) -> Self {
+        self.limiter = limiter;
+        self
     }
 
     pub fn calls(&self) -> &CallCounter {
         &self.calls
+    }
+
+    /// The budget the calls are charged to: the account once known (from `target`
+    /// when it is an ARN, else from an ARN seen before), and the client's region.
+    pub fn scope(&self, target: &str) -> CallScope {
+        if let Some(account) = arn_account(target) {
+            let _ = self.account.set(account.to_owned());
+        }
+        CallScope {
+            account: self.account.get().cloned(),
+            region: self
+                .client
+                .config()
+                .region()
+                .map_or_else(String::new, |r| r.to_string()),
+        }
+    }
+
+    /// Waits for the limiter (if any) before a request about `target`.
+    pub(crate) async fn permit(&self, target: &str) {
+        if let Some(limiter) = &self.limiter {
+            let scope = self.scope(target);
+            limiter.acquire(&scope, target).await;
+        }
     }
 
     /// Per-call config: no SDK retries (the tracker backs off itself) and a timeout
@@ -363,23 +492,24 @@ impl Api {
     pub(crate) fn result<T, E>(
         &self,
         r: Result<T, SdkError<E, HttpResponse>>,
-        what: &str,
+        api: CallApi,
         target: &str,
     ) -> Result<T, AwsError>
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
-        self.calls.sent();
+        self.calls.sent(api);
         r.map_err(|err| {
             let e = classify(&err);
-            self.calls.record(&e);
-            tracing::debug!(call = what, stack = target, error = %DisplayErrorContext(&err), "AWS call failed");
+            self.calls.record(api, &e);
+            tracing::debug!(call = api.name(), stack = target, error = %DisplayErrorContext(&err), "AWS call failed");
             e
         })
     }
 
     /// `DescribeStacks` for one stack (by name or ARN).
     pub async fn describe_stack(&self, stack: &str) -> Result<StackInfo, AwsError> {
+        self.permit(stack).await;
         let r = self
             .client
             .describe_stacks()
@@ -388,7 +518,15 @@ impl Api {
             .config_override(self.overrides())
             .send()
             .await;
-        let out = self.result(r, "DescribeStacks", stack)?;
+        let out = self.result(r, CallApi::DescribeStacks, stack)?;
+        if let Some(account) = out
+            .stacks()
+            .first()
+            .and_then(|s| s.stack_id())
+            .and_then(arn_account)
+        {
+            let _ = self.account.set(account.to_owned());
+        }
         let Some(s) = out.stacks().first() else {
             return Err(AwsError::NotFound(format!(
                 "Stack with id {stack} does not exist"
@@ -433,6 +571,7 @@ impl Api {
         stack_arn: &str,
         token: Option<String>,
     ) -> Result<EventsPage, AwsError> {
+        self.permit(stack_arn).await;
         let r = self
             .client
             .describe_stack_events()
@@ -442,7 +581,7 @@ impl Api {
             .config_override(self.overrides())
             .send()
             .await;
-        let out = self.result(r, "DescribeStackEvents", stack_arn)?;
+        let out = self.result(r, CallApi::DescribeStackEvents, stack_arn)?;
         let mut events = Vec::with_capacity(out.stack_events().len());
         for e in out.stack_events() {
             match Event::from_sdk(e) {
@@ -465,6 +604,7 @@ impl Api {
         let mut all = Vec::new();
         // Bounded: CloudFormation stacks hold at most a few thousand resources.
         for _ in 0..1000 {
+            self.permit(stack_arn).await;
             let r = self
                 .client
                 .list_stack_resources()
@@ -474,7 +614,7 @@ impl Api {
                 .config_override(self.overrides())
                 .send()
                 .await;
-            let out = self.result(r, "ListStackResources", stack_arn)?;
+            let out = self.result(r, CallApi::ListStackResources, stack_arn)?;
             for s in out.stack_resource_summaries() {
                 all.push(ResourceState {
                     logical_id: s.logical_resource_id().unwrap_or_default().to_string(),
@@ -502,6 +642,7 @@ impl Api {
     /// Number of resources in the stack's template (`GetTemplate`, processed stage);
     /// `None` when the body cannot be read.
     pub async fn template_resources(&self, stack_arn: &str) -> Result<Option<usize>, AwsError> {
+        self.permit(stack_arn).await;
         let r = self
             .client
             .get_template()
@@ -511,7 +652,7 @@ impl Api {
             .config_override(self.overrides())
             .send()
             .await;
-        let out = self.result(r, "GetTemplate", stack_arn)?;
+        let out = self.result(r, CallApi::GetTemplate, stack_arn)?;
         Ok(out
             .template_body()
             .and_then(crate::template::count_resources))
@@ -520,6 +661,7 @@ impl Api {
     /// Number of resource types in the stack's template (`GetTemplateSummary`): a
     /// lower bound of the resource count, used when the template cannot be read.
     pub async fn template_resource_count(&self, stack_arn: &str) -> Result<usize, AwsError> {
+        self.permit(stack_arn).await;
         let r = self
             .client
             .get_template_summary()
@@ -528,12 +670,53 @@ impl Api {
             .config_override(self.overrides())
             .send()
             .await;
-        let out = self.result(r, "GetTemplateSummary", stack_arn)?;
+        let out = self.result(r, CallApi::GetTemplateSummary, stack_arn)?;
         Ok(out.resource_types().len())
     }
 
     /// The client, for calls outside the tracker (`create_stack`).
     pub fn client(&self) -> &Client {
         &self.client
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn account_of_an_arn() {
+        assert_eq!(
+            arn_account("arn:aws:cloudformation:eu-west-1:123456789012:stack/s/0000"),
+            Some("123456789012")
+        );
+        assert_eq!(
+            arn_account("arn:aws-cn:cloudformation:cn-north-1:000011112222:stack/s/x"),
+            Some("000011112222")
+        );
+        for not in [
+            "my-stack",
+            "arn:aws:cloudformation:eu-west-1::stack/s",
+            "arn:x",
+        ] {
+            assert_eq!(arn_account(not), None, "{not}");
+        }
+    }
+
+    #[test]
+    fn calls_are_counted_per_api() {
+        let c = CallCounter::new();
+        c.sent(CallApi::DescribeStacks);
+        c.sent(CallApi::DescribeStackEvents);
+        c.sent(CallApi::DescribeStackEvents);
+        c.record(
+            CallApi::DescribeStackEvents,
+            &AwsError::Throttled("x".into()),
+        );
+        assert_eq!(c.total(), 3);
+        assert_eq!(c.sent_to(CallApi::DescribeStackEvents), 2);
+        assert_eq!(c.throttled_by(CallApi::DescribeStackEvents), 1);
+        assert_eq!(c.throttled_by(CallApi::DescribeStacks), 0);
+        assert_eq!(c.throttled(), 1);
     }
 }

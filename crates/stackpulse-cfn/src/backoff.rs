@@ -51,6 +51,21 @@ impl BackoffConfig {
     }
 }
 
+/// `d` give or take up to [`POLL_JITTER`] of it, at random: poll times of stacks
+/// that started together drift apart, so their calls do not come in bursts.
+pub fn jittered(d: Duration) -> Duration {
+    let spread = d.mul_f64(POLL_JITTER);
+    let nanos = u64::try_from(spread.as_nanos()).unwrap_or(u64::MAX);
+    if nanos == 0 {
+        return d;
+    }
+    let offset = Duration::from_nanos(rand::rng().random_range(0..=nanos.saturating_mul(2)));
+    (d + offset).saturating_sub(spread)
+}
+
+/// The share of a poll interval [`jittered`] moves a poll by, either way.
+pub const POLL_JITTER: f64 = 0.1;
+
 /// The poll-interval multiplier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Slowdown {
@@ -104,6 +119,17 @@ mod tests {
                 "{d:?}"
             );
         }
+    }
+
+    #[test]
+    fn jitter_stays_within_a_tenth() {
+        let d = Duration::from_secs(2);
+        let all: Vec<Duration> = (0..200).map(|_| jittered(d)).collect();
+        assert!(all
+            .iter()
+            .all(|j| *j >= Duration::from_millis(1800) && *j <= Duration::from_millis(2200)));
+        assert!(all.iter().any(|j| *j != d), "jittered at all");
+        assert_eq!(jittered(Duration::ZERO), Duration::ZERO);
     }
 
     #[test]

@@ -107,6 +107,7 @@ impl Api {
         let mut all = Vec::new();
         let mut token: Option<String> = None;
         for _ in 0..10 {
+            self.permit(stack_arn).await;
             let r = self
                 .client()
                 .list_change_sets()
@@ -116,7 +117,7 @@ impl Api {
                 .config_override(self.overrides())
                 .send()
                 .await;
-            let out = self.result(r, "ListChangeSets", stack_arn)?;
+            let out = self.result(r, crate::aws::CallApi::ListChangeSets, stack_arn)?;
             all.extend(out.summaries().iter().map(|c| ChangeSetSummary {
                 name: c.change_set_name().unwrap_or_default().to_string(),
                 status: c.status().map_or("", |s| s.as_str()).to_string(),

@@ -252,6 +252,11 @@ pub struct World {
     pub page_size: usize,
     /// Lagging reveals: (stack name, events, `DescribeStackEvents` calls to go).
     pub late: Vec<(String, usize, usize)>,
+    /// When each of `requests` arrived.
+    pub request_times: Vec<std::time::Instant>,
+    /// Throttle mode: a request arriving when more than this many arrived within the
+    /// last second (itself included) is answered `Throttling`, as AWS does.
+    pub max_rps: Option<usize>,
 }
 
 impl World {
@@ -484,6 +489,20 @@ fn handle(w: &mut World, p: &HashMap<String, String>) -> Option<(u16, String)> {
     let action = p.get("Action").cloned().unwrap_or_default();
     let stack = p.get("StackName").cloned().unwrap_or_default();
     w.requests.push((action.clone(), stack.clone()));
+    let now = std::time::Instant::now();
+    w.request_times.push(now);
+    if let Some(max) = w.max_rps {
+        let window_start = now.checked_sub(std::time::Duration::from_secs(1));
+        let recent = w
+            .request_times
+            .iter()
+            .rev()
+            .take_while(|t| window_start.is_none_or(|s| **t > s))
+            .count();
+        if recent > max {
+            return error(400, "Sender", "Throttling", "Rate exceeded");
+        }
+    }
     if let Some(f) = w.faults.pop_front() {
         return match f {
             Fault::Throttle => error(400, "Sender", "Throttling", "Rate exceeded"),

@@ -106,6 +106,8 @@ pub struct TrackerConfig {
     /// executed is tracked before the run ends (default 10 min; see
     /// [`crate::changeset`]).
     pub review_wait: Duration,
+    /// The call budget every AWS request waits for (`None`: no limit).
+    pub limiter: Option<Arc<dyn crate::aws::CallLimiter>>,
 }
 
 impl TrackerConfig {
@@ -126,6 +128,7 @@ impl TrackerConfig {
             wake: None,
             push_poll_interval: Duration::from_secs(30),
             review_wait: Duration::from_secs(600),
+            limiter: None,
         }
     }
 
@@ -215,7 +218,8 @@ pub struct Tracker {
 
 impl Tracker {
     pub fn new(client: Client, config: TrackerConfig) -> Self {
-        let api = Api::new(client, config.calls.clone(), config.call_timeout);
+        let api = Api::new(client, config.calls.clone(), config.call_timeout)
+            .with_limiter(config.limiter.clone());
         let (state_tx, _) = watch::channel(TrackerState::default());
         Self {
             api,
@@ -454,12 +458,13 @@ impl Run {
     /// though never to less than [`MIN_WAKE_GAP`] after the previous poll began.
     async fn wait_between_polls(&self, last_poll: Instant) {
         let Some(wake) = self.config.wake.clone() else {
-            tokio::time::sleep(self.slowdown.apply(self.config.poll_interval)).await;
+            let wait = self.slowdown.apply(self.config.poll_interval);
+            tokio::time::sleep(crate::backoff::jittered(wait)).await;
             return;
         };
         let interval = wake.interval(self.config.poll_interval, self.config.push_poll_interval);
         tokio::select! {
-            _ = tokio::time::sleep(self.slowdown.apply(interval)) => {}
+            _ = tokio::time::sleep(crate::backoff::jittered(self.slowdown.apply(interval))) => {}
             _ = wake.woken() => {
                 tokio::time::sleep_until(last_poll + MIN_WAKE_GAP).await;
             }

@@ -198,6 +198,10 @@ async fn demo_setup(
     if args.poll_interval.is_none() {
         config.poll_interval = Duration::from_millis(500);
     }
+    if args.aws_max_rps.is_none() {
+        // The demo's endpoint is in-process: no AWS limits to protect.
+        config.aws_max_rps = None;
+    }
     let key = format!("demo-{:032x}", rand::random::<u128>());
     config.publisher_keys.push(key.clone());
     Ok((demo, key))

@@ -38,6 +38,11 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
+/// Buckets of the AWS-side histograms (detection delay, budget wait), in seconds.
+const TRACKING_BUCKETS: &[f64] = &[
+    0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
 /// How often histogram samples are folded into their buckets.
 const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -49,6 +54,16 @@ pub fn install() -> Option<&'static PrometheusHandle> {
                 .set_buckets_for_metric(
                     Matcher::Full("stackpulse_delivery_latency_seconds".into()),
                     LATENCY_BUCKETS,
+                )
+                .ok()?
+                .set_buckets_for_metric(
+                    Matcher::Full(crate::tracking::DETECTION_DELAY.into()),
+                    TRACKING_BUCKETS,
+                )
+                .ok()?
+                .set_buckets_for_metric(
+                    Matcher::Full("stackpulse_tracking_aws_budget_wait_seconds".into()),
+                    TRACKING_BUCKETS,
                 )
                 .ok()?
                 .build_recorder();

@@ -63,8 +63,10 @@ impl AppState {
                 lease_ttl: config.poller_lease,
                 max_pollers: config.max_pollers,
                 push_poll_interval: config.push_poll_interval,
+                aws_max_rps: config.aws_max_rps,
+                budget_redis_url: config.redis_url.clone(),
             },
-        );
+        )?;
         let gate = Arc::new(gate);
         hub.set_rules(crate::hub::Rules {
             policy: Arc::new(crate::topic_policy::ServerPolicy::new(

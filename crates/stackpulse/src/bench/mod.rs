@@ -12,6 +12,10 @@
 //! `bench issuer` is the RS256 issuer of the auth scenario: it makes a key, serves
 //! its JWKS on loopback and writes a token for `bench run --token-file`.
 //!
+//! `bench tracking` measures stack tracking on the scripted CloudFormation
+//! endpoint: detection delay, AWS requests per stack-minute, the call budget
+//! ([`tracking`]).
+//!
 //! `bench/compare.sh` runs the scenarios against both servers; `BENCHMARKS.md` has
 //! a run's results.
 //!
@@ -24,6 +28,7 @@
 //! - [`stats`]: percentiles and the report.
 //! - [`load`]: one run, phase by phase.
 //! - [`issuer`]: the RS256 key, JWKS endpoint and token.
+//! - [`tracking`]: the stack-tracking scenario.
 
 pub mod connect;
 pub mod issuer;
@@ -32,6 +37,7 @@ pub mod procfs;
 pub mod publish;
 pub mod stats;
 pub mod target;
+pub mod tracking;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,6 +59,9 @@ pub enum BenchCommand {
     Run(RunArgs),
     /// Serve an RS256 JWKS on loopback and write a token signed by its key.
     Issuer(issuer::IssuerArgs),
+    /// Track stacks deploying on the scripted CloudFormation endpoint and report
+    /// detection delay, AWS requests per stack-minute and the call budget's effect.
+    Tracking(tracking::TrackingArgs),
 }
 
 /// `stackpulse bench run` flags.
@@ -141,6 +150,19 @@ pub async fn main(args: BenchArgs) -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        BenchCommand::Tracking(args) => {
+            match tracking::run(args).await {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => {
+                    eprintln!("stackpulse bench tracking: a stream was not exact or a client got an error");
+                    ExitCode::from(1)
+                }
+                Err(e) => {
+                    eprintln!("stackpulse bench tracking: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         BenchCommand::Issuer(args) => match issuer::serve(args).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

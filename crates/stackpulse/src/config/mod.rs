@@ -144,6 +144,11 @@ pub struct ServeArgs {
     /// allowed [default: 30].
     #[arg(long, env = "STACKPULSE_PUSH_POLL_INTERVAL", value_name = "SECONDS")]
     pub push_poll_interval: Option<f64>,
+    /// CloudFormation requests per second per AWS account and region, for all stack
+    /// pollers of the node (of the cluster with --redis-url), fractions allowed
+    /// [default: 4; no limit with --aws-endpoint-url].
+    #[arg(long, env = "STACKPULSE_AWS_MAX_RPS", value_name = "N")]
+    pub aws_max_rps: Option<f64>,
     /// Seconds a stack poller keeps going after its last subscriber left, while the
     /// stack is not terminal [default: 60].
     #[arg(long, env = "STACKPULSE_TRACKER_GRACE", value_name = "SECONDS")]
@@ -286,6 +291,7 @@ struct FileConfig {
     aws_region: Option<String>,
     poll_interval: Option<f64>,
     push_poll_interval: Option<f64>,
+    aws_max_rps: Option<f64>,
     tracker_grace: Option<f64>,
     poller_lease: Option<f64>,
     deployment_timeout: Option<f64>,
@@ -354,6 +360,9 @@ pub struct Config {
     pub poll_interval: Duration,
     /// Time between two polls of a stack pushed within the last 10 minutes.
     pub push_poll_interval: Duration,
+    /// CloudFormation requests per second per account and region (`--aws-max-rps`);
+    /// `None`: no limit (a local endpoint, `--aws-endpoint-url`, without the flag).
+    pub aws_max_rps: Option<f64>,
     /// How long a poller outlives its last subscriber while the stack is busy.
     pub tracker_grace: Duration,
     /// How long a poller lease lasts without renewal.
@@ -449,6 +458,7 @@ impl Default for Config {
             aws_region: None,
             poll_interval: Duration::from_secs(2),
             push_poll_interval: Duration::from_secs(30),
+            aws_max_rps: Some(DEFAULT_AWS_RPS),
             tracker_grace: Duration::from_secs(60),
             poller_lease: Duration::from_secs(30),
             deployment_timeout: Duration::from_secs(6 * 3600),
@@ -479,6 +489,11 @@ pub enum ConfigError {
 /// The longest duration any flag accepts: more is a typo, and timers and
 /// `Instant` arithmetic on it would overflow (a panic in a task) later.
 const MAX_SECONDS: f64 = 30.0 * 86_400.0;
+
+/// Largest `--aws-max-rps` (CloudFormation's own limits are far below).
+const MAX_AWS_RPS: f64 = 1000.0;
+/// Default `--aws-max-rps` against AWS.
+const DEFAULT_AWS_RPS: f64 = 4.0;
 
 fn seconds(name: &'static str, value: f64) -> Result<Duration, ConfigError> {
     seconds_at_most(name, value, MAX_SECONDS)
@@ -721,7 +736,7 @@ impl Config {
                 Some(s) => seconds("graphql-keepalive", s)?,
                 None => d.graphql_keepalive,
             },
-            aws_endpoint_url: non_empty(args.aws_endpoint_url.clone().or(file.aws_endpoint_url)),
+            aws_endpoint_url: non_empty(args.aws_endpoint_url.clone().or(file.aws_endpoint_url.clone())),
             aws_region: non_empty(args.aws_region.clone().or(file.aws_region)),
             poll_interval: match args.poll_interval.or(file.poll_interval) {
                 Some(s) => seconds_at_most("poll-interval", s, MAX_POLL_INTERVAL)?,
@@ -730,6 +745,24 @@ impl Config {
             push_poll_interval: match args.push_poll_interval.or(file.push_poll_interval) {
                 Some(s) => seconds_at_most("push-poll-interval", s, MAX_POLL_INTERVAL)?,
                 None => d.push_poll_interval,
+            },
+            aws_max_rps: match args.aws_max_rps.or(file.aws_max_rps) {
+                Some(n) if n.is_finite() && n > 0.0 && n <= MAX_AWS_RPS => Some(n),
+                Some(n) => {
+                    return Err(ConfigError::Invalid {
+                        name: "aws-max-rps",
+                        message: format!(
+                            "{n} is not a number of requests per second above 0 and at most {MAX_AWS_RPS}"
+                        ),
+                    })
+                }
+                // moto, LocalStack, the demo: no AWS API limits to protect.
+                None if non_empty(args.aws_endpoint_url.clone().or(file.aws_endpoint_url.clone()))
+                    .is_some() =>
+                {
+                    None
+                }
+                None => d.aws_max_rps,
             },
             tracker_grace: match args.tracker_grace.or(file.tracker_grace) {
                 Some(s) => seconds("tracker-grace", s)?,

@@ -42,16 +42,29 @@
 //! does not publish the completion of an operation whose completion the topic
 //! already has).
 //!
+//! Every CloudFormation request of the pollers (tracker runs and looks) waits for
+//! the node's [`budget::Budget`] first: `--aws-max-rps` per account and region,
+//! round-robin between stacks, shared by the cluster through Redis. Poll times are
+//! jittered (±10 %) so pollers started together drift apart.
+//!
 //! Metrics: `stackpulse_tracking_pollers` (running here),
-//! `stackpulse_tracking_pollers_started_total`, and
-//! `stackpulse_tracking_aws_calls_total` (AWS requests of this node's pollers; no
-//! per-stack label, so the series count does not grow with the stacks users name).
+//! `stackpulse_tracking_pollers_started_total`,
+//! `stackpulse_tracking_aws_calls_total` (AWS requests of this node's pollers),
+//! `stackpulse_tracking_aws_api_calls_total{api,region}` and
+//! `stackpulse_tracking_aws_throttles_total{api,region}` (the same by API and
+//! region, and the throttled ones), `stackpulse_tracking_push_wakeups_total{poller}`
+//! (pushes that reached this node; `poller="here"` when it runs the stack's poller)
+//! and the histogram `stackpulse_tracking_detection_delay_seconds` (CloudFormation
+//! event time → published, for events found after a run's first poll). No per-stack
+//! label, so the series count does not grow with the stacks users name.
 //!
 //! # Layout
 //! - [`aws`]: AWS configuration from the standard chain, CloudFormation clients.
+//! - [`budget`]: the AWS call budget per account and region.
 //! - [`events`]: tracker messages ↔ hub events.
 
 pub mod aws;
+pub mod budget;
 pub mod events;
 
 use std::collections::HashSet;
@@ -61,12 +74,14 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use serde_json::Value;
+use stackpulse_cfn::aws::{CallApi, CallLimiter};
 use stackpulse_cfn::{CallCounter, Outcome, Tracker, TrackerConfig, TrackerMessage, Wake};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::hub::{BackplaneError, Draft, Hub, Lease, SubscribeError, TopicInterest};
 use aws::{AwsClients, AwsSettings};
+use budget::{Budget, Slots, StackBudget};
 use events::Origin;
 
 /// Prefix of tracked stack topics.
@@ -155,6 +170,11 @@ pub struct TrackingConfig {
     /// Time between two polls of a stack that got a push in the last 10 minutes
     /// (`--push-poll-interval`).
     pub push_poll_interval: Duration,
+    /// CloudFormation requests per second per account and region (`--aws-max-rps`);
+    /// `None`: no limit.
+    pub aws_max_rps: Option<f64>,
+    /// The Redis through which the nodes share that budget; `None`: this node alone.
+    pub budget_redis_url: Option<String>,
 }
 
 /// One poller's registration.
@@ -165,6 +185,10 @@ struct PollerEntry {
     calls: CallCounter,
     /// How many of them the node-wide metric has counted.
     reported: AtomicU64,
+    /// How many of each API's requests and throttles the labelled metrics counted.
+    reported_by_api: [(AtomicU64, AtomicU64); CallApi::ALL.len()],
+    /// The stack's region (a metric label), once the poller resolved it.
+    region: std::sync::OnceLock<String>,
     /// Pushes for this stack ([`TopicInterest::wake`]): poll now.
     wake: Arc<Wake>,
 }
@@ -173,6 +197,8 @@ struct PollerEntry {
 pub struct Tracking {
     hub: Hub,
     aws: AwsClients,
+    /// The AWS call budget every poller's requests wait for (`None`: no limit).
+    budget: Option<Arc<Budget>>,
     config: TrackingConfig,
     pollers: DashMap<Arc<str>, Arc<PollerEntry>>,
     /// Pollers registered (kept beside the map: counting a DashMap locks every
@@ -183,16 +209,37 @@ pub struct Tracking {
 }
 
 impl Tracking {
-    pub fn new(hub: Hub, config: TrackingConfig) -> Arc<Tracking> {
+    /// Fails only on an invalid Redis URL.
+    pub fn new(hub: Hub, config: TrackingConfig) -> Result<Arc<Tracking>, String> {
         describe_metrics();
-        Arc::new_cyclic(|me| Tracking {
+        let budget = match config.aws_max_rps {
+            Some(rps) => {
+                let slots = match &config.budget_redis_url {
+                    Some(url) => Slots::redis(url)?,
+                    None => Slots::Local,
+                };
+                Some(Budget::new(rps, slots))
+            }
+            None => None,
+        };
+        Ok(Arc::new_cyclic(|me| Tracking {
             hub,
             aws: AwsClients::new(config.aws.clone()),
+            budget,
             config,
             pollers: DashMap::new(),
             running: AtomicUsize::new(0),
             me: me.clone(),
-        })
+        }))
+    }
+
+    /// The call budget as the limiter of the poller of `topic`.
+    fn limiter(&self, topic: &Arc<str>) -> Option<Arc<dyn CallLimiter>> {
+        let budget = self.budget.clone()?;
+        Some(Arc::new(StackBudget {
+            budget,
+            topic: topic.clone(),
+        }))
     }
 
     /// The AWS clients (also used by `POST /canvas/deploy`).
@@ -240,6 +287,23 @@ impl Tracking {
         let before = entry.reported.swap(total, Ordering::AcqRel);
         metrics::counter!("stackpulse_tracking_aws_calls_total")
             .increment(total.saturating_sub(before));
+        let region = entry.region.get().map_or("unknown", String::as_str);
+        for (api, (sent_before, throttled_before)) in
+            CallApi::ALL.iter().zip(&entry.reported_by_api)
+        {
+            let sent = entry.calls.sent_to(*api);
+            let grew = sent.saturating_sub(sent_before.swap(sent, Ordering::AcqRel));
+            if grew > 0 {
+                metrics::counter!("stackpulse_tracking_aws_api_calls_total", "api" => api.name(), "region" => region.to_owned())
+                    .increment(grew);
+            }
+            let throttled = entry.calls.throttled_by(*api);
+            let grew = throttled.saturating_sub(throttled_before.swap(throttled, Ordering::AcqRel));
+            if grew > 0 {
+                metrics::counter!("stackpulse_tracking_aws_throttles_total", "api" => api.name(), "region" => region.to_owned())
+                    .increment(grew);
+            }
+        }
     }
 
     /// Resolves once the topic has gone `idle` without an admitted local
@@ -275,6 +339,11 @@ impl Tracking {
     async fn poller(&self, topic: Arc<str>, stack: StackTopic, slot: Arc<PollerEntry>) {
         let lease_name = format!("poll:{topic}");
         let look_every = (self.config.poll_interval * 5).min(Duration::from_secs(60));
+        let region = match &stack.region {
+            Some(r) => r.clone(),
+            None => self.aws.default_region().await,
+        };
+        let _ = slot.region.set(region);
         'run: loop {
             // 1. The lease (another node may be polling this stack).
             let lease = loop {
@@ -308,7 +377,7 @@ impl Tracking {
             tokio::pin!(unwanted);
             loop {
                 tokio::select! {
-                    _ = tokio::time::sleep(look_every) => {}
+                    _ = tokio::time::sleep(stackpulse_cfn::backoff::jittered(look_every)) => {}
                     _ = slot.wake.woken() => {}
                     _ = &mut unwanted => return,
                 }
@@ -328,7 +397,8 @@ impl Tracking {
     async fn look(&self, topic: &Arc<str>, stack: &StackTopic, entry: &PollerEntry) -> Look {
         let calls = entry.calls.clone();
         let client = self.aws.client(stack.region.as_deref()).await;
-        let api = stackpulse_cfn::aws::Api::new(client, calls.clone(), LOOK_TIMEOUT);
+        let api = stackpulse_cfn::aws::Api::new(client, calls.clone(), LOOK_TIMEOUT)
+            .with_limiter(self.limiter(topic));
         let look = match api.describe_stack(&stack.stack).await {
             Ok(info) => Look::Stack {
                 arn: info.arn,
@@ -389,6 +459,7 @@ impl Tracking {
         config.calls = calls.clone();
         config.wake = Some(slot.wake.clone());
         config.push_poll_interval = self.config.push_poll_interval;
+        config.limiter = self.limiter(topic);
         let client = self.aws.client(stack.region.as_deref()).await;
         let origin = Origin {
             stack_name: stack.stack.clone(),
@@ -409,6 +480,9 @@ impl Tracking {
         tokio::pin!(unwanted);
         let mut published_updates = 0u64;
         let mut held: Option<TrackerMessage> = None;
+        // Events found after the run's first poll (its snapshot) are news: their
+        // delay from CloudFormation to the hub is the detection delay.
+        let mut first_poll_done = false;
         let end = loop {
             tokio::select! {
                 msg = rx.recv() => {
@@ -430,8 +504,10 @@ impl Tracking {
                             tracing::debug!(%topic, "operation already complete in the topic's history");
                         }
                         Some(m) => {
-                            if let TrackerMessage::ResourceUpdate(_) = &m {
-                                published_updates += 1;
+                            match &m {
+                                TrackerMessage::ResourceUpdate(_) => published_updates += 1,
+                                TrackerMessage::Snapshot(_) => first_poll_done = true,
+                                _ => {}
                             }
                             out.push((m, false));
                         }
@@ -440,7 +516,11 @@ impl Tracking {
                     let mut fenced = false;
                     for (m, last) in &out {
                         match self.publish(topic, m, &origin, lease, *last).await {
-                            Ok(()) => {}
+                            Ok(()) => {
+                                if let (true, TrackerMessage::ResourceUpdate(u)) = (first_poll_done, m) {
+                                    detection_delay(u.timestamp);
+                                }
+                            }
                             Err(BackplaneError::Fenced(_)) => {
                                 fenced = true;
                                 break;
@@ -517,6 +597,17 @@ impl Tracking {
     }
 }
 
+/// Records how long after CloudFormation's event time an event was published.
+fn detection_delay(event_time: chrono::DateTime<chrono::Utc>) {
+    let delay = (chrono::Utc::now() - event_time)
+        .to_std()
+        .unwrap_or_default();
+    metrics::histogram!(DETECTION_DELAY).record(delay.as_secs_f64());
+}
+
+/// The detection-delay histogram (its buckets are set in [`crate::metrics`]).
+pub const DETECTION_DELAY: &str = "stackpulse_tracking_detection_delay_seconds";
+
 fn describe_metrics() {
     metrics::describe_gauge!(
         "stackpulse_tracking_pollers",
@@ -529,6 +620,23 @@ fn describe_metrics() {
     metrics::describe_counter!(
         "stackpulse_tracking_aws_calls_total",
         "CloudFormation requests sent by this node's stack pollers"
+    );
+    metrics::describe_counter!(
+        "stackpulse_tracking_aws_api_calls_total",
+        "CloudFormation requests sent by this node's stack pollers, by API and region"
+    );
+    metrics::describe_counter!(
+        "stackpulse_tracking_aws_throttles_total",
+        "CloudFormation requests of this node's stack pollers answered with a throttling error, by API and region"
+    );
+    metrics::describe_counter!(
+        "stackpulse_tracking_push_wakeups_total",
+        "Pushes (EventBridge, SNS) that reached this node; poller=here when it runs the stack's poller"
+    );
+    metrics::describe_histogram!(
+        DETECTION_DELAY,
+        metrics::Unit::Seconds,
+        "From a CloudFormation event's time to its publication (events found after a poller's first poll)"
     );
 }
 
@@ -605,6 +713,8 @@ impl TopicInterest for Tracking {
                     wanted: watch::Sender::new(true),
                     calls: CallCounter::default(),
                     reported: AtomicU64::new(0),
+                    reported_by_api: Default::default(),
+                    region: std::sync::OnceLock::new(),
                     wake: Arc::new(Wake::new()),
                 });
                 e.insert(entry.clone());
@@ -625,9 +735,14 @@ impl TopicInterest for Tracking {
     /// that does not hold the lease only keeps the wake pending (coalesced), which
     /// costs at most one early poll once it takes the lease over.
     fn wake(&self, topic: &str) {
-        if let Some(entry) = self.pollers.get(topic) {
-            entry.wake.wake();
-        }
+        let here = match self.pollers.get(topic) {
+            Some(entry) => {
+                entry.wake.wake();
+                "here"
+            }
+            None => "elsewhere",
+        };
+        metrics::counter!("stackpulse_tracking_push_wakeups_total", "poller" => here).increment(1);
     }
 
     fn unwanted(&self, topic: &Arc<str>) {

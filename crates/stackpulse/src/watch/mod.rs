@@ -467,6 +467,7 @@ mod tests {
                 physical_id: String::new(),
                 status_reason: "boom".into(),
                 progress: 0,
+                ..ResourceSummary::default()
             },
             stack: StackSummary {
                 name: "s".into(),

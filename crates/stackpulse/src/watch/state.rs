@@ -391,6 +391,7 @@ pub(crate) mod tests {
                     String::new()
                 },
                 progress: 0,
+                ..ResourceSummary::default()
             },
             stack: StackSummary {
                 name: "s".into(),

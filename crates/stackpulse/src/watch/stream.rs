@@ -319,6 +319,7 @@ mod tests {
                 physical_id: String::new(),
                 status_reason: String::new(),
                 progress: 0,
+                ..ResourceSummary::default()
             },
             stack: StackSummary::default(),
             nested_stack: None,

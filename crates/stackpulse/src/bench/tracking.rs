@@ -1,0 +1,480 @@
+//! `stackpulse bench tracking`: what stack tracking costs in AWS calls and how fast
+//! it sees CloudFormation events, on the scripted endpoint (no AWS account).
+//!
+//! One run: the scripted CloudFormation endpoint ([`stackpulse_cfn::scripted`]) in
+//! this process, in throttle mode (`Throttling` above `--throttle-above` requests
+//! per second, like AWS); a `stackpulse serve` child pointed at it; `/ws` clients
+//! subscribed to every stack. Once every stack's poller has published the stack's
+//! first event, a driver plays all deployments at once by the clock: each resource
+//! goes `CREATE_IN_PROGRESS` then `CREATE_COMPLETE`, events `--event-gap` seconds
+//! apart on average (uniform in ½…1½ of it), then the stack completes. With
+//! `--push`, each event is also pushed to `POST /v1/ingest/eventbridge` as
+//! EventBridge would.
+//!
+//! Reported: detection delay (the event's CloudFormation time → the event on a
+//! `/ws` client; median, p99, max), CloudFormation requests per stack-minute
+//! while the stacks deploy, requests throttled by the endpoint, `tracker.error`
+//! frames clients got, whether every stream was exact (each event once, none
+//! missing), and the mean wait for the call budget from the server's `/metrics`.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use clap::Args;
+use rand::Rng;
+use serde_json::json;
+use stackpulse_cfn::scripted::{arn, FakeCfn, FakeStack, STACK};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::client::{Client, Frame};
+
+/// The publisher key of the server child (pushes).
+const KEY: &str = "bench-tracking-publisher-key";
+/// Topics per `/ws` connection (below the server's default subscription cap).
+const TOPICS_PER_CONNECTION: usize = 50;
+const REGION: &str = "us-east-1";
+
+/// `stackpulse bench tracking` flags.
+#[derive(Debug, Clone, Args)]
+pub struct TrackingArgs {
+    /// Stacks deploying at once.
+    #[arg(long, default_value_t = 20)]
+    pub stacks: usize,
+    /// Resources per stack (two events each, plus the stack's own two).
+    #[arg(long, default_value_t = 6)]
+    pub resources: usize,
+    /// Mean seconds between two events of a stack.
+    #[arg(long, default_value_t = 4.0)]
+    pub event_gap: f64,
+    /// Push every event to `POST /v1/ingest/eventbridge` (else polling only).
+    #[arg(long)]
+    pub push: bool,
+    /// The server's `--poll-interval`.
+    #[arg(long, default_value_t = 2.0)]
+    pub poll_interval: f64,
+    /// The server's `--push-poll-interval`.
+    #[arg(long, default_value_t = 30.0)]
+    pub push_poll_interval: f64,
+    /// The server's `--aws-max-rps`.
+    #[arg(long, default_value_t = 4.0)]
+    pub aws_max_rps: f64,
+    /// The endpoint answers `Throttling` above this many requests per second
+    /// [default: --aws-max-rps rounded up, plus one].
+    #[arg(long)]
+    pub throttle_above: Option<usize>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 1800.0)]
+    pub timeout: f64,
+    /// The `stackpulse` binary to serve with [default: this one].
+    #[arg(long)]
+    pub server_bin: Option<PathBuf>,
+}
+
+/// What clients saw of one stack.
+#[derive(Default)]
+struct Seen {
+    ids: HashSet<String>,
+    duplicates: usize,
+    deployed: bool,
+}
+
+/// One frame of interest, from a reader task.
+enum Seen1 {
+    Resource {
+        topic: String,
+        id: String,
+        event_time: Option<DateTime<Utc>>,
+        at: DateTime<Utc>,
+    },
+    Deployed(String),
+    Error(String),
+}
+
+fn stack_name(i: usize) -> String {
+    format!("bench{i:04}")
+}
+
+/// Starts the server child; returns it and its address.
+async fn serve(
+    args: &TrackingArgs,
+    endpoint: &str,
+) -> Result<(tokio::process::Child, String), String> {
+    let bin = match &args.server_bin {
+        Some(b) => b.clone(),
+        None => std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?,
+    };
+    let mut child = tokio::process::Command::new(bin)
+        .args(["serve", "--bind", "127.0.0.1:0", "--publisher-key", KEY])
+        .args(["--aws-endpoint-url", endpoint, "--aws-region", REGION])
+        .args(["--poll-interval", &args.poll_interval.to_string()])
+        .args(["--push-poll-interval", &args.push_poll_interval.to_string()])
+        .args(["--aws-max-rps", &args.aws_max_rps.to_string()])
+        .args(["--max-pollers", &args.stacks.max(1000).to_string()])
+        .env("AWS_ACCESS_KEY_ID", "bench")
+        .env("AWS_SECRET_ACCESS_KEY", "bench")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/nonexistent/stackpulse-bench")
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "/nonexistent/stackpulse-bench",
+        )
+        .env_remove("STACKPULSE_CONFIG")
+        .env_remove("STACKPULSE_REDIS_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start the server: {e}"))?;
+    let stdout = child.stdout.take().ok_or("no stdout of the server")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .map_err(|_| "the server did not start within 30 s".to_string())?
+        .map_err(|e| format!("cannot read the server's output: {e}"))?
+        .ok_or("the server exited at start")?;
+    let addr = line
+        .strip_prefix("stackpulse listening on http://")
+        .ok_or_else(|| format!("unexpected first line of the server: {line}"))?
+        .to_owned();
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok((child, addr))
+}
+
+/// Reads one connection's frames into `tx`.
+async fn read(mut client: Client, tx: mpsc::UnboundedSender<Seen1>) {
+    while let Some(Ok(frame)) = client.next().await {
+        let Frame::Event(e) = frame else { continue };
+        let topic = e.deployment_id.to_string();
+        let msg = match e.event_type.as_str() {
+            "resource.status" => Seen1::Resource {
+                topic,
+                id: e.data["eventId"].as_str().unwrap_or_default().to_owned(),
+                event_time: e.data["eventTimestamp"]
+                    .as_str()
+                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                    .map(|t| t.with_timezone(&Utc)),
+                at: Utc::now(),
+            },
+            "stack.deployed" | "stack.failed" => Seen1::Deployed(topic),
+            "tracker.error" => Seen1::Error(format!("{topic}: {}", e.data)),
+            _ => continue,
+        };
+        if tx.send(msg).is_err() {
+            return;
+        }
+    }
+}
+
+/// Pushes one stack's resource change as EventBridge would.
+async fn push(http: &reqwest::Client, addr: &str, stack: &str, logical: &str, status: &str) {
+    let arn = arn(stack);
+    let body = json!({
+        "version": "0",
+        "id": format!("{stack}-{logical}-{status}"),
+        "detail-type": "CloudFormation Resource Status Change",
+        "source": "aws.cloudformation",
+        "account": "123456789012",
+        "time": Utc::now().to_rfc3339(),
+        "region": REGION,
+        "resources": [arn],
+        "detail": {
+            "stack-id": arn,
+            "logical-resource-id": logical,
+            "physical-resource-id": format!("{stack}-{logical}-phys"),
+            "status-details": {"status": status, "status-reason": "", "detailed-status": ""},
+            "resource-type": "AWS::S3::Bucket",
+            "client-request-token": "bench"
+        }
+    });
+    let r = http
+        .post(format!("http://{addr}/v1/ingest/eventbridge"))
+        .bearer_auth(KEY)
+        .json(&body)
+        .send()
+        .await;
+    if let Err(e) = r {
+        eprintln!("push failed: {e}");
+    }
+}
+
+/// Plays one stack's deployment by the clock.
+async fn drive(
+    fake: std::sync::Arc<std::sync::Mutex<stackpulse_cfn::scripted::World>>,
+    http: reqwest::Client,
+    addr: String,
+    args: TrackingArgs,
+    stack: String,
+) {
+    let gap = |rng: &mut rand::rngs::ThreadRng| {
+        Duration::from_secs_f64(args.event_gap * rng.random_range(0.5..1.5))
+    };
+    let mut steps: Vec<(String, &str)> = Vec::new();
+    for r in 0..args.resources {
+        steps.push((format!("Res{r}"), "CREATE_IN_PROGRESS"));
+        steps.push((format!("Res{r}"), "CREATE_COMPLETE"));
+    }
+    steps.push((stack.clone(), "CREATE_COMPLETE"));
+    for (logical, status) in steps {
+        let wait = gap(&mut rand::rng());
+        tokio::time::sleep(wait).await;
+        {
+            let mut w = fake.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(s) = w.stacks.iter_mut().find(|s| s.name == stack) else {
+                return;
+            };
+            s.push_now(&logical, "AWS::S3::Bucket", status, "");
+            if logical == stack {
+                s.status = status.to_owned();
+                s.resources = (0..args.resources)
+                    .map(|r| {
+                        (
+                            format!("Res{r}"),
+                            "AWS::S3::Bucket".to_owned(),
+                            "CREATE_COMPLETE".to_owned(),
+                        )
+                    })
+                    .collect();
+            }
+        }
+        if args.push {
+            push(&http, &addr, &stack, &logical, status).await;
+        }
+    }
+}
+
+/// The value of every `/metrics` line whose name (labels included) starts with
+/// `prefix`, summed.
+fn metric_sum(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .fold(0.0, |a, b| a + b)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Runs the scenario and prints the report; `Err` when it could not run.
+pub async fn run(args: TrackingArgs) -> Result<bool, String> {
+    let names: Vec<String> = (0..args.stacks).map(stack_name).collect();
+    let stacks: Vec<FakeStack> = names
+        .iter()
+        .map(|n| {
+            let mut s = FakeStack::new(n);
+            s.created = Utc::now();
+            s.template_resources = args.resources;
+            s.push_now(n, STACK, "CREATE_IN_PROGRESS", "User Initiated");
+            s
+        })
+        .collect();
+    let fake = FakeCfn::bind(stacks)
+        .await
+        .map_err(|e| format!("cannot start the scripted endpoint: {e}"))?;
+    let throttle_above = args
+        .throttle_above
+        .unwrap_or(args.aws_max_rps.ceil() as usize + 1);
+    fake.world().max_rps = Some(throttle_above);
+    let (mut child, addr) = serve(&args, &fake.endpoint).await?;
+    crate::auth::jwks_http::install_crypto_provider();
+    let http = reqwest::Client::new();
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    for chunk in names.chunks(TOPICS_PER_CONNECTION) {
+        let mut c = Client::connect(&format!("ws://{addr}/ws"), None)
+            .await
+            .map_err(|e| format!("cannot connect: {e}"))?;
+        for n in chunk {
+            c.subscribe(&format!("stack:{n}"), Some(0), None)
+                .await
+                .map_err(|e| format!("cannot subscribe: {e}"))?;
+        }
+        tokio::spawn(read(c, tx.clone()));
+    }
+    drop(tx);
+
+    let deadline = Instant::now() + Duration::from_secs_f64(args.timeout);
+    let mut seen: HashMap<String, Seen> = HashMap::new();
+    let mut errors: Vec<String> = Vec::new();
+    let mut delays: Vec<f64> = Vec::new();
+    let started = Instant::now();
+    // 1. Every poller published its stack's first event.
+    while seen.values().filter(|s| !s.ids.is_empty()).count() < args.stacks {
+        let Ok(Some(msg)) = tokio::time::timeout_at(deadline, rx.recv()).await else {
+            return Err("timed out before every poller ran".into());
+        };
+        note(&mut seen, &mut errors, &mut delays, msg, false);
+    }
+    let setup = started.elapsed();
+    eprintln!(
+        "{} pollers running after {:.1} s; deploying",
+        args.stacks,
+        setup.as_secs_f64()
+    );
+
+    // 2. All deployments at once.
+    let requests_before = fake.request_count();
+    let deploy_start = Instant::now();
+    for n in &names {
+        tokio::spawn(drive(
+            fake.world.clone(),
+            http.clone(),
+            addr.clone(),
+            args.clone(),
+            n.clone(),
+        ));
+    }
+    let mut stack_seconds = 0.0;
+    while seen.values().filter(|s| s.deployed).count() < args.stacks {
+        let Ok(Some(msg)) = tokio::time::timeout_at(deadline, rx.recv()).await else {
+            eprintln!("timed out before every stack completed");
+            break;
+        };
+        if let Seen1::Deployed(_) = &msg {
+            stack_seconds += deploy_start.elapsed().as_secs_f64();
+        }
+        note(&mut seen, &mut errors, &mut delays, msg, true);
+    }
+    let deploy = deploy_start.elapsed();
+    let requests = fake.request_count() - requests_before;
+    let by_action = {
+        let w = fake.world();
+        let mut by: std::collections::BTreeMap<String, usize> = Default::default();
+        for (action, _) in w.requests.iter().skip(requests_before) {
+            *by.entry(action.clone()).or_default() += 1;
+        }
+        by.into_iter()
+            .map(|(a, n)| format!("{a} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let expected = 2 * args.resources + 2;
+    let exact = seen.len() == args.stacks
+        && seen
+            .values()
+            .all(|s| s.ids.len() == expected && s.duplicates == 0 && s.deployed);
+    let throttled_at_endpoint = {
+        let w = fake.world();
+        // The endpoint answers Throttling when its window is over the limit.
+        count_over(&w.request_times, throttle_above)
+    };
+    let metrics = http
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .map_err(|e| format!("cannot read /metrics: {e}"))?
+        .text()
+        .await
+        .map_err(|e| format!("cannot read /metrics: {e}"))?;
+    let _ = child.kill().await;
+
+    delays.sort_by(f64::total_cmp);
+    let wait_sum = metric_sum(&metrics, "stackpulse_tracking_aws_budget_wait_seconds_sum");
+    let wait_count = metric_sum(
+        &metrics,
+        "stackpulse_tracking_aws_budget_wait_seconds_count",
+    );
+    let throttles = metric_sum(&metrics, "stackpulse_tracking_aws_throttles_total");
+    let per_stack_minute = requests as f64 / (stack_seconds / 60.0).max(f64::EPSILON);
+    println!(
+        "tracking bench: {stacks} stacks × {events} events (gap ~{gap} s), push: {push}, \
+         --poll-interval {poll} --push-poll-interval {pushpoll} --aws-max-rps {rps}, endpoint \
+         throttles above {throttle_above} rps",
+        stacks = args.stacks,
+        events = expected,
+        gap = args.event_gap,
+        push = args.push,
+        poll = args.poll_interval,
+        pushpoll = args.push_poll_interval,
+        rps = args.aws_max_rps,
+    );
+    println!(
+        "  setup (every poller's first event): {:.1} s; deployments: {:.1} s",
+        setup.as_secs_f64(),
+        deploy.as_secs_f64()
+    );
+    println!(
+        "  detection delay (event time → /ws client), {} events: median {:.3} s, p90 {:.3} s, \
+         p99 {:.3} s, max {:.3} s",
+        delays.len(),
+        percentile(&delays, 0.5),
+        percentile(&delays, 0.9),
+        percentile(&delays, 0.99),
+        delays.last().copied().unwrap_or(f64::NAN)
+    );
+    println!(
+        "  CloudFormation requests while deploying: {requests} = {per_stack_minute:.2} per \
+         stack-minute ({:.2} per second)",
+        requests as f64 / deploy.as_secs_f64().max(f64::EPSILON)
+    );
+    println!("    by API: {by_action}");
+    println!(
+        "  budget: mean wait {:.3} s over {wait_count} requests; throttled answers: {throttles} \
+         (server), {throttled_at_endpoint} (endpoint windows over the limit)",
+        if wait_count > 0.0 {
+            wait_sum / wait_count
+        } else {
+            0.0
+        }
+    );
+    println!(
+        "  streams exact: {exact}; tracker.error frames at clients: {}",
+        errors.len()
+    );
+    for e in errors.iter().take(5) {
+        println!("    {e}");
+    }
+    Ok(exact && errors.is_empty())
+}
+
+/// Requests that arrived while more than `max` had arrived within the last second.
+fn count_over(times: &[std::time::Instant], max: usize) -> usize {
+    let mut over = 0;
+    let mut start = 0;
+    for (end, t) in times.iter().enumerate() {
+        while *t - times[start] >= Duration::from_secs(1) {
+            start += 1;
+        }
+        if end + 1 - start > max {
+            over += 1;
+        }
+    }
+    over
+}
+
+/// Folds one frame into what clients saw.
+fn note(
+    seen: &mut HashMap<String, Seen>,
+    errors: &mut Vec<String>,
+    delays: &mut Vec<f64>,
+    msg: Seen1,
+    measure: bool,
+) {
+    match msg {
+        Seen1::Resource {
+            topic,
+            id,
+            event_time,
+            at,
+        } => {
+            let s = seen.entry(topic).or_default();
+            if !s.ids.insert(id) {
+                s.duplicates += 1;
+            }
+            if let (true, Some(t)) = (measure, event_time) {
+                delays.push((at - t).num_milliseconds() as f64 / 1000.0);
+            }
+        }
+        Seen1::Deployed(topic) => seen.entry(topic).or_default().deployed = true,
+        Seen1::Error(e) => errors.push(e),
+    }
+}
