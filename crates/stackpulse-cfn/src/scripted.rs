@@ -247,6 +247,9 @@ pub fn base_time() -> DateTime<Utc> {
 pub struct World {
     pub stacks: Vec<FakeStack>,
     pub faults: VecDeque<Fault>,
+    /// Faults for the next request naming a stack (its `StackName` parameter), taken
+    /// before `faults`: a test can fail one stack's call while other pollers run.
+    pub stack_faults: Vec<(String, Fault)>,
     /// (action, StackName parameter) of every request received.
     pub requests: Vec<(String, String)>,
     pub page_size: usize,
@@ -503,7 +506,12 @@ fn handle(w: &mut World, p: &HashMap<String, String>) -> Option<(u16, String)> {
             return error(400, "Sender", "Throttling", "Rate exceeded");
         }
     }
-    if let Some(f) = w.faults.pop_front() {
+    let stack_fault = w
+        .stack_faults
+        .iter()
+        .position(|(name, _)| *name == stack)
+        .map(|i| w.stack_faults.remove(i).1);
+    if let Some(f) = stack_fault.or_else(|| w.faults.pop_front()) {
         return match f {
             Fault::Throttle => error(400, "Sender", "Throttling", "Rate exceeded"),
             Fault::Reset => None,

@@ -418,8 +418,25 @@ async fn fifty_clients_on_one_stack_share_one_poller() {
     let started = server
         .metric("stackpulse_tracking_pollers_started_total")
         .await;
-    let calls = server.metric("stackpulse_tracking_aws_calls_total").await;
-    let requests = fake.request_count();
+    // The finished poller still checks the stack now and then: read the metric
+    // between two equal request counts, so no call is in flight while it is read (the
+    // endpoint counts a request when it arrives, the metric when its answer does).
+    let mut consistent = None;
+    for _ in 0..100 {
+        let before = fake.request_count();
+        let calls = server.metric("stackpulse_tracking_aws_calls_total").await;
+        if fake.request_count() == before && calls as usize == before {
+            consistent = Some((calls, before));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (calls, requests) = consistent.unwrap_or_else(|| {
+        panic!(
+            "the AWS-call metric never matched the endpoint's request count ({} requests)",
+            fake.request_count()
+        )
+    });
     let (describe_stacks, templates) = {
         let w = fake.world();
         (
@@ -532,7 +549,11 @@ async fn failing_stack_throttling_and_watch_exit_codes() {
         "one poller for the stack, however it was named"
     );
     // A stack the server cannot track (access denied): exit 2 with AWS's reason.
-    fake.world().faults.push_back(Fault::AccessDenied);
+    // The fault is for `denied`'s own call: the finished poller of `failing` keeps
+    // polling and must not take it.
+    fake.world()
+        .stack_faults
+        .push(("denied".to_string(), Fault::AccessDenied));
     let (code, out, err) = cli(&["watch", "denied", "--server", &server_url], &[]).await;
     assert_eq!(code, 2, "stdout: {out}\nstderr: {err}");
     assert!(
