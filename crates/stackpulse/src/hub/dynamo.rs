@@ -119,7 +119,8 @@ pub fn unavailable<E: ProvideErrorMetadata + std::fmt::Debug>(
     BackplaneError::Unavailable(format!("DynamoDB {what}: {detail}"))
 }
 
-fn topic_pk(topic: &str) -> String {
+/// The partition key of a topic's meta item and events (its sort key is `meta`).
+pub fn topic_pk(topic: &str) -> String {
     format!("t#{topic}")
 }
 

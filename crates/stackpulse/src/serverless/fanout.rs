@@ -3,6 +3,8 @@
 //! One `Query` lists the topic's subscriptions (with each subscriber's user and
 //! token expiry); the event's frame (serialized once, at publish) is posted to
 //! each, at most [`CONCURRENCY`] posts at a time. On the way:
+//! - a subscription still replaying, or whose subscribe already sent this seq,
+//!   is skipped (see [`super::ws`]);
 //! - a subscriber whose token expired is closed and forgotten;
 //! - an event that changes the topic's ACL is checked against each subscriber
 //!   with the hub's topic policy: one the new ACL does not admit gets
@@ -49,6 +51,10 @@ impl Broadcast for Fanout {
 impl Fanout {
     async fn deliver(&self, event: &Arc<StampedEvent>, sub: Subscriber) {
         let id = sub.connection_id.as_str();
+        // Still syncing, or already sent by its subscribe: not ours to post.
+        if sub.live_after.is_none_or(|after| event.seq <= after) {
+            return;
+        }
         if sub.expires_at.is_some_and(|e| e <= now_secs()) {
             self.poster.close(id).await;
             self.forget(id).await;

@@ -177,6 +177,7 @@ impl Serverless {
                 {
                     Ok(Ok(text)) => self.message(id, &text).await,
                     _ => {
+                        metrics::counter!("stackpulse_client_errors_total").increment(1);
                         let e = stackpulse_protocol::ProtocolError::BinaryFrame;
                         let reply =
                             stackpulse_protocol::ServerMessage::error(e.code(), e.to_string());

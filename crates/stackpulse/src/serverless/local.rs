@@ -130,14 +130,17 @@ pub async fn run(args: LambdaArgs) -> ExitCode {
         }
     };
     let state = svc.state.clone();
+    let _ = crate::metrics::install();
     let app = Router::new()
         .route("/ws", get(upgrade))
         .route("/v1/events", post(publish))
-        .route("/healthz", get(healthz))
         .with_state(Local { svc, sockets })
         .merge(
             Router::new()
                 .route("/v1/topics/{id}", get(crate::http::ops::topic))
+                .route("/healthz", get(crate::http::ops::healthz))
+                .route("/readyz", get(crate::http::ops::readyz))
+                .route("/metrics", get(crate::http::ops::metrics))
                 .with_state(state),
         );
     println!("stackpulse listening on http://{addr}");
@@ -152,10 +155,6 @@ pub async fn run(args: LambdaArgs) -> ExitCode {
             ExitCode::from(1)
         }
     }
-}
-
-async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({"status": "ok", "mode": "lambda-local"}))
 }
 
 async fn publish(State(local): State<Local>, headers: HeaderMap, body: Bytes) -> Response {
@@ -210,6 +209,7 @@ async fn session(local: Local, id: String, socket: WebSocket) {
         let text = match msg {
             Message::Text(t) => t,
             Message::Binary(b) if b.len() <= limit => {
+                metrics::counter!("stackpulse_client_errors_total").increment(1);
                 let e = stackpulse_protocol::ProtocolError::BinaryFrame;
                 let reply = stackpulse_protocol::ServerMessage::error(e.code(), e.to_string());
                 local.svc.fanout.post(&id, &reply.to_json()).await;

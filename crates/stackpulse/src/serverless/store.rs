@@ -6,7 +6,8 @@
 //! - Topics table (shared with [`crate::hub::dynamo`]): one item per subscription,
 //!   `pk = s#<topic>`, `sk = <connectionId>`, with the subscriber's `user` and `exp`,
 //!   so a publish finds its subscribers with one `Query` and checks ACLs without
-//!   reading the connections.
+//!   reading the connections, and `live`: the seq up to which the subscribe itself
+//!   sent the topic (absent while it is still replaying; fan-out skips it then).
 //!
 //! Both carry a `ttl` (the token's expiry, at most [`MAX_CONNECTION`] after the
 //! connect), so a connection whose `$disconnect` never came disappears by itself.
@@ -43,6 +44,9 @@ pub struct Subscriber {
     pub connection_id: String,
     pub user: User,
     pub expires_at: Option<u64>,
+    /// `None` while the subscribe is still sending `subscribed` and its replay;
+    /// then the last seq it sent: only later events are posted by fan-out.
+    pub live_after: Option<u64>,
 }
 
 /// The two tables.
@@ -260,15 +264,84 @@ impl Store {
     ) -> Result<(), BackplaneError> {
         self.put_connection_keeping_topics(id, user, expires_at, &conn.topics)
             .await?;
-        let fresh = StoredConnection {
-            user: user.clone(),
-            expires_at,
-            topics: conn.topics.clone(),
-        };
         for topic in &conn.topics {
-            self.add_subscription(id, topic, &fresh).await?;
+            self.client
+                .update_item()
+                .table_name(&self.topics)
+                .key("pk", s(sub_pk(topic)))
+                .key("sk", s(id))
+                .update_expression("SET #u = :u, #e = :e, #t = :t")
+                .condition_expression("attribute_exists(pk)")
+                .expression_attribute_names("#u", "user")
+                .expression_attribute_names("#e", "exp")
+                .expression_attribute_names("#t", "ttl")
+                .expression_attribute_values(":u", s(user_json(user)))
+                .expression_attribute_values(":e", n(exp_attr(expires_at)))
+                .expression_attribute_values(":t", n(item_ttl(expires_at)))
+                .send()
+                .await
+                .map_err(|e| unavailable("UpdateItem", e))?;
         }
         Ok(())
+    }
+
+    /// The subscribe sent everything up to `after`: fan-out takes over from there,
+    /// in one transaction with the condition that `after` is still the topic's
+    /// latest seq. Every later event then commits after the hand-over, so its
+    /// fan-out sees the subscription live; `Ok(false)`: events came meanwhile
+    /// (send them, then try again).
+    pub async fn set_live_if_latest(
+        &self,
+        id: &str,
+        topic: &str,
+        after: u64,
+    ) -> Result<bool, BackplaneError> {
+        use aws_sdk_dynamodb::types::{ConditionCheck, TransactWriteItem, Update};
+        let bad =
+            |e: aws_sdk_dynamodb::error::BuildError| BackplaneError::Unavailable(e.to_string());
+        let mut check = ConditionCheck::builder()
+            .table_name(&self.topics)
+            .key("pk", s(crate::hub::dynamo::topic_pk(topic)))
+            .key("sk", s("meta"));
+        check = if after == 0 {
+            check.condition_expression("attribute_not_exists(pk) OR seq = :s")
+        } else {
+            check.condition_expression("seq = :s")
+        }
+        .expression_attribute_values(":s", n(after));
+        let update = Update::builder()
+            .table_name(&self.topics)
+            .key("pk", s(sub_pk(topic)))
+            .key("sk", s(id))
+            .update_expression("SET #l = :l")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_names("#l", "live")
+            .expression_attribute_values(":l", n(after));
+        let result = self
+            .client
+            .transact_write_items()
+            .transact_items(
+                TransactWriteItem::builder()
+                    .condition_check(check.build().map_err(bad)?)
+                    .build(),
+            )
+            .transact_items(
+                TransactWriteItem::builder()
+                    .update(update.build().map_err(bad)?)
+                    .build(),
+            )
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|se| se.is_transaction_canceled_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(unavailable("TransactWriteItems", e)),
+        }
     }
 
     async fn put_connection_keeping_topics(
@@ -326,6 +399,7 @@ impl Store {
                     connection_id: id.to_owned(),
                     user,
                     expires_at: get_n(item, "exp").filter(|e| *e > 0),
+                    live_after: get_n(item, "live"),
                 });
             }
             match out.last_evaluated_key {

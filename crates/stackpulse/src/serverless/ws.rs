@@ -9,9 +9,15 @@
 //! ([`parse_client_message`]), names and read rights the hub's topic policy, resume
 //! the hub's rule ([`crate::hub::TopicRead::resumes`]), snapshots the hub's fold.
 //!
-//! A subscribe records the subscription **before** it reads the topic, so an event
-//! published meanwhile is in the read or posted live (a client may then see it
-//! twice, in seq order or not: clients drop seqs they already have).
+//! A subscribe records the subscription (not yet live) **before** it reads the
+//! topic, posts `subscribed` and the replay or snapshot up to seq L, then hands
+//! over to fan-out: one transaction marks the subscription live after L on the
+//! condition that L is still the topic's latest seq; if events came meanwhile it
+//! posts them from history and tries again. Fan-out posts to live subscriptions
+//! only, events after their L, so `subscribed` comes first and no event is lost
+//! or doubled. (Publishers on different Lambda instances fan out concurrently, so
+//! two live events of one topic published at the same instant may arrive out of
+//! seq order; each carries its seq.)
 
 use axum::http::HeaderMap;
 use stackpulse_protocol::{parse_client_message, ClientMessage, ProtocolError, ServerMessage};
@@ -21,6 +27,10 @@ use super::Serverless;
 use crate::auth::gate::{request_token, SUBPROTOCOL};
 use crate::hub::dynamo::now_secs;
 use crate::hub::{Reader, SubscribeError};
+
+/// Rounds of "send what came meanwhile" before a subscribe gives up on a topic
+/// that publishes faster than it can catch up.
+const MAX_HANDOVER_ROUNDS: usize = 16;
 
 /// The answer to `$connect`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,14 +208,46 @@ impl Serverless {
             recovered: since.is_none() || resumes,
         };
         self.reply(connection_id, subscribed).await;
+        let mut sent = read.latest_seq;
         if resumes {
             for event in &read.events {
                 self.fanout.post(connection_id, event.frame.as_str()).await;
+                sent = event.seq;
             }
         } else if let Some(snapshot) = &read.snapshot {
             self.fanout.post(connection_id, snapshot.as_str()).await;
         }
-        Ok(())
+        // Hand over to fan-out at `sent` if nothing was published since; else send
+        // what was (fan-out skipped it: the subscription was not live) and retry.
+        for _ in 0..MAX_HANDOVER_ROUNDS {
+            if self
+                .store
+                .set_live_if_latest(connection_id, topic, sent)
+                .await?
+            {
+                return Ok(());
+            }
+            let more = backplane.read(topic, Some(sent)).await?;
+            if more.epoch != read.epoch || !more.covers(sent) {
+                // History moved on without us: start over from the snapshot.
+                let _ = self.store.remove_subscription(connection_id, topic).await;
+                return Err(SubscribeError::Backplane(
+                    crate::hub::BackplaneError::Unavailable(
+                        "subscription could not catch up with the topic".into(),
+                    ),
+                ));
+            }
+            for event in &more.events {
+                self.fanout.post(connection_id, event.frame.as_str()).await;
+                sent = event.seq;
+            }
+        }
+        let _ = self.store.remove_subscription(connection_id, topic).await;
+        Err(SubscribeError::Backplane(
+            crate::hub::BackplaneError::Unavailable(
+                "subscription could not catch up with the topic".into(),
+            ),
+        ))
     }
 
     /// `{"action":"auth","token":…}`: a fresh token of the same user moves the
