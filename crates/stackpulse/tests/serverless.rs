@@ -163,11 +163,14 @@ async fn history_is_bounded_and_resume_knows_it() {
 
 // ---- The Lambda function under a Runtime API -------------------------------------
 
+/// Queued invocations: request id and event.
+type Invocations = mpsc::UnboundedReceiver<(String, Value)>;
+
 /// A Lambda Runtime API: `next` hands out queued events, `response` and `error`
 /// complete them.
 #[derive(Clone, Default)]
 struct Runtime {
-    queue: Arc<tokio::sync::Mutex<Option<mpsc::UnboundedReceiver<(String, Value)>>>>,
+    queue: Arc<tokio::sync::Mutex<Option<Invocations>>>,
     waiting: Arc<Mutex<HashMap<String, oneshot::Sender<Value>>>>,
 }
 
