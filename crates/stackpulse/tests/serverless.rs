@@ -464,7 +464,7 @@ async fn lambda_function_serves_websocket_routes_and_publishes() {
         .env("AWS_REGION", "us-east-1")
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_ENDPOINT_URL_DYNAMODB", &moto.endpoint)
+        .env("AWS_ENDPOINT_URL", &moto.endpoint)
         .env("STACKPULSE_CONNECTIONS_TABLE", CONNECTIONS)
         .env("STACKPULSE_TOPICS_TABLE", TOPICS)
         .env(
@@ -639,6 +639,74 @@ async fn lambda_function_serves_websocket_routes_and_publishes() {
         .await;
     assert_eq!(r["statusCode"], 200);
     assert!(!connection_exists(&ddb, "connA=").await);
+
+    // EventBridge: a CloudFormation status change makes this invocation track the
+    // stack with the server's poller and publish its events to the stack topic.
+    let cfn = aws_sdk_cloudformation::Client::from_conf(
+        aws_sdk_cloudformation::config::Builder::new()
+            .behavior_version(aws_sdk_cloudformation::config::BehaviorVersion::latest())
+            .region(aws_sdk_cloudformation::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_cloudformation::config::Credentials::new(
+                "test", "test", None, None, "test",
+            ))
+            .endpoint_url(&moto.endpoint)
+            .build(),
+    );
+    let template = json!({"Resources": {"Queue": {"Type": "AWS::SQS::Queue"}}}).to_string();
+    let created = cfn
+        .create_stack()
+        .stack_name("pushed-app")
+        .template_body(template)
+        .send()
+        .await
+        .expect("create stack");
+    let stack_id = created.stack_id().expect("stack id").to_owned();
+    f.invoke(ws_event("CONNECT", "connD=", None, json!({}), Value::Null))
+        .await;
+    f.invoke(ws_event(
+        "MESSAGE",
+        "connD=",
+        Some(r#"{"action":"subscribe","deployment_id":"stack:pushed-app"}"#),
+        json!({}),
+        Value::Null,
+    ))
+    .await;
+    let push = json!({
+        "version": "0", "id": "6a7e8feb-b491-4cf7-a9f1-bf3703467718",
+        "detail-type": "CloudFormation Stack Status Change", "source": "aws.cloudformation",
+        "account": "123456789012", "time": "2026-12-03T13:30:00Z", "region": "us-east-1",
+        "resources": [stack_id],
+        "detail": {"stack-id": stack_id, "status-details": {"status": "CREATE_COMPLETE",
+            "status-reason": ""}, "client-request-token": "tok"}
+    });
+    let r = f.invoke(push.clone()).await;
+    assert_eq!(r["poll"], "completed", "{r}");
+    assert_eq!(r["topic"], "stack:pushed-app");
+    let d = posts_to(&management, "connD=");
+    let types: Vec<&str> = d.iter().filter_map(|p| p["type"].as_str()).collect();
+    assert_eq!(types.first(), Some(&"subscribed"));
+    assert!(types.contains(&"resource.status"), "{types:?}");
+    assert!(types.contains(&"stack.deployed"), "{types:?}");
+    let seqs: Vec<u64> = d.iter().filter_map(|p| p["seq"].as_u64()).skip(1).collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "seqs 1, 2, …"
+    );
+    // The push of an operation already tracked to its end polls nothing, and the
+    // scheduled safety net has no stack left in progress.
+    let again = f.invoke(push.clone()).await;
+    assert_eq!(again["poll"], "already complete", "{again}");
+    let scheduled = json!({
+        "version": "0", "id": "53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa", "detail-type": "Scheduled Event",
+        "source": "aws.events", "account": "123456789012", "time": "2026-12-03T13:35:00Z",
+        "region": "us-east-1", "resources": ["arn:aws:events:us-east-1:123456789012:rule/stackpulse-poll"],
+        "detail": {}
+    });
+    assert_eq!(f.invoke(scheduled).await, json!({"polled": []}));
+    // An unrelated event is ignored.
+    let other = json!({"detail-type": "EC2 Instance State-change Notification", "source": "aws.ec2", "detail": {}});
+    assert!(f.invoke(other).await["ignored"].is_string());
 
     // An event of no known shape is answered, not fatal.
     let r = f.invoke(json!({"hello": "world"})).await;

@@ -104,6 +104,11 @@ impl Store {
         &self.client
     }
 
+    /// The topics table (also holds the stacks in progress, see `super::cfn`).
+    pub fn topics_table(&self) -> &str {
+        &self.topics
+    }
+
     /// Records a connection accepted by `$connect`.
     pub async fn put_connection(
         &self,
