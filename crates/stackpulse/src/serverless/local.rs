@@ -3,7 +3,8 @@
 //!
 //! It plays API Gateway: each upgrade of `/ws` gets a connection id and runs
 //! `$connect` (a refusal is the HTTP answer, no upgrade); each text frame runs
-//! `$default`; the close runs `$disconnect`. Replies and events come back through
+//! `$default`; the close runs `$disconnect` (as does `--idle-timeout` without a
+//! frame from the client, like API Gateway's idle timeout: close 4000). Replies and events come back through
 //! [`LocalConnections`], the in-process Management API (`PostToConnection` on a
 //! closed socket answers Gone, as API Gateway's 410). `POST /v1/events` runs the
 //! same publish handler as the HTTP API route. State lives in DynamoDB at
@@ -205,7 +206,17 @@ async fn session(local: Local, id: String, socket: WebSocket) {
         let _ = sink.close().await;
     });
     let limit = local.svc.state.config.max_frame_bytes;
-    while let Some(Ok(msg)) = stream.next().await {
+    let idle = local.svc.state.config.idle_timeout;
+    loop {
+        // API Gateway closes a connection that sent nothing for its idle timeout.
+        let msg = match tokio::time::timeout(idle, stream.next()).await {
+            Ok(Some(Ok(msg))) => msg,
+            Ok(_) => break,
+            Err(_) => {
+                close_with(&local, &id, crate::ws::close::IDLE_TIMEOUT, "idle timeout");
+                break;
+            }
+        };
         let text = match msg {
             Message::Text(t) => t,
             Message::Binary(b) if b.len() <= limit => {
@@ -234,7 +245,16 @@ async fn session(local: Local, id: String, socket: WebSocket) {
 }
 
 fn oversized(local: &Local, id: &str) {
+    close_with(
+        local,
+        id,
+        crate::ws::close::MESSAGE_TOO_BIG,
+        "Message too big",
+    );
+}
+
+fn close_with(local: &Local, id: &str, code: u16, reason: &str) {
     if let Some((_, tx)) = local.sockets.sockets.remove(id) {
-        let _ = tx.try_send(close_frame(1009, "Message too big"));
+        let _ = tx.try_send(close_frame(code, reason));
     }
 }

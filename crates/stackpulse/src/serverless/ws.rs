@@ -15,7 +15,8 @@
 //! condition that L is still the topic's latest seq; if events came meanwhile it
 //! posts them from history and tries again. Fan-out posts to live subscriptions
 //! only, events after their L, so `subscribed` comes first and no event is lost
-//! or doubled. (Publishers on different Lambda instances fan out concurrently, so
+//! or doubled (on a topic so busy that 64 hand-overs in a row lose the race, it
+//! goes live anyway: then an event may arrive twice, never be lost). (Publishers on different Lambda instances fan out concurrently, so
 //! two live events of one topic published at the same instant may arrive out of
 //! seq order; each carries its seq.)
 
@@ -28,9 +29,9 @@ use crate::auth::gate::{request_token, SUBPROTOCOL};
 use crate::hub::dynamo::now_secs;
 use crate::hub::{Reader, SubscribeError};
 
-/// Rounds of "send what came meanwhile" before a subscribe gives up on a topic
-/// that publishes faster than it can catch up.
-const MAX_HANDOVER_ROUNDS: usize = 16;
+/// Rounds of "send what came meanwhile" before a subscribe stops waiting for a
+/// quiet instant on a topic that publishes faster than it catches up.
+const MAX_HANDOVER_ROUNDS: usize = 64;
 
 /// The answer to `$connect`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -242,12 +243,15 @@ impl Serverless {
                 sent = event.seq;
             }
         }
-        let _ = self.store.remove_subscription(connection_id, topic).await;
-        Err(SubscribeError::Backplane(
-            crate::hub::BackplaneError::Unavailable(
-                "subscription could not catch up with the topic".into(),
-            ),
-        ))
+        // A topic publishing faster than the hand-over: go live anyway and send
+        // what came meanwhile once more from history (an event whose fan-out also
+        // saw the subscription live may then arrive twice, with its seq; none is lost).
+        self.store.set_live(connection_id, topic, sent).await?;
+        let more = backplane.read(topic, Some(sent)).await?;
+        for event in more.events.iter().filter(|_| more.epoch == read.epoch) {
+            self.fanout.post(connection_id, event.frame.as_str()).await;
+        }
+        Ok(())
     }
 
     /// `{"action":"auth","token":…}`: a fresh token of the same user moves the
