@@ -87,7 +87,11 @@ impl Moto {
             } else {
                 Command::new(&exe)
             };
+            // The request recorder (`/moto-api/recorder/…`) writes its file outside
+            // the source tree.
+            let recording = std::env::temp_dir().join(format!("stackpulse-moto-recording-{port}"));
             let child = cmd
+                .env("MOTO_RECORDER_FILEPATH", recording)
                 .args(["-H", "127.0.0.1", "-p", &port.to_string()])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
