@@ -500,7 +500,8 @@ class Checker:
 
 
 def serve_env_names(binary: str) -> set[str]:
-    help_text = subprocess.run([binary, "serve", "--help"], capture_output=True, text=True, check=True).stdout
+    # `lambda` takes every `serve` variable plus its own (tables, endpoint, anonymity).
+    help_text = subprocess.run([binary, "lambda", "--help"], capture_output=True, text=True, check=True).stdout
     return set(re.findall(r"env: (STACKPULSE_[A-Z_]+)", help_text))
 
 
@@ -521,7 +522,7 @@ def check_text(text: str, env_names: set[str] | None = None, root: Path = ROOT,
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("template", nargs="?", default=str(TEMPLATE))
-    parser.add_argument("--bin", help="stackpulse binary: check env names against `serve --help`")
+    parser.add_argument("--bin", help="stackpulse binary: check env names against `lambda --help`")
     parser.add_argument("--translated", help="write the SAM-expanded template here (for cfn-lint)")
     args = parser.parse_args()
     env_names = serve_env_names(args.bin) if args.bin else None

@@ -43,6 +43,54 @@ def _binary() -> str:
     return path
 
 
+# ``STACKPULSE_TEST_SERVER=lambda-local`` runs every test against serverless mode
+# (``stackpulse lambda-local`` on a moto DynamoDB of its own) instead of ``serve``.
+_MODE = os.environ.get("STACKPULSE_TEST_SERVER", "serve")
+_ROOT = Path(__file__).resolve().parents[3]
+# moto's own start-up, one request at a time: its threaded server is not
+# linearizable for concurrent conditional writes (DynamoDB is).
+_SERIAL_MOTO = (
+    "import sys\n"
+    "from werkzeug.serving import run_simple\n"
+    "from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app\n"
+    "run_simple('127.0.0.1', int(sys.argv[1]), DomainDispatcherApplication(create_backend_app),"
+    " threaded=False, request_handler=MotoRequestHandler)\n"
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Moto:
+    """A moto server (DynamoDB for ``lambda-local``) on a free loopback port."""
+
+    def __init__(self, log_dir: Path) -> None:
+        moto_server = subprocess.run(
+            ["bash", str(_ROOT / "scripts" / "ensure-moto.sh")], check=True, capture_output=True, text=True
+        ).stdout.strip().splitlines()[-1]
+        python = str(Path(moto_server).with_name("python"))
+        self.port = _free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        log = open(log_dir / "moto.log", "wb")
+        self.proc = subprocess.Popen([python, "-c", _SERIAL_MOTO, str(self.port)], stdout=log, stderr=log)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=1).close()
+                return
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.1)
+        raise RuntimeError("moto did not start")
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
 class Server:
     """One ``stackpulse serve`` process (restartable on the same port)."""
 
@@ -56,6 +104,7 @@ class Server:
         self.scheme = "http"
         # Trusts the certificate of a server started with --tls-cert (set by the test).
         self.ssl_context: Optional[ssl.SSLContext] = None
+        self.moto: Optional[Moto] = Moto(log_dir) if _MODE == "lambda-local" else None
 
     @property
     def http(self) -> str:
@@ -69,9 +118,17 @@ class Server:
         assert self.proc is None, "already running"
         self.starts += 1
         log = open(self.log_dir / f"stackpulse-{self.starts}.log", "wb")
+        env = dict(os.environ)
+        if self.moto is not None:
+            env.update(
+                AWS_ENDPOINT_URL=self.moto.endpoint,
+                AWS_ACCESS_KEY_ID="test",
+                AWS_SECRET_ACCESS_KEY="test",
+                AWS_REGION="us-east-1",
+            )
         cmd = [
             self.binary,
-            "serve",
+            "lambda-local" if self.moto is not None else "serve",
             "--bind",
             f"127.0.0.1:{self.port}",
             "--publisher-key",
@@ -80,7 +137,7 @@ class Server:
         ]
         deadline = time.monotonic() + timeout
         while True:
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log)
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, env=env)
             line = self._first_line(proc, deadline)
             match = _LISTENING.search(line)
             if match:
@@ -177,6 +234,8 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     for server in servers:
         if server.proc is not None:
             server.stop(signal.SIGKILL)
+        if server.moto is not None:
+            server.moto.stop()
 
 
 @pytest.fixture

@@ -47,6 +47,15 @@ fn moto_server_path() -> String {
     path
 }
 
+/// `moto_server`'s own start-up with `threaded=False` (same flags `-H`, `-p`).
+const SERIAL_SERVER: &str = "\
+import sys
+from werkzeug.serving import run_simple
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+app = DomainDispatcherApplication(create_backend_app)
+run_simple(sys.argv[2], int(sys.argv[4]), app, threaded=False, request_handler=MotoRequestHandler)
+";
+
 fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     l.local_addr().expect("local addr").port()
@@ -55,10 +64,34 @@ fn free_port() -> u16 {
 impl Moto {
     /// Starts moto and waits until it answers HTTP.
     pub async fn start() -> Moto {
+        Moto::launch(false).await
+    }
+
+    /// Starts moto serving one request at a time. moto's threaded server is not
+    /// linearizable for concurrent conditional writes (its `TransactWriteItems`
+    /// deep-copies tables while other threads write them, and checks conditions
+    /// without a lock), where DynamoDB is: tests of concurrent writers use this.
+    pub async fn start_serial() -> Moto {
+        Moto::launch(true).await
+    }
+
+    async fn launch(serial: bool) -> Moto {
         let exe = moto_server_path();
         for _ in 0..3 {
             let port = free_port();
-            let child = Command::new(&exe)
+            let mut cmd = if serial {
+                let python = std::path::Path::new(&exe).with_file_name("python");
+                let mut cmd = Command::new(python);
+                cmd.args(["-c", SERIAL_SERVER]);
+                cmd
+            } else {
+                Command::new(&exe)
+            };
+            // The request recorder (`/moto-api/recorder/…`) writes its file outside
+            // the source tree.
+            let recording = std::env::temp_dir().join(format!("stackpulse-moto-recording-{port}"));
+            let child = cmd
+                .env("MOTO_RECORDER_FILEPATH", recording)
                 .args(["-H", "127.0.0.1", "-p", &port.to_string()])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())

@@ -50,6 +50,29 @@ pub enum Command {
     /// Check what `serve` needs (AWS credentials, region, CloudFormation
     /// permissions, auth, Redis, TLS) with serve's flags; exit 0 only when all pass.
     Doctor(Box<ServeArgs>),
+    /// Run as an AWS Lambda function (API Gateway WebSocket, HTTP API, EventBridge;
+    /// state in DynamoDB). The binary does this when it is named `bootstrap`.
+    Lambda(Box<crate::serverless::LambdaArgs>),
+    /// Serverless mode on this machine: real WebSockets driving the Lambda
+    /// handlers, DynamoDB at --aws-endpoint-url / AWS_ENDPOINT_URL (e.g. moto).
+    LambdaLocal(Box<crate::serverless::LambdaArgs>),
+}
+
+impl Cli {
+    /// Parses the command line; a binary named `bootstrap` (a Lambda
+    /// `provided.al2023` package) runs `lambda`, with any arguments after it.
+    pub fn parse_for_process() -> Cli {
+        let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+        let bootstrap = args
+            .first()
+            .map(std::path::Path::new)
+            .and_then(|p| p.file_name())
+            .is_some_and(|name| name == "bootstrap");
+        if bootstrap {
+            args.splice(0..1.min(args.len()), ["stackpulse".into(), "lambda".into()]);
+        }
+        Cli::parse_from(args)
+    }
 }
 
 #[derive(Debug, clap::Args)]

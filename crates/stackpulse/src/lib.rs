@@ -29,6 +29,8 @@
 //! - [`auth`]: users and publisher keys.
 //! - [`config`]: flags, environment and TOML file → [`config::Config`].
 //! - [`server`]: [`server::serve`]: run until shutdown, then drain.
+//! - [`serverless`]: `stackpulse lambda` / `lambda-local`: the `/ws` protocol as
+//!   API Gateway WebSocket routes on Lambda, state in DynamoDB.
 //! - [`client`]: a Rust client of the `/ws` protocol (CLI and tests).
 //! - [`cli`]: the `stackpulse` command line.
 //! - [`signal`]: SIGINT/SIGTERM as the shutdown future.
@@ -58,6 +60,7 @@ pub mod log_limit;
 pub mod metrics;
 pub mod net;
 pub mod server;
+pub mod serverless;
 pub mod signal;
 pub mod sns;
 pub mod tls;

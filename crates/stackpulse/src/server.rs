@@ -38,10 +38,9 @@ pub fn check_bind(config: &Config) -> Result<(), StartError> {
     Ok(())
 }
 
-/// Builds the application state with the embedded in-memory hub and starts its
-/// retention and admission sweepers.
-pub fn build_state(config: Config) -> Result<AppState, String> {
-    let hub_config = HubConfig {
+/// The hub's limits from the configuration (every backplane alike).
+pub fn hub_config(config: &Config) -> HubConfig {
+    HubConfig {
         history: HistoryConfig {
             max_events: config.history_size,
             retention: config.history_retention,
@@ -51,7 +50,13 @@ pub fn build_state(config: Config) -> Result<AppState, String> {
         max_subscriptions_per_connection: config.max_subscriptions,
         replay_timeout: REPLAY_TIMEOUT,
         max_event_bytes: config.max_event_bytes,
-    };
+    }
+}
+
+/// Builds the application state with the embedded in-memory hub and starts its
+/// retention and admission sweepers.
+pub fn build_state(config: Config) -> Result<AppState, String> {
+    let hub_config = hub_config(&config);
     if let Some(url) = &config.redis_url {
         let history = hub_config.history;
         let (hub, _) = Hub::try_new(hub_config, |sink| {

@@ -73,6 +73,7 @@ async fn spawn_isolated(args: &[&str], env: &[(&str, &str)]) -> Isolated {
             addr,
             scheme: "http",
             http: http_client(),
+            moto: None,
         },
         log,
         stdout: out,

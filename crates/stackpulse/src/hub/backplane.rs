@@ -69,6 +69,15 @@ impl TopicRead {
     pub fn covers(&self, since: u64) -> bool {
         since <= self.latest_seq && since + 1 >= self.first_retained
     }
+
+    /// Whether a subscribe with `since` and the client's `epoch` resumes (replays
+    /// history) rather than starting from the snapshot: the epoch matches (or was
+    /// the [unborn](super::UNBORN_EPOCH) one, or none was sent) and history covers
+    /// `since`. A subscribe without `since` never resumes.
+    pub fn resumes(&self, since: Option<u64>, epoch: Option<&str>) -> bool {
+        let Some(since) = since else { return false };
+        epoch.is_none_or(|e| e == &*self.epoch || e == super::UNBORN_EPOCH) && self.covers(since)
+    }
 }
 
 /// A poller lease. `token` grows every time the lease changes hands, so a paused old

@@ -19,12 +19,13 @@
 //! # Layout
 //! - [`policy`]: the topic policy and interest seams.
 //! - [`backplane`]: the storage/cross-node trait; [`memory`]: its embedded impl;
-//!   [`redis`]: the shared one for many nodes.
+//!   [`redis`]: the shared one for many nodes; [`dynamo`]: serverless mode's.
 //! - [`event`]: the stamped, serialize-once event; [`snapshot`]: the state fold.
 //! - [`outbox`]: a connection's bounded queue and slow-consumer policy.
 //! - [`subscription`]: the per-subscription syncing/live state machine.
 
 pub mod backplane;
+pub mod dynamo;
 pub mod event;
 pub mod memory;
 pub mod outbox;
@@ -651,15 +652,8 @@ impl Hub {
             // (announce a `subscribed`, recovered, replay history rather than snapshot)
             let (announce, recovered, replay) = match &resume {
                 Resume::Subscribe { since: None, .. } => (true, true, false),
-                Resume::Subscribe {
-                    since: Some(s),
-                    epoch,
-                    ..
-                } => {
-                    let ok = epoch
-                        .as_deref()
-                        .is_none_or(|e| e == &*read.epoch || e == UNBORN_EPOCH)
-                        && read.covers(*s);
+                Resume::Subscribe { since, epoch } => {
+                    let ok = read.resumes(*since, epoch.as_deref());
                     (true, ok, ok)
                 }
                 Resume::Repair { from, epoch } => {

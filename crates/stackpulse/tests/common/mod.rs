@@ -31,6 +31,26 @@ pub struct Server {
     /// `http`, or `https` for a server started with `--tls-cert`.
     pub scheme: &'static str,
     pub http: reqwest::Client,
+    /// The moto server (DynamoDB) of a `lambda-local` server, kept for its life.
+    pub moto: Option<stackpulse_testkit::moto::Moto>,
+}
+
+/// Which server the harness starts: `serve`, or with
+/// `STACKPULSE_TEST_SERVER=lambda-local` the serverless mode on moto's DynamoDB,
+/// so the same protocol tests run against both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Serve,
+    LambdaLocal,
+}
+
+impl Mode {
+    pub fn from_env() -> Mode {
+        match std::env::var("STACKPULSE_TEST_SERVER").as_deref() {
+            Ok("lambda-local") => Mode::LambdaLocal,
+            _ => Mode::Serve,
+        }
+    }
 }
 
 impl Server {
@@ -47,8 +67,32 @@ impl Server {
 
     /// Starts `stackpulse serve --bind 127.0.0.1:0` with exactly `args` and `env`.
     pub async fn spawn(args: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::spawn_as(Mode::from_env(), args, env).await
+    }
+
+    /// Starts `lambda-local` on a fresh moto, whatever `STACKPULSE_TEST_SERVER` says.
+    pub async fn lambda_local(args: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::spawn_as(Mode::LambdaLocal, args, env).await
+    }
+
+    /// Starts the server of `mode` on `127.0.0.1:0` with exactly `args` and `env`.
+    pub async fn spawn_as(mode: Mode, args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_stackpulse"));
-        cmd.args(["serve", "--bind", "127.0.0.1:0"])
+        let moto = match mode {
+            Mode::Serve => None,
+            Mode::LambdaLocal => Some(stackpulse_testkit::moto::Moto::start_serial().await),
+        };
+        if let Some(moto) = &moto {
+            cmd.env("AWS_ENDPOINT_URL", &moto.endpoint)
+                .env("AWS_ACCESS_KEY_ID", "test")
+                .env("AWS_SECRET_ACCESS_KEY", "test")
+                .env("AWS_REGION", "us-east-1");
+        }
+        let subcommand = match mode {
+            Mode::Serve => "serve",
+            Mode::LambdaLocal => "lambda-local",
+        };
+        cmd.args([subcommand, "--bind", "127.0.0.1:0"])
             .args(args)
             .env_remove("STACKPULSE_CONFIG")
             .env_remove("STACKPULSE_PUBLISHER_KEYS")
@@ -83,6 +127,7 @@ impl Server {
             addr,
             scheme,
             http: http_client(),
+            moto,
         }
     }
 
