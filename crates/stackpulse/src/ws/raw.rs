@@ -326,21 +326,19 @@ impl<T: AsyncRead + AsyncWrite + Send + 'static> Wire for RawWire<T> {
         std::future::poll_fn(|cx| self.poll_write_queued(cx).map_err(axum::Error::new))
     }
 
-    fn close(&mut self) -> impl Future<Output = Result<(), axum::Error>> + Send {
-        async move {
-            self.take_replies();
-            let echoed = self
-                .replies
-                .peer_closed
-                .load(std::sync::atomic::Ordering::Acquire);
-            if !echoed && !self.close_written {
-                self.queue(Message::Close(None));
-            }
-            std::future::poll_fn(|cx| self.poll_write_queued(cx))
-                .await
-                .map_err(axum::Error::new)?;
-            self.io.shutdown().await.map_err(axum::Error::new)
+    async fn close(&mut self) -> Result<(), axum::Error> {
+        self.take_replies();
+        let echoed = self
+            .replies
+            .peer_closed
+            .load(std::sync::atomic::Ordering::Acquire);
+        if !echoed && !self.close_written {
+            self.queue(Message::Close(None));
         }
+        std::future::poll_fn(|cx| self.poll_write_queued(cx))
+            .await
+            .map_err(axum::Error::new)?;
+        self.io.shutdown().await.map_err(axum::Error::new)
     }
 
     fn replies(&self) -> Option<Arc<Replies>> {
