@@ -17,6 +17,9 @@
 #      subscribe: connect latency
 #   e  as c, with auth on (an RS256 token verified against a JWKS; stackpulse only:
 #      nchan has no JWT verification of its own)
+# TARGETS may also name `axum`: stackpulse with `/ws` written through axum's
+# WebSocket (STACKPULSE_BENCH_AXUM_WRITER=1, the writer before prepared frames),
+# from the same binary, for before/after runs; its figures get a table of their own.
 # Both servers get the same cores: stackpulse's tokio runtime runs [WORKERS=nproc]
 # worker threads (TOKIO_WORKER_THREADS) and nginx runs as many worker processes.
 # Every scenario starts a fresh server. [REPEAT=1] runs of each scenario alternate
@@ -196,11 +199,13 @@ bench_run() {
   fi
   case $target in
     stackpulse) start_stackpulse "${serve_args[@]}" ;;
+    axum) STACKPULSE_BENCH_AXUM_WRITER=1 start_stackpulse "${serve_args[@]}" ;;
     nchan) start_nchan ;;
   esac
   echo "== ($scenario) $target" >&2
-  local rc=0
-  "$BIN" bench run --json --label "$scenario" --target "$target" --ws-url "$ws_url" \
+  local rc=0 protocol=$target
+  [[ $target == axum ]] && protocol=stackpulse
+  "$BIN" bench run --json --label "$scenario" --target "$protocol" --ws-url "$ws_url" \
     --publish-url "$pub_url" "${key_flag[@]}" "${pids[@]}" "${run_args[@]}" "$@" \
     >"$OUT/$target-$scenario$suffix.json" || rc=$?
   [[ $rc -eq 0 ]] || echo "   (incomplete run, exit $rc: see the counts above)" >&2
@@ -315,6 +320,28 @@ row() { # row SCENARIO LABEL JQ DIGITS [NCHAN_SCENARIO]
       [[ -s $OUT/$t-$s.runs ]] || continue
       echo "- $s $t ($(headline "$s")): $(cut -d' ' -f1 "$OUT/$t-$s.runs" | xargs printf '%.6g ')"
     done; done
+  fi
+  if [[ " $TARGETS " == *" axum "* ]]; then
+    # Before/after: the axum writer against the raw one, and user vs kernel time
+    # per delivery (µs: server CPU seconds ÷ deliveries).
+    echo "| | metric | stackpulse | stackpulse, axum writer | raw ÷ axum |"
+    echo "|---|---|---:|---:|---:|"
+    for s in $SCENARIOS; do
+      ab() { # ab LABEL JQ DIGITS
+        local r a
+        r=$(get stackpulse "$s" "$2")
+        a=$(get axum "$s" "$2")
+        echo "| $s | $1 | $(fmt "$r" "$3") | $(fmt "$a" "$3") | $(ratio "$r" "$a") |"
+      }
+      case $s in
+        b) ab "fan-out latency p50, ms" '.latency.p50_ms' 2
+           ab "fan-out latency p99, ms" '.latency.p99_ms' 2 ;;
+        c | e) ab "deliveries per server CPU-second" '.deliveries_per_cpu_s' 0
+           ab "user µs per delivery" '(.server_cpu_load_s - .server_sys_load_s) * 1e6 / .deliveries' 3
+           ab "kernel µs per delivery" '.server_sys_load_s * 1e6 / .deliveries' 3 ;;
+      esac
+    done
+    echo
   fi
   echo -n "complete runs:"
   for s in $SCENARIOS; do for t in $TARGETS; do

@@ -6,12 +6,14 @@
 //! reference-counted bytes. Next to the frame it keeps the typed `data` object,
 //! parsed at most once per node ([`StampedEvent::data`]), so consumers that need
 //! the fields (the canvas socket, GraphQL, deployments, the tracker's dedup) read
-//! them without re-parsing the frame each time.
+//! them without re-parsing the frame each time, and the frame's WebSocket
+//! encoding ([`StampedEvent::ws_frame`]), made once for all raw `/ws` sockets.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use stackpulse_protocol::Acl;
@@ -34,6 +36,10 @@ pub struct StampedEvent {
     /// The typed body (`data` and `timestamp`), parsed from the frame on first use
     /// (or kept from the publish on the node that stamped the event).
     body: OnceLock<Body>,
+    /// [`frame`](Self::frame) as one complete WebSocket text frame (header and
+    /// payload), encoded on first use and then written as is to every raw `/ws`
+    /// socket ([`crate::ws::frame`]).
+    ws_frame: OnceLock<Bytes>,
 }
 
 /// The parts of an event consumers read as values.
@@ -107,6 +113,7 @@ impl StampedEvent {
             published_at: Instant::now(),
             acl: None,
             body: OnceLock::new(),
+            ws_frame: OnceLock::new(),
         }
     }
 
@@ -132,6 +139,13 @@ impl StampedEvent {
                 })
                 .unwrap_or_default()
         })
+    }
+
+    /// The event's frame as a complete WebSocket text frame, encoded once per
+    /// event and shared by every subscriber.
+    pub fn ws_frame(&self) -> &Bytes {
+        self.ws_frame
+            .get_or_init(|| crate::ws::frame::text(self.frame.as_str()))
     }
 
     /// The event's `data` object (empty if the frame has none).

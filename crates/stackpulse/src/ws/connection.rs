@@ -154,7 +154,7 @@ impl Encoder for JsonEncoder {
                     self.latency
                         .record(event.published_at.elapsed().as_secs_f64());
                 }
-                (Encoded::One(Message::Text(event.frame.clone())), 1)
+                (Encoded::Event(event), 1)
             }
             Delivery::Frame(frame) => (Encoded::One(Message::Text(*frame)), 0),
             Delivery::Forbidden(topic) => {

@@ -26,9 +26,11 @@
 //! 4. **Teardown**: [`Dialect::on_end`], the outbox closed, the hub session
 //!    closed, the writer joined, the places released.
 //!
-//! The driver is generic over the [`Socket`] (any `Stream` + `Sink` of messages),
-//! so its rules are unit-tested in process over channels; the handlers hand it
-//! axum's `WebSocket`.
+//! The driver is generic over a socket's two halves: a [`Reader`] (any `Stream`
+//! of messages) and a [`Wire`] ([`super::wire`]), so its rules are unit-tested in
+//! process over channels; the dialects' handlers hand it axum's `WebSocket`
+//! split in two, and `/ws` its raw upgraded connection ([`super::raw`]), whose
+//! wire writes each event's prepared frame bytes in one vectored write per batch.
 //!
 //! Every subscribe of every dialect goes through [`subscribe_topic`]; a GraphQL
 //! connection's feeds (one hub session per field) share one [`SubscriptionBudget`]
@@ -43,8 +45,7 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 
 use parking_lot::Mutex;
 use serde_json::Value;
@@ -52,6 +53,8 @@ use stackpulse_auth::Verified;
 use tokio::time::Instant;
 
 use super::close;
+use super::raw::RawUpgrade;
+use super::wire::{Reader, SinkWire, Wire};
 use crate::app::registry::{ConnInfo, Pending, Slot};
 use crate::app::AppState;
 use crate::auth::gate::request_token;
@@ -181,26 +184,6 @@ fn reserve(state: &AppState) -> Result<Slot, Refusal> {
 // ---------------------------------------------------------------------------
 // Dialects
 
-/// What the driver reads and writes: an upgraded [`axum::extract::ws::WebSocket`],
-/// or channels in the unit tests.
-pub(crate) trait Socket:
-    futures_util::Stream<Item = Result<Message, axum::Error>>
-    + futures_util::Sink<Message, Error = axum::Error>
-    + Send
-    + Unpin
-    + 'static
-{
-}
-
-impl<T> Socket for T where
-    T: futures_util::Stream<Item = Result<Message, axum::Error>>
-        + futures_util::Sink<Message, Error = axum::Error>
-        + Send
-        + Unpin
-        + 'static
-{
-}
-
 /// What a dialect's hooks see of its connection.
 pub(crate) struct Conn<'a> {
     pub state: &'a AppState,
@@ -286,9 +269,43 @@ pub(crate) fn serve<D: Dialect>(
     configure(ws, &state.config)
         .protocols([protocol])
         .on_upgrade(move |socket| async move {
-            run(socket, state, admitted, dialect).await;
+            let (sink, stream) = socket.split();
+            run(stream, SinkWire(sink), state, admitted, dialect).await;
             drop(tracked);
         })
+}
+
+/// [`serve`] on the raw upgraded connection (see [`super::raw`]): axum's
+/// `WebSocketUpgrade` has validated the request and picks the subprotocol; the
+/// connection is read by tungstenite and written with prepared frames. Falls back
+/// to [`serve`] when the request carried no upgrade handle of its own.
+pub(crate) fn serve_raw<D: Dialect>(
+    ws: WebSocketUpgrade,
+    raw: RawUpgrade,
+    protocol: &'static str,
+    state: AppState,
+    admitted: Admitted,
+    dialect: D,
+) -> Response {
+    let Some((on_upgrade, key)) = raw.into_parts() else {
+        return serve(ws, protocol, state, admitted, dialect);
+    };
+    let selected = ws.protocols([protocol]).selected_protocol().cloned();
+    let tracked = state.tasks.token();
+    let config = reader_config(&state.config);
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let (reader, wire) = super::raw::split(upgraded, config).await;
+        run(reader, wire, state, admitted, dialect).await;
+        drop(tracked);
+    });
+    super::raw::switching_protocols(&key, selected)
 }
 
 /// Upgrades a socket whose credential comes in `connection_init` (refused
@@ -319,7 +336,9 @@ pub(crate) fn serve_in_band<D: InBand>(
     configure(ws, &state.config)
         .protocols([protocol])
         .on_upgrade(move |socket| async move {
-            run_in_band(socket, state, remote, deadline, pending, dialect).await;
+            let (sink, stream) = socket.split();
+            let wire = SinkWire(sink);
+            run_in_band(stream, wire, state, remote, deadline, pending, dialect).await;
             drop(tracked);
         })
 }
@@ -351,9 +370,22 @@ fn configure(ws: WebSocketUpgrade, config: &crate::config::Config) -> WebSocketU
         .max_frame_size(frame_limit)
 }
 
+/// The read limits of [`configure`], for a raw socket's reading half (its
+/// writing half buffers whole frames of its own).
+fn reader_config(
+    config: &crate::config::Config,
+) -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    let frame_limit = config.max_frame_bytes;
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .max_message_size(Some(frame_limit))
+        .max_frame_size(Some(frame_limit))
+}
+
 /// Runs an admitted connection: open, read, teardown.
-pub(crate) async fn run<S: Socket, D: Dialect>(
-    socket: S,
+pub(crate) async fn run<R: Reader, W: Wire, D: Dialect>(
+    reader: R,
+    wire: W,
     state: AppState,
     admitted: Admitted,
     mut dialect: D,
@@ -370,7 +402,7 @@ pub(crate) async fn run<S: Socket, D: Dialect>(
         control,
         stream,
         writer,
-    } = open(socket, &state, &mut slot, verified, remote, encoder);
+    } = open(reader, wire, &state, &mut slot, verified, remote, encoder);
     let session = info.session.clone();
     tracing::debug!(conn = session.id, %remote, "connected");
     let conn = Conn {
@@ -391,17 +423,18 @@ pub(crate) async fn run<S: Socket, D: Dialect>(
 
 /// The in-band admission: `connection_init` before the deadline (4408), its
 /// credential, the user's places and a place under the limit, then [`run`].
-async fn run_in_band<S: Socket, D: InBand>(
-    mut socket: S,
+async fn run_in_band<R: Reader, W: Wire, D: InBand>(
+    mut reader: R,
+    wire: W,
     state: AppState,
     remote: SocketAddr,
     deadline: Instant,
     pending: Pending,
     mut dialect: D,
 ) {
-    let init = match await_init::<S, D>(&mut socket, &state, deadline).await {
+    let init = match await_init::<R, D>(&mut reader, &state, deadline).await {
         Ok(init) => init,
-        Err(Some((code, reason))) => return refuse(socket, None, code, reason).await,
+        Err(Some((code, reason))) => return refuse(wire, None, code, reason).await,
         Err(None) => return,
     };
     drop(pending);
@@ -410,7 +443,7 @@ async fn run_in_band<S: Socket, D: InBand>(
         Err(r) => {
             metrics::counter!("stackpulse_connections_refused_total", "reason" => "unauthorized")
                 .increment(1);
-            return refuse(socket, r.frame, r.code, &r.reason).await;
+            return refuse(wire, r.frame, r.code, &r.reason).await;
         }
     };
     let user_slot = if per_user {
@@ -418,7 +451,7 @@ async fn run_in_band<S: Socket, D: InBand>(
             Ok(s) => s,
             Err(m) => {
                 let r = dialect.refusal(Refused::UserLimit, &m);
-                return refuse(socket, r.frame, r.code, &r.reason).await;
+                return refuse(wire, r.frame, r.code, &r.reason).await;
             }
         }
     } else {
@@ -428,7 +461,7 @@ async fn run_in_band<S: Socket, D: InBand>(
         Ok(slot) => slot,
         Err(refusal) => {
             let r = dialect.refusal(Refused::ServerFull, &refusal.message);
-            return refuse(socket, r.frame, r.code, &r.reason).await;
+            return refuse(wire, r.frame, r.code, &r.reason).await;
         }
     };
     let admitted = Admitted {
@@ -437,14 +470,14 @@ async fn run_in_band<S: Socket, D: InBand>(
         verified,
         user_slot,
     };
-    run(socket, state, admitted, dialect).await;
+    run(reader, wire, state, admitted, dialect).await;
 }
 
 /// Waits for `connection_init` until `deadline` (other frames are read and
 /// ignored; they never move it). `Err(Some(close))` to close with, `Err(None)`
 /// when the client left.
-async fn await_init<S: Socket, D: InBand>(
-    socket: &mut S,
+async fn await_init<R: Reader, D: InBand>(
+    socket: &mut R,
     state: &AppState,
     deadline: Instant,
 ) -> Result<String, Option<(u16, &'static str)>> {
@@ -483,7 +516,7 @@ async fn await_init<S: Socket, D: InBand>(
 }
 
 /// Writes an optional frame and a close on a socket that has no writer yet.
-async fn refuse<S: Socket>(mut socket: S, frame: Option<String>, code: u16, reason: &str) {
+async fn refuse<W: Wire>(mut socket: W, frame: Option<String>, code: u16, reason: &str) {
     let write = async {
         if let Some(frame) = frame {
             socket.send(Message::Text(Utf8Bytes::from(frame))).await?;
@@ -535,23 +568,24 @@ impl Control {
 
 /// An upgraded socket, once [`open`] registered it: its hub session is open and
 /// its writer runs; the driver reads `stream`.
-pub(crate) struct Opened<S> {
+pub(crate) struct Opened<R> {
     pub info: Arc<ConnInfo>,
     pub control: Arc<Control>,
-    pub stream: SplitStream<S>,
+    pub stream: R,
     pub writer: tokio::task::JoinHandle<()>,
 }
 
 /// Opens the hub session of an upgraded socket, registers the connection in
 /// `slot` and starts its writer with the dialect's `encoder`.
-pub(crate) fn open<S: Socket, E: Encoder>(
-    socket: S,
+pub(crate) fn open<R: Reader, W: Wire, E: Encoder>(
+    stream: R,
+    sink: W,
     state: &AppState,
     slot: &mut Slot,
     verified: Verified,
     remote: SocketAddr,
     encoder: E,
-) -> Opened<S> {
+) -> Opened<R> {
     let (outbox, rx) = Outbox::new(state.config.queue_size);
     let session = state.hub.open_session(outbox.clone());
     let info = ConnInfo::new(verified.user, remote, verified.expires_at, session);
@@ -562,7 +596,6 @@ pub(crate) fn open<S: Socket, E: Encoder>(
         outbox.close(CloseReason::Shutdown);
     }
     let control = Arc::new(Control::default());
-    let (sink, stream) = socket.split();
     let writer = tokio::spawn(write_loop(
         sink,
         rx,
@@ -604,11 +637,7 @@ fn expired(info: &ConnInfo) -> bool {
 
 /// The one read loop: closing, token expiry, idle timeout, frame limit, pongs;
 /// text and binary frames go to the dialect.
-async fn read_loop<S: Socket, D: Dialect>(
-    mut stream: SplitStream<S>,
-    conn: &Conn<'_>,
-    dialect: &mut D,
-) {
+async fn read_loop<R: Reader, D: Dialect>(mut stream: R, conn: &Conn<'_>, dialect: &mut D) {
     let info = conn.info;
     let outbox = conn.outbox();
     let idle = conn.state.config.idle_timeout;
@@ -659,6 +688,8 @@ async fn read_loop<S: Socket, D: Dialect>(
 pub(crate) enum Encoded {
     One(Message),
     Many(Vec<Message>),
+    /// An event's frame as the hub encoded it (a raw wire writes its prepared bytes).
+    Event(Arc<crate::hub::StampedEvent>),
 }
 
 /// Turns queued items into frames; one per dialect. Returns how many events the
@@ -687,12 +718,10 @@ impl Encoder for FrameEncoder {
     }
 }
 
-async fn feed<S: Socket>(
-    sink: &mut SplitSink<S, Message>,
-    encoded: Encoded,
-) -> Result<(), axum::Error> {
+async fn feed<W: Wire>(sink: &mut W, encoded: Encoded) -> Result<(), axum::Error> {
     match encoded {
         Encoded::One(m) => sink.feed(m).await,
+        Encoded::Event(event) => sink.feed_event(event).await,
         Encoded::Many(list) => {
             for m in list {
                 sink.feed(m).await?;
@@ -703,8 +732,8 @@ async fn feed<S: Socket>(
 }
 
 /// Feeds `first` and whatever else is ready (up to [`BATCH`]), then flushes once.
-async fn write_batch<S: Socket, E: Encoder>(
-    sink: &mut SplitSink<S, Message>,
+async fn write_batch<W: Wire, E: Encoder>(
+    sink: &mut W,
     first: Delivery,
     rx: &mut crate::hub::outbox::Receiver,
     encoder: &mut E,
@@ -731,8 +760,8 @@ async fn write_batch<S: Socket, E: Encoder>(
 /// Drains a connection's outbox into its socket with `encoder`, pings every
 /// `ping_every`, and writes the close frame when the outbox is closed (even while
 /// a write to a peer that stopped reading is pending).
-async fn write_loop<S: Socket, E: Encoder>(
-    mut sink: SplitSink<S, Message>,
+async fn write_loop<W: Wire, E: Encoder>(
+    mut sink: W,
     mut rx: crate::hub::outbox::Receiver,
     outbox: Arc<Outbox>,
     control: Arc<Control>,
@@ -740,6 +769,8 @@ async fn write_loop<S: Socket, E: Encoder>(
     mut encoder: E,
 ) {
     let delivered = crate::metrics::delivered();
+    // What the reading half queued to write (a raw socket's pongs and close echo).
+    let replies = sink.replies();
     let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -768,6 +799,14 @@ async fn write_loop<S: Socket, E: Encoder>(
                 send_close(&mut sink, &control, reason).await;
                 return;
             }
+            _ = replies_ready(replies.as_deref()) => tokio::select! {
+                biased;
+                r = sink.flush() => r,
+                reason = outbox.writer_closing() => {
+                    send_close(&mut sink, &control, reason).await;
+                    return;
+                }
+            },
             _ = ping.tick() => tokio::select! {
                 biased;
                 r = sink.send(Message::Ping(Default::default())) => r,
@@ -794,11 +833,15 @@ async fn write_loop<S: Socket, E: Encoder>(
     }
 }
 
-async fn send_close<S: Socket>(
-    sink: &mut SplitSink<S, Message>,
-    control: &Control,
-    reason: CloseReason,
-) {
+/// Resolves when the reading half queued frames to write (never without a queue).
+async fn replies_ready(replies: Option<&super::raw::Replies>) {
+    match replies {
+        Some(replies) => replies.ready().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn send_close<W: Wire>(sink: &mut W, control: &Control, reason: CloseReason) {
     let (code, text) = match control.take() {
         Some((code, text)) => (code, Utf8Bytes::from(text)),
         None if reason == CloseReason::ClientClosed => {
@@ -874,6 +917,7 @@ mod tests {
     use std::pin::Pin;
     use std::task::{Context, Poll};
 
+    use futures_util::SinkExt;
     use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
     use super::*;
@@ -931,9 +975,10 @@ mod tests {
             },
             user_slot: None,
         };
-        let socket = FakeSocket { rx, tx };
+        let (sink, stream) = FakeSocket { rx, tx }.split();
         let driver = tokio::spawn(run(
-            socket,
+            stream,
+            SinkWire(sink),
             state.clone(),
             admitted,
             crate::ws::connection::Native,
@@ -988,6 +1033,136 @@ mod tests {
             close_code(&mut client_rx).await,
             Some(close::MESSAGE_TOO_BIG)
         );
+        driver.await.expect("driver");
+    }
+
+    /// The client's end of a raw `/ws` socket over an in-memory connection of
+    /// `buffer` bytes, and the driver on the server's end.
+    async fn connect_raw(
+        state: &AppState,
+        buffer: usize,
+    ) -> (
+        tokio_tungstenite::WebSocketStream<tokio::io::DuplexStream>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        use tokio_tungstenite::tungstenite::protocol::Role;
+        let (client_io, server_io) = tokio::io::duplex(buffer);
+        let (reader, wire) =
+            crate::ws::raw::split_io(server_io, reader_config(&state.config)).await;
+        let admitted = Admitted {
+            slot: state.registry.reserve(1).expect("a place"),
+            remote: SocketAddr::from(([127, 0, 0, 1], 1)),
+            verified: Verified {
+                user: User::anonymous(),
+                expires_at: u64::MAX,
+            },
+            user_slot: None,
+        };
+        let driver = tokio::spawn(run(
+            reader,
+            wire,
+            state.clone(),
+            admitted,
+            crate::ws::connection::Native,
+        ));
+        let client =
+            tokio_tungstenite::WebSocketStream::from_raw_socket(client_io, Role::Client, None)
+                .await;
+        (client, driver)
+    }
+
+    type RawClient = tokio_tungstenite::WebSocketStream<tokio::io::DuplexStream>;
+    use tokio_tungstenite::tungstenite::Message as Ts;
+
+    async fn raw_subscribe(client: &mut RawClient, topic: &str) {
+        let subscribe = format!(r#"{{"action":"subscribe","deployment_id":"{topic}"}}"#);
+        client.send(Ts::text(subscribe)).await.expect("send");
+        match client.next().await {
+            Some(Ok(Ts::Text(reply))) => assert!(reply.contains("subscribed"), "{reply}"),
+            other => panic!("expected the reply, got {other:?}"),
+        }
+    }
+
+    fn status(topic: &str, n: usize) -> stackpulse_protocol::PublishRequest {
+        let mut data = serde_json::Map::new();
+        data.insert("n".into(), Value::from(n));
+        stackpulse_protocol::PublishRequest {
+            event_type: "deployment.status".into(),
+            deployment_id: topic.into(),
+            data,
+            acl: None,
+        }
+    }
+
+    async fn raw_close_code(client: &mut RawClient) -> Option<u16> {
+        while let Some(Ok(message)) = client.next().await {
+            if let Ts::Close(frame) = message {
+                return frame.map(|f| u16::from(f.code));
+            }
+        }
+        None
+    }
+
+    #[tokio::test]
+    async fn a_raw_socket_delivers_the_hubs_frames_in_order() {
+        let state = crate::server::build_state(Config::default()).expect("state");
+        let (mut client, driver) = connect_raw(&state, 64 * 1024).await;
+        raw_subscribe(&mut client, "T").await;
+        let mut sent = Vec::new();
+        for n in 0..200 {
+            let event = state.hub.publish(status("T", n)).await.expect("publish");
+            sent.push(event.frame.as_str().to_owned());
+        }
+        for (n, expected) in sent.iter().enumerate() {
+            match client.next().await {
+                Some(Ok(Ts::Text(text))) => assert_eq!(text.as_str(), expected, "event {n}"),
+                other => panic!("expected event {n}, got {other:?}"),
+            }
+        }
+        // A client's ping is answered, and its close echoed with its code.
+        client.send(Ts::Ping(b"hi"[..].into())).await.expect("ping");
+        match client.next().await {
+            Some(Ok(Ts::Pong(payload))) => assert_eq!(&payload[..], b"hi"),
+            other => panic!("expected the pong, got {other:?}"),
+        }
+        client.close(None).await.expect("close");
+        match client.next().await {
+            Some(Ok(Ts::Close(None))) => {}
+            other => panic!("expected the close echoed, got {other:?}"),
+        }
+        driver.await.expect("driver");
+        assert_eq!(state.registry.len(), 0, "teardown leaves the registry");
+    }
+
+    #[tokio::test]
+    async fn a_raw_socket_that_stops_reading_closes_with_4008_after_what_is_in_flight() {
+        let config = Config {
+            queue_size: 4,
+            ..Config::default()
+        };
+        let state = crate::server::build_state(config).expect("state");
+        // A connection that holds about two frames: the writer blocks mid-frame.
+        let (mut client, driver) = connect_raw(&state, 256).await;
+        raw_subscribe(&mut client, "T").await;
+        for n in 0..64 {
+            state.hub.publish(status("T", n)).await.expect("publish");
+            tokio::task::yield_now().await;
+        }
+        // Every frame before the close is whole (tungstenite would fail otherwise).
+        assert_eq!(
+            raw_close_code(&mut client).await,
+            Some(close::SLOW_CONSUMER)
+        );
+        driver.await.expect("driver");
+    }
+
+    #[tokio::test]
+    async fn a_raw_socket_closes_with_1001_on_shutdown() {
+        let state = crate::server::build_state(Config::default()).expect("state");
+        let (mut client, driver) = connect_raw(&state, 64 * 1024).await;
+        raw_subscribe(&mut client, "T").await;
+        state.registry.close_all(CloseReason::Shutdown);
+        assert_eq!(raw_close_code(&mut client).await, Some(close::GOING_AWAY));
         driver.await.expect("driver");
     }
 

@@ -12,10 +12,16 @@
 //!   subscribe every dialect uses.
 //! - [`connection`]: the `/ws` dialect (JSON requests, the hub's frames as they are).
 //! - [`close`]: the close codes.
+//! - [`wire`]: the write side the driver's writer feeds; [`raw`]: `/ws`'s raw
+//!   upgraded connection (tungstenite reads, prepared frames are written);
+//!   [`frame`]: the server frame encoder.
 
 pub mod close;
 pub mod connection;
 pub mod driver;
+pub mod frame;
+pub mod raw;
+pub mod wire;
 
 use std::net::SocketAddr;
 
@@ -32,6 +38,7 @@ pub async fn ws_handler(
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
+    raw: raw::RawUpgrade,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let admitted = match driver::admit(&state, remote, &headers, query.as_deref()).await {
@@ -44,11 +51,31 @@ pub async fn ws_handler(
     };
     // Selected when offered (a browser passing its token as a subprotocol must
     // also offer one the server selects, or the browser fails the handshake).
-    driver::serve(
+    if axum_writer() {
+        return driver::serve(
+            ws,
+            crate::auth::gate::SUBPROTOCOL,
+            state,
+            admitted,
+            connection::Native,
+        );
+    }
+    driver::serve_raw(
         ws,
+        raw,
         crate::auth::gate::SUBPROTOCOL,
         state,
         admitted,
         connection::Native,
     )
+}
+
+/// Whether `/ws` writes through axum's `WebSocket` (tungstenite frames every
+/// message per connection) rather than its raw wire: set by the environment
+/// variable `STACKPULSE_BENCH_AXUM_WRITER=1`, for benchmarks only (the "before"
+/// of BENCHMARKS.md's before/after runs, from the same binary). Read once.
+fn axum_writer() -> bool {
+    static AXUM_WRITER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AXUM_WRITER
+        .get_or_init(|| std::env::var("STACKPULSE_BENCH_AXUM_WRITER").is_ok_and(|v| v == "1"))
 }
