@@ -554,6 +554,21 @@ async fn with_auth_a_public_address_is_allowed_and_tokens_are_never_logged() {
         .spawn()
         .expect("spawn");
     use tokio::io::AsyncBufReadExt;
+    // The log is read from the start: at trace level a server whose stderr pipe is
+    // full blocks on its next log line. A line with the refusal is signalled.
+    let mut stderr = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let (refused_tx, mut refused_rx) = tokio::sync::watch::channel(false);
+    let log_reader = tokio::spawn(async move {
+        let mut logs = String::new();
+        while let Ok(Some(line)) = stderr.next_line().await {
+            if line.contains("token refused") {
+                let _ = refused_tx.send(true);
+            }
+            logs.push_str(&line);
+            logs.push('\n');
+        }
+        logs
+    });
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = tokio::io::BufReader::new(stdout).lines();
     let line = tokio::time::timeout(WAIT, lines.next_line())
@@ -581,28 +596,12 @@ async fn with_auth_a_public_address_is_allowed_and_tokens_are_never_logged() {
             .send()
             .await;
     }
-    // Read the log until the refusal shows up (it is written after the reply may
-    // have reached us), then stop the server and keep the rest.
-    let mut stderr = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let mut logs = String::new();
-    let refused = tokio::time::timeout(WAIT, async {
-        while let Ok(Some(line)) = stderr.next_line().await {
-            logs.push_str(&line);
-            logs.push('\n');
-            if line.contains("token refused") {
-                return true;
-            }
-        }
-        false
-    })
-    .await
-    .unwrap_or(false);
+    let refused = tokio::time::timeout(WAIT, refused_rx.wait_for(|seen| *seen))
+        .await
+        .is_ok_and(|r| r.is_ok());
     let _ = child.start_kill();
-    while let Ok(Some(line)) = stderr.next_line().await {
-        logs.push_str(&line);
-        logs.push('\n');
-    }
     let _ = child.wait().await;
+    let logs = log_reader.await.expect("log reader");
     assert!(refused, "the refusal is logged (without the token): {logs}");
     let signature = valid.rsplit('.').next().expect("sig");
     assert!(!logs.contains(signature), "a token leaked into the logs");
