@@ -8,6 +8,7 @@
 //!   in `stackpulse_cfn::scripted` because `serve --demo` plays it too.
 //! - [`redis`]: a persistent `redis-server` on a free port that can be stopped
 //!   and resumed (installed if missing by `scripts/ensure-redis.sh`).
+//! - [`sns_keys`]: an RSA key and self-signed certificate to sign SNS messages.
 #![forbid(unsafe_code)]
 
 /// The scripted CloudFormation endpoint (one copy, in `stackpulse-cfn`).
@@ -16,6 +17,7 @@ pub mod fake_cfn {
 }
 pub mod moto;
 pub mod redis;
+pub mod sns_keys;
 
 pub use moto::Moto;
 pub use redis::RedisServer;

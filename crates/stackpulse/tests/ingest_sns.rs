@@ -14,14 +14,13 @@ mod cfn_support;
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{StatusCode, Uri};
 use axum::response::IntoResponse;
-use base64::Engine;
 use cfn_support::fake_cfn::FakeCfn;
 use cfn_support::{slow_stack, AWS_ENV};
 use common::*;
@@ -29,6 +28,7 @@ use parking_lot::Mutex;
 use serde_json::{json, Value};
 use stackpulse::client::{Client, Frame};
 use stackpulse_protocol::Event;
+use stackpulse_testkit::sns_keys::{sign, SnsKeys as Keys};
 
 const TOPIC: &str = "arn:aws:sns:us-east-1:123456789012:stack-events";
 const CERT_URL: &str = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-test.pem";
@@ -37,55 +37,8 @@ const POLL: &str = "30";
 /// A pushed stack's next events must arrive within this (the poll is 30 s).
 const PUSHED: Duration = Duration::from_secs(10);
 
-/// An RSA key and its self-signed certificate, made with openssl.
-struct Keys {
-    dir: tempfile::TempDir,
-    key: PathBuf,
-    cert_pem: Vec<u8>,
-}
-
 fn keys() -> Keys {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (key, cert) = (dir.path().join("key.pem"), dir.path().join("cert.pem"));
-    let out = std::process::Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        ])
-        .args(["-subj", "/CN=sns.amazonaws.com", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("run openssl (install it: apt-get install openssl)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let cert_pem = std::fs::read(&cert).expect("cert");
-    Keys { dir, key, cert_pem }
-}
-
-/// Base64 RSA signature of `data` (SHA-1 for version 1, SHA-256 for 2).
-fn sign(key: &Path, version: &str, data: &str) -> String {
-    use std::io::Write;
-    let digest = if version == "1" { "-sha1" } else { "-sha256" };
-    let mut child = std::process::Command::new("openssl")
-        .args(["dgst", digest, "-sign"])
-        .arg(key)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("openssl dgst");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(data.as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("signature");
-    assert!(out.status.success());
-    base64::engine::general_purpose::STANDARD.encode(out.stdout)
+    Keys::generate()
 }
 
 /// The string SNS signs, written out independently of the server's code.

@@ -2,13 +2,13 @@
 //! made by openssl (as the TLS tests do), served by a fake [`Fetcher`].
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
-use base64::Engine;
 use serde_json::{json, Value};
+
+use stackpulse_testkit::sns_keys::{sign, SnsKeys as Keys};
 
 use super::*;
 
@@ -16,63 +16,9 @@ const TOPIC: &str = "arn:aws:sns:us-east-1:123456789012:stack-events";
 const CERT_URL: &str = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-test.pem";
 
 /// A key and its self-signed certificate (PEM), made once per test process.
-struct Keys {
-    _dir: tempfile::TempDir,
-    key: PathBuf,
-    cert_pem: Vec<u8>,
-}
-
-fn openssl_keys() -> Keys {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (key, cert) = (dir.path().join("key.pem"), dir.path().join("cert.pem"));
-    let out = std::process::Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        ])
-        .args(["-subj", "/CN=sns.amazonaws.com", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("run openssl (install it: apt-get install openssl)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let cert_pem = std::fs::read(&cert).expect("cert");
-    Keys {
-        _dir: dir,
-        key,
-        cert_pem,
-    }
-}
-
 fn keys() -> &'static Keys {
     static KEYS: OnceLock<Keys> = OnceLock::new();
-    KEYS.get_or_init(openssl_keys)
-}
-
-/// Base64 RSA signature of `data` (SHA-1 for version 1, SHA-256 for 2).
-fn sign(key: &std::path::Path, version: &str, data: &str) -> String {
-    use std::io::Write;
-    let digest = if version == "1" { "-sha1" } else { "-sha256" };
-    let mut child = std::process::Command::new("openssl")
-        .args(["dgst", digest, "-sign"])
-        .arg(key)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("openssl dgst");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(data.as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("signature");
-    assert!(out.status.success());
-    base64::engine::general_purpose::STANDARD.encode(out.stdout)
+    KEYS.get_or_init(Keys::generate)
 }
 
 fn now() -> DateTime<Utc> {
@@ -268,7 +214,7 @@ async fn tampering_and_foreign_keys_are_refused() {
         }
     }
     // Signed by another key than the certificate's.
-    let stranger = openssl_keys();
+    let stranger = Keys::generate();
     let m = signed_with(notification(None), "2", &stranger.key);
     assert!(matches!(verify(&v, &m).await, Err(Rejection::Refused(_))));
     // A certificate URL that serves another certificate.
