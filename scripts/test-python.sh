@@ -7,6 +7,8 @@
 # mypy, type-checks the package and runs the tests with STACKPULSE_BIN pointing at the
 # freshly built binary.
 # Extra arguments go to pytest (e.g. scripts/test-python.sh -k restart -x).
+# STACKPULSE_COVERAGE_DATA=<file>: run pytest under coverage.py, writing that data file
+# (scripts/coverage-python.sh sets it; ordinary runs are not slowed down).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -74,4 +76,8 @@ cd clients/python
 if [ -n "$redis_server" ]; then
   export REDIS_SERVER="$redis_server" STACKPULSE_REQUIRE_REDIS=1
 fi
-STACKPULSE_BIN="$bin" exec "$venv/bin/python" -m pytest -p no:cacheprovider "$@"
+runner=(-m pytest)
+if [ -n "${STACKPULSE_COVERAGE_DATA:-}" ]; then
+  runner=(-m coverage run --data-file="$STACKPULSE_COVERAGE_DATA" -m pytest)
+fi
+STACKPULSE_BIN="$bin" exec "$venv/bin/python" "${runner[@]}" -p no:cacheprovider "$@"
