@@ -12,7 +12,12 @@
 # target/artifacts/timeline-*.png (the timeline chart, web/test/timeline.test.mjs).
 #
 # Environment: STACKPULSE_BIN (use this binary, skip cargo build), CHROMIUM_PATH
-# (default /usr/bin/chromium).
+# (default /usr/bin/chromium), STACKPULSE_JS_COVERAGE=<dir> (set by
+# scripts/coverage-js.sh: builds <dir>/bundle/assets/app.js, the dashboard unminified
+# with a source map, which the dashboard tests load in place of the binary's bundle
+# (web/test/support/browser.mjs); runs the client and dashboard tests with
+# NODE_V8_COVERAGE=<dir>/node-v8 and the browser's coverage in <dir>/v8; skips the
+# GraphQL-clients suite, which runs no client or dashboard code).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -63,9 +68,23 @@ if [ -z "${STACKPULSE_BIN:-}" ]; then
 fi
 export CHROMIUM_PATH="$chromium"
 
+coverage=()
+if [ -n "${STACKPULSE_JS_COVERAGE:-}" ]; then
+  echo "== coverage build of the dashboard ($STACKPULSE_JS_COVERAGE/bundle)"
+  # build-web.sh's bundle, not minified and with a source map (c8 maps it to web/src).
+  web/node_modules/.bin/esbuild web/src/main.ts --bundle --format=esm --target=es2020 \
+    --sourcemap --charset=utf8 --log-level=warning \
+    --outfile="$STACKPULSE_JS_COVERAGE/bundle/assets/app.js"
+  coverage=(env NODE_V8_COVERAGE="$STACKPULSE_JS_COVERAGE/node-v8" STACKPULSE_WEB_COVERAGE="$STACKPULSE_JS_COVERAGE")
+fi
+
 echo "== node --test (client in Node, dashboard in Chromium; server: $STACKPULSE_BIN)"
-node --test --test-reporter=spec --test-concurrency=1 \
+${coverage[@]+"${coverage[@]}"} node --test --test-reporter=spec --test-concurrency=1 \
   clients/js/test/*.test.mjs web/test/*.test.mjs
+if [ -n "${STACKPULSE_JS_COVERAGE:-}" ]; then
+  echo "== coverage run: the GraphQL-clients suite is left to the ordinary run"
+  exit 0
+fi
 echo "== node --test (GraphQL clients: aws-amplify 6, graphql-ws; server: $STACKPULSE_BIN)"
 node --test --test-reporter=spec --test-concurrency=1 tests/graphql-clients/test/*.test.mjs
 echo "== JavaScript tests passed"

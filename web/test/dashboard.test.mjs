@@ -7,46 +7,22 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
-import { chromium } from 'playwright-core';
-
 import { startIssuer } from '../../clients/js/test/support/auth.mjs';
 import { ROOT, startServer } from '../../clients/js/test/support/server.mjs';
+import { launchBrowser, openPage as open, TIMEOUT } from './support/browser.mjs';
 
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
-const ARGS = [
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-];
 const ARTIFACTS = join(ROOT, 'target');
-const TIMEOUT = 10_000;
 
 let browser;
 before(async () => {
-  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ARGS });
+  browser = await launchBrowser();
 });
 after(async () => {
   await browser?.close();
 });
 
 /** A page that fails the test on any script error or console error. */
-async function openPage(url, viewport = { width: 1280, height: 900 }) {
-  const context = await browser.newContext({ viewport });
-  const page = await context.newPage();
-  page.setDefaultTimeout(TIMEOUT);
-  const problems = [];
-  page.on('pageerror', (e) => problems.push(`pageerror: ${e.message}`));
-  page.on('console', (m) => {
-    // The browser logs failed WebSocket connections while the server is away: expected.
-    if (m.type() === 'error' && !/WebSocket connection to .* failed/.test(m.text())) problems.push(`console: ${m.text()}`);
-  });
-  await page.goto(url);
-  return { page, context, problems };
-}
+const openPage = (url, viewport) => open(browser, url, viewport);
 
 /** Waits until `fn(arg)` is truthy in the page (polled on animation frames). */
 function until(page, fn, arg) {

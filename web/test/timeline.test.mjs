@@ -9,20 +9,16 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
-import { chromium } from 'playwright-core';
-
 import { ROOT, startServer } from '../../clients/js/test/support/server.mjs';
+import { launchBrowser, openPage as open } from './support/browser.mjs';
 
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
-const ARGS = ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'];
 const ARTIFACTS = join(ROOT, 'target', 'artifacts');
-const TIMEOUT = 10_000;
 
 let browser;
 let server;
 before(async () => {
   mkdirSync(ARTIFACTS, { recursive: true });
-  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ARGS });
+  browser = await launchBrowser();
   // The test publishes the tracker's events itself.
   server = await startServer({ args: ['--allow-stack-writes'] });
 });
@@ -31,17 +27,8 @@ after(async () => {
   await server?.kill();
 });
 
-async function openPage(viewport = { width: 1280, height: 900 }) {
-  const context = await browser.newContext({ viewport });
-  const page = await context.newPage();
-  page.setDefaultTimeout(TIMEOUT);
-  const problems = [];
-  page.on('pageerror', (e) => problems.push(`pageerror: ${e.message}`));
-  page.on('console', (m) => {
-    if (m.type() === 'error' && !/WebSocket connection to .* failed/.test(m.text())) problems.push(`console: ${m.text()}`);
-  });
-  await page.goto(`${server.httpUrl}/`);
-  return { page, context, problems };
+function openPage(viewport) {
+  return open(browser, `${server.httpUrl}/`, viewport);
 }
 
 async function watchStack(page, name) {
