@@ -9,6 +9,7 @@
 # Extra arguments go to pytest (e.g. scripts/test-python.sh -k restart -x).
 # STACKPULSE_COVERAGE_DATA=<file>: run pytest under coverage.py, writing that data file
 # (scripts/coverage-python.sh sets it; ordinary runs are not slowed down).
+# PYTHON: the interpreter; STACKPULSE_PY_VENV: the virtualenv (default target/py-venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -54,7 +55,7 @@ fi
 # openssl makes the certificate of the TLS (gql) tests.
 scripts/ensure-openssl.sh
 
-venv="$root/target/py-venv"
+venv=${STACKPULSE_PY_VENV:-$root/target/py-venv}
 echo "== python environment ($venv)"
 if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import sys' >/dev/null 2>&1; then
   rm -rf "$venv"
