@@ -340,6 +340,54 @@ test('with authentication on: refused without a token, live once one is entered'
   }
 });
 
+describe('the dashboard against a server that limits subscriptions', () => {
+  let server;
+  before(async () => {
+    server = await startServer({ args: ['--max-subscriptions', '1'] });
+  });
+  after(async () => {
+    await server?.kill();
+  });
+
+  test('a refused topic says why, a topic watched twice keeps one card, custom events show their data', async () => {
+    const { page, context, problems } = await openPage(`${server.httpUrl}/`);
+    await watch(page, 'D-one', 'deployment');
+    await page.locator(`${card('D-one')} .sub-state.on`).waitFor();
+
+    // The server allows one subscription per connection: the second card says so.
+    await watch(page, 'D-two', 'deployment');
+    await page.locator(`${card('D-two')} .topic-error`).waitFor();
+    assert.match(await page.textContent(`${card('D-two')} .topic-error`), /Too many subscriptions/);
+    assert.equal(await page.textContent(`${card('D-two')} .sub-state`), 'waiting');
+    assert.equal(await page.locator(`${card('D-one')} .topic-error`).count(), 0);
+
+    // Watching a topic already on the page adds no second card.
+    await watch(page, 'D-one', 'deployment');
+    assert.equal(await page.locator(card('D-one')).count(), 1);
+    assert.equal(await page.locator('.card').count(), 2);
+    assert.equal(new URL(page.url()).hash, '#watch=D-one,D-two');
+
+    // Event types the dashboard does not know: their data, as JSON, in the timeline.
+    await server.publish('D-one', 'myci.step', { step: 'lint', status: 'RUNNING' });
+    await server.publish('D-one', 'myci.step', { step: 'test', status: 'DONE' });
+    await server.publish('D-one', 'myci.note', { status: 'SOMETHING_ELSE', note: 'n'.repeat(300) });
+    await until(page, (sel) => document.querySelectorAll(`${sel} .timeline-list li`).length === 3, card('D-one'));
+    const entries = await page.$$eval(`${card('D-one')} .timeline-list li`, (lis) =>
+      lis.map((li) => [li.dataset.type, li.dataset.seq, li.querySelector('.tl-text').textContent, li.className]),
+    );
+    assert.equal(entries[0][0], 'myci.note');
+    assert.equal(entries[0][2].length, 200, 'long data is cut to 200 characters');
+    assert.ok(entries[0][2].endsWith('\u2026') && entries[0][2].startsWith('{"status":"SOMETHING_ELSE"'));
+    assert.match(entries[0][3], /\bst-unknown\b/);
+    assert.deepEqual(entries.slice(1), [
+      ['myci.step', '2', '{"step":"test","status":"DONE"}', 'tl-entry st-ok'],
+      ['myci.step', '1', '{"step":"lint","status":"RUNNING"}', 'tl-entry st-progress'],
+    ]);
+    assert.deepEqual(problems, []);
+    await context.close();
+  });
+});
+
 describe('the dashboard on a demo server', () => {
   let server;
   before(async () => {
