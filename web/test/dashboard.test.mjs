@@ -350,9 +350,21 @@ describe('the dashboard against a server that limits subscriptions', () => {
   });
 
   test('a refused topic says why, a topic watched twice keeps one card, custom events show their data', async () => {
+    // D-one has state before the page watches it: the page starts from its snapshot,
+    // logs included.
+    await server.publish('D-one', 'deployment.status', { status: 'deploying', current_layer: 1, total_layers: 2 });
+    await server.publish('D-one', 'log.created', { level: 'error', message: 'layer 1: quota exceeded', stack_name: 'net', environment: 'prod' });
     const { page, context, problems } = await openPage(`${server.httpUrl}/`);
     await watch(page, 'D-one', 'deployment');
     await page.locator(`${card('D-one')} .sub-state.on`).waitFor();
+    await page.locator(`${card('D-one')} .tl-entry[data-type="deployment.snapshot"]`).waitFor();
+    const fromSnapshot = await page.$$eval(`${card('D-one')} .timeline-list li`, (lis) =>
+      lis.map((li) => [li.dataset.type, li.querySelector('.tl-text').textContent, li.className]),
+    );
+    assert.deepEqual(fromSnapshot, [
+      ['deployment.snapshot', 'Snapshot: deployment deploying', 'tl-entry st-progress'],
+      ['log.created', '[error] layer 1: quota exceeded', 'tl-entry st-failed'],
+    ]);
 
     // The server allows one subscription per connection: the second card says so.
     await watch(page, 'D-two', 'deployment');
@@ -371,8 +383,8 @@ describe('the dashboard against a server that limits subscriptions', () => {
     await server.publish('D-one', 'myci.step', { step: 'lint', status: 'RUNNING' });
     await server.publish('D-one', 'myci.step', { step: 'test', status: 'DONE' });
     await server.publish('D-one', 'myci.note', { status: 'SOMETHING_ELSE', note: 'n'.repeat(300) });
-    await until(page, (sel) => document.querySelectorAll(`${sel} .timeline-list li`).length === 3, card('D-one'));
-    const entries = await page.$$eval(`${card('D-one')} .timeline-list li`, (lis) =>
+    await until(page, (sel) => document.querySelectorAll(`${sel} .timeline-list li`).length === 5, card('D-one'));
+    const entries = await page.$$eval(`${card('D-one')} .timeline-list li[data-type^="myci."]`, (lis) =>
       lis.map((li) => [li.dataset.type, li.dataset.seq, li.querySelector('.tl-text').textContent, li.className]),
     );
     assert.equal(entries[0][0], 'myci.note');
@@ -380,8 +392,8 @@ describe('the dashboard against a server that limits subscriptions', () => {
     assert.ok(entries[0][2].endsWith('\u2026') && entries[0][2].startsWith('{"status":"SOMETHING_ELSE"'));
     assert.match(entries[0][3], /\bst-unknown\b/);
     assert.deepEqual(entries.slice(1), [
-      ['myci.step', '2', '{"step":"test","status":"DONE"}', 'tl-entry st-ok'],
-      ['myci.step', '1', '{"step":"lint","status":"RUNNING"}', 'tl-entry st-progress'],
+      ['myci.step', '4', '{"step":"test","status":"DONE"}', 'tl-entry st-ok'],
+      ['myci.step', '3', '{"step":"lint","status":"RUNNING"}', 'tl-entry st-progress'],
     ]);
     assert.deepEqual(problems, []);
     await context.close();
