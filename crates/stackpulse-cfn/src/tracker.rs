@@ -19,7 +19,8 @@
 //!    events, and asks `DescribeStacks` only when one of them is the root stack's
 //!    own (its status changed) or when it found nothing new (the events API may
 //!    lag behind the push): between two stack events the events say everything,
-//!    and the timer's cycles (`push_poll_interval`) stay the safety net. The pushes
+//!    and the timer's cycles (`push_poll_interval`) stay the safety net (the poll
+//!    interval while `DescribeStacks` lags behind the root's terminal event). The pushes
 //!    of one burst fold into one read ([`Wake::next_read`]). Nested stacks are found
 //!    in the events (`nested`), polled by their own ARN, and their terminal events
 //!    never end the run.
@@ -440,6 +441,9 @@ impl Run {
         // nothing new at all (the events API lagging behind the push, or a push
         // about the stack's status whose event is not listed yet).
         let mut ask_status = true;
+        // `DescribeStacks` is behind the root's own latest event (which says the
+        // operation ended): look again after the poll interval, not the push one.
+        let mut status_lags = false;
         loop {
             if ask_status {
                 let info = self
@@ -456,6 +460,7 @@ impl Run {
                     return self.complete(info, Some(cause)).await;
                 }
                 if let Some(root) = self.feeds.first_mut() {
+                    status_lags = stack_phase(&root.event_status).is_terminal();
                     root.status = info.status.clone();
                 }
             }
@@ -466,7 +471,7 @@ impl Run {
             if self.tx.is_closed() {
                 return Err(Stop::ReceiverGone);
             }
-            let woke = self.wait_between_polls(last_poll).await;
+            let woke = self.wait_between_polls(last_poll, status_lags).await;
             last_poll = Instant::now();
             let read = self.poll_all(None).await?;
             ask_status = woke == Woke::Timer || read.stack_moved || read.new_events == 0;
@@ -477,13 +482,18 @@ impl Run {
     /// interval after a recent push; longer after throttling), cut short by a push
     /// that the previous poll (begun at `last_poll`) did not answer (see
     /// [`Wake::next_read`]: pushes of one burst fold into one read).
-    async fn wait_between_polls(&self, last_poll: Instant) -> Woke {
+    /// `short`: the poll interval even after a recent push.
+    async fn wait_between_polls(&self, last_poll: Instant, short: bool) -> Woke {
         let Some(wake) = self.config.wake.clone() else {
             let wait = self.slowdown.apply(self.config.poll_interval);
             tokio::time::sleep(crate::backoff::jittered(wait)).await;
             return Woke::Timer;
         };
-        let interval = wake.interval(self.config.poll_interval, self.config.push_poll_interval);
+        let interval = if short {
+            self.config.poll_interval
+        } else {
+            wake.interval(self.config.poll_interval, self.config.push_poll_interval)
+        };
         let timer = crate::backoff::jittered(self.slowdown.apply(interval));
         wake.next_read(last_poll, timer).await
     }

@@ -1317,3 +1317,52 @@ async fn pushes_read_events_only_until_the_stack_itself_changes() {
     assert_eq!(count("ListStackResources"), 2, "{by:?}");
     assert_eq!(by.values().sum::<usize>(), 3 + BURSTS + 3 + 1 + 2, "{by:?}");
 }
+
+/// A push read that shows the root's terminal event while `DescribeStacks` still
+/// says the operation runs (the two APIs are not updated together): the tracker
+/// looks again after the poll interval, not the push poll interval (an hour here).
+#[tokio::test]
+async fn a_lagging_status_after_a_pushed_terminal_event_is_asked_again_soon() {
+    let name = "laggy";
+    let mut s = FakeStack::new(name);
+    s.push(name, "CREATE_IN_PROGRESS", "User Initiated", 0);
+    s.push("R", "CREATE_IN_PROGRESS", "", 1);
+    s.push("R", "CREATE_COMPLETE", "", 2);
+    s.push(name, "CREATE_COMPLETE", "", 3);
+    s.template_resources = 1;
+    s.visible = 1;
+    // DescribeStacks: resolve, the first cycle, the pushed terminal event's (still
+    // in progress), then the next one says complete.
+    s.steps = vec![
+        Step::default(),
+        Step::default(),
+        Step::default(),
+        Step {
+            status: Some("CREATE_COMPLETE".into()),
+            ..Step::default()
+        },
+    ]
+    .into();
+    let fake = FakeCfn::start(vec![s]).await;
+    let wake = std::sync::Arc::new(stackpulse_cfn::Wake::new());
+    let mut cfg = fast_config(name);
+    cfg.push_poll_interval = Duration::from_secs(3600);
+    cfg.wake = Some(wake.clone());
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let run = tokio::spawn(Tracker::new(client(&fake.endpoint), cfg).run(tx));
+    let mut updates = Vec::new();
+    receive_until(&mut rx, &mut updates, 1).await;
+    fake.world().stacks[0].visible = 4;
+    wake.wake();
+    let done = receive_until(&mut rx, &mut updates, usize::MAX)
+        .await
+        .expect("deployment_complete within the test's limit, not an hour later");
+    assert!(done.success);
+    assert_eq!(updates.len(), 4);
+    assert_eq!(fake.world().steps_left(name), 0);
+    let outcome = tokio::time::timeout(LIMIT, run)
+        .await
+        .expect("ends")
+        .expect("run");
+    assert!(matches!(outcome, Outcome::Completed(_)), "{outcome:?}");
+}
