@@ -12,11 +12,18 @@
 //!    emitting a [`TrackerMessage::ResourceUpdate`] for each one not already seen
 //!    (see [`TrackerConfig::seen_event_ids`]); then a [`TrackerMessage::Snapshot`].
 //! 3. **Each cycle**: sleep the poll interval (longer after throttling; cut short by a
-//!    [`Wake`], see [`crate::wake`]); poll the root
+//!    push, see [`crate::wake`]); poll the root
 //!    and every active nested stack (`events`: pages until a known `EventId`); merge
 //!    their new events oldest first and emit them; ask `DescribeStacks` for the root's
-//!    status (`status`). Nested stacks are found in the events (`nested`), polled by
-//!    their own ARN, and their terminal events never end the run.
+//!    status (`status`). A cycle that a push started (not the timer) reads only the
+//!    events, and asks `DescribeStacks` only when one of them is the root stack's
+//!    own (its status changed) or when it found nothing new (the events API may
+//!    lag behind the push): between two stack events the events say everything,
+//!    and the timer's cycles (`push_poll_interval`) stay the safety net (the poll
+//!    interval while `DescribeStacks` lags behind the root's terminal event). The pushes
+//!    of one burst fold into one read ([`Wake::next_read`]). Nested stacks are found
+//!    in the events (`nested`), polled by their own ARN, and their terminal events
+//!    never end the run.
 //! 4. **Terminal** status: a final poll (repeated a few times while the root's own
 //!    terminal event is not visible yet: the events API can lag), outputs (success
 //!    only), duration, root cause (`rootcause`), a final snapshot, then
@@ -57,16 +64,13 @@ use crate::progress::{Applied, ResourceTable};
 use crate::rootcause;
 use crate::scope::{InitialScan, OperationKind, ScopeHints};
 use crate::status::{stack_phase, StackPhase};
-use crate::wake::Wake;
+use crate::wake::{Wake, Woke};
 mod history;
 
 use crate::wire::{
     DeploymentComplete, ErrorCode, ResourceSummary, ResourceUpdate, RootCause, StackSummary,
     TrackerError, TrackerProblem, TrackerRecovered, MAX_PROBLEM_MESSAGE,
 };
-
-/// The least time between the starts of two poll cycles when wakes come fast.
-const MIN_WAKE_GAP: Duration = Duration::from_millis(500);
 
 /// After the root turned terminal, how many more final polls wait for its own
 /// terminal event when `DescribeStackEvents` lags behind `DescribeStacks`.
@@ -383,6 +387,15 @@ struct Run {
     review: ReviewWatch,
 }
 
+/// What one [`Run::poll_all`] found.
+#[derive(Debug, Default)]
+struct Read {
+    /// Events not read before (root and nested stacks).
+    new_events: usize,
+    /// One of them is the root stack's own: its status changed.
+    stack_moved: bool,
+}
+
 /// The root stack's time in `REVIEW_IN_PROGRESS` (see [`crate::changeset`]).
 #[derive(Debug, Default)]
 struct ReviewWatch {
@@ -423,22 +436,33 @@ impl Run {
         self.emit(TrackerMessage::Snapshot(self.state(None)))
             .await?;
 
+        // Whether the next cycle asks `DescribeStacks`: after the first poll, after a
+        // timer cycle, and after a push read that saw the root stack's own event or
+        // nothing new at all (the events API lagging behind the push, or a push
+        // about the stack's status whose event is not listed yet).
+        let mut ask_status = true;
+        // `DescribeStacks` is behind the root's own latest event (which says the
+        // operation ended): look again after the poll interval, not the push one.
+        let mut status_lags = false;
         loop {
-            let info = self
-                .call(
-                    "DescribeStacks",
-                    |api, arn| async move { api.describe_stack(&arn).await },
-                    0,
-                )
-                .await?;
-            if stack_phase(&info.status).is_terminal() {
-                return self.complete(info, None).await;
-            }
-            if let Some(cause) = self.review_ended(&info).await? {
-                return self.complete(info, Some(cause)).await;
-            }
-            if let Some(root) = self.feeds.first_mut() {
-                root.status = info.status.clone();
+            if ask_status {
+                let info = self
+                    .call(
+                        "DescribeStacks",
+                        |api, arn| async move { api.describe_stack(&arn).await },
+                        0,
+                    )
+                    .await?;
+                if stack_phase(&info.status).is_terminal() {
+                    return self.complete(info, None).await;
+                }
+                if let Some(cause) = self.review_ended(&info).await? {
+                    return self.complete(info, Some(cause)).await;
+                }
+                if let Some(root) = self.feeds.first_mut() {
+                    status_lags = stack_phase(&root.event_status).is_terminal();
+                    root.status = info.status.clone();
+                }
             }
             if !self.throttled {
                 self.slowdown.relax();
@@ -447,28 +471,31 @@ impl Run {
             if self.tx.is_closed() {
                 return Err(Stop::ReceiverGone);
             }
-            self.wait_between_polls(last_poll).await;
+            let woke = self.wait_between_polls(last_poll, status_lags).await;
             last_poll = Instant::now();
-            self.poll_all(None).await?;
+            let read = self.poll_all(None).await?;
+            ask_status = woke == Woke::Timer || read.stack_moved || read.new_events == 0;
         }
     }
 
     /// The wait before the next poll cycle: the poll interval (the push poll
-    /// interval after a recent push; longer after throttling), cut short by a wake,
-    /// though never to less than [`MIN_WAKE_GAP`] after the previous poll began.
-    async fn wait_between_polls(&self, last_poll: Instant) {
+    /// interval after a recent push; longer after throttling), cut short by a push
+    /// that the previous poll (begun at `last_poll`) did not answer (see
+    /// [`Wake::next_read`]: pushes of one burst fold into one read).
+    /// `short`: the poll interval even after a recent push.
+    async fn wait_between_polls(&self, last_poll: Instant, short: bool) -> Woke {
         let Some(wake) = self.config.wake.clone() else {
             let wait = self.slowdown.apply(self.config.poll_interval);
             tokio::time::sleep(crate::backoff::jittered(wait)).await;
-            return;
+            return Woke::Timer;
         };
-        let interval = wake.interval(self.config.poll_interval, self.config.push_poll_interval);
-        tokio::select! {
-            _ = tokio::time::sleep(crate::backoff::jittered(self.slowdown.apply(interval))) => {}
-            _ = wake.woken() => {
-                tokio::time::sleep_until(last_poll + MIN_WAKE_GAP).await;
-            }
-        }
+        let interval = if short {
+            self.config.poll_interval
+        } else {
+            wake.interval(self.config.poll_interval, self.config.push_poll_interval)
+        };
+        let timer = crate::backoff::jittered(self.slowdown.apply(interval));
+        wake.next_read(last_poll, timer).await
     }
 
     /// Name → stack, waiting for a stack that does not exist yet.
@@ -653,7 +680,7 @@ impl Run {
 
     /// Polls every active stack once (the first poll of a stack scans for its
     /// operation), then applies and emits the new events oldest first.
-    async fn poll_all(&mut self, root_hints: Option<ScopeHints>) -> Result<(), Stop> {
+    async fn poll_all(&mut self, root_hints: Option<ScopeHints>) -> Result<Read, Stop> {
         let mut batches: Vec<(usize, Vec<Event>)> = Vec::new();
         let mut root_hints = root_hints;
         let mut i = 0;
@@ -699,11 +726,14 @@ impl Run {
             batches.push((i, events));
             i += 1;
         }
+        let mut read = Read::default();
         for (feed, e) in merge_chronological(batches) {
+            read.new_events += 1;
+            read.stack_moved |= feed == 0 && e.is_stack_event();
             self.apply(feed, e).await?;
         }
         self.state_tx.send_replace(self.state(None));
-        Ok(())
+        Ok(read)
     }
 
     /// Starts (or wakes) a nested stack feed from a parent's event; `batch` is the

@@ -1208,3 +1208,161 @@ async fn events_without_a_status_are_not_rows() {
     let st = state.borrow().clone();
     assert_eq!(st.resources[0].status, "CREATE_COMPLETE");
 }
+
+/// Requests the endpoint saw, per action.
+fn requests_by_action(fake: &FakeCfn) -> std::collections::BTreeMap<String, usize> {
+    let mut by = std::collections::BTreeMap::new();
+    for (action, _) in &fake.world().requests {
+        *by.entry(action.clone()).or_insert(0) += 1;
+    }
+    by
+}
+
+/// Receives until `updates` holds `n` event ids, or the completion (returned).
+async fn receive_until(
+    rx: &mut tokio::sync::mpsc::Receiver<TrackerMessage>,
+    updates: &mut Vec<String>,
+    n: usize,
+) -> Option<stackpulse_cfn::DeploymentComplete> {
+    let wait = async {
+        while updates.len() < n {
+            match rx.recv().await {
+                Some(TrackerMessage::ResourceUpdate(u)) => updates.push(u.event_id),
+                Some(TrackerMessage::DeploymentComplete(d)) => return Some(d),
+                Some(TrackerMessage::Problem(p)) => panic!("{p:?}"),
+                Some(_) => {}
+                None => return None,
+            }
+        }
+        None
+    };
+    tokio::time::timeout(LIMIT, wait).await.expect("in time")
+}
+
+/// B13, push cost: a stack whose events are pushed is read with
+/// `DescribeStackEvents` alone, one read per burst of pushes, and `DescribeStacks`
+/// only when its own status changed (the root's event). The timers are an hour, so
+/// every read after the first poll is a push's. Exact counts per API for six
+/// bursts of two events each, every event once.
+#[tokio::test]
+async fn pushes_read_events_only_until_the_stack_itself_changes() {
+    const BURSTS: usize = 6;
+    let name = "pushed";
+    let mut s = FakeStack::new(name);
+    s.push(name, "CREATE_IN_PROGRESS", "User Initiated", 0);
+    for r in 0..BURSTS {
+        let id = format!("R{r}");
+        s.push(&id, "CREATE_IN_PROGRESS", "", 1 + 2 * r as i64);
+        s.push(&id, "CREATE_COMPLETE", "", 2 + 2 * r as i64);
+    }
+    s.push(name, "CREATE_COMPLETE", "", 60);
+    s.template_resources = BURSTS;
+    s.resources = (0..BURSTS)
+        .map(|r| {
+            (
+                format!("R{r}"),
+                "AWS::S3::Bucket".into(),
+                "CREATE_COMPLETE".into(),
+            )
+        })
+        .collect();
+    s.visible = 1;
+    let all = event_ids(&s, 0..s.events.len());
+    let fake = FakeCfn::start(vec![s]).await;
+
+    let wake = std::sync::Arc::new(stackpulse_cfn::Wake::new());
+    let mut cfg = fast_config(name);
+    cfg.poll_interval = Duration::from_secs(3600);
+    cfg.push_poll_interval = Duration::from_secs(3600);
+    cfg.wake = Some(wake.clone());
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let run = tokio::spawn(Tracker::new(client(&fake.endpoint), cfg).run(tx));
+    let mut updates = Vec::new();
+    receive_until(&mut rx, &mut updates, 1).await;
+    for b in 0..BURSTS {
+        // Two events, two pushes (EventBridge sends one per event).
+        {
+            let mut w = fake.world();
+            w.stacks[0].visible += 2;
+        }
+        wake.wake();
+        wake.wake();
+        receive_until(&mut rx, &mut updates, 2 + 2 * b + 1).await;
+    }
+    {
+        let mut w = fake.world();
+        w.stacks[0].visible += 1;
+        w.stacks[0].status = "CREATE_COMPLETE".into();
+    }
+    wake.wake();
+    let done = receive_until(&mut rx, &mut updates, usize::MAX)
+        .await
+        .expect("deployment_complete");
+    assert!(done.success);
+    assert_eq!(updates, all, "every event once, in order");
+    let outcome = tokio::time::timeout(LIMIT, run)
+        .await
+        .expect("ends")
+        .expect("run");
+    assert!(matches!(outcome, Outcome::Completed(_)), "{outcome:?}");
+
+    let by = requests_by_action(&fake);
+    let count = |a: &str| by.get(a).copied().unwrap_or(0);
+    // Resolve, the first cycle's status, and the one after the root's terminal
+    // event; none per push.
+    assert_eq!(count("DescribeStacks"), 3, "{by:?}");
+    // The first poll, one read per burst, the terminal event's read, the final poll.
+    assert_eq!(count("DescribeStackEvents"), 1 + BURSTS + 1 + 1, "{by:?}");
+    assert_eq!(count("GetTemplate"), 1, "{by:?}");
+    assert_eq!(count("ListStackResources"), 2, "{by:?}");
+    assert_eq!(by.values().sum::<usize>(), 3 + BURSTS + 3 + 1 + 2, "{by:?}");
+}
+
+/// A push read that shows the root's terminal event while `DescribeStacks` still
+/// says the operation runs (the two APIs are not updated together): the tracker
+/// looks again after the poll interval, not the push poll interval (an hour here).
+#[tokio::test]
+async fn a_lagging_status_after_a_pushed_terminal_event_is_asked_again_soon() {
+    let name = "laggy";
+    let mut s = FakeStack::new(name);
+    s.push(name, "CREATE_IN_PROGRESS", "User Initiated", 0);
+    s.push("R", "CREATE_IN_PROGRESS", "", 1);
+    s.push("R", "CREATE_COMPLETE", "", 2);
+    s.push(name, "CREATE_COMPLETE", "", 3);
+    s.template_resources = 1;
+    s.visible = 1;
+    // DescribeStacks: resolve, the first cycle, the pushed terminal event's (still
+    // in progress), then the next one says complete.
+    s.steps = vec![
+        Step::default(),
+        Step::default(),
+        Step::default(),
+        Step {
+            status: Some("CREATE_COMPLETE".into()),
+            ..Step::default()
+        },
+    ]
+    .into();
+    let fake = FakeCfn::start(vec![s]).await;
+    let wake = std::sync::Arc::new(stackpulse_cfn::Wake::new());
+    let mut cfg = fast_config(name);
+    cfg.push_poll_interval = Duration::from_secs(3600);
+    cfg.wake = Some(wake.clone());
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let run = tokio::spawn(Tracker::new(client(&fake.endpoint), cfg).run(tx));
+    let mut updates = Vec::new();
+    receive_until(&mut rx, &mut updates, 1).await;
+    fake.world().stacks[0].visible = 4;
+    wake.wake();
+    let done = receive_until(&mut rx, &mut updates, usize::MAX)
+        .await
+        .expect("deployment_complete within the test's limit, not an hour later");
+    assert!(done.success);
+    assert_eq!(updates.len(), 4);
+    assert_eq!(fake.world().steps_left(name), 0);
+    let outcome = tokio::time::timeout(LIMIT, run)
+        .await
+        .expect("ends")
+        .expect("run");
+    assert!(matches!(outcome, Outcome::Completed(_)), "{outcome:?}");
+}

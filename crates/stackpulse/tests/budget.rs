@@ -164,7 +164,14 @@ async fn tracking_metrics_appear_on_metrics() {
     let fake = FakeCfn::start(vec![slow_stack("measured", 2)]).await;
     let server = node(
         &fake.endpoint,
-        &["--poll-interval", "0.05", "--aws-max-rps", "100"],
+        &[
+            "--poll-interval",
+            "0.05",
+            "--push-poll-interval",
+            "0.05",
+            "--aws-max-rps",
+            "100",
+        ],
     )
     .await;
     let mut c = watch(&server, "measured").await;
@@ -237,4 +244,77 @@ async fn tracking_metrics_appear_on_metrics() {
     );
     assert!(text.contains("stackpulse_tracking_detection_delay_seconds_bucket{le=\"0.5\"}"));
     assert!(text.contains("stackpulse_tracking_aws_budget_wait_seconds_bucket"));
+}
+
+/// The Redis key of the budget is per account and region: a node's calls before
+/// it knows its account go to `sp:budget:<region>`, then to
+/// `sp:budget:<account>/<region>`; a node of another account in the same region
+/// reserves from its own key, so one account's full budget does not hold the
+/// other's back, while a second node of the same account shares it.
+#[tokio::test]
+async fn redis_budget_keys_are_per_account_and_region() {
+    use stackpulse::tracking::budget::{Budget, Slots};
+    use stackpulse_cfn::aws::CallScope;
+
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let node = || Budget::new(10.0, Slots::redis(&url).expect("redis slots"));
+    let scope = |account: Option<&str>| CallScope {
+        account: account.map(str::to_owned),
+        region: "eu-west-1".into(),
+    };
+    let exists = |key: &'static str| {
+        let redis = &redis;
+        async move { redis.command(&["EXISTS", key]).await }
+    };
+    let (one, two) = ("111111111111", "222222222222");
+
+    let a = node();
+    // Before the first ARN: the region-only lane.
+    a.acquire(&scope(None), "s1").await;
+    assert_eq!(exists("sp:budget:eu-west-1").await.as_deref(), Some(":1"));
+    assert_eq!(a.redis_key("eu-west-1"), "sp:budget:eu-west-1");
+    // The first ARN tells the account: from then on the account's key.
+    a.acquire(&scope(Some(one)), "s1").await;
+    assert_eq!(
+        a.redis_key("eu-west-1"),
+        format!("sp:budget:{one}/eu-west-1")
+    );
+    assert_eq!(
+        exists("sp:budget:111111111111/eu-west-1").await.as_deref(),
+        Some(":1")
+    );
+
+    // Account one's budget is taken for the next hour (its next slot is then).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_micros();
+    let later = (now + 3_600_000_000).to_string();
+    let key = format!("sp:budget:{one}/eu-west-1");
+    assert_eq!(
+        redis.command(&["SET", &key, &later]).await.as_deref(),
+        Some("+OK")
+    );
+    // A node of account two in the same region is not held back by it...
+    let b = node();
+    tokio::time::timeout(WAIT, async {
+        b.acquire(&scope(None), "t1").await;
+        b.acquire(&scope(Some(two)), "t1").await;
+        b.acquire(&scope(Some(two)), "t1").await;
+    })
+    .await
+    .expect("account two has a budget of its own");
+    assert_eq!(
+        b.redis_key("eu-west-1"),
+        format!("sp:budget:{two}/eu-west-1")
+    );
+    // ...while a second node of account one shares account one's key and waits.
+    let c = node();
+    let account_one = scope(Some(one));
+    let held = tokio::time::timeout(Duration::from_secs(2), c.acquire(&account_one, "u1"));
+    assert!(
+        held.await.is_err(),
+        "a node of account one waits for account one's next slot (an hour away)"
+    );
 }

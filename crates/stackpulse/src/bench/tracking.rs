@@ -5,11 +5,20 @@
 //! this process, in throttle mode (`Throttling` above `--throttle-above` requests
 //! per second, like AWS); a `stackpulse serve` child pointed at it; `/ws` clients
 //! subscribed to every stack. Once every stack's poller has published the stack's
-//! first event, a driver plays all deployments at once by the clock: each resource
-//! goes `CREATE_IN_PROGRESS` then `CREATE_COMPLETE`, events `--event-gap` seconds
-//! apart on average (uniform in ½…1½ of it), then the stack completes. With
-//! `--push`, each event is also pushed to `POST /v1/ingest/eventbridge` as
-//! EventBridge would.
+//! first event, a driver plays all deployments at once by the clock, on one of two
+//! timelines ([`Timeline`]):
+//! - `uniform`: one event at a time, each resource `CREATE_IN_PROGRESS` then
+//!   `CREATE_COMPLETE`, events `--event-gap` seconds apart on average (uniform in
+//!   ½…1½ of it), then the stack completes;
+//! - `bursty`, closer to a real CloudFormation create: half of the resources start
+//!   together (within 1.5 s), each start followed 0.1–1 s later by its "Resource
+//!   creation Initiated" event; resources complete 2 s to 2 min after they started
+//!   (40 % within 10 s, 40 % within a minute, the rest later); every other resource
+//!   starts as the resource it depends on completes; the stack completes 1 s after
+//!   the last one.
+//!
+//! With `--push`, each event is also pushed to `POST /v1/ingest/eventbridge` as
+//! EventBridge would, right after the endpoint shows it.
 //!
 //! Reported: detection delay (the event's CloudFormation time → the event on a
 //! `/ws` client; median, p99, max), CloudFormation requests per stack-minute
@@ -48,9 +57,12 @@ pub struct TrackingArgs {
     /// Resources per stack (two events each, plus the stack's own two).
     #[arg(long, default_value_t = 6)]
     pub resources: usize,
-    /// Mean seconds between two events of a stack.
+    /// Mean seconds between two events of a stack (`--timeline uniform`).
     #[arg(long, default_value_t = 4.0)]
     pub event_gap: f64,
+    /// How the events of a deployment are spaced (see the module docs).
+    #[arg(long, value_enum, default_value_t = Timeline::Uniform)]
+    pub timeline: Timeline,
     /// Push every event to `POST /v1/ingest/eventbridge` (else polling only).
     #[arg(long)]
     pub push: bool,
@@ -73,6 +85,89 @@ pub struct TrackingArgs {
     /// The `stackpulse` binary to serve with [default: this one].
     #[arg(long)]
     pub server_bin: Option<PathBuf>,
+}
+
+/// How the events of a deployment are spaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Timeline {
+    /// One event at a time, `--event-gap` apart on average.
+    Uniform,
+    /// Starts in bursts, completions spread over seconds to minutes.
+    Bursty,
+}
+
+impl Timeline {
+    /// What the timeline models, for the report.
+    fn describe(self, gap: f64) -> String {
+        match self {
+            Timeline::Uniform => format!("uniform timeline: one event at a time, ~{gap} s apart"),
+            Timeline::Bursty => "bursty timeline: half the resources start together, each \
+                start's \"Resource creation Initiated\" 0.1-1 s later, completions 2 s-2 min \
+                after the start, the other half starting as their dependency completes"
+                .to_owned(),
+        }
+    }
+
+    /// Events of one deployment after the stack's `CREATE_IN_PROGRESS`.
+    fn events(self, resources: usize) -> usize {
+        match self {
+            Timeline::Uniform => 2 * resources + 1,
+            Timeline::Bursty => 3 * resources + 1,
+        }
+    }
+}
+
+/// One event of a planned deployment: seconds after the start, logical id, status,
+/// reason.
+type Planned = (f64, String, &'static str, &'static str);
+
+/// The events of one stack's deployment, oldest first (see [`Timeline`]).
+fn plan(args: &TrackingArgs, stack: &str, rng: &mut impl Rng) -> Vec<Planned> {
+    let mut steps: Vec<Planned> = Vec::new();
+    match args.timeline {
+        Timeline::Uniform => {
+            for r in 0..args.resources {
+                steps.push((0.0, format!("Res{r}"), "CREATE_IN_PROGRESS", ""));
+                steps.push((0.0, format!("Res{r}"), "CREATE_COMPLETE", ""));
+            }
+            steps.push((0.0, stack.to_owned(), "CREATE_COMPLETE", ""));
+            let mut t = 0.0;
+            for step in &mut steps {
+                t += args.event_gap * rng.random_range(0.5..1.5);
+                step.0 = t;
+            }
+        }
+        Timeline::Bursty => {
+            let first_wave = args.resources.div_ceil(2);
+            let mut done = vec![0.0_f64; args.resources];
+            for r in 0..args.resources {
+                let start = if r < first_wave {
+                    1.0 + rng.random_range(0.0..1.5)
+                } else {
+                    done[rng.random_range(0..first_wave)] + rng.random_range(0.0..0.3)
+                };
+                let took = match rng.random_range(0..10) {
+                    0..=3 => rng.random_range(2.0..10.0),
+                    4..=7 => rng.random_range(10.0..60.0),
+                    _ => rng.random_range(60.0..120.0),
+                };
+                let id = format!("Res{r}");
+                steps.push((start, id.clone(), "CREATE_IN_PROGRESS", ""));
+                steps.push((
+                    start + rng.random_range(0.1..1.0),
+                    id.clone(),
+                    "CREATE_IN_PROGRESS",
+                    "Resource creation Initiated",
+                ));
+                done[r] = start + took;
+                steps.push((done[r], id, "CREATE_COMPLETE", ""));
+            }
+            let end = done.iter().copied().fold(0.0, f64::max) + 1.0;
+            steps.push((end, stack.to_owned(), "CREATE_COMPLETE", ""));
+            steps.sort_by(|a, b| a.0.total_cmp(&b.0));
+        }
+    }
+    steps
 }
 
 /// What clients saw of one stack.
@@ -210,24 +305,16 @@ async fn drive(
     args: TrackingArgs,
     stack: String,
 ) {
-    let gap = |rng: &mut rand::rngs::ThreadRng| {
-        Duration::from_secs_f64(args.event_gap * rng.random_range(0.5..1.5))
-    };
-    let mut steps: Vec<(String, &str)> = Vec::new();
-    for r in 0..args.resources {
-        steps.push((format!("Res{r}"), "CREATE_IN_PROGRESS"));
-        steps.push((format!("Res{r}"), "CREATE_COMPLETE"));
-    }
-    steps.push((stack.clone(), "CREATE_COMPLETE"));
-    for (logical, status) in steps {
-        let wait = gap(&mut rand::rng());
-        tokio::time::sleep(wait).await;
+    let steps = plan(&args, &stack, &mut rand::rng());
+    let start = Instant::now();
+    for (at, logical, status, reason) in steps {
+        tokio::time::sleep_until(start + Duration::from_secs_f64(at)).await;
         {
             let mut w = fake.lock().unwrap_or_else(|p| p.into_inner());
             let Some(s) = w.stacks.iter_mut().find(|s| s.name == stack) else {
                 return;
             };
-            s.push_now(&logical, "AWS::S3::Bucket", status, "");
+            s.push_now(&logical, "AWS::S3::Bucket", status, reason);
             if logical == stack {
                 s.status = status.to_owned();
                 s.resources = (0..args.resources)
@@ -357,7 +444,7 @@ pub async fn run(args: TrackingArgs) -> Result<bool, String> {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let expected = 2 * args.resources + 2;
+    let expected = args.timeline.events(args.resources) + 1;
     let exact = seen.len() == args.stacks
         && seen
             .values()
@@ -386,12 +473,12 @@ pub async fn run(args: TrackingArgs) -> Result<bool, String> {
     let throttles = metric_sum(&metrics, "stackpulse_tracking_aws_throttles_total");
     let per_stack_minute = requests as f64 / (stack_seconds / 60.0).max(f64::EPSILON);
     println!(
-        "tracking bench: {stacks} stacks × {events} events (gap ~{gap} s), push: {push}, \
+        "tracking bench: {stacks} stacks × {events} events ({timeline}), push: {push}, \
          --poll-interval {poll} --push-poll-interval {pushpoll} --aws-max-rps {rps}, endpoint \
          throttles above {throttle_above} rps",
         stacks = args.stacks,
         events = expected,
-        gap = args.event_gap,
+        timeline = args.timeline.describe(args.event_gap),
         push = args.push,
         poll = args.poll_interval,
         pushpoll = args.push_poll_interval,

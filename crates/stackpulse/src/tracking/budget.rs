@@ -12,18 +12,26 @@
 //! burst, so any one-second window holds at most `max_rps` of them:
 //! - on one node ([`Slots::Local`]) the lane keeps its own next free slot;
 //! - with Redis ([`Slots::Redis`]) every node reserves its slots from one key per
-//!   lane (`sp:budget:<account/region>`) with a Lua script on Redis's clock (GCRA),
-//!   so N nodes together stay within the budget. While Redis is unreachable each
-//!   node falls back to its own slots (logged once per outage).
+//!   account and region (`sp:budget:<account>/<region>`) with a Lua script on
+//!   Redis's clock (GCRA), so N nodes of one account together stay within its
+//!   budget, and nodes of other accounts in the same region do not take from it.
+//!   While Redis is unreachable each node falls back to its own slots (logged once
+//!   per outage).
 //!
 //! A node signs every request with one set of credentials, so all its calls in a
 //! region normally belong to one account, which the stack ARNs reveal only after
-//! the first answer. So each region has one primary lane (Redis key
-//! `sp:budget:<region>`), charged with every call whose account is unknown or is the
-//! first account seen in that region; a call that names another account (another
-//! ARN) gets a lane of its own (`sp:budget:<account>/<region>`). Keying by the
-//! account from the start would split the first calls from the later ones and
-//! briefly allow twice the budget.
+//! the first answer. So each region has one primary lane, charged with every call
+//! whose account is unknown or is the first account seen in that region; a call
+//! that names another account (another ARN) gets a lane of its own. Keying the
+//! local lanes by the account from the start would split the first calls from the
+//! later ones and briefly allow twice the budget. The primary lane's Redis key
+//! follows what the node knows ([`Budget::redis_key`]): `sp:budget:<region>` until
+//! the region's first account is known (the calls that resolve the first stacks of
+//! a node that just started), `sp:budget:<account>/<region>` from then on. Those
+//! first calls are paced on the region-only key, which other nodes of the account
+//! (already on the account's key) do not see: while a node starts, the account can
+//! get up to twice its budget for about as many requests as it resolves stacks at
+//! once. (The account comes from the ARNs, so no STS call is needed.)
 //!
 //! Metrics: `stackpulse_tracking_aws_budget_wait_seconds` (histogram: how long
 //! each request waited for the budget) and `stackpulse_tracking_aws_budget_waiting`
@@ -214,6 +222,19 @@ impl Budget {
         }
     }
 
+    /// The Redis key of the lane `lane`: `sp:budget:<account>/<region>`, or
+    /// `sp:budget:<region>` for a region's primary lane while its account is not
+    /// known yet (see the module docs).
+    pub fn redis_key(&self, lane: &str) -> String {
+        if lane.contains('/') {
+            return format!("sp:budget:{lane}");
+        }
+        match self.accounts.lock().get(lane) {
+            Some(account) => format!("sp:budget:{account}/{lane}"),
+            None => format!("sp:budget:{lane}"),
+        }
+    }
+
     /// The lane of `key`, started at first use.
     fn lane(self: &Arc<Self>, key: String) -> Arc<Lane> {
         let mut lanes = self.lanes.lock();
@@ -259,7 +280,7 @@ impl Budget {
             let micros = u64::try_from(self.interval.as_micros()).unwrap_or(u64::MAX);
             let mut conn = conn.clone();
             let mut call = script.prepare_invoke();
-            call.key(format!("sp:budget:{}", lane.key)).arg(micros);
+            call.key(self.redis_key(&lane.key)).arg(micros);
             match tokio::time::timeout(REDIS_TIMEOUT, call.invoke_async::<i64>(&mut conn)).await {
                 Ok(Ok(wait)) => {
                     if down.swap(false, Ordering::AcqRel) {

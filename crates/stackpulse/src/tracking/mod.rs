@@ -24,8 +24,9 @@
 //! 4. once the operation ended (or the stack could not be tracked), stays registered
 //!    until the topic has no local subscriber, so that clients joining later share
 //!    the finished poller instead of starting another. Meanwhile it looks at the
-//!    stack every 5 poll intervals (at most every minute; one `DescribeStacks`):
-//!    when a new operation started (the stack is busy, was updated, replaced or
+//!    stack every 5 poll intervals (at most every minute; one `DescribeStacks`;
+//!    every `--push-poll-interval` if longer, for a stack pushed recently, and at
+//!    once on a push): when a new operation started (the stack is busy, was updated, replaced or
 //!    created), it goes back to 1 and tracks it.
 //!
 //! A push (`POST /v1/ingest/eventbridge`) reaches the poller through
@@ -376,8 +377,15 @@ impl Tracking {
             let unwanted = self.unwanted_for(&topic, &slot, LINGER);
             tokio::pin!(unwanted);
             loop {
+                // A stack that pushes tells its next operation itself: looked at as
+                // seldom as it is polled (the push poll interval), at once on a push.
+                let every = if slot.wake.pushed_recently() {
+                    look_every.max(self.config.push_poll_interval)
+                } else {
+                    look_every
+                };
                 tokio::select! {
-                    _ = tokio::time::sleep(stackpulse_cfn::backoff::jittered(look_every)) => {}
+                    _ = tokio::time::sleep(stackpulse_cfn::backoff::jittered(every)) => {}
                     _ = slot.wake.woken() => {}
                     _ = &mut unwanted => return,
                 }
