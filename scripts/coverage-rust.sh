@@ -18,8 +18,12 @@
 # the `%c`, writes into `profraws`, a symlink to it.
 #
 # Usage: scripts/coverage-rust.sh [extra cargo-tarpaulin args]
-# Output: target/coverage/rust/tarpaulin-report.json (tarpaulin's raw report),
-#         target/coverage/rust/tarpaulin.log, target/coverage/parts/<crate>.json.
+# Runs: the workspace's tests (as `cargo test --workspace`), then the suites scripts/test
+# runs again against serverless mode (STACKPULSE_TEST_SERVER=lambda-local); a line
+# counts as covered if any run executed it.
+# Output: target/coverage/rust/{,lambda-local/,lambda-local-auth/}tarpaulin-report.json
+#         and tarpaulin.log (tarpaulin's raw reports and logs),
+#         target/coverage/parts/<crate>.json (one per crate).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,43 +53,67 @@ exclude_args=()
 for e in ${excluded[@]+"${excluded[@]}"}; do exclude_args+=(--exclude-files "${e%%|*}"); done
 
 export RUSTFLAGS="${RUSTFLAGS:-} -Cllvm-args=-runtime-counter-relocation"
+tarpaulin() {  # $1: report folder; the rest: selection and extra args
+  local dir=$1
+  shift
+  mkdir -p "$dir"
+  cargo tarpaulin \
+    --config "$out/tarpaulin.toml" \
+    --engine llvm \
+    --target-dir "$build" \
+    --objects "$build/debug/stackpulse" \
+    --skip-clean \
+    --no-fail-fast \
+    --timeout 900 \
+    --out Json --output-dir "$dir" \
+    ${exclude_args[@]+"${exclude_args[@]}"} \
+    "$@" 2>&1 | tee "$dir/tarpaulin.log"
+  return "${PIPESTATUS[0]}"
+}
 start=$(date +%s)
-set +e
-cargo tarpaulin \
-  --config "$out/tarpaulin.toml" \
-  --engine llvm \
-  --workspace \
-  --target-dir "$build" \
-  --objects "$build/debug/stackpulse" \
-  --skip-clean \
-  --no-fail-fast \
-  --timeout 900 \
-  --out Json --output-dir "$out" \
-  ${exclude_args[@]+"${exclude_args[@]}"} \
-  "$@" 2>&1 | tee "$out/tarpaulin.log"
-status=${PIPESTATUS[0]}
-set -e
-echo "coverage-rust: tarpaulin exited $status after $(( $(date +%s) - start )) s" >&2
+status=0
+# 1. What `cargo test --workspace` runs.
+tarpaulin "$out" --workspace "$@" || status=$?
+# 2. The suites scripts/test runs a second time against serverless mode (lambda-local
+#    on moto): the same tests and filters as there.
+STACKPULSE_TEST_SERVER=lambda-local tarpaulin "$out/lambda-local" -p stackpulse \
+  --test ws_protocol "$@" || status=$?
+STACKPULSE_TEST_SERVER=lambda-local tarpaulin "$out/lambda-local-auth" -p stackpulse \
+  --test auth "$@" -- every_bad_token topics_are_visible deny_policy publishers_use || status=$?
+echo "coverage-rust: tarpaulin runs took $(( $(date +%s) - start )) s (last failing status: $status)" >&2
 rm -f build_rs_cov.profraw  # tarpaulin's build-script profile, written to the repo root
 
 printf '%s\n' ${excluded[@]+"${excluded[@]}"} >"$out/excluded.txt"
-python3 - "$out/tarpaulin-report.json" "$out/excluded.txt" target/coverage/parts <<'PY'
+python3 - "$out/excluded.txt" target/coverage/parts \
+  "$out/tarpaulin-report.json" "$out/lambda-local/tarpaulin-report.json" \
+  "$out/lambda-local-auth/tarpaulin-report.json" <<'PY'
 import json, os, sys
-report, excluded_txt, parts_dir = sys.argv[1:]
+excluded_txt, parts_dir, *reports = sys.argv[1:]
 root = os.getcwd()
-data = json.load(open(report))
+# A line is executable if any run's report lists it, covered if any run hit it.
+lines = {}
+for report in reports:
+    if not os.path.exists(report):
+        print(f"coverage-rust: no {report}", file=sys.stderr)
+        continue
+    for f in json.load(open(report))["files"]:
+        path = os.path.relpath(os.path.join(*f["path"]), root)
+        seen = lines.setdefault(path, {})
+        for t in f["traces"]:
+            hits = t["stats"].get("Line", 0)
+            seen[t["line"]] = seen.get(t["line"], False) or hits > 0
 excluded = [l.split("|", 1) for l in open(excluded_txt).read().splitlines() if l]
 parts = {}
-for f in data["files"]:
-    path = os.path.relpath(os.path.join(*f["path"]), root)
+for path, seen in sorted(lines.items()):
     bits = path.split(os.sep)
     if len(bits) < 3 or bits[0] != "crates":
         continue
     crate = bits[1]
     part = parts.setdefault(crate, {"part": crate, "covered": 0, "total": 0, "files": [], "excluded": []})
-    part["files"].append({"path": path, "covered": f["covered"], "total": f["coverable"]})
-    part["covered"] += f["covered"]
-    part["total"] += f["coverable"]
+    covered, total = sum(seen.values()), len(seen)
+    part["files"].append({"path": path, "covered": covered, "total": total})
+    part["covered"] += covered
+    part["total"] += total
 for path, reason in excluded:
     crate = path.split("/")[1]
     if crate in parts:
