@@ -104,7 +104,8 @@ async fn structural_refusals_come_before_any_key_lookup() {
         Err(AuthError::Algorithm(a)) if a == "HS256"
     ));
     assert_eq!(
-        v.verify(&unsigned(r#"{"alg":"RS256"}"#, &id_claims())).await,
+        v.verify(&unsigned(r#"{"alg":"RS256"}"#, &id_claims()))
+            .await,
         Err(AuthError::MissingKid)
     );
     assert!(
@@ -257,7 +258,10 @@ async fn the_user_takes_the_first_username_claim_and_all_groups() {
     c["cognito:groups"] = json!(["admins"]);
     c["groups"] = json!(["ops", "dev"]);
     let token = format!("  {}  ", signed(&c));
-    let ok = v.verify(&token).await.expect("surrounding blanks are trimmed");
+    let ok = v
+        .verify(&token)
+        .await
+        .expect("surrounding blanks are trimmed");
     assert_eq!(ok.user.sub, "user-1");
     assert_eq!(ok.user.username, "cognito-name");
     assert_eq!(ok.user.email.as_deref(), Some("a@example.test"));
