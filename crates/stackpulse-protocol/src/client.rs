@@ -194,6 +194,23 @@ mod tests {
     }
 
     #[test]
+    fn a_non_string_epoch_is_refused() {
+        assert_eq!(
+            err(r#"{"action":"subscribe","deployment_id":"D","epoch":7}"#),
+            "Invalid epoch: must be a string"
+        );
+        assert_eq!(
+            parse_client_message(r#"{"action":"subscribe","deployment_id":"D","epoch":null}"#),
+            Ok(ClientMessage::Subscribe {
+                deployment_id: "D".into(),
+                since: None,
+                epoch: None
+            }),
+            "a null epoch is no epoch"
+        );
+    }
+
+    #[test]
     fn unknown_action_is_truncated() {
         let long = "a".repeat(500);
         let msg = err(&format!(r#"{{"action":"{long}"}}"#));

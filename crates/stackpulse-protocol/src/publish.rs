@@ -270,4 +270,86 @@ mod tests {
             "Unknown field: extra"
         );
     }
+
+    #[test]
+    fn field_kinds_are_named_in_the_refusal() {
+        assert_eq!(
+            err(r#"{"type":"stack.deployed","deployment_id":"D","data":{"stack_name":5}}"#),
+            "Invalid data.stack_name: must be a string",
+            "a required field of the wrong kind"
+        );
+        assert_eq!(
+            err(
+                r#"{"type":"stack.deployed","deployment_id":"D","data":{"stack_name":"s","duration_seconds":"long"}}"#
+            ),
+            "Invalid data.duration_seconds: must be a number"
+        );
+        assert!(PublishRequest::from_json(
+            br#"{"type":"stack.deployed","deployment_id":"D","data":{"stack_name":"s","duration_seconds":1.5}}"#
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn deployment_ids_are_bounded() {
+        let long = "x".repeat(MAX_TOPIC_LEN + 1);
+        let invalid =
+            format!("Invalid deployment_id: must be a string of at most {MAX_TOPIC_LEN} bytes");
+        assert_eq!(
+            err(&format!(
+                r#"{{"type":"a.b","deployment_id":"{long}","data":{{}}}}"#
+            )),
+            invalid
+        );
+        assert_eq!(
+            err(r#"{"type":"a.b","deployment_id":7,"data":{}}"#),
+            invalid
+        );
+        let max = "x".repeat(MAX_TOPIC_LEN);
+        assert!(PublishRequest::from_json(
+            format!(r#"{{"type":"a.b","deployment_id":"{max}","data":{{}}}}"#).as_bytes()
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn new_validates_like_a_body() {
+        let status = |s: &str| {
+            let mut m = Map::new();
+            m.insert("status".into(), Value::String(s.into()));
+            m
+        };
+        let ok = PublishRequest::new(
+            "deployment.status".into(),
+            "D1".into(),
+            status("deployed"),
+            None,
+        )
+        .expect("valid");
+        assert_eq!(ok.deployment_id, "D1");
+        assert_eq!(
+            PublishRequest::new("deployment.status".into(), String::new(), status("x"), None),
+            Err("Missing deployment_id".into())
+        );
+        assert_eq!(
+            PublishRequest::new(
+                "deployment.status".into(),
+                "x".repeat(MAX_TOPIC_LEN + 1),
+                status("x"),
+                None
+            ),
+            Err(format!(
+                "Invalid deployment_id: must be a string of at most {MAX_TOPIC_LEN} bytes"
+            ))
+        );
+        assert_eq!(
+            PublishRequest::new("deployment.status".into(), "D".into(), Map::new(), None),
+            Err("Missing data.status for type deployment.status".into())
+        );
+        assert!(
+            PublishRequest::new("stack.snapshot".into(), "D".into(), Map::new(), None)
+                .expect_err("reserved")
+                .contains("reserved")
+        );
+    }
 }

@@ -454,6 +454,7 @@ async fn lambda_function_serves_websocket_routes_and_publishes() {
     let started = Instant::now();
     let mut child = Command::new(&bootstrap)
         .env_clear()
+        .envs(common::coverage_env())
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("AWS_LAMBDA_RUNTIME_API", runtime_addr.to_string())
         .env("AWS_LAMBDA_FUNCTION_NAME", "stackpulse")

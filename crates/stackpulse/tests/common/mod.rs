@@ -25,6 +25,16 @@ pub fn http_client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
+/// The variables a test that clears a child's environment (`env_clear`) passes on
+/// anyway: LLVM_PROFILE_FILE, set when `scripts/coverage-rust.sh` measures coverage,
+/// so the instrumented server writes its profile where the measurement reads it
+/// (without it, a cleared child's lines are not counted and it litters its cwd).
+pub fn coverage_env() -> Vec<(String, String)> {
+    std::env::var("LLVM_PROFILE_FILE")
+        .map(|v| vec![("LLVM_PROFILE_FILE".to_owned(), v)])
+        .unwrap_or_default()
+}
+
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
