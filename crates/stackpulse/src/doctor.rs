@@ -129,21 +129,22 @@ pub async fn checks(config: &Config) -> Vec<Check> {
     }
     out.push(Check::new("authentication", timed(auth(config)).await));
     out.push(Check::new("Redis", timed(redis(config)).await));
-    out.push(Check::new(
-        "TLS files",
-        match &config.tls {
-            None => Verdict::Skip("not configured (plain HTTP)".into()),
-            Some(files) => match crate::tls::load(files) {
-                Ok(_) => Verdict::Ok(format!(
-                    "{} and {} load",
-                    files.cert.display(),
-                    files.key.display()
-                )),
-                Err(e) => Verdict::Fail(e.to_string()),
-            },
-        },
-    ));
+    out.push(Check::new("TLS files", tls(config)));
     out
+}
+
+fn tls(config: &Config) -> Verdict {
+    match &config.tls {
+        None => Verdict::Skip("not configured (plain HTTP)".into()),
+        Some(files) => match crate::tls::load(files) {
+            Ok(_) => Verdict::Ok(format!(
+                "{} and {} load",
+                files.cert.display(),
+                files.key.display()
+            )),
+            Err(e) => Verdict::Fail(e.to_string()),
+        },
+    }
 }
 
 /// A CloudFormation call on a stack that does not exist: "does not exist" means it
@@ -253,5 +254,248 @@ pub async fn main(args: ServeArgs) -> ExitCode {
     } else {
         println!("{failed} check(s) failed");
         ExitCode::from(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::get;
+    use axum::Router;
+    use clap::Parser;
+    use serde_json::json;
+
+    /// `serve`'s (and `doctor`'s) flags, resolved the way `doctor` resolves them.
+    fn config(args: &[&str]) -> Config {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let cli = Cli::try_parse_from(std::iter::once("doctor").chain(args.iter().copied()))
+            .expect("args");
+        Config::resolve(&cli.serve).expect("config")
+    }
+
+    /// Auth configured with issuer `{base}/{name}` and its JWKS at `{base}/{name}/jwks.json`.
+    fn auth_config(base: &str, name: &str) -> Config {
+        let issuer = format!("{base}/{name}");
+        let jwks = format!("{issuer}/jwks.json");
+        config(&[
+            "--jwt-issuer",
+            &issuer,
+            "--jwks-url",
+            &jwks,
+            "--cognito-client-id",
+            "app",
+        ])
+    }
+
+    /// An identity provider on loopback with one issuer per behaviour.
+    async fn provider() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let two_keys = json!({"keys": [{"kty": "RSA", "kid": "a"}, {"kty": "RSA", "kid": "b"}]});
+        let discovery = |issuer: String| {
+            let doc = json!({ "issuer": issuer });
+            get(move || {
+                let doc = doc.clone();
+                async move { axum::Json(doc) }
+            })
+        };
+        let keys = {
+            let k = two_keys.clone();
+            move || {
+                let k = k.clone();
+                async move { axum::Json(k) }
+            }
+        };
+        let app = Router::new()
+            .route("/good/jwks.json", get(keys.clone()))
+            .route(
+                "/good/.well-known/openid-configuration",
+                discovery(format!("{base}/good")),
+            )
+            .route("/other/jwks.json", get(keys.clone()))
+            .route(
+                "/other/.well-known/openid-configuration",
+                discovery("https://someone-else.example".into()),
+            )
+            .route("/nodiscovery/jwks.json", get(keys))
+            .route(
+                "/empty/jwks.json",
+                get(|| async { axum::Json(json!({"keys": []})) }),
+            )
+            .route(
+                "/broken/jwks.json",
+                get(|| async { (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "down") }),
+            );
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        base
+    }
+
+    /// A loopback port nothing listens on.
+    fn closed_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port()
+    }
+
+    #[test]
+    fn a_line_has_the_word_the_padded_item_and_the_detail() {
+        let line = |v| Check::new("Redis", v).line();
+        assert_eq!(
+            line(Verdict::Ok("reachable".into())),
+            format!("ok    {:<32} reachable", "Redis")
+        );
+        assert!(line(Verdict::Fail("down".into())).starts_with("FAIL  Redis "));
+        assert!(line(Verdict::Fail("down".into())).ends_with(" down"));
+        assert!(line(Verdict::Skip("off".into())).starts_with("skip  Redis "));
+    }
+
+    #[test]
+    fn cloudformation_not_found_means_permitted_and_other_errors_fail_with_their_code() {
+        let ok = Verdict::Ok("reachable and permitted".into());
+        assert_eq!(cloudformation_verdict(Ok(())), ok);
+        assert_eq!(
+            cloudformation_verdict(Err(AwsError::NotFound("Stack with id x does not exist".into()))),
+            ok
+        );
+        let Verdict::Fail(detail) = cloudformation_verdict(Err(AwsError::AccessDenied(
+            "AccessDenied: User: arn:aws:iam::123456789012:user/x is not authorized".into(),
+        ))) else {
+            panic!("access denied is a failure");
+        };
+        assert!(detail.ends_with("[access_denied]"), "{detail}");
+        assert!(!detail.contains("123456789012"), "no account in the verdict: {detail}");
+        let Verdict::Fail(detail) =
+            cloudformation_verdict(Err(AwsError::Network("connection refused".into())))
+        else {
+            panic!("a network error is a failure");
+        };
+        assert!(detail.ends_with("[network]"), "{detail}");
+    }
+
+    #[tokio::test]
+    async fn auth_checks_the_jwks_and_the_issuers_discovery_document() {
+        assert_eq!(
+            auth(&config(&[])).await,
+            Verdict::Skip("not configured (loopback only)".into())
+        );
+        let base = provider().await;
+
+        let v = auth(&auth_config(&base, "good")).await;
+        assert_eq!(
+            v,
+            Verdict::Ok(format!("JWKS has 2 keys; issuer {base}/good matches"))
+        );
+
+        let Verdict::Fail(d) = auth(&auth_config(&base, "other")).await else {
+            panic!("a discovery document naming another issuer fails");
+        };
+        assert!(
+            d.contains("names https://someone-else.example, not the configured"),
+            "{d}"
+        );
+
+        let Verdict::Ok(d) = auth(&auth_config(&base, "nodiscovery")).await else {
+            panic!("no discovery document is not a failure");
+        };
+        assert!(d.starts_with("JWKS has 2 keys (no discovery document at "), "{d}");
+
+        let Verdict::Fail(d) = auth(&auth_config(&base, "empty")).await else {
+            panic!("a JWKS without keys fails");
+        };
+        assert!(d.ends_with("has no keys"), "{d}");
+
+        let Verdict::Fail(d) = auth(&auth_config(&base, "broken")).await else {
+            panic!("a JWKS answering 500 fails");
+        };
+        assert!(d.contains("answered 500"), "{d}");
+
+        let closed = format!("http://127.0.0.1:{}", closed_port());
+        let Verdict::Fail(d) = auth(&auth_config(&closed, "x")).await else {
+            panic!("an unreachable JWKS fails");
+        };
+        assert!(d.contains("not reachable"), "{d}");
+    }
+
+    #[tokio::test]
+    async fn redis_reports_its_version_or_why_not() {
+        assert_eq!(
+            redis(&config(&[])).await,
+            Verdict::Skip("not configured (in-memory hub)".into())
+        );
+        let mut server = stackpulse_testkit::RedisServer::start().await;
+        let url = server.url();
+        let Verdict::Ok(d) = redis(&config(&["--redis-url", &url])).await else {
+            panic!("a running Redis passes");
+        };
+        // The version INFO reports (e.g. 7.0.15), not "unknown".
+        let version = d.strip_prefix("reachable, version ").unwrap_or_default();
+        assert!(
+            version.split('.').count() == 3
+                && version.split('.').all(|p| p.parse::<u32>().is_ok()),
+            "{d}"
+        );
+        server.stop();
+        let Verdict::Fail(d) = redis(&config(&["--redis-url", &url])).await else {
+            panic!("a stopped Redis fails");
+        };
+        assert!(d.starts_with("not reachable"), "{d}");
+    }
+
+    #[test]
+    fn tls_files_load_or_say_why_not() {
+        assert_eq!(
+            tls(&config(&[])),
+            Verdict::Skip("not configured (plain HTTP)".into())
+        );
+        let dir = tempfile::tempdir().expect("dir");
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        let out = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                "basicConstraints=critical,CA:FALSE",
+                "-keyout",
+            ])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("run openssl");
+        assert!(out.status.success(), "{out:?}");
+        let (c, k) = (cert.to_string_lossy(), key.to_string_lossy());
+        assert_eq!(
+            tls(&config(&["--tls-cert", &c, "--tls-key", &k])),
+            Verdict::Ok(format!("{c} and {k} load"))
+        );
+        // The certificate given as the key: refused, naming the file.
+        let Verdict::Fail(d) = tls(&config(&["--tls-cert", &c, "--tls-key", &c])) else {
+            panic!("a certificate is not a key");
+        };
+        assert!(d.contains("key") && d.contains(c.as_ref()), "{d}");
+        let missing = dir.path().join("missing.pem");
+        let m = missing.to_string_lossy();
+        let Verdict::Fail(d) = tls(&config(&["--tls-cert", &m, "--tls-key", &k])) else {
+            panic!("a missing certificate fails");
+        };
+        assert!(d.starts_with("cannot read TLS"), "{d}");
     }
 }
