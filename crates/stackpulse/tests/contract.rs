@@ -526,3 +526,26 @@ async fn the_reference_is_served_at_docs() {
     contract().http("GET", "/docs", status, "");
     assert_eq!(status, 304);
 }
+
+/// `GET /v1/topics/{id}` of a topic nobody published to: unknown (404) until
+/// someone subscribes; then shown as its subscriber reads it (seq 0 in the unborn
+/// epoch, nothing retained, no snapshot) with that subscriber counted.
+#[tokio::test]
+async fn a_subscribed_topic_without_events_reads_as_unborn() {
+    let server = Server::spawn_as(common::Mode::Serve, &["--publisher-key", KEY], &[]).await;
+    assert_eq!(server.get("/v1/topics/U1").await.0, 404);
+    let mut c = server.connect().await;
+    c.subscribe("U1", None, None).await.expect("send");
+    let (seq, epoch, _) = subscribed(&mut c).await;
+    assert_eq!(seq, 0);
+    let (status, body) = server.get("/v1/topics/U1").await;
+    assert_eq!(status, 200, "{body}");
+    let topic: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(topic["deployment_id"], "U1", "{topic}");
+    assert_eq!(topic["seq"], 0, "{topic}");
+    assert_eq!(topic["epoch"], epoch.as_str(), "{topic}");
+    assert_eq!(topic["retained_events"], 0, "{topic}");
+    assert_eq!(topic["subscribers"], 1, "{topic}");
+    assert_eq!(topic["local_subscribers"], 1, "{topic}");
+    assert_eq!(topic["snapshot"], Value::Null, "{topic}");
+}

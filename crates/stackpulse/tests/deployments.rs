@@ -277,3 +277,59 @@ async fn bad_requests_are_refused_and_use_no_seq() {
     let (code, body) = post(&limited, Some(KEY), &one).await;
     assert_eq!(code, 202, "{body}");
 }
+
+/// `--deployment-timeout`: a deployment still running when its time is up fails
+/// the stacks that have not finished, with the reason, and then itself.
+#[tokio::test]
+async fn a_deployment_out_of_time_fails_its_running_stacks() {
+    let fake = FakeCfn::start(vec![slow_stack("stuck", 100_000)]).await;
+    let server = Server::spawn(
+        &[
+            "--publisher-key",
+            KEY,
+            "--aws-endpoint-url",
+            &fake.endpoint,
+            "--aws-region",
+            "us-east-1",
+            "--poll-interval",
+            "0.05",
+            "--deployment-timeout",
+            "1",
+        ],
+        AWS_ENV,
+    )
+    .await;
+    let mut client = server.connect().await;
+    client
+        .subscribe("D6", Some(0), None)
+        .await
+        .expect("subscribe");
+    let body = json!({"deployment_id": "D6", "stacks": [{"name": "stuck", "environment": "prod"}]})
+        .to_string();
+    let (code, reply) = post(&server, Some(KEY), &body).await;
+    assert_eq!(code, 202, "{reply}");
+
+    let events = until_finished(&mut client).await;
+    let failed = events
+        .iter()
+        .find(|e| e.event_type == "stack.failed")
+        .unwrap_or_else(|| panic!("no stack.failed: {events:?}"));
+    assert_eq!(failed.data["stack_name"], "stuck");
+    assert_eq!(failed.data["environment"], "prod");
+    assert_eq!(
+        failed.data["error_message"],
+        "Deployment D6 did not finish within 1 s"
+    );
+    assert!(
+        !events.iter().any(|e| e.event_type == "stack.deployed"),
+        "{events:?}"
+    );
+    assert_eq!(
+        statuses(&events),
+        [
+            ("deploying".to_string(), 1, 1),
+            ("failed".to_string(), 1, 1)
+        ],
+        "{events:?}"
+    );
+}

@@ -538,7 +538,11 @@ fn created_stack(name: &str) -> FakeStack {
 /// An update of `name` begins now: its first two events are visible, the rest
 /// (and `UPDATE_COMPLETE`) come on the third `DescribeStacks` after this.
 fn begin_update(fake: &FakeCfn, name: &str) {
-    let updated = Utc::now();
+    begin_update_at(fake, name, Utc::now());
+}
+
+/// [`begin_update`] with the update's events dated from `updated`.
+fn begin_update_at(fake: &FakeCfn, name: &str, updated: DateTime<Utc>) {
     let mut w = fake.world();
     let Some(s) = w.stacks.iter_mut().find(|s| s.name == name) else {
         panic!("no stack {name}");
@@ -683,4 +687,150 @@ async fn next_through_a_server_skips_the_last_operation() {
     );
     begin_update(&fake, "srv");
     shows_only_the_update(&mut watch, "srv").await;
+}
+
+/// `watch --next --direct` for `name` on `fake`.
+fn watch_next_direct(fake: &FakeCfn, name: &str) -> Piped {
+    Piped::spawn(&[
+        "watch",
+        name,
+        "--next",
+        "--direct",
+        "--aws-endpoint-url",
+        &fake.endpoint,
+        "--region",
+        "us-east-1",
+        "--poll-interval",
+        "0.05",
+        "--heartbeat",
+        "0.3",
+    ])
+}
+
+/// Waits until `done` holds for the stack `name` of `fake` (its state changes
+/// on the DescribeStacks calls `watch` makes; there is nothing to await).
+async fn until_stack(fake: &FakeCfn, name: &str, what: &str, done: impl Fn(&FakeStack) -> bool) {
+    let give_up = tokio::time::Instant::now() + LIMIT;
+    loop {
+        if fake.world().stacks.iter().any(|s| s.name == name && done(s)) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < give_up, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `--next` on a stack that does not exist yet: its creation is the next
+/// operation, watched once the stack appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn next_on_a_missing_stack_watches_its_creation() {
+    let mut s = created_stack("nw");
+    s.missing_for = 3;
+    let fake = FakeCfn::start(vec![s]).await;
+    let mut watch = watch_next_direct(&fake, "nw");
+    let first = watch.until("the waiting line", |_| true).await;
+    assert_eq!(first, "waiting for the next operation of nw");
+    assert_eq!(watch.exit_code().await, 0, "{:#?}", watch.seen);
+    assert!(
+        watch
+            .seen
+            .iter()
+            .any(|l| l.starts_with("Stack nw CREATE_COMPLETE succeeded")),
+        "{:#?}",
+        watch.seen
+    );
+    assert!(
+        describe_calls(&fake, "nw") > 3,
+        "it polled until the stack appeared"
+    );
+}
+
+/// `--next` while an operation runs: that operation is skipped (its end too),
+/// and the one after it is watched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn next_while_an_operation_runs_watches_the_one_after() {
+    let fake = FakeCfn::start(vec![created_stack("nb")]).await;
+    // Dated a minute ago, so its events all come before the next update's.
+    begin_update_at(&fake, "nb", Utc::now() - chrono::Duration::seconds(60));
+    let mut watch = watch_next_direct(&fake, "nb");
+    is_waiting(&mut watch, "nb").await;
+    // The running update ends on a DescribeStacks call; once `watch` polled again
+    // after it, it has seen the end.
+    until_stack(&fake, "nb", "the running update to end", |s| {
+        s.status == "UPDATE_COMPLETE"
+    })
+    .await;
+    let seen_end = describe_calls(&fake, "nb");
+    let give_up = tokio::time::Instant::now() + LIMIT;
+    while describe_calls(&fake, "nb") <= seen_end {
+        assert!(tokio::time::Instant::now() < give_up, "no poll after the end");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    watch
+        .until("a heartbeat after the end", |l| l.starts_with("still waiting"))
+        .await;
+    assert!(
+        watch.child.try_wait().expect("try_wait").is_none(),
+        "the update running at the start is not the next one: {:#?}",
+        watch.seen
+    );
+    assert!(
+        !watch.seen.iter().any(|l| l.contains("UPDATE_")),
+        "{:#?}",
+        watch.seen
+    );
+    begin_update(&fake, "nb");
+    shows_only_the_update(&mut watch, "nb").await;
+}
+
+/// Runs `stackpulse watch` to its end; (exit code, stderr).
+async fn watch_to_end(args: &[&str]) -> (i32, String) {
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_stackpulse"))
+        .args(args)
+        .envs(AWS_ENV.iter().copied())
+        .env_remove("STACKPULSE_SERVER")
+        .env_remove("STACKPULSE_AWS_ENDPOINT_URL")
+        .env_remove("STACKPULSE_WATCH_HEARTBEAT")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(LIMIT, run)
+        .await
+        .expect("watch did not end")
+        .expect("run stackpulse");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A server that refuses the stack's topic (not in `--stack-allow`): `watch`
+/// ends at once with exit 2 and the server's reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_topic_ends_the_watch_with_the_servers_reason() {
+    let fake = FakeCfn::start(vec![created_stack("other")]).await;
+    let server = common::Server::spawn(
+        &[
+            "--aws-endpoint-url",
+            &fake.endpoint,
+            "--aws-region",
+            "us-east-1",
+            "--stack-allow",
+            "app-*",
+        ],
+        AWS_ENV,
+    )
+    .await;
+    let url = format!("http://{}", server.addr);
+    let (code, stderr) = watch_to_end(&["watch", "other", "--server", &url]).await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("server error 403: "),
+        "the server's answer: {stderr}"
+    );
+    assert_eq!(
+        describe_calls(&fake, "other"),
+        0,
+        "the refused stack is not tracked"
+    );
 }

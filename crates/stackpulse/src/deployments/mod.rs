@@ -431,3 +431,193 @@ fn stack_event(progress: &mut Progress, topics: &[String], event: &StampedEvent)
     };
     progress.on_stack_event(index, &event.event_type, event.data())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::event::encode_frame;
+    use crate::hub::snapshot::Snapshot;
+    use progress::DEPLOYMENT_STATUS;
+    use request::StackSpec;
+    use stackpulse_cfn::{DeploymentComplete, ResourceSummary, ResourceUpdate, StackSummary};
+
+    const TS: &str = "2026-12-03T10:00:00.000Z";
+
+    /// Two stacks: `api` in the default region, `web` in eu-west-1.
+    fn two_stacks() -> (Progress, Vec<String>) {
+        let spec = |name: &str, region: Option<&str>| StackSpec {
+            name: name.into(),
+            region: region.map(str::to_owned),
+            environment: None,
+        };
+        let progress = Progress::new(
+            vec![spec("api", None), spec("web", Some("eu-west-1"))],
+            "us-east-1".into(),
+        );
+        let topics = vec!["stack:api".to_owned(), "stack:eu-west-1:web".to_owned()];
+        (progress, topics)
+    }
+
+    fn summary(name: &str, status: &str) -> StackSummary {
+        StackSummary {
+            name: name.into(),
+            status: status.into(),
+            ..StackSummary::default()
+        }
+    }
+
+    /// The root stack's own row, the stack in `status`.
+    fn root_row(name: &str, status: &str) -> TrackerMessage {
+        TrackerMessage::ResourceUpdate(ResourceUpdate {
+            timestamp: chrono::Utc::now(),
+            resource: ResourceSummary {
+                logical_id: name.into(),
+                resource_type: "AWS::CloudFormation::Stack".into(),
+                status: status.into(),
+                ..ResourceSummary::default()
+            },
+            stack: summary(name, status),
+            nested_stack: None,
+            event_id: format!("ev-{status}"),
+        })
+    }
+
+    fn completion(name: &str, success: bool, status: &str) -> TrackerMessage {
+        TrackerMessage::DeploymentComplete(DeploymentComplete {
+            success,
+            stack: summary(name, status),
+            outputs: vec![],
+            duration_seconds: 3,
+            root_cause: None,
+        })
+    }
+
+    /// The `stack.snapshot` frame a late subscriber of `topic` gets after `msgs`
+    /// were published there by the poller of `stack`.
+    fn snapshot_frame(topic: &str, stack: &str, msgs: &[TrackerMessage]) -> String {
+        let origin = Origin {
+            stack_name: stack.into(),
+            environment: "x".into(),
+        };
+        let mut snap = Snapshot::default();
+        let mut seq = 0;
+        for m in msgs {
+            for (event_type, data) in to_hub(m, &origin) {
+                seq += 1;
+                snap.apply(seq, TS, event_type, &data);
+            }
+        }
+        assert_eq!(snap.event_type(), STACK_SNAPSHOT);
+        encode_frame(snap.event_type(), topic, seq, TS, snap.data())
+            .as_str()
+            .to_owned()
+    }
+
+    fn types(out: &[Out]) -> Vec<&'static str> {
+        out.iter().map(|(t, _)| *t).collect()
+    }
+
+    fn status_of(out: &Out) -> (String, u64, u64) {
+        assert_eq!(out.0, DEPLOYMENT_STATUS);
+        (
+            out.1["status"].as_str().unwrap_or_default().to_owned(),
+            out.1["current_layer"].as_u64().unwrap_or(99),
+            out.1["total_layers"].as_u64().unwrap_or(99),
+        )
+    }
+
+    /// A completion missed while the follower's resume was not covered by history
+    /// still counts: the snapshot that follows shows it, for the right stack.
+    #[test]
+    fn a_snapshot_showing_a_finished_operation_completes_that_stack() {
+        let (mut progress, topics) = two_stacks();
+        let frame = snapshot_frame(
+            "stack:eu-west-1:web",
+            "web",
+            &[
+                root_row("web", "UPDATE_IN_PROGRESS"),
+                completion("web", true, "UPDATE_COMPLETE"),
+            ],
+        );
+        let out = snapshot_completion(&mut progress, &topics, &frame);
+        assert_eq!(types(&out), [STACK_DEPLOYED_T, DEPLOYMENT_STATUS], "{out:?}");
+        assert_eq!(out[0].1["stack_name"], "web");
+        assert_eq!(out[0].1["environment"], "eu-west-1", "the stack's region");
+        assert_eq!(status_of(&out[1]), ("deploying".into(), 2, 2));
+
+        let frame = snapshot_frame(
+            "stack:api",
+            "api",
+            &[
+                root_row("api", "UPDATE_IN_PROGRESS"),
+                completion("api", false, "UPDATE_ROLLBACK_COMPLETE"),
+            ],
+        );
+        let out = snapshot_completion(&mut progress, &topics, &frame);
+        assert_eq!(types(&out), [STACK_FAILED_T, DEPLOYMENT_STATUS], "{out:?}");
+        assert_eq!(out[0].1["stack_name"], "api");
+        assert_eq!(out[0].1["environment"], "us-east-1", "the default region");
+        assert_eq!(status_of(&out[1]).0, "failed");
+        assert!(progress.finished());
+    }
+
+    /// A snapshot whose stack moved on (a new operation runs), of another type,
+    /// of a topic that is not one of the deployment's stacks, or unreadable,
+    /// completes nothing.
+    #[test]
+    fn other_snapshots_and_frames_complete_nothing() {
+        let (mut progress, topics) = two_stacks();
+        let moved_on = snapshot_frame(
+            "stack:api",
+            "api",
+            &[
+                completion("api", true, "CREATE_COMPLETE"),
+                root_row("api", "UPDATE_IN_PROGRESS"),
+            ],
+        );
+        let done = [
+            root_row("api", "UPDATE_IN_PROGRESS"),
+            completion("api", true, "UPDATE_COMPLETE"),
+        ];
+        let elsewhere = snapshot_frame("stack:other", "other", &done);
+        let not_a_snapshot = encode_frame("stack.deployed", "stack:api", 3, TS, &Map::new());
+        let no_data = serde_json::json!({"type": STACK_SNAPSHOT, "deployment_id": "stack:api"});
+        for frame in [
+            moved_on,
+            elsewhere,
+            not_a_snapshot.as_str().to_owned(),
+            no_data.to_string(),
+            "not json".to_owned(),
+        ] {
+            let out = snapshot_completion(&mut progress, &topics, &frame);
+            assert!(out.is_empty(), "{frame}: {out:?}");
+        }
+        assert!(!progress.finished());
+        assert_eq!(status_of(&progress.status()), ("deploying".into(), 1, 2));
+        // The right snapshot still counts afterwards.
+        let frame = snapshot_frame("stack:api", "api", &done);
+        let out = snapshot_completion(&mut progress, &topics, &frame);
+        assert_eq!(types(&out), [STACK_DEPLOYED_T, DEPLOYMENT_STATUS], "{out:?}");
+    }
+
+    /// Stack events count for the stack whose topic they came on; an event of
+    /// another topic is dropped.
+    #[test]
+    fn stack_events_count_for_their_topic_only() {
+        let (mut progress, topics) = two_stacks();
+        let mut data = Map::new();
+        data.insert("level".into(), Value::from("info"));
+        data.insert("message".into(), Value::from("hello"));
+        let event = |topic: &str| {
+            StampedEvent::new(Arc::from(topic), 1, Arc::from("e"), "log.created", TS, &data)
+        };
+        assert!(stack_event(&mut progress, &topics, &event("stack:other")).is_empty());
+        let out = stack_event(&mut progress, &topics, &event("stack:eu-west-1:web"));
+        assert_eq!(types(&out), ["log.created"]);
+        assert_eq!(out[0].1["stack_name"], "web");
+        assert_eq!(out[0].1["message"], "hello");
+    }
+
+    const STACK_DEPLOYED_T: &str = crate::tracking::events::STACK_DEPLOYED;
+    const STACK_FAILED_T: &str = crate::tracking::events::STACK_FAILED;
+}

@@ -124,3 +124,92 @@ pub async fn graphql_post(
     let response = schema.execute(request.data(caller)).await;
     Json(response).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+    use axum::body::Bytes;
+    use futures_util::stream;
+
+    async fn json_of(response: Response) -> (StatusCode, serde_json::Value) {
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap_or_default();
+        (status, serde_json::from_slice(&bytes).unwrap_or_default())
+    }
+
+    /// A body that ends in a read error is refused with 400 in AppSync's shape.
+    #[tokio::test]
+    async fn an_unreadable_body_is_a_400() {
+        let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+            Ok(Bytes::from_static(b"{\"query\"")),
+            Err(std::io::Error::other("connection reset")),
+        ];
+        let Err(response) = read_body(Body::from_stream(stream::iter(chunks))).await else {
+            panic!("an unreadable body was read");
+        };
+        let (status, body) = json_of(response).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body["errors"][0]["errorType"], "BadRequestException");
+        assert_eq!(body["errors"][0]["message"], "Unreadable request body");
+    }
+
+    /// Past the limit, at most about 1 MiB more is read (so a client still
+    /// sending gets the 413), not the whole of an endless body.
+    #[tokio::test]
+    async fn an_endless_body_gets_413_after_at_most_a_mebibyte_more() {
+        let read = Arc::new(AtomicUsize::new(0));
+        let counter = read.clone();
+        let endless = stream::repeat_with(move || {
+            counter.fetch_add(16 * 1024, Ordering::Relaxed);
+            Ok::<_, std::io::Error>(Bytes::from(vec![b' '; 16 * 1024]))
+        });
+        let Err(response) = read_body(Body::from_stream(endless)).await else {
+            panic!("an endless body was read to its end");
+        };
+        let (status, body) = json_of(response).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(body["errors"][0]["errorType"], "PayloadTooLarge");
+        let read = read.load(Ordering::Relaxed);
+        assert!(read > DRAIN_BYTES, "drained what was sent: {read}");
+        assert!(
+            read <= DRAIN_BYTES + MAX_BODY_BYTES + 16 * 1024,
+            "stopped draining: {read}"
+        );
+    }
+
+    /// A body within the limit is read whole, in any number of chunks.
+    #[tokio::test]
+    async fn a_body_within_the_limit_is_read_whole() {
+        let chunks: Vec<Result<Bytes, std::io::Error>> = (0..4)
+            .map(|_| Ok(Bytes::from(vec![b'x'; MAX_BODY_BYTES / 4])))
+            .collect();
+        let body = read_body(Body::from_stream(stream::iter(chunks))).await;
+        assert_eq!(body.map(|b| b.len()).ok(), Some(MAX_BODY_BYTES));
+    }
+
+    /// A schema built without the server's state answers 500 rather than
+    /// running the request.
+    #[tokio::test]
+    async fn a_schema_without_state_answers_500() {
+        let schema = async_graphql::Schema::build(
+            super::super::schema::Query,
+            super::super::schema::Mutation,
+            super::super::schema::Subscription,
+        )
+        .finish();
+        let response = graphql_post(
+            State(schema),
+            HeaderMap::new(),
+            Body::from(r#"{"query":"{ __typename }"}"#),
+        )
+        .await;
+        let (status, body) = json_of(response).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(body["errors"][0]["errorType"], "InternalFailure");
+    }
+}

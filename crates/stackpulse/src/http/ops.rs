@@ -118,3 +118,51 @@ pub async fn topic(
         Err(e) => AppError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    async fn answer(response: Response) -> (StatusCode, serde_json::Value) {
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap_or_default();
+        (status, serde_json::from_slice(&bytes).unwrap_or_default())
+    }
+
+    fn state(demo: bool) -> AppState {
+        let config = Config {
+            demo,
+            ..Config::default()
+        };
+        crate::server::build_state(config).expect("state")
+    }
+
+    /// `/healthz` tells the dashboard whether this is a `serve --demo` server.
+    #[tokio::test]
+    async fn health_says_demo_on_a_demo_server_only() {
+        let (status, body) = answer(healthz(State(state(true))).await).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, json!({ "status": "ok", "demo": true }));
+        let (_, body) = answer(healthz(State(state(false))).await).await;
+        assert_eq!(body, json!({ "status": "ok" }));
+    }
+
+    /// Once shutdown began, `/readyz` turns load balancers away (503) while the
+    /// connections drain.
+    #[tokio::test]
+    async fn not_ready_once_shutting_down() {
+        let state = state(false);
+        let (status, body) = answer(readyz(State(state.clone())).await).await;
+        assert_eq!((status, body), (StatusCode::OK, json!({ "status": "ready" })));
+        state.shutdown.cancel();
+        let (status, body) = answer(readyz(State(state)).await).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            body,
+            json!({ "status": "unavailable", "reason": "shutting down" })
+        );
+    }
+}

@@ -240,3 +240,124 @@ pub async fn log_startup_report(settings: AwsSettings) {
         tracing::warn!("{}", report.line());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_cloudformation::config::Credentials;
+
+    /// Settings that never reach AWS: a closed loopback endpoint and a region.
+    fn offline(region: &str) -> AwsSettings {
+        AwsSettings {
+            endpoint_url: Some("http://127.0.0.1:9".into()),
+            region: Some(region.into()),
+        }
+    }
+
+    fn region(c: &Client) -> Option<String> {
+        c.config().region().map(|r| r.to_string())
+    }
+
+    #[tokio::test]
+    async fn clients_use_the_region_asked_for_else_the_default_one() {
+        let aws = AwsClients::new(offline("us-west-2"));
+        assert_eq!(aws.default_region().await, "us-west-2");
+        assert_eq!(region(&aws.client(None).await).as_deref(), Some("us-west-2"));
+        let eu = aws.client(Some("eu-west-1")).await;
+        assert_eq!(region(&eu).as_deref(), Some("eu-west-1"));
+        assert_eq!(
+            eu.config().endpoint_url(),
+            Some("http://127.0.0.1:9"),
+            "the operator's endpoint"
+        );
+        assert_eq!(aws.clients.lock().len(), 2, "one client per region");
+        aws.client(Some("eu-west-1")).await;
+        assert_eq!(aws.clients.lock().len(), 2, "kept, not built again");
+    }
+
+    /// Region names come from users: past the cap, clients are built but not kept.
+    #[tokio::test]
+    async fn at_most_max_cached_regions_are_kept() {
+        let aws = AwsClients::new(offline("us-east-1"));
+        for i in 0..MAX_CACHED_REGIONS + 5 {
+            let name = format!("xx-test-{i}");
+            let c = aws.client(Some(&name)).await;
+            assert_eq!(region(&c), Some(name), "each client has its own region");
+        }
+        assert_eq!(aws.clients.lock().len(), MAX_CACHED_REGIONS);
+    }
+
+    #[test]
+    fn a_configuration_without_a_region_falls_back_to_us_east_1() {
+        let sdk = SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .build();
+        assert_eq!(region_of(&sdk), FALLBACK_REGION);
+        assert_eq!(
+            region(&cfn_client(&sdk, None)).as_deref(),
+            Some(FALLBACK_REGION)
+        );
+        assert_eq!(
+            region(&cfn_client(&sdk, Some("ap-south-1"))).as_deref(),
+            Some("ap-south-1")
+        );
+        let with_region = SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("ca-central-1"))
+            .build();
+        assert_eq!(region_of(&with_region), "ca-central-1");
+        assert_eq!(
+            region(&cfn_client(&with_region, None)).as_deref(),
+            Some("ca-central-1"),
+            "the configuration's own region"
+        );
+    }
+
+    #[test]
+    fn providers_are_named_as_people_know_them() {
+        let profile = std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".to_string());
+        for (provider, label) in [
+            ("EnvironmentVariable", "environment (AWS_ACCESS_KEY_ID)".to_owned()),
+            ("SSO", format!("SSO (profile {profile})")),
+            ("Login", format!("SSO (profile {profile})")),
+            ("ProfileFile", format!("profile {profile}")),
+            ("CredentialProcess", format!("profile {profile}")),
+            ("WebIdentityToken", "web identity (AWS_WEB_IDENTITY_TOKEN_FILE)".to_owned()),
+            ("IMDSv2", "instance role (IMDS)".to_owned()),
+            ("EcsContainer", "container role".to_owned()),
+            ("HttpProvider", "container role".to_owned()),
+            ("my-vault", "my-vault".to_owned()),
+        ] {
+            assert_eq!(provider_label(provider), label, "{provider}");
+        }
+    }
+
+    /// The provider's name is read from the credentials' `Debug`, and the secret
+    /// never shows in it.
+    #[test]
+    fn the_provider_name_is_read_from_the_credentials() {
+        let c = Credentials::new("AKIDTEST", "s3cr3t-value", None, None, "ProfileFile");
+        assert_eq!(provider_name(&c), "ProfileFile");
+        assert!(!format!("{c:?}").contains("s3cr3t-value"));
+    }
+
+    #[test]
+    fn tracking_works_only_with_credentials_and_a_region() {
+        let report = |credentials: Option<&str>, region_set| StartupReport {
+            credentials: credentials.map(str::to_owned),
+            region: "us-east-1 (--aws-region)".into(),
+            region_set,
+        };
+        assert!(report(Some("profile default"), true).ok());
+        assert!(!report(None, true).ok(), "no credentials");
+        assert!(!report(Some("profile default"), false).ok(), "no region set");
+        assert_eq!(
+            report(Some("profile default"), true).line(),
+            "AWS credentials: profile default; region: us-east-1 (--aws-region)"
+        );
+        let none = report(None, true).line();
+        assert!(none.starts_with("AWS credentials: none found"), "{none}");
+        assert!(none.contains("AWS_PROFILE"), "says what to set: {none}");
+    }
+
+}

@@ -347,6 +347,11 @@ mod tests {
             retrying: true
         })));
         assert!(!g.admit(&done()), "its completion");
+        let state = stackpulse_cfn::TrackerState::default();
+        assert!(
+            !g.admit(&TrackerMessage::Snapshot(state)),
+            "a tracker snapshot does not open the gate"
+        );
         assert!(!g.admit(&ev(10, "e1")), "a late copy of it");
         assert!(g.admit(&ev(20, "e2")), "the next operation");
         assert!(g.admit(&done()), "and its completion");

@@ -518,3 +518,41 @@ async fn introspection_is_off_with_auth_unless_enabled() {
         "{body}"
     );
 }
+
+/// Sends `POST /graphql` with a chunked body (no length) made of `chunks`, then
+/// reads the whole answer.
+async fn post_chunked(server: &Server, chunks: &[Vec<u8>]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = TcpStream::connect(server.addr).await.expect("connect");
+    let head = "POST /graphql HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+                Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+    sock.write_all(head.as_bytes()).await.expect("write");
+    for chunk in chunks {
+        sock.write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+            .await
+            .expect("write");
+        sock.write_all(chunk).await.expect("write");
+        sock.write_all(b"\r\n").await.expect("write");
+    }
+    sock.write_all(b"0\r\n\r\n").await.expect("write");
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, sock.read_to_end(&mut answer))
+        .await
+        .expect("no answer in time")
+        .expect("read");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// A chunked body (no length to refuse up front) over 64 KiB gets 413 once it
+/// passes the limit, and what the client still sends is read first, so it gets
+/// the answer rather than a reset.
+#[tokio::test]
+async fn an_oversized_chunked_body_gets_413() {
+    let server = Server::start(&[]).await;
+    let chunks = vec![vec![b' '; 8 * 1024]; 32]; // 256 KiB
+    let answer = post_chunked(&server, &chunks).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{}", &answer[..answer.len().min(300)]);
+    assert!(answer.contains("PayloadTooLarge"), "{answer}");
+
+    assert_eq!(server.get("/healthz").await.0, 200);
+}
