@@ -267,6 +267,8 @@ mod tests {
 
     /// `serve`'s (and `doctor`'s) flags, resolved the way `doctor` resolves them.
     fn config(args: &[&str]) -> Config {
+        // As `main` does before any HTTPS client is built.
+        crate::auth::jwks_http::install_crypto_provider();
         #[derive(clap::Parser)]
         struct Cli {
             #[command(flatten)]
@@ -363,7 +365,9 @@ mod tests {
         let ok = Verdict::Ok("reachable and permitted".into());
         assert_eq!(cloudformation_verdict(Ok(())), ok);
         assert_eq!(
-            cloudformation_verdict(Err(AwsError::NotFound("Stack with id x does not exist".into()))),
+            cloudformation_verdict(Err(AwsError::NotFound(
+                "Stack with id x does not exist".into()
+            ))),
             ok
         );
         let Verdict::Fail(detail) = cloudformation_verdict(Err(AwsError::AccessDenied(
@@ -372,7 +376,10 @@ mod tests {
             panic!("access denied is a failure");
         };
         assert!(detail.ends_with("[access_denied]"), "{detail}");
-        assert!(!detail.contains("123456789012"), "no account in the verdict: {detail}");
+        assert!(
+            !detail.contains("123456789012"),
+            "no account in the verdict: {detail}"
+        );
         let Verdict::Fail(detail) =
             cloudformation_verdict(Err(AwsError::Network("connection refused".into())))
         else {
@@ -406,7 +413,10 @@ mod tests {
         let Verdict::Ok(d) = auth(&auth_config(&base, "nodiscovery")).await else {
             panic!("no discovery document is not a failure");
         };
-        assert!(d.starts_with("JWKS has 2 keys (no discovery document at "), "{d}");
+        assert!(
+            d.starts_with("JWKS has 2 keys (no discovery document at "),
+            "{d}"
+        );
 
         let Verdict::Fail(d) = auth(&auth_config(&base, "empty")).await else {
             panic!("a JWKS without keys fails");
@@ -439,8 +449,7 @@ mod tests {
         // The version INFO reports (e.g. 7.0.15), not "unknown".
         let version = d.strip_prefix("reachable, version ").unwrap_or_default();
         assert!(
-            version.split('.').count() == 3
-                && version.split('.').all(|p| p.parse::<u32>().is_ok()),
+            version.split('.').count() == 3 && version.split('.').all(|p| p.parse::<u32>().is_ok()),
             "{d}"
         );
         server.stop();

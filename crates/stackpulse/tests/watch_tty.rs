@@ -712,10 +712,18 @@ fn watch_next_direct(fake: &FakeCfn, name: &str) -> Piped {
 async fn until_stack(fake: &FakeCfn, name: &str, what: &str, done: impl Fn(&FakeStack) -> bool) {
     let give_up = tokio::time::Instant::now() + LIMIT;
     loop {
-        if fake.world().stacks.iter().any(|s| s.name == name && done(s)) {
+        if fake
+            .world()
+            .stacks
+            .iter()
+            .any(|s| s.name == name && done(s))
+        {
             return;
         }
-        assert!(tokio::time::Instant::now() < give_up, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -763,11 +771,16 @@ async fn next_while_an_operation_runs_watches_the_one_after() {
     let seen_end = describe_calls(&fake, "nb");
     let give_up = tokio::time::Instant::now() + LIMIT;
     while describe_calls(&fake, "nb") <= seen_end {
-        assert!(tokio::time::Instant::now() < give_up, "no poll after the end");
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "no poll after the end"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     watch
-        .until("a heartbeat after the end", |l| l.starts_with("still waiting"))
+        .until("a heartbeat after the end", |l| {
+            l.starts_with("still waiting")
+        })
         .await;
     assert!(
         watch.child.try_wait().expect("try_wait").is_none(),

@@ -540,7 +540,11 @@ mod tests {
             ],
         );
         let out = snapshot_completion(&mut progress, &topics, &frame);
-        assert_eq!(types(&out), [STACK_DEPLOYED_T, DEPLOYMENT_STATUS], "{out:?}");
+        assert_eq!(
+            types(&out),
+            [STACK_DEPLOYED_T, DEPLOYMENT_STATUS],
+            "{out:?}"
+        );
         assert_eq!(out[0].1["stack_name"], "web");
         assert_eq!(out[0].1["environment"], "eu-west-1", "the stack's region");
         assert_eq!(status_of(&out[1]), ("deploying".into(), 2, 2));
@@ -597,7 +601,11 @@ mod tests {
         // The right snapshot still counts afterwards.
         let frame = snapshot_frame("stack:api", "api", &done);
         let out = snapshot_completion(&mut progress, &topics, &frame);
-        assert_eq!(types(&out), [STACK_DEPLOYED_T, DEPLOYMENT_STATUS], "{out:?}");
+        assert_eq!(
+            types(&out),
+            [STACK_DEPLOYED_T, DEPLOYMENT_STATUS],
+            "{out:?}"
+        );
     }
 
     /// Stack events count for the stack whose topic they came on; an event of
@@ -609,7 +617,14 @@ mod tests {
         data.insert("level".into(), Value::from("info"));
         data.insert("message".into(), Value::from("hello"));
         let event = |topic: &str| {
-            StampedEvent::new(Arc::from(topic), 1, Arc::from("e"), "log.created", TS, &data)
+            StampedEvent::new(
+                Arc::from(topic),
+                1,
+                Arc::from("e"),
+                "log.created",
+                TS,
+                &data,
+            )
         };
         assert!(stack_event(&mut progress, &topics, &event("stack:other")).is_empty());
         let out = stack_event(&mut progress, &topics, &event("stack:eu-west-1:web"));

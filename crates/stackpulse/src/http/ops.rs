@@ -156,7 +156,10 @@ mod tests {
     async fn not_ready_once_shutting_down() {
         let state = state(false);
         let (status, body) = answer(readyz(State(state.clone())).await).await;
-        assert_eq!((status, body), (StatusCode::OK, json!({ "status": "ready" })));
+        assert_eq!(
+            (status, body),
+            (StatusCode::OK, json!({ "status": "ready" }))
+        );
         state.shutdown.cancel();
         let (status, body) = answer(readyz(State(state)).await).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);

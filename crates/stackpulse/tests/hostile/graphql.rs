@@ -551,7 +551,11 @@ async fn an_oversized_chunked_body_gets_413() {
     let server = Server::start(&[]).await;
     let chunks = vec![vec![b' '; 8 * 1024]; 32]; // 256 KiB
     let answer = post_chunked(&server, &chunks).await;
-    assert!(answer.starts_with("HTTP/1.1 413"), "{}", &answer[..answer.len().min(300)]);
+    assert!(
+        answer.starts_with("HTTP/1.1 413"),
+        "{}",
+        &answer[..answer.len().min(300)]
+    );
     assert!(answer.contains("PayloadTooLarge"), "{answer}");
 
     assert_eq!(server.get("/healthz").await.0, 200);
