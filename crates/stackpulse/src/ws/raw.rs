@@ -526,8 +526,6 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Wire for RawWire<W> {
     }
 
     fn direct(&self) -> Option<Arc<dyn DirectWrite>> {
-        self.direct
-            .clone()
-            .map(|d| d as Arc<dyn DirectWrite>)
+        self.direct.clone().map(|d| d as Arc<dyn DirectWrite>)
     }
 }
