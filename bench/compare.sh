@@ -20,6 +20,9 @@
 # TARGETS may also name `axum`: stackpulse with `/ws` written through axum's
 # WebSocket (STACKPULSE_BENCH_AXUM_WRITER=1, the writer before prepared frames),
 # from the same binary, for before/after runs; its figures get a table of their own.
+# TARGETS may also name `queued`: stackpulse with the fan-out's direct writes off
+# (STACKPULSE_BENCH_NO_DIRECT=1: every event goes through the connection's writer
+# task, as before issue 14's direct writes), same binary, a table of its own too.
 # Both servers get the same cores: stackpulse's tokio runtime runs [WORKERS=nproc]
 # worker threads (TOKIO_WORKER_THREADS) and nginx runs as many worker processes.
 # Every scenario starts a fresh server. [REPEAT=1] runs of each scenario alternate
@@ -200,11 +203,12 @@ bench_run() {
   case $target in
     stackpulse) start_stackpulse "${serve_args[@]}" ;;
     axum) STACKPULSE_BENCH_AXUM_WRITER=1 start_stackpulse "${serve_args[@]}" ;;
+    queued) STACKPULSE_BENCH_NO_DIRECT=1 start_stackpulse "${serve_args[@]}" ;;
     nchan) start_nchan ;;
   esac
   echo "== ($scenario) $target" >&2
   local rc=0 protocol=$target
-  [[ $target == axum ]] && protocol=stackpulse
+  [[ $target == axum || $target == queued ]] && protocol=stackpulse
   "$BIN" bench run --json --label "$scenario" --target "$protocol" --ws-url "$ws_url" \
     --publish-url "$pub_url" "${key_flag[@]}" "${pids[@]}" "${run_args[@]}" "$@" \
     >"$OUT/$target-$scenario$suffix.json" || rc=$?
@@ -321,16 +325,18 @@ row() { # row SCENARIO LABEL JQ DIGITS [NCHAN_SCENARIO]
       echo "- $s $t ($(headline "$s")): $(cut -d' ' -f1 "$OUT/$t-$s.runs" | xargs printf '%.6g ')"
     done; done
   fi
-  if [[ " $TARGETS " == *" axum "* ]]; then
-    # Before/after: the axum writer against the raw one, and user vs kernel time
-    # per delivery (µs: server CPU seconds ÷ deliveries).
-    echo "| | metric | stackpulse | stackpulse, axum writer | raw ÷ axum |"
+  for before in axum queued; do
+    [[ " $TARGETS " == *" $before "* ]] || continue
+    # Before/after: stackpulse against the same binary with the older writer
+    # (axum) or without direct writes (queued), and user vs kernel time per
+    # delivery (µs: server CPU seconds ÷ deliveries).
+    echo "| | metric | stackpulse | stackpulse, $before | stackpulse ÷ $before |"
     echo "|---|---|---:|---:|---:|"
     for s in $SCENARIOS; do
       ab() { # ab LABEL JQ DIGITS
         local r a
         r=$(get stackpulse "$s" "$2")
-        a=$(get axum "$s" "$2")
+        a=$(get "$before" "$s" "$2")
         echo "| $s | $1 | $(fmt "$r" "$3") | $(fmt "$a" "$3") | $(ratio "$r" "$a") |"
       }
       case $s in
@@ -342,7 +348,7 @@ row() { # row SCENARIO LABEL JQ DIGITS [NCHAN_SCENARIO]
       esac
     done
     echo
-  fi
+  done
   echo -n "complete runs:"
   for s in $SCENARIOS; do for t in $TARGETS; do
     [[ $s == e && $t == nchan ]] && continue

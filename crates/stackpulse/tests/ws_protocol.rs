@@ -301,3 +301,38 @@ async fn a_restarted_server_has_a_new_epoch() {
         "same seq numbers, different counter: the client must refetch"
     );
 }
+
+/// The fan-out writes a live event straight to an idle socket and leaves it to the
+/// connection's writer once the socket is full (a frame the socket took only part
+/// of is finished by the writer). A subscriber that reads, stops reading while
+/// ~10 MB of events arrive (far beyond the loopback socket's buffers, so writes
+/// block and queue), then drains while more arrive, gets every event once, whole
+/// and in seq order.
+#[tokio::test]
+async fn direct_and_queued_writes_interleave_in_order_when_a_socket_fills_and_drains() {
+    let server = Server::start(&["--queue-size", "4096"]).await;
+    let mut c = server.connect().await;
+    c.subscribe("T", None, None).await.expect("send");
+    subscribed(&mut c).await;
+    // Reading along: the socket is idle at each publish (direct writes).
+    for seq in 1..=20 {
+        server.publish("T", "reading").await;
+        assert_eq!(next_event(&mut c).await.seq, seq);
+    }
+    // Not reading: 600 events of 16 KiB fill the socket, the rest queue.
+    server
+        .publish_in_background("T", 600, 16 * 1024)
+        .await
+        .expect("publisher");
+    // Draining, while more events arrive.
+    let more = server.publish_in_background("T", 300, 100);
+    for seq in 21..=920 {
+        let ev = next_event(&mut c).await;
+        assert_eq!(ev.seq, seq, "every event once, in order");
+    }
+    more.await.expect("publisher");
+    // And direct again once drained.
+    let seq = server.publish("T", "reading again").await;
+    assert_eq!(next_event(&mut c).await.seq, seq);
+    assert_eq!(seq, 921);
+}

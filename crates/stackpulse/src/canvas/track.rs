@@ -144,7 +144,7 @@ fn translate(item: Delivery, stack_name: &str) -> Vec<String> {
         }
         // A snapshot or a reply: encoded once for this subscriber.
         Delivery::Frame(frame) => frame.as_str(),
-        Delivery::Subscribed(_) => return Vec::new(),
+        Delivery::Subscribed(_) | Delivery::Rest(_) => return Vec::new(),
         Delivery::Forbidden(topic) => {
             let error = TrackerMessage::Error(TrackerError {
                 message: format!("Forbidden: {topic}"),

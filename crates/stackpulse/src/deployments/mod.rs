@@ -320,7 +320,7 @@ impl Deployments {
                     // stack's snapshot: a completion missed meanwhile is in it.
                     Some(Delivery::Frame(frame)) => snapshot_completion(&mut progress, topics, frame.as_str()),
                     // (a system reader is never forbidden)
-                    Some(Delivery::Subscribed(_) | Delivery::Forbidden(_)) => continue,
+                    Some(Delivery::Subscribed(_) | Delivery::Forbidden(_) | Delivery::Rest(_)) => continue,
                     None => return,
                 },
             };

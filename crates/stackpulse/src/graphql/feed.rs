@@ -152,7 +152,7 @@ impl Feed {
                         return Some(Ok(decoded));
                     }
                     // `subscribed` and the snapshot: not part of a GraphQL stream.
-                    Some(Delivery::Subscribed(_) | Delivery::Frame(_)) => continue,
+                    Some(Delivery::Subscribed(_) | Delivery::Frame(_) | Delivery::Rest(_)) => continue,
                     Some(Delivery::Forbidden(topic)) => {
                         self.ended = true;
                         return Some(Err(FeedEnded::Forbidden(topic.to_string())));

@@ -47,6 +47,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         )
         .into_response();
     };
+    crate::metrics::publish_delivered();
     metrics::gauge!("stackpulse_connections").set(state.registry.len() as f64);
     metrics::gauge!("stackpulse_subscriptions").set(state.hub.subscription_count() as f64);
     metrics::gauge!("stackpulse_topics").set(state.hub.backplane().topic_count() as f64);

@@ -45,7 +45,7 @@ use stackpulse_protocol::{Acl, PublishRequest};
 
 pub use backplane::{Backplane, BackplaneError, Deliver, Draft, Lease, TopicInfo, TopicRead};
 pub use event::StampedEvent;
-pub use outbox::{CloseReason, Delivery, Outbox, SubscribedInfo};
+pub use outbox::{CloseReason, Delivery, DirectWrite, Outbox, SubscribedInfo, Written};
 pub use policy::{Reader, Rules, TopicInterest, TopicPolicy, WriteRefused};
 pub use subscription::Subscription;
 

@@ -6,6 +6,19 @@
 //! closing with [`CloseReason::SlowConsumer`] and later events for it are dropped
 //! (and counted), so one client that stops reading never slows the others or grows
 //! the server's memory. Replays after a `subscribe` are pushed with a bounded wait.
+//!
+//! **Direct writes.** A wire that can write without waiting (the raw `/ws` socket,
+//! [`crate::ws::raw`]) lends the outbox a [`DirectWrite`]. A live event pushed with
+//! [`Outbox::push_event`] while the queue is empty and the writer holds nothing
+//! unwritten is then written to the socket by the fan-out itself, under the queue's
+//! lock: no queue slot, no wake-up of the writer task, no pop. When the socket takes
+//! only part of the frame, the rest is queued ([`Delivery::Rest`]); when it takes
+//! none (`WouldBlock`), the event is queued as usual and the writer waits for the
+//! socket. Order stays exact because the socket has one writer at a time: the
+//! fan-out writes only while the queue is empty and the writer task is not writing
+//! (`Queue::writing`, set under the lock when the writer pops an item or
+//! [claims](Receiver::claim) the socket for a ping, a reply or the close, and
+//! cleared by [`Receiver::release`] once all it took is written).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -15,6 +28,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -45,6 +59,28 @@ pub enum Delivery {
     /// The subscription to this topic ended: the topic's ACL no longer admits
     /// the connection's reader (each dialect answers with its 403 error).
     Forbidden(Box<Arc<str>>),
+    /// The unwritten rest of an event's frame that the fan-out began writing
+    /// directly ([`DirectWrite`]): raw bytes, written before anything else. Only a
+    /// wire that lent a [`DirectWrite`] ever receives one.
+    Rest(Box<Bytes>),
+}
+
+/// How much of a frame a [`DirectWrite`] wrote.
+#[derive(Debug)]
+pub enum Written {
+    /// All of it.
+    All,
+    /// Part of it; these bytes are still to write.
+    Part(Bytes),
+    /// Nothing: the socket would block (or failed; the writer will find out).
+    Nothing,
+}
+
+/// A socket the fan-out may write to without waiting (see the module docs). Called
+/// under the outbox's lock, only while nobody else writes to the socket.
+pub trait DirectWrite: Send + Sync {
+    /// Writes what the socket takes of `event`'s frame now, without blocking.
+    fn try_write_event(&self, event: &StampedEvent) -> Written;
 }
 
 impl Delivery {
@@ -106,6 +142,11 @@ struct Queue {
     items: VecDeque<Delivery>,
     /// The [`Receiver`] was dropped: pushes fail from now on.
     receiver_gone: bool,
+    /// The socket, when the wire lent it for direct writes.
+    direct: Option<Arc<dyn DirectWrite>>,
+    /// The writer task holds the socket: it popped items it has not finished
+    /// writing, or writes a ping, a reply or the close. No direct write meanwhile.
+    writing: bool,
 }
 
 /// The writer's end of an [`Outbox`] (one per outbox).
@@ -130,6 +171,8 @@ impl Outbox {
             queue: Mutex::new(Queue {
                 items: VecDeque::new(),
                 receiver_gone: false,
+                direct: None,
+                writing: false,
             }),
             capacity: capacity.max(1),
             closed: AtomicBool::new(false),
@@ -177,6 +220,44 @@ impl Outbox {
             }
             Room::Gone => Err(QueueClosed),
         }
+    }
+
+    /// Lends the outbox the socket for direct writes of live events.
+    pub fn set_direct(&self, direct: Arc<dyn DirectWrite>) {
+        self.queue.lock().direct = Some(direct);
+    }
+
+    /// Delivers a live event without waiting: written to the socket at once when
+    /// nothing is ahead of it and the socket takes it (see the module docs), else
+    /// queued as [`push`](Self::push) does.
+    pub fn push_event(&self, event: &Arc<StampedEvent>) -> Result<(), QueueClosed> {
+        if self.is_closing() {
+            metrics::counter!("stackpulse_messages_dropped_total").increment(1);
+            return Err(QueueClosed);
+        }
+        let mut queue = self.queue.lock();
+        if !queue.writing && queue.items.is_empty() && !queue.receiver_gone && !self.is_closing() {
+            if let Some(direct) = &queue.direct {
+                match direct.try_write_event(event) {
+                    Written::All => {
+                        drop(queue);
+                        crate::metrics::add_delivered(1);
+                        return Ok(());
+                    }
+                    Written::Part(rest) => {
+                        // The rest goes first; the queue is no longer empty, so no
+                        // other direct write comes before it.
+                        queue.items.push_back(Delivery::Rest(Box::new(rest)));
+                        drop(queue);
+                        self.writer.wake();
+                        return Ok(());
+                    }
+                    Written::Nothing => {}
+                }
+            }
+        }
+        drop(queue);
+        self.push(Delivery::Event(event.clone()))
     }
 
     /// Queues, waiting up to `timeout` for room; used for replays, whose size is
@@ -257,11 +338,16 @@ impl Outbox {
         self.closed.load(Ordering::Acquire)
     }
 
-    /// Takes the oldest item; makes room for a waiting replay when the queue was full.
+    /// Takes the oldest item (the writer then holds the socket until it
+    /// [releases](Receiver::release) it); makes room for a waiting replay when the
+    /// queue was full.
     fn pop(&self) -> Option<Delivery> {
         let mut queue = self.queue.lock();
         let was_full = queue.items.len() >= self.capacity;
         let item = queue.items.pop_front();
+        if item.is_some() {
+            queue.writing = true;
+        }
         drop(queue);
         if was_full && item.is_some() {
             self.room.notify_waiters();
@@ -292,6 +378,29 @@ impl Receiver {
     pub fn try_recv(&mut self) -> Result<Delivery, Empty> {
         self.outbox.pop().ok_or(Empty)
     }
+
+    /// The writer is about to write something of its own (a ping, a reply): no
+    /// direct write until [`release`](Self::release).
+    pub fn claim(&self) {
+        self.outbox.queue.lock().writing = true;
+    }
+
+    /// The writer wrote everything it took: the fan-out may write directly again
+    /// (once the queue is empty).
+    pub fn release(&self) {
+        self.outbox.queue.lock().writing = false;
+    }
+
+    /// The writer is closing the socket: no direct write ever again, and the
+    /// socket is no longer lent.
+    pub fn detach(&self) {
+        let direct = {
+            let mut queue = self.outbox.queue.lock();
+            queue.writing = true;
+            queue.direct.take()
+        };
+        drop(direct);
+    }
 }
 
 impl Drop for Receiver {
@@ -299,7 +408,8 @@ impl Drop for Receiver {
         let items = {
             let mut queue = self.outbox.queue.lock();
             queue.receiver_gone = true;
-            std::mem::take(&mut queue.items)
+            queue.writing = true;
+            (std::mem::take(&mut queue.items), queue.direct.take())
         };
         drop(items);
         self.outbox.room.notify_waiters();
@@ -359,6 +469,101 @@ mod tests {
         let frame = || Delivery::frame(Utf8Bytes::from_static("{}"));
         assert_eq!(outbox.push(frame()), Err(QueueClosed));
         assert!(!outbox.is_closing(), "not a close: the writer is gone");
+    }
+
+    /// A socket that takes what `room` allows and records what it was given.
+    #[derive(Default)]
+    struct FakeSocket {
+        room: Mutex<usize>,
+        written: Mutex<Vec<u64>>,
+    }
+
+    impl DirectWrite for FakeSocket {
+        fn try_write_event(&self, event: &StampedEvent) -> Written {
+            let frame = event.ws_frame();
+            let mut room = self.room.lock();
+            if *room == 0 {
+                return Written::Nothing;
+            }
+            self.written.lock().push(event.seq);
+            let n = (*room).min(frame.len());
+            *room -= n;
+            if n == frame.len() {
+                Written::All
+            } else {
+                Written::Part(frame.slice(n..))
+            }
+        }
+    }
+
+    fn event(seq: u64) -> Arc<StampedEvent> {
+        Arc::new(StampedEvent::new(
+            "T".into(),
+            seq,
+            "e".into(),
+            "deployment.status",
+            "2025-10-23T10:05:00.000Z",
+            &serde_json::Map::new(),
+        ))
+    }
+
+    fn queued(rx: &mut Receiver) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(item) = rx.try_recv() {
+            out.push(match item {
+                Delivery::Event(e) => format!("event {}", e.seq),
+                Delivery::Rest(b) => format!("rest of {} bytes", b.len()),
+                other => format!("{other:?}"),
+            });
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn events_go_to_an_idle_socket_directly_and_queue_behind_anything_unwritten() {
+        let (outbox, mut rx) = Outbox::new(16);
+        let socket = Arc::new(FakeSocket::default());
+        outbox.set_direct(socket.clone());
+        let len = event(1).ws_frame().len();
+
+        // Idle socket with room: written directly, nothing queued.
+        *socket.room.lock() = 2 * len + 5;
+        outbox.push_event(&event(1)).expect("push");
+        outbox.push_event(&event(2)).expect("push");
+        assert_eq!(*socket.written.lock(), vec![1, 2]);
+        // Room for 5 bytes: the rest of event 3 is queued, and event 4 behind it
+        // (the queue is not empty, so no direct write jumps ahead).
+        outbox.push_event(&event(3)).expect("push");
+        *socket.room.lock() = 1000;
+        outbox.push_event(&event(4)).expect("push");
+        assert_eq!(*socket.written.lock(), vec![1, 2, 3]);
+        assert_eq!(
+            queued(&mut rx),
+            vec![format!("rest of {} bytes", len - 5), "event 4".into()]
+        );
+        // The writer popped items: until it releases the socket, events queue.
+        outbox.push_event(&event(5)).expect("push");
+        assert_eq!(queued(&mut rx), vec!["event 5".to_string()]);
+        rx.release();
+        outbox.push_event(&event(6)).expect("push");
+        assert_eq!(*socket.written.lock(), vec![1, 2, 3, 6]);
+        // A full socket (would block): queued for the writer.
+        *socket.room.lock() = 0;
+        rx.release();
+        outbox.push_event(&event(7)).expect("push");
+        assert_eq!(queued(&mut rx), vec!["event 7".to_string()]);
+        rx.release();
+        // The writer writing a ping of its own: queued.
+        *socket.room.lock() = 1000;
+        rx.claim();
+        outbox.push_event(&event(8)).expect("push");
+        assert_eq!(queued(&mut rx), vec!["event 8".to_string()]);
+        // Closing: never again directly.
+        rx.release();
+        rx.detach();
+        outbox.push_event(&event(9)).expect("push");
+        assert_eq!(*socket.written.lock(), vec![1, 2, 3, 6]);
+        assert_eq!(queued(&mut rx), vec!["event 9".to_string()]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -144,7 +144,7 @@ impl Subscription {
                     return Offer::Done;
                 }
                 *last_seq = event.seq;
-                if self.outbox.push(Delivery::Event(event.clone())).is_err() {
+                if self.outbox.push_event(event).is_err() {
                     *state = State::Ended;
                 }
                 Offer::Done

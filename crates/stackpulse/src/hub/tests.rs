@@ -124,6 +124,7 @@ fn take(rx: &mut super::outbox::Receiver) -> Vec<Got> {
                 }
             }
             Delivery::Forbidden(t) => Got::Forbidden(t.to_string()),
+            Delivery::Rest(_) => unreachable!("no direct writes without a socket"),
         });
     }
     out

@@ -143,7 +143,7 @@ pub(crate) struct JsonEncoder {
 }
 
 /// One socket write in this many records a delivery-latency sample.
-const LATENCY_SAMPLE_EVERY: u64 = 16;
+pub(crate) const LATENCY_SAMPLE_EVERY: u64 = 16;
 
 impl Encoder for JsonEncoder {
     fn encode(&mut self, item: Delivery) -> (Encoded, u64) {
@@ -157,6 +157,8 @@ impl Encoder for JsonEncoder {
                 (Encoded::Event(event), 1)
             }
             Delivery::Frame(frame) => (Encoded::One(Message::Text(*frame)), 0),
+            // The rest of an event the fan-out began writing: counted here.
+            Delivery::Rest(bytes) => (Encoded::Raw(*bytes), 1),
             Delivery::Forbidden(topic) => {
                 let reply = ServerMessage::Error {
                     code: 403,

@@ -301,8 +301,19 @@ pub(crate) fn serve_raw<D: Dialect>(
                 return;
             }
         };
-        let (reader, wire) = super::raw::split(upgraded, config).await;
-        run(reader, wire, state, admitted, dialect).await;
+        // Plain TCP is shared with the fan-out for direct writes; anything else
+        // (TLS) is split.
+        match upgraded.downcast::<hyper_util::rt::TokioIo<tokio::net::TcpStream>>() {
+            Ok(parts) => {
+                let tcp = parts.io.into_inner();
+                let (reader, wire) = super::raw::split_tcp(tcp, parts.read_buf, config).await;
+                run(reader, wire, state, admitted, dialect).await;
+            }
+            Err(upgraded) => {
+                let (reader, wire) = super::raw::split(upgraded, config).await;
+                run(reader, wire, state, admitted, dialect).await;
+            }
+        }
         drop(tracked);
     });
     super::raw::switching_protocols(&key, selected)
@@ -595,6 +606,9 @@ pub(crate) fn open<R: Reader, W: Wire, E: Encoder>(
     if state.shutdown.is_cancelled() {
         outbox.close(CloseReason::Shutdown);
     }
+    if let Some(direct) = sink.direct() {
+        outbox.set_direct(direct);
+    }
     let control = Arc::new(Control::default());
     let writer = tokio::spawn(write_loop(
         sink,
@@ -690,6 +704,8 @@ pub(crate) enum Encoded {
     Many(Vec<Message>),
     /// An event's frame as the hub encoded it (a raw wire writes its prepared bytes).
     Event(Arc<crate::hub::StampedEvent>),
+    /// The rest of a frame the fan-out began writing directly ([`Delivery::Rest`]).
+    Raw(bytes::Bytes),
 }
 
 /// Turns queued items into frames; one per dialect. Returns how many events the
@@ -722,6 +738,7 @@ async fn feed<W: Wire>(sink: &mut W, encoded: Encoded) -> Result<(), axum::Error
     match encoded {
         Encoded::One(m) => sink.feed(m).await,
         Encoded::Event(event) => sink.feed_event(event).await,
+        Encoded::Raw(bytes) => sink.feed_raw(bytes).await,
         Encoded::Many(list) => {
             for m in list {
                 sink.feed(m).await?;
@@ -737,7 +754,6 @@ async fn write_batch<W: Wire, E: Encoder>(
     first: Delivery,
     rx: &mut crate::hub::outbox::Receiver,
     encoder: &mut E,
-    delivered: &metrics::Counter,
 ) -> Result<(), axum::Error> {
     let (encoded, mut events) = encoder.encode(first);
     feed(sink, encoded).await?;
@@ -753,7 +769,7 @@ async fn write_batch<W: Wire, E: Encoder>(
     }
     sink.flush().await?;
     encoder.flushed();
-    delivered.increment(events);
+    crate::metrics::add_delivered(events);
     Ok(())
 }
 
@@ -768,7 +784,6 @@ async fn write_loop<W: Wire, E: Encoder>(
     ping_every: Duration,
     mut encoder: E,
 ) {
-    let delivered = crate::metrics::delivered();
     // What the reading half queued to write (a raw socket's pongs and close echo).
     let replies = sink.replies();
     let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
@@ -781,38 +796,45 @@ async fn write_loop<W: Wire, E: Encoder>(
             biased;
             item = rx.recv() => match item {
                 Some(_) if outbox.is_closing() => {
-                    send_close(&mut sink, &control, outbox.writer_closing().await).await;
+                    send_close(&mut sink, &rx, &control, outbox.writer_closing().await).await;
                     return;
                 }
                 Some(item) => tokio::select! {
                     biased;
-                    r = write_batch(&mut sink, item, &mut rx, &mut encoder, &delivered) => r,
+                    r = write_batch(&mut sink, item, &mut rx, &mut encoder) => r,
                     // A peer that stopped reading: the write is pending; close anyway.
                     reason = outbox.writer_closing() => {
-                        send_close(&mut sink, &control, reason).await;
+                        send_close(&mut sink, &rx, &control, reason).await;
                         return;
                     }
                 },
                 None => return,
             },
             reason = outbox.writer_closing() => {
-                send_close(&mut sink, &control, reason).await;
+                send_close(&mut sink, &rx, &control, reason).await;
                 return;
             }
-            _ = replies_ready(replies.as_deref()) => tokio::select! {
-                biased;
-                r = sink.flush() => r,
-                reason = outbox.writer_closing() => {
-                    send_close(&mut sink, &control, reason).await;
-                    return;
+            _ = replies_ready(replies.as_deref()) => {
+                // The writer writes on its own: no direct write meanwhile.
+                rx.claim();
+                tokio::select! {
+                    biased;
+                    r = sink.flush() => r,
+                    reason = outbox.writer_closing() => {
+                        send_close(&mut sink, &rx, &control, reason).await;
+                        return;
+                    }
                 }
             },
-            _ = ping.tick() => tokio::select! {
-                biased;
-                r = sink.send(Message::Ping(Default::default())) => r,
-                reason = outbox.writer_closing() => {
-                    send_close(&mut sink, &control, reason).await;
-                    return;
+            _ = ping.tick() => {
+                rx.claim();
+                tokio::select! {
+                    biased;
+                    r = sink.send(Message::Ping(Default::default())) => r,
+                    reason = outbox.writer_closing() => {
+                        send_close(&mut sink, &rx, &control, reason).await;
+                        return;
+                    }
                 }
             },
         };
@@ -821,6 +843,7 @@ async fn write_loop<W: Wire, E: Encoder>(
             // code (the peer may already be gone; then this write fails too).
             tracing::debug!(error = %e, "socket write failed");
             outbox.close(CloseReason::ClientClosed);
+            rx.detach();
             let frame = CloseFrame {
                 code: close::WRITE_FAILED,
                 reason: Utf8Bytes::from_static("frame could not be written"),
@@ -830,6 +853,8 @@ async fn write_loop<W: Wire, E: Encoder>(
                     .await;
             return;
         }
+        // Everything taken is written: the fan-out may write directly again.
+        rx.release();
     }
 }
 
@@ -841,7 +866,14 @@ async fn replies_ready(replies: Option<&super::raw::Replies>) {
     }
 }
 
-async fn send_close<W: Wire>(sink: &mut W, control: &Control, reason: CloseReason) {
+async fn send_close<W: Wire>(
+    sink: &mut W,
+    rx: &crate::hub::outbox::Receiver,
+    control: &Control,
+    reason: CloseReason,
+) {
+    // The close is the socket's last frame: no direct write from now on.
+    rx.detach();
     let (code, text) = match control.take() {
         Some((code, text)) => (code, Utf8Bytes::from(text)),
         None if reason == CloseReason::ClientClosed => {

@@ -15,13 +15,23 @@
 //!   keeps them as shared [`Bytes`] (an event's comes from
 //!   [`StampedEvent::ws_frame`], encoded once) and writes a batch with one
 //!   vectored write.
+//!
+//! On a plain TCP connection (not TLS) the socket is shared rather than split:
+//! the reading half, the writer and a [`RawDirect`] each hold the same
+//! `Arc<TcpStream>` ([`split_tcp`]). The writer lends the `RawDirect` to the
+//! connection's outbox, so the fan-out writes a live event's frame to the socket
+//! itself when the writer is idle and nothing is queued (one `write` syscall per
+//! delivery, no task wake-up); see [`crate::hub::outbox`] for the rule that keeps
+//! the order exact. `STACKPULSE_BENCH_NO_DIRECT=1` turns this off (every event
+//! goes through the writer task), for before/after benchmarks from one binary.
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io::IoSlice;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use axum::extract::FromRequestParts;
@@ -35,13 +45,14 @@ use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message as TsMessage;
 use tokio_tungstenite::WebSocketStream;
 
 use super::frame;
 use super::wire::Wire;
-use crate::hub::StampedEvent;
+use crate::hub::{DirectWrite, StampedEvent, Written};
 
 /// Frames written per vectored write at most (the kernel's `IOV_MAX` is 1024).
 const MAX_IOVECS: usize = 64;
@@ -92,17 +103,59 @@ pub(crate) fn switching_protocols(key: &HeaderValue, protocol: Option<HeaderValu
 
 type Io = TokioIo<Upgraded>;
 
-/// Splits an upgraded connection into the driver's reader and wire.
-pub(crate) async fn split(upgraded: Upgraded, config: WebSocketConfig) -> (ReadStream, RawWire) {
+/// Splits an upgraded connection into the driver's reader and wire (a connection
+/// that is not plain TCP; see [`split_tcp`] for one that is).
+pub(crate) async fn split(
+    upgraded: Upgraded,
+    config: WebSocketConfig,
+) -> (ReadStream<ReadHalf<Io>>, RawWire<WriteHalf<Io>>) {
     split_io(TokioIo::new(upgraded), config).await
 }
 
 /// [`split`] over any connection (the tests use an in-memory duplex).
-pub(crate) async fn split_io<T>(io: T, config: WebSocketConfig) -> (ReadStream<T>, RawWire<T>)
+pub(crate) async fn split_io<T>(
+    io: T,
+    config: WebSocketConfig,
+) -> (ReadStream<ReadHalf<T>>, RawWire<WriteHalf<T>>)
 where
     T: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (read, write) = tokio::io::split(io);
+    halves(read, write, None, config).await
+}
+
+/// A plain TCP connection, shared by the reader, the writer and the fan-out's
+/// direct writes. `buffered`: bytes hyper read past the upgrade request.
+pub(crate) async fn split_tcp(
+    tcp: TcpStream,
+    buffered: Bytes,
+    config: WebSocketConfig,
+) -> (ReadStream<TcpRead>, RawWire<TcpWrite>) {
+    let tcp = Arc::new(tcp);
+    let direct = (!no_direct()).then(|| {
+        Arc::new(RawDirect {
+            tcp: tcp.clone(),
+            latency: crate::metrics::delivery_latency(),
+            writes: AtomicU32::new(0),
+        })
+    });
+    let read = TcpRead {
+        tcp: tcp.clone(),
+        buffered,
+    };
+    halves(read, TcpWrite(tcp), direct, config).await
+}
+
+async fn halves<R, W>(
+    read: R,
+    write: W,
+    direct: Option<Arc<RawDirect>>,
+    config: WebSocketConfig,
+) -> (ReadStream<R>, RawWire<W>)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let replies = Arc::new(Replies::default());
     let side = ReadSide {
         read,
@@ -114,8 +167,128 @@ where
         queued: VecDeque::new(),
         replies,
         close_written: false,
+        direct,
     };
     (ReadStream { ws }, wire)
+}
+
+/// Whether direct writes are off (`STACKPULSE_BENCH_NO_DIRECT=1`, for
+/// benchmarks: the "before" of BENCHMARKS.md's runs). Read once.
+fn no_direct() -> bool {
+    static NO_DIRECT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *NO_DIRECT.get_or_init(|| std::env::var("STACKPULSE_BENCH_NO_DIRECT").is_ok_and(|v| v == "1"))
+}
+
+/// The reading half of a shared TCP connection (see [`split_tcp`]).
+pub(crate) struct TcpRead {
+    tcp: Arc<TcpStream>,
+    /// What hyper had read past the upgrade request, read first.
+    buffered: Bytes,
+}
+
+impl AsyncRead for TcpRead {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.buffered.is_empty() {
+            let n = buf.remaining().min(self.buffered.len());
+            buf.put_slice(&self.buffered[..n]);
+            self.buffered.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            ready!(self.tcp.poll_read_ready(cx))?;
+            // `try_read` clears the readiness it found stale, so the next poll waits.
+            match self.tcp.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+/// The writer's half of a shared TCP connection (see [`split_tcp`]).
+pub(crate) struct TcpWrite(Arc<TcpStream>);
+
+impl AsyncWrite for TcpWrite {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        loop {
+            ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        loop {
+            ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write_vectored(bufs) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let sock = socket2::SockRef::from(&*self.0);
+        Poll::Ready(sock.shutdown(std::net::Shutdown::Write))
+    }
+}
+
+/// The fan-out's way to a shared TCP socket: a live event's frame written with
+/// one non-blocking `write`, under the outbox's lock (see [`crate::hub::outbox`]).
+pub(crate) struct RawDirect {
+    tcp: Arc<TcpStream>,
+    latency: metrics::Histogram,
+    /// Direct writes so far; one in [`super::connection::LATENCY_SAMPLE_EVERY`]
+    /// records the delivery latency, as the writer does. Only touched under the
+    /// outbox's lock, so a load and a store suffice.
+    writes: AtomicU32,
+}
+
+impl DirectWrite for RawDirect {
+    fn try_write_event(&self, event: &StampedEvent) -> Written {
+        let frame = event.ws_frame();
+        match self.tcp.try_write(frame) {
+            Ok(n) if n == frame.len() => {
+                let writes = self.writes.load(Ordering::Relaxed);
+                self.writes.store(writes.wrapping_add(1), Ordering::Relaxed);
+                if writes % super::connection::LATENCY_SAMPLE_EVERY as u32 == 0 {
+                    self.latency
+                        .record(event.published_at.elapsed().as_secs_f64());
+                }
+                Written::All
+            }
+            Ok(n) => Written::Part(frame.slice(n..)),
+            // Would block (the writer waits for room), or failed (the writer's
+            // own write finds out and closes).
+            Err(_) => Written::Nothing,
+        }
+    }
 }
 
 /// Frames tungstenite wrote on the reading half (complete frames: each write
@@ -152,12 +325,12 @@ impl Replies {
 
 /// The reading half as tungstenite sees it: reads from the connection, writes
 /// into [`Replies`].
-struct ReadSide<T> {
-    read: ReadHalf<T>,
+pub(crate) struct ReadSide<R> {
+    read: R,
     replies: Arc<Replies>,
 }
 
-impl<T: AsyncRead + AsyncWrite> AsyncRead for ReadSide<T> {
+impl<R: AsyncRead + Unpin> AsyncRead for ReadSide<R> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -188,11 +361,11 @@ impl<T> AsyncWrite for ReadSide<T> {
 }
 
 /// The client's frames, as the driver reads them.
-pub(crate) struct ReadStream<T = Io> {
-    ws: WebSocketStream<ReadSide<T>>,
+pub(crate) struct ReadStream<R> {
+    ws: WebSocketStream<ReadSide<R>>,
 }
 
-impl<T: AsyncRead + AsyncWrite> futures_util::Stream for ReadStream<T> {
+impl<R: AsyncRead + Unpin> futures_util::Stream for ReadStream<R> {
     type Item = Result<Message, axum::Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
@@ -234,16 +407,18 @@ impl<T: AsyncRead + AsyncWrite> futures_util::Stream for ReadStream<T> {
 
 /// The writing half: complete frames queued as shared bytes, written with one
 /// vectored write per flush.
-pub(crate) struct RawWire<T = Io> {
-    io: WriteHalf<T>,
+pub(crate) struct RawWire<W> {
+    io: W,
     /// Frames not yet written (the first may be partly written).
     queued: VecDeque<Bytes>,
     replies: Arc<Replies>,
     /// A close frame was queued (the connection's last frame).
     close_written: bool,
+    /// The socket for the fan-out's direct writes (shared TCP only).
+    direct: Option<Arc<RawDirect>>,
 }
 
-impl<T: AsyncRead + AsyncWrite + Send + 'static> RawWire<T> {
+impl<W: AsyncWrite + Unpin + Send + 'static> RawWire<W> {
     fn queue(&mut self, message: Message) {
         let bytes = match message {
             Message::Text(t) => frame::text(t.as_str()),
@@ -307,7 +482,7 @@ impl<T: AsyncRead + AsyncWrite + Send + 'static> RawWire<T> {
     }
 }
 
-impl<T: AsyncRead + AsyncWrite + Send + 'static> Wire for RawWire<T> {
+impl<W: AsyncWrite + Unpin + Send + 'static> Wire for RawWire<W> {
     fn feed(&mut self, message: Message) -> impl Future<Output = Result<(), axum::Error>> + Send {
         self.queue(message);
         std::future::ready(Ok(()))
@@ -318,6 +493,11 @@ impl<T: AsyncRead + AsyncWrite + Send + 'static> Wire for RawWire<T> {
         event: Arc<StampedEvent>,
     ) -> impl Future<Output = Result<(), axum::Error>> + Send {
         self.queued.push_back(event.ws_frame().clone());
+        std::future::ready(Ok(()))
+    }
+
+    fn feed_raw(&mut self, bytes: Bytes) -> impl Future<Output = Result<(), axum::Error>> + Send {
+        self.queued.push_back(bytes);
         std::future::ready(Ok(()))
     }
 
@@ -343,5 +523,9 @@ impl<T: AsyncRead + AsyncWrite + Send + 'static> Wire for RawWire<T> {
 
     fn replies(&self) -> Option<Arc<Replies>> {
         Some(self.replies.clone())
+    }
+
+    fn direct(&self) -> Option<Arc<dyn DirectWrite>> {
+        self.direct.clone().map(|d| d as Arc<dyn DirectWrite>)
     }
 }

@@ -43,6 +43,17 @@ pub(crate) trait Wire: Send + 'static {
         self.feed(Message::Text(event.frame.clone()))
     }
 
+    /// Buffers bytes that continue a frame already begun on the socket (the rest
+    /// of a direct write); only a wire that lent a [`Wire::direct`] gets any.
+    fn feed_raw(
+        &mut self,
+        _bytes: bytes::Bytes,
+    ) -> impl Future<Output = Result<(), axum::Error>> + Send {
+        std::future::ready(Err(axum::Error::new(std::io::Error::other(
+            "raw bytes on a wire that frames its messages",
+        ))))
+    }
+
     /// Writes everything buffered.
     fn flush(&mut self) -> impl Future<Output = Result<(), axum::Error>> + Send;
 
@@ -62,6 +73,12 @@ pub(crate) trait Wire: Send + 'static {
     /// a wire whose reader cannot write them itself; the writer flushes when it
     /// has some ([`super::raw::Replies::ready`]).
     fn replies(&self) -> Option<Arc<super::raw::Replies>> {
+        None
+    }
+
+    /// The socket, for the fan-out to write live events to directly while the
+    /// writer is idle ([`crate::hub::outbox`]); `None` when it cannot.
+    fn direct(&self) -> Option<Arc<dyn crate::hub::DirectWrite>> {
         None
     }
 }
