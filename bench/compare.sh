@@ -23,6 +23,10 @@
 # TARGETS may also name `queued`: stackpulse with the fan-out's direct writes off
 # (STACKPULSE_BENCH_NO_DIRECT=1: every event goes through the connection's writer
 # task, as before issue 14's direct writes), same binary, a table of its own too.
+# TARGETS may also name `redis`: two stackpulse nodes sharing a redis-server (started
+# here on [REDIS_PORT=18379]); the load generator publishes to node A and subscribes
+# on node B, and the server CPU counted is both nodes' and redis-server's. Its
+# figures are compared with single-node stackpulse in a table of their own.
 # Both servers get the same cores: stackpulse's tokio runtime runs [WORKERS=nproc]
 # worker threads (TOKIO_WORKER_THREADS) and nginx runs as many worker processes.
 # Every scenario starts a fresh server. [REPEAT=1] runs of each scenario alternate
@@ -52,6 +56,7 @@ SCENARIOS=${SCENARIOS:-a b c d e}
 REPEAT=${REPEAT:-1}
 TARGETS=${TARGETS:-stackpulse nchan}
 NCHAN_PORT=${NCHAN_PORT:-18090}
+REDIS_PORT=${REDIS_PORT:-18379}
 NCHAN_MODULE=${NCHAN_MODULE:-/usr/lib/nginx/modules/ngx_nchan_module.so}
 OUT=${OUT:-target/bench/$(date -u +%Y%m%dT%H%M%SZ)}
 KEY=bench-publisher-key
@@ -75,6 +80,9 @@ if [[ " $TARGETS " == *" nchan "* ]]; then
       die "nginx nchan module not found at $NCHAN_MODULE: apt-get install libnginx-mod-nchan"
   fi
 fi
+if [[ " $TARGETS " == *" redis "* ]]; then
+  command -v redis-server >/dev/null 2>&1 || die "redis-server not found: apt-get install redis-server"
+fi
 command -v jq >/dev/null 2>&1 || die "jq not found: apt-get install jq"
 
 echo "== cargo build --release" >&2
@@ -85,9 +93,11 @@ FDS=$(ulimit -n)
 mkdir -p "$OUT"
 tmp=$(mktemp -d)
 server_pid=""
+extra_pids=()
 issuer_pid=""
 cleanup() {
   [[ -n $server_pid ]] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+  for p in "${extra_pids[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
   [[ -n $issuer_pid ]] && kill "$issuer_pid" 2>/dev/null && wait "$issuer_pid" 2>/dev/null
   rm -rf "$tmp"
 }
@@ -112,6 +122,25 @@ start_stackpulse() {
   ws_url="ws://$addr/ws"
   pub_url="http://$addr/v1/events"
   key_flag=(--publisher-key "$KEY")
+}
+
+# Two nodes on one redis-server: subscribers on B (ws_url), publisher on A (pub_url).
+start_redis_pair() {
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+    >"$tmp/redis.out" 2>&1 &
+  local redis_pid=$!
+  for _ in $(seq 200); do
+    redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG && break
+    kill -0 "$redis_pid" 2>/dev/null || { cat "$tmp/redis.out" >&2; die "redis-server exited (port $REDIS_PORT busy? set REDIS_PORT)"; }
+    sleep 0.05
+  done
+  start_stackpulse --redis-url "redis://127.0.0.1:$REDIS_PORT" "$@"
+  local node_a=$server_pid a_pub=$pub_url
+  mv "$tmp/stackpulse.out" "$tmp/stackpulse-a.out"
+  start_stackpulse --redis-url "redis://127.0.0.1:$REDIS_PORT" "$@"
+  extra_pids=("$node_a" "$redis_pid")
+  pids=(--server-pid "$server_pid" --server-pid "$node_a" --server-pid "$redis_pid")
+  pub_url=$a_pub
 }
 
 start_nchan() {
@@ -171,6 +200,8 @@ stop_server() {
     wait "$server_pid" 2>/dev/null || true
     server_pid=""
   fi
+  for p in "${extra_pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  extra_pids=()
   sleep 1 # let the kernel reap the closed sockets
 }
 
@@ -204,11 +235,12 @@ bench_run() {
     stackpulse) start_stackpulse "${serve_args[@]}" ;;
     axum) STACKPULSE_BENCH_AXUM_WRITER=1 start_stackpulse "${serve_args[@]}" ;;
     queued) STACKPULSE_BENCH_NO_DIRECT=1 start_stackpulse "${serve_args[@]}" ;;
+    redis) start_redis_pair "${serve_args[@]}" ;;
     nchan) start_nchan ;;
   esac
   echo "== ($scenario) $target" >&2
   local rc=0 protocol=$target
-  [[ $target == axum || $target == queued ]] && protocol=stackpulse
+  [[ $target == axum || $target == queued || $target == redis ]] && protocol=stackpulse
   "$BIN" bench run --json --label "$scenario" --target "$protocol" --ws-url "$ws_url" \
     --publish-url "$pub_url" "${key_flag[@]}" "${pids[@]}" "${run_args[@]}" "$@" \
     >"$OUT/$target-$scenario$suffix.json" || rc=$?
@@ -325,11 +357,11 @@ row() { # row SCENARIO LABEL JQ DIGITS [NCHAN_SCENARIO]
       echo "- $s $t ($(headline "$s")): $(cut -d' ' -f1 "$OUT/$t-$s.runs" | xargs printf '%.6g ')"
     done; done
   fi
-  for before in axum queued; do
+  for before in axum queued redis; do
     [[ " $TARGETS " == *" $before "* ]] || continue
     # Before/after: stackpulse against the same binary with the older writer
-    # (axum) or without direct writes (queued), and user vs kernel time per
-    # delivery (µs: server CPU seconds ÷ deliveries).
+    # (axum), without direct writes (queued) or as two nodes through Redis (redis),
+    # and user vs kernel time per delivery (µs: server CPU seconds ÷ deliveries).
     echo "| | metric | stackpulse | stackpulse, $before | stackpulse ÷ $before |"
     echo "|---|---|---:|---:|---:|"
     for s in $SCENARIOS; do
