@@ -310,7 +310,9 @@ async fn a_restarted_server_has_a_new_epoch() {
 /// and in seq order.
 #[tokio::test]
 async fn direct_and_queued_writes_interleave_in_order_when_a_socket_fills_and_drains() {
-    let server = Server::start(&["--queue-size", "4096"]).await;
+    // The client stops reading (and so answering pings) while 600 publishes run,
+    // which on a loaded 2-core CI machine took over the 60 s default idle timeout.
+    let server = Server::start(&["--queue-size", "4096", "--idle-timeout", "600"]).await;
     let mut c = server.connect().await;
     c.subscribe("T", None, None).await.expect("send");
     subscribed(&mut c).await;
