@@ -4,10 +4,10 @@
 //! outbox, writer); gauges that are cheaper to read than to track (connections,
 //! subscriptions, topics) are set just before rendering.
 //!
-//! The delivered-messages count is the one counter on the per-delivery path, so it
-//! is kept per thread ([`add_delivered`]: a plain load and store on the thread's
-//! own cache line, no shared atomic) and summed when `/metrics` is rendered
-//! ([`delivered_total`]).
+//! The delivered-messages counts are the counters on the per-delivery path, so
+//! they are kept per thread ([`add_delivered`], [`add_direct`]: a plain load and
+//! store on the thread's own cache line, no shared atomic) and summed when
+//! `/metrics` is rendered ([`delivered_total`], [`direct_total`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -17,14 +17,22 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 static DELIVERY_LATENCY: OnceLock<metrics::Histogram> = OnceLock::new();
 
-/// One thread's delivered count, on a cache line of its own.
+/// The per-thread counts: event frames written, and of those, how many the
+/// fan-out wrote directly to the socket.
+#[derive(Clone, Copy)]
+enum Count {
+    Delivered = 0,
+    Direct = 1,
+}
+
+/// One thread's counts, on a cache line of their own.
 #[repr(align(64))]
 #[derive(Default)]
-struct Shard(AtomicU64);
+struct Shard([AtomicU64; 2]);
 
 /// Every live thread's shard, and what threads that ended had counted.
-static SHARDS: parking_lot::Mutex<(Vec<Arc<Shard>>, u64)> =
-    parking_lot::Mutex::new((Vec::new(), 0));
+static SHARDS: parking_lot::Mutex<(Vec<Arc<Shard>>, [u64; 2])> =
+    parking_lot::Mutex::new((Vec::new(), [0; 2]));
 
 /// This thread's shard, registered on first use and folded into the total when
 /// the thread ends.
@@ -41,7 +49,9 @@ impl Local {
 impl Drop for Local {
     fn drop(&mut self) {
         let mut shards = SHARDS.lock();
-        shards.1 += self.0 .0.load(Ordering::Relaxed);
+        for (ended, count) in shards.1.iter_mut().zip(&self.0 .0) {
+            *ended += count.load(Ordering::Relaxed);
+        }
         shards.0.retain(|s| !Arc::ptr_eq(s, &self.0));
     }
 }
@@ -52,28 +62,47 @@ thread_local! {
 
 /// Counts `n` event frames written to sockets.
 pub fn add_delivered(n: u64) {
+    add(Count::Delivered, n);
+}
+
+/// Counts one event frame the fan-out wrote straight to its socket (also
+/// counted by [`add_delivered`]).
+pub fn add_direct() {
+    add(Count::Direct, 1);
+}
+
+fn add(count: Count, n: u64) {
     if n == 0 {
         return;
     }
     // Only this thread writes its shard, so a load and a store suffice.
     let counted = LOCAL.try_with(|local| {
-        let shard = &local.0 .0;
+        let shard = &local.0 .0[count as usize];
         shard.store(shard.load(Ordering::Relaxed) + n, Ordering::Relaxed);
     });
     if counted.is_err() {
         // The thread is ending and its shard is gone: count with the ended ones.
-        SHARDS.lock().1 += n;
+        SHARDS.lock().1[count as usize] += n;
     }
 }
 
 /// Event frames written to sockets so far, by every thread.
 pub fn delivered_total() -> u64 {
+    total(Count::Delivered)
+}
+
+/// Event frames the fan-out wrote straight to sockets so far, by every thread.
+pub fn direct_total() -> u64 {
+    total(Count::Direct)
+}
+
+fn total(count: Count) -> u64 {
     let shards = SHARDS.lock();
-    shards.1
+    shards.1[count as usize]
         + shards
             .0
             .iter()
-            .map(|s| s.0.load(Ordering::Relaxed))
+            .map(|s| s.0[count as usize].load(Ordering::Relaxed))
             .sum::<u64>()
 }
 
@@ -88,10 +117,11 @@ pub fn delivery_latency() -> metrics::Histogram {
         .clone()
 }
 
-/// Sets the delivered-messages counter from the per-thread counts; called just
+/// Sets the delivered-messages counters from the per-thread counts; called just
 /// before rendering.
 pub fn publish_delivered() {
     metrics::counter!("stackpulse_messages_delivered_total").absolute(delivered_total());
+    metrics::counter!("stackpulse_messages_delivered_direct_total").absolute(direct_total());
 }
 
 /// Delivery latency buckets, in seconds.
@@ -167,6 +197,10 @@ fn describe() {
     describe_counter!(
         "stackpulse_messages_delivered_total",
         "Event frames written to sockets"
+    );
+    describe_counter!(
+        "stackpulse_messages_delivered_direct_total",
+        "Event frames the fan-out wrote straight to the socket, without waking the connection's writer (part of stackpulse_messages_delivered_total)"
     );
     describe_counter!(
         "stackpulse_messages_dropped_total",

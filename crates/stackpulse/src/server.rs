@@ -187,6 +187,11 @@ struct HttpLimits {
 /// handshake (TLS), then hyper serves the router with upgrades (WebSockets) and
 /// its timer. On shutdown it stops accepting and gives open HTTP exchanges up to
 /// `grace` to finish; upgraded sockets are drained by [`serve`].
+///
+/// It uses hyper's own HTTP/1 connection, not hyper-util's `auto` builder: the
+/// latter wraps the socket in a private type, so an upgraded plain-TCP socket
+/// could not be recovered as a `TcpStream` and the fan-out's direct writes
+/// (`ws::raw`) would never run.
 async fn accept_loop(
     listener: TcpListener,
     app: axum::Router,
@@ -195,24 +200,23 @@ async fn accept_loop(
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-    use hyper_util::server::conn::auto;
-    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::service::TowerToHyperService;
+    use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
     use tower_service::Service;
 
-    let mut http = auto::Builder::new(TokioExecutor::new()).http1_only();
-    http.http1()
-        .timer(TokioTimer::new())
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .keep_alive(true);
-    let http = Arc::new(http);
     let places = Arc::new(tokio::sync::Semaphore::new(
         limits
             .max_connections
             .min(tokio::sync::Semaphore::MAX_PERMITS),
     ));
-    let graceful = GracefulShutdown::new();
+    let stop = CancellationToken::new();
+    let open = TaskTracker::new();
     let mut make = app.into_make_service_with_connect_info::<SocketAddr>();
     tokio::pin!(shutdown);
     loop {
@@ -241,20 +245,24 @@ async fn accept_loop(
             Err(never) => match never {},
         };
         let service = TowerToHyperService::new(service);
-        let (http, tls, watcher) = (http.clone(), tls.clone(), graceful.watcher());
-        tokio::spawn(async move {
+        let (http, tls, stop) = (http.clone(), tls.clone(), stop.clone());
+        open.spawn(async move {
             let _place = place;
             let result = match tls {
                 Some(acceptor) => {
                     let Some(stream) = crate::tls::handshake(&acceptor, tcp, remote).await else {
                         return;
                     };
-                    let conn = http.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    watcher.watch(conn).await
+                    let conn = http
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades();
+                    until_stopped(conn, &stop).await
                 }
                 None => {
-                    let conn = http.serve_connection_with_upgrades(TokioIo::new(tcp), service);
-                    watcher.watch(conn).await
+                    let conn = http
+                        .serve_connection(TokioIo::new(tcp), service)
+                        .with_upgrades();
+                    until_stopped(conn, &stop).await
                 }
             };
             if let Err(e) = result {
@@ -263,10 +271,33 @@ async fn accept_loop(
         });
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    stop.cancel();
+    open.close();
+    if tokio::time::timeout(grace, open.wait()).await.is_err() {
         tracing::debug!("HTTP connections still open after the grace period");
+    }
+}
+
+/// Serves one HTTP/1 connection until it ends; once `stop` fires, hyper is
+/// asked to finish the exchange in flight and close (an idle keep-alive
+/// connection closes at once). Upgraded sockets have left hyper by then.
+async fn until_stopped<I, S>(
+    conn: hyper::server::conn::http1::UpgradeableConnection<I, S>,
+    stop: &tokio_util::sync::CancellationToken,
+) -> hyper::Result<()>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::ResBody: hyper::body::Body + Send + 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => result,
+        () = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
     }
 }

@@ -302,6 +302,35 @@ async fn a_restarted_server_has_a_new_epoch() {
     );
 }
 
+/// Over the real server's plain-TCP sockets, live events to an idle subscriber are
+/// written by the fan-out itself (`stackpulse_messages_delivered_direct_total`),
+/// not handed to the connection's writer. This failed while the accept loop used
+/// hyper-util's `auto` builder, whose private socket wrapper hid the `TcpStream`.
+#[tokio::test]
+async fn live_events_to_an_idle_socket_are_written_by_the_fan_out() {
+    let server = Server::start(&[]).await;
+    let mut c = server.connect().await;
+    c.subscribe("T", None, None).await.expect("send");
+    subscribed(&mut c).await;
+    for seq in 1..=10 {
+        server.publish("T", "live").await;
+        assert_eq!(next_event(&mut c).await.seq, seq);
+    }
+    assert_eq!(
+        server.metric("stackpulse_messages_delivered_total").await,
+        10.0
+    );
+    // Each event reaches an idle socket; a writer still finishing the previous
+    // reply on a loaded machine may take one or two, hence 8, not 10.
+    let direct = server
+        .metric("stackpulse_messages_delivered_direct_total")
+        .await;
+    assert!(
+        (8.0..=10.0).contains(&direct),
+        "the fan-out wrote {direct} of 10 events to an idle socket"
+    );
+}
+
 /// The fan-out writes a live event straight to an idle socket and leaves it to the
 /// connection's writer once the socket is full (a frame the socket took only part
 /// of is finished by the writer). A subscriber that reads, stops reading while

@@ -242,6 +242,7 @@ impl Outbox {
                     Written::All => {
                         drop(queue);
                         crate::metrics::add_delivered(1);
+                        crate::metrics::add_direct();
                         return Ok(());
                     }
                     Written::Part(rest) => {
