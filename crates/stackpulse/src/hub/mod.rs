@@ -283,6 +283,7 @@ impl Deliver for Fanout {
             .and_then(|_| self.hub.get().and_then(Weak::upgrade))
             .map(Hub);
         let mut forbidden = Vec::new();
+        let mut direct = outbox::direct_budget();
         for sub in subs.values() {
             if let Some(hub) = &hub {
                 if !hub
@@ -294,7 +295,7 @@ impl Deliver for Fanout {
                     continue;
                 }
             }
-            if let Offer::NeedsRepair { from, epoch } = sub.offer(event) {
+            if let Offer::NeedsRepair { from, epoch } = sub.offer(event, &mut direct) {
                 self.spawn_repair(sub, from, epoch);
             }
         }

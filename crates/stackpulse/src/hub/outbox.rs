@@ -19,6 +19,15 @@
 //! (`Queue::writing`, set under the lock when the writer pops an item or
 //! [claims](Receiver::claim) the socket for a ping, a reply or the close, and
 //! cleared by [`Receiver::release`] once all it took is written).
+//!
+//! **The direct-write budget.** One event's fan-out writes directly to at most
+//! [`direct_budget`] sockets; the rest of its subscribers get it through their
+//! writer tasks, which the runtime spreads over its workers. Writing inline saves
+//! the wake-up where a topic has few subscribers, but a large fan-out written
+//! inline runs its sends one after another on one thread: measured on 2 cores
+//! with 1,000 subscribers of one topic (BENCHMARKS.md), unbounded direct writes
+//! delivered 137k events/s where the writer tasks kept up with 200k/s, at 1.5×
+//! the kernel time per send.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -75,6 +84,25 @@ pub enum Written {
     /// Nothing: the socket would block (or failed; the writer will find out).
     Nothing,
 }
+
+/// How many sockets one event's fan-out writes to directly (see the module docs):
+/// [`DIRECT_BUDGET`], or `STACKPULSE_BENCH_DIRECT_BUDGET` for benchmarks (0 when
+/// `STACKPULSE_BENCH_NO_DIRECT=1`). Read once.
+pub fn direct_budget() -> usize {
+    static BUDGET: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BUDGET.get_or_init(|| {
+        if std::env::var("STACKPULSE_BENCH_NO_DIRECT").is_ok_and(|v| v == "1") {
+            return 0;
+        }
+        std::env::var("STACKPULSE_BENCH_DIRECT_BUDGET")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DIRECT_BUDGET)
+    })
+}
+
+/// Direct writes per event by default (see the module docs).
+pub const DIRECT_BUDGET: usize = 64;
 
 /// A socket the fan-out may write to without waiting (see the module docs). Called
 /// under the outbox's lock, only while nobody else writes to the socket.
@@ -228,24 +256,36 @@ impl Outbox {
     }
 
     /// Delivers a live event without waiting: written to the socket at once when
-    /// nothing is ahead of it and the socket takes it (see the module docs), else
-    /// queued as [`push`](Self::push) does.
-    pub fn push_event(&self, event: &Arc<StampedEvent>) -> Result<(), QueueClosed> {
+    /// `direct` (the event's remaining direct-write budget) allows, nothing is
+    /// ahead of it and the socket takes it (see the module docs), else queued as
+    /// [`push`](Self::push) does. A direct write takes one from `direct`.
+    pub fn push_event(
+        &self,
+        event: &Arc<StampedEvent>,
+        direct: &mut usize,
+    ) -> Result<(), QueueClosed> {
         if self.is_closing() {
             metrics::counter!("stackpulse_messages_dropped_total").increment(1);
             return Err(QueueClosed);
         }
         let mut queue = self.queue.lock();
-        if !queue.writing && queue.items.is_empty() && !queue.receiver_gone && !self.is_closing() {
-            if let Some(direct) = &queue.direct {
-                match direct.try_write_event(event) {
+        if *direct > 0
+            && !queue.writing
+            && queue.items.is_empty()
+            && !queue.receiver_gone
+            && !self.is_closing()
+        {
+            if let Some(socket) = &queue.direct {
+                match socket.try_write_event(event) {
                     Written::All => {
+                        *direct -= 1;
                         drop(queue);
                         crate::metrics::add_delivered(1);
                         crate::metrics::add_direct();
                         return Ok(());
                     }
                     Written::Part(rest) => {
+                        *direct -= 1;
                         // The rest goes first; the queue is no longer empty, so no
                         // other direct write comes before it.
                         queue.items.push_back(Delivery::Rest(Box::new(rest)));
@@ -529,40 +569,40 @@ mod tests {
 
         // Idle socket with room: written directly, nothing queued.
         *socket.room.lock() = 2 * len + 5;
-        outbox.push_event(&event(1)).expect("push");
-        outbox.push_event(&event(2)).expect("push");
+        outbox.push_event(&event(1), &mut 1).expect("push");
+        outbox.push_event(&event(2), &mut 1).expect("push");
         assert_eq!(*socket.written.lock(), vec![1, 2]);
         // Room for 5 bytes: the rest of event 3 is queued, and event 4 behind it
         // (the queue is not empty, so no direct write jumps ahead).
-        outbox.push_event(&event(3)).expect("push");
+        outbox.push_event(&event(3), &mut 1).expect("push");
         *socket.room.lock() = 1000;
-        outbox.push_event(&event(4)).expect("push");
+        outbox.push_event(&event(4), &mut 1).expect("push");
         assert_eq!(*socket.written.lock(), vec![1, 2, 3]);
         assert_eq!(
             queued(&mut rx),
             vec![format!("rest of {} bytes", len - 5), "event 4".into()]
         );
         // The writer popped items: until it releases the socket, events queue.
-        outbox.push_event(&event(5)).expect("push");
+        outbox.push_event(&event(5), &mut 1).expect("push");
         assert_eq!(queued(&mut rx), vec!["event 5".to_string()]);
         rx.release();
-        outbox.push_event(&event(6)).expect("push");
+        outbox.push_event(&event(6), &mut 1).expect("push");
         assert_eq!(*socket.written.lock(), vec![1, 2, 3, 6]);
         // A full socket (would block): queued for the writer.
         *socket.room.lock() = 0;
         rx.release();
-        outbox.push_event(&event(7)).expect("push");
+        outbox.push_event(&event(7), &mut 1).expect("push");
         assert_eq!(queued(&mut rx), vec!["event 7".to_string()]);
         rx.release();
         // The writer writing a ping of its own: queued.
         *socket.room.lock() = 1000;
         rx.claim();
-        outbox.push_event(&event(8)).expect("push");
+        outbox.push_event(&event(8), &mut 1).expect("push");
         assert_eq!(queued(&mut rx), vec!["event 8".to_string()]);
         // Closing: never again directly.
         rx.release();
         rx.detach();
-        outbox.push_event(&event(9)).expect("push");
+        outbox.push_event(&event(9), &mut 1).expect("push");
         assert_eq!(*socket.written.lock(), vec![1, 2, 3, 6]);
         assert_eq!(queued(&mut rx), vec!["event 9".to_string()]);
     }

@@ -114,8 +114,9 @@ impl Subscription {
         self.session.upgrade()
     }
 
-    /// Offers a live event from the fan-out. Never blocks.
-    pub fn offer(&self, event: &Arc<StampedEvent>) -> Offer {
+    /// Offers a live event from the fan-out. Never blocks. `direct`: the event's
+    /// remaining direct-write budget ([`Outbox::push_event`]).
+    pub fn offer(&self, event: &Arc<StampedEvent>, direct: &mut usize) -> Offer {
         let mut state = self.state.lock();
         match &mut *state {
             State::Ended => Offer::Done,
@@ -144,7 +145,7 @@ impl Subscription {
                     return Offer::Done;
                 }
                 *last_seq = event.seq;
-                if self.outbox.push_event(event).is_err() {
+                if self.outbox.push_event(event, direct).is_err() {
                     *state = State::Ended;
                 }
                 Offer::Done
@@ -244,13 +245,13 @@ mod tests {
         let sub = Subscription::new("T".into(), outbox);
         // Published while the history read was running: 4 and 5 are also in history.
         for s in [4, 5, 6, 7] {
-            assert_eq!(sub.offer(&ev(s, &epoch)), Offer::Done);
+            assert_eq!(sub.offer(&ev(s, &epoch), &mut 0), Offer::Done);
         }
         assert!(drain(&mut rx).is_empty(), "nothing goes out while syncing");
         assert_eq!(sub.finish_sync(5, &epoch), SyncStep::Live);
         assert_eq!(drain(&mut rx), vec![6, 7]);
-        sub.offer(&ev(7, &epoch));
-        sub.offer(&ev(8, &epoch));
+        sub.offer(&ev(7, &epoch), &mut 0);
+        sub.offer(&ev(8, &epoch), &mut 0);
         assert_eq!(drain(&mut rx), vec![8], "a redelivered 7 is skipped");
     }
 
@@ -261,13 +262,13 @@ mod tests {
         let sub = Subscription::new("T".into(), outbox);
         assert_eq!(sub.finish_sync(3, &epoch), SyncStep::Live);
         assert_eq!(
-            sub.offer(&ev(6, &epoch)),
+            sub.offer(&ev(6, &epoch), &mut 0),
             Offer::NeedsRepair {
                 from: 3,
                 epoch: epoch.clone()
             }
         );
-        sub.offer(&ev(7, &epoch));
+        sub.offer(&ev(7, &epoch), &mut 0);
         // The repair read history 4..=6; 6 and 7 were pending.
         assert_eq!(sub.finish_sync(6, &epoch), SyncStep::Live);
         assert_eq!(drain(&mut rx), vec![7]);
@@ -278,7 +279,7 @@ mod tests {
         let (outbox, _rx) = Outbox::new(64);
         let epoch: Arc<str> = "e1".into();
         let sub = Subscription::new("T".into(), outbox);
-        sub.offer(&ev(9, &epoch));
+        sub.offer(&ev(9, &epoch), &mut 0);
         assert_eq!(sub.finish_sync(5, &epoch), SyncStep::Again { last_seq: 5 });
         assert_eq!(sub.finish_sync(8, &epoch), SyncStep::Live);
     }
@@ -291,7 +292,7 @@ mod tests {
         let sub = Subscription::new("T".into(), outbox);
         assert_eq!(sub.finish_sync(10, &old), SyncStep::Live);
         assert_eq!(
-            sub.offer(&ev(1, &new)),
+            sub.offer(&ev(1, &new), &mut 0),
             Offer::NeedsRepair {
                 from: 10,
                 epoch: old.clone()
@@ -306,7 +307,7 @@ mod tests {
         let sub = Subscription::new("T".into(), outbox);
         assert_eq!(sub.finish_sync(0, &epoch), SyncStep::Live);
         sub.end();
-        sub.offer(&ev(1, &epoch));
+        sub.offer(&ev(1, &epoch), &mut 0);
         assert!(drain(&mut rx).is_empty());
         assert_eq!(sub.finish_sync(1, &epoch), SyncStep::Ended);
     }

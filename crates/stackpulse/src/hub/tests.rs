@@ -586,3 +586,52 @@ async fn names_caps_and_writes_follow_the_policy() {
     assert_eq!(err.status(), 503);
     assert!(err.to_string().contains("--max-topics 4"), "{err}");
 }
+
+/// A socket with unlimited room that counts what the fan-out wrote to it.
+#[derive(Default)]
+struct CountingSocket(std::sync::atomic::AtomicUsize);
+
+impl DirectWrite for CountingSocket {
+    fn try_write_event(&self, _event: &StampedEvent) -> Written {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Written::All
+    }
+}
+
+/// One event's fan-out writes directly to at most `direct_budget()` idle
+/// sockets; every other subscriber gets it through its queue (its writer task),
+/// and each subscriber gets it exactly once.
+#[tokio::test]
+async fn one_events_direct_writes_stop_at_the_budget_and_the_rest_queue() {
+    let budget = outbox::direct_budget();
+    assert!(budget > 0, "direct writes are on by default");
+    let (hub, _) = Hub::in_memory(HubConfig {
+        max_subscriptions_per_connection: 1,
+        ..config(100)
+    });
+    let mut subscribers = Vec::new();
+    for _ in 0..budget + 8 {
+        let (outbox, mut rx) = Outbox::new(16);
+        let socket = Arc::new(CountingSocket::default());
+        outbox.set_direct(socket.clone());
+        let session = hub.open_session(outbox);
+        hub.subscribe(&session, "D", None, None, &allow())
+            .await
+            .expect("subscribe");
+        take(&mut rx);
+        rx.release();
+        subscribers.push((session, rx, socket));
+    }
+    hub.publish(status("D", "go")).await.expect("publish");
+    let (mut direct, mut queued) = (0, 0);
+    for (_, rx, socket) in &mut subscribers {
+        let written = socket.0.load(std::sync::atomic::Ordering::Relaxed);
+        let got = take(rx);
+        match (written, got.as_slice()) {
+            (1, []) => direct += 1,
+            (0, [Got::Event(1)]) => queued += 1,
+            other => panic!("delivered other than once: {other:?}"),
+        }
+    }
+    assert_eq!((direct, queued), (budget, 8));
+}

@@ -132,7 +132,7 @@ pub(crate) async fn split_tcp(
     config: WebSocketConfig,
 ) -> (ReadStream<TcpRead>, RawWire<TcpWrite>) {
     let tcp = Arc::new(tcp);
-    let direct = (!no_direct()).then(|| {
+    let direct = (crate::hub::outbox::direct_budget() > 0).then(|| {
         Arc::new(RawDirect {
             tcp: tcp.clone(),
             latency: crate::metrics::delivery_latency(),
@@ -170,13 +170,6 @@ where
         direct,
     };
     (ReadStream { ws }, wire)
-}
-
-/// Whether direct writes are off (`STACKPULSE_BENCH_NO_DIRECT=1`, for
-/// benchmarks: the "before" of BENCHMARKS.md's runs). Read once.
-fn no_direct() -> bool {
-    static NO_DIRECT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *NO_DIRECT.get_or_init(|| std::env::var("STACKPULSE_BENCH_NO_DIRECT").is_ok_and(|v| v == "1"))
 }
 
 /// The reading half of a shared TCP connection (see [`split_tcp`]).
