@@ -139,6 +139,13 @@ pub(crate) async fn split_tcp(
             writes: AtomicU32::new(0),
         })
     });
+    // `buffered` is a slice of hyper's read buffer (8 KiB or more): even empty it
+    // keeps that alive for the connection's life, so keep a copy of what is in
+    // it, usually nothing.
+    let buffered = match buffered.is_empty() {
+        true => Bytes::new(),
+        false => Bytes::copy_from_slice(&buffered),
+    };
     let read = TcpRead {
         tcp: tcp.clone(),
         buffered,
@@ -189,6 +196,10 @@ impl AsyncRead for TcpRead {
             let n = buf.remaining().min(self.buffered.len());
             buf.put_slice(&self.buffered[..n]);
             self.buffered.advance(n);
+            if self.buffered.is_empty() {
+                // An empty slice still holds hyper's whole read buffer.
+                self.buffered = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         loop {
