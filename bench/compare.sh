@@ -23,6 +23,9 @@
 # TARGETS may also name `queued`: stackpulse with the fan-out's direct writes off
 # (STACKPULSE_BENCH_NO_DIRECT=1: every event goes through the connection's writer
 # task, as before issue 14's direct writes), same binary, a table of its own too.
+# STACKPULSE_BENCH_DIRECT_BUDGET=N in the environment sets how many sockets one
+# event's fan-out writes to directly (default 64; see hub/outbox.rs) for every
+# stackpulse target of the run.
 # TARGETS may also name `redis`: two stackpulse nodes sharing a redis-server (started
 # here on [REDIS_PORT=18379]); the load generator publishes to node A and subscribes
 # on node B, and the server CPU counted is both nodes' and redis-server's. Its
