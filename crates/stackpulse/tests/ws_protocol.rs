@@ -308,7 +308,9 @@ async fn a_restarted_server_has_a_new_epoch() {
 /// hyper-util's `auto` builder, whose private socket wrapper hid the `TcpStream`.
 #[tokio::test]
 async fn live_events_to_an_idle_socket_are_written_by_the_fan_out() {
-    let server = Server::start(&[]).await;
+    // Sockets of `serve` only: serverless mode delivers through API Gateway, so
+    // this runs the socket server even in the suite's lambda-local rerun.
+    let server = Server::spawn_as(Mode::Serve, &["--publisher-key", KEY], &[]).await;
     let mut c = server.connect().await;
     c.subscribe("T", None, None).await.expect("send");
     subscribed(&mut c).await;
