@@ -801,6 +801,10 @@ async def test_backplane_outage_subscribe_errors_are_retried(
         redis.start()  # empty: the topics' history is gone
         reply = await asyncio.wait_for(pending, 30)
         assert reply is not None and reply["deployment_id"] == "B"
+        # The server resyncs A once its pub/sub is back (A's epoch changed with the
+        # empty Redis). An event published before that arrives inside A's snapshot,
+        # not as an event, so wait for the resync first.
+        await resyncs.until(lambda r: "A" in r, 30, "A resynced")
         await server.apublish("B", {"status": "b-after"})
         await server.apublish("A", {"status": "a-after"})
         await statuses.until(lambda s: {m["data"]["status"] for m in s} >= {"b-after", "a-after"}, 30, "both topics")
