@@ -195,3 +195,72 @@ async fn smoke_run_with_rs256_auth_from_the_bench_issuer() {
         "{refused}"
     );
 }
+
+/// Runs `stackpulse bench tracking` with `args`; returns (success, stdout, stderr).
+async fn bench_tracking(args: &[&str]) -> (bool, String, String) {
+    let output = tokio::time::timeout(
+        Duration::from_secs(120),
+        Command::new(env!("CARGO_BIN_EXE_stackpulse"))
+            .args(["bench", "tracking"])
+            .args(args)
+            .output(),
+    )
+    .await
+    .expect("bench tracking timed out")
+    .expect("run bench tracking");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (
+        output.status.success(),
+        text(&output.stdout),
+        text(&output.stderr),
+    )
+}
+
+/// A tiny tracking run, polled and pushed: the bench's own check (every event on
+/// every stream exactly once, no `tracker.error`) holds, and the report names the
+/// figures it promises.
+#[tokio::test]
+async fn tracking_run_sees_every_event_exactly_once() {
+    let (ok, out, err) = bench_tracking(&[
+        "--stacks",
+        "3",
+        "--resources",
+        "2",
+        "--event-gap",
+        "0.2",
+        "--poll-interval",
+        "0.5",
+        "--aws-max-rps",
+        "20",
+        "--push",
+        "--timeout",
+        "90",
+    ])
+    .await;
+    assert!(ok, "bench tracking failed:\n{out}\n{err}");
+    // Uniform, 2 resources: the stack's CREATE_IN_PROGRESS, 2 × 2 resource events
+    // and the stack's CREATE_COMPLETE.
+    assert!(
+        out.contains("3 stacks × 6 events (uniform timeline"),
+        "{out}"
+    );
+    assert!(out.contains("push: true"), "{out}");
+    assert!(
+        out.contains("streams exact: true; tracker.error frames at clients: 0"),
+        "{out}"
+    );
+    assert!(out.contains("DescribeStackEvents"), "{out}");
+    assert!(out.contains("detection delay"), "{out}");
+}
+
+/// A server that cannot start is an error with the reason, not a hang or a pass.
+#[tokio::test]
+async fn tracking_run_reports_a_server_that_cannot_start() {
+    let (ok, out, err) =
+        bench_tracking(&["--stacks", "1", "--server-bin", "/nonexistent/stackpulse"]).await;
+    assert!(!ok, "a run without a server passed:\n{out}");
+    assert!(
+        err.contains("stackpulse bench tracking: cannot start the server"),
+        "{err}"
+    );
+}

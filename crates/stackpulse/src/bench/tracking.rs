@@ -565,3 +565,134 @@ fn note(
         Seen1::Error(e) => errors.push(e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn args(timeline: Timeline, resources: usize) -> TrackingArgs {
+        TrackingArgs {
+            stacks: 1,
+            resources,
+            event_gap: 2.0,
+            timeline,
+            push: false,
+            poll_interval: 2.0,
+            push_poll_interval: 30.0,
+            aws_max_rps: 4.0,
+            throttle_above: None,
+            timeout: 60.0,
+            server_bin: None,
+        }
+    }
+
+    #[test]
+    fn a_uniform_plan_is_one_event_at_a_time_ending_with_the_stack() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let steps = plan(&args(Timeline::Uniform, 3), "s", &mut rng);
+        assert_eq!(steps.len(), Timeline::Uniform.events(3));
+        let last = steps.last().expect("steps");
+        assert_eq!((last.1.as_str(), last.2), ("s", "CREATE_COMPLETE"));
+        for pair in steps.windows(2) {
+            let gap = pair[1].0 - pair[0].0;
+            // ½…1½ of the 2 s gap.
+            assert!((1.0..=3.0).contains(&gap), "gap {gap}");
+        }
+        for r in 0..3 {
+            let id = format!("Res{r}");
+            let started = steps
+                .iter()
+                .position(|s| s.1 == id && s.2 == "CREATE_IN_PROGRESS");
+            let done = steps
+                .iter()
+                .position(|s| s.1 == id && s.2 == "CREATE_COMPLETE");
+            assert!(started < done, "{id}: {steps:?}");
+        }
+    }
+
+    #[test]
+    fn a_bursty_plan_starts_half_together_and_completes_the_stack_last() {
+        for seed in 0..20 {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let steps = plan(&args(Timeline::Bursty, 6), "s", &mut rng);
+            assert_eq!(steps.len(), Timeline::Bursty.events(6));
+            assert!(steps.windows(2).all(|p| p[0].0 <= p[1].0), "sorted");
+            let last = steps.last().expect("steps");
+            assert_eq!((last.1.as_str(), last.2), ("s", "CREATE_COMPLETE"));
+            let first_starts = steps
+                .iter()
+                .filter(|s| s.2 == "CREATE_IN_PROGRESS" && s.3.is_empty() && s.0 <= 2.5)
+                .count();
+            assert!(first_starts >= 3, "seed {seed}: {steps:?}");
+            for r in 0..6 {
+                let id = format!("Res{r}");
+                let of = |status: &str, reason: &str| {
+                    steps
+                        .iter()
+                        .find(|s| s.1 == id && s.2 == status && s.3 == reason)
+                        .map(|s| s.0)
+                        .expect("step")
+                };
+                let start = of("CREATE_IN_PROGRESS", "");
+                let initiated = of("CREATE_IN_PROGRESS", "Resource creation Initiated");
+                let done = of("CREATE_COMPLETE", "");
+                assert!(start < initiated && initiated < start + 1.0, "{id}");
+                assert!(done >= start + 2.0 && done <= start + 120.0, "{id}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_report_helpers_count_what_they_say() {
+        assert!(percentile(&[], 0.5).is_nan());
+        assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0, 5.0], 0.5), 3.0);
+        assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0, 5.0], 0.99), 5.0);
+        let metrics =
+            "# HELP x\nstackpulse_a{k=\"1\"} 2.5\nstackpulse_a{k=\"2\"} 1\nstackpulse_b 9\n";
+        assert_eq!(metric_sum(metrics, "stackpulse_a"), 3.5);
+        assert_eq!(metric_sum(metrics, "stackpulse_c"), 0.0);
+        let t0 = std::time::Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // Four requests within a second, then one alone: with a limit of 2, the
+        // third and fourth were over it.
+        let times = [at(0), at(100), at(200), at(300), at(2000)];
+        assert_eq!(count_over(&times, 2), 2);
+        assert_eq!(count_over(&times, 4), 0);
+    }
+
+    #[test]
+    fn frames_fold_into_what_clients_saw() {
+        let mut seen = HashMap::new();
+        let (mut errors, mut delays) = (Vec::new(), Vec::new());
+        let t = Utc::now();
+        let resource = |id: &str| Seen1::Resource {
+            topic: "stack:a".into(),
+            id: id.into(),
+            event_time: Some(t - chrono::Duration::milliseconds(1500)),
+            at: t,
+        };
+        note(&mut seen, &mut errors, &mut delays, resource("e1"), false);
+        note(&mut seen, &mut errors, &mut delays, resource("e2"), true);
+        note(&mut seen, &mut errors, &mut delays, resource("e2"), true);
+        note(
+            &mut seen,
+            &mut errors,
+            &mut delays,
+            Seen1::Deployed("stack:a".into()),
+            true,
+        );
+        note(
+            &mut seen,
+            &mut errors,
+            &mut delays,
+            Seen1::Error("boom".into()),
+            true,
+        );
+        let a = &seen["stack:a"];
+        assert_eq!((a.ids.len(), a.duplicates, a.deployed), (2, 1, true));
+        assert_eq!(errors, ["boom"]);
+        // Only measured frames count, each 1.5 s late.
+        assert_eq!(delays, [1.5, 1.5]);
+    }
+}
