@@ -712,8 +712,148 @@ async fn lambda_function_serves_websocket_routes_and_publishes() {
     // An event of no known shape is answered, not fatal.
     let r = f.invoke(json!({"hello": "world"})).await;
     assert_eq!(r["statusCode"], 400);
+
+    // Events the function cannot use are answered 400/404/405 with the reason.
+    let message = |r: &Value| -> String {
+        let body: Value =
+            serde_json::from_str(r["body"].as_str().unwrap_or("null")).unwrap_or(Value::Null);
+        body["message"].as_str().unwrap_or_default().to_owned()
+    };
+    let mut malformed = ws_event("CONNECT", "connE=", None, json!({}), Value::Null);
+    malformed["requestContext"]["connectedAt"] = json!("yesterday");
+    let r = f.invoke(malformed).await;
+    assert_eq!(r["statusCode"], 400, "{r}");
+    assert!(message(&r).starts_with("Malformed WebSocket event"), "{r}");
+    let r = f
+        .invoke(ws_event(
+            "RECONNECT",
+            "connE=",
+            None,
+            json!({}),
+            Value::Null,
+        ))
+        .await;
+    assert_eq!(
+        (r["statusCode"].as_u64(), message(&r).as_str()),
+        (
+            Some(400),
+            "Unknown WebSocket event type Some(\"RECONNECT\")"
+        ),
+        "{r}"
+    );
+    let mut malformed = publish_event(None, &body);
+    malformed["requestContext"]["timeEpoch"] = json!("now");
+    let r = f.invoke(malformed).await;
+    assert_eq!(r["statusCode"], 400, "{r}");
+    assert!(message(&r).starts_with("Malformed HTTP event"), "{r}");
+    let mut elsewhere = publish_event(None, &body);
+    elsewhere["rawPath"] = json!("/v1/topics/D1");
+    let r = f.invoke(elsewhere).await;
+    assert_eq!(
+        (r["statusCode"].as_u64(), message(&r).as_str()),
+        (Some(404), "Not found: /v1/topics/D1"),
+        "{r}"
+    );
+    let mut get = publish_event(None, &body);
+    get["requestContext"]["http"]["method"] = json!("GET");
+    let r = f.invoke(get).await;
+    assert_eq!(
+        (r["statusCode"].as_u64(), message(&r).as_str()),
+        (Some(405), "Method not allowed: use POST"),
+        "{r}"
+    );
+    let key = format!("Bearer {}", common::KEY);
+    let mut garbled = publish_event(Some(&key), &body);
+    garbled["body"] = json!("not base64 at all!");
+    garbled["isBase64Encoded"] = json!(true);
+    let r = f.invoke(garbled).await;
+    assert_eq!(r["statusCode"], 400, "{r}");
+    assert!(message(&r).starts_with("Invalid body: not base64"), "{r}");
+    // API Gateway base64-encodes bodies it takes for binary: decoded, they publish.
+    use base64::Engine;
+    let mut encoded = publish_event(Some(&key), &body);
+    encoded["body"] = json!(base64::engine::general_purpose::STANDARD.encode(body.to_string()));
+    encoded["isBase64Encoded"] = json!(true);
+    let r = f.invoke(encoded).await;
+    assert_eq!(r["statusCode"], 202, "{r}");
+    // A binary WebSocket message (not UTF-8) gets serve's error frame.
+    f.invoke(ws_event("CONNECT", "connF=", None, json!({}), Value::Null))
+        .await;
+    let mut binary = ws_event("MESSAGE", "connF=", Some("/w=="), json!({}), Value::Null);
+    binary["isBase64Encoded"] = json!(true);
+    let r = f.invoke(binary).await;
+    assert_eq!(r["statusCode"], 200, "{r}");
+    let last = posts_to(&management, "connF=").pop().expect("a reply");
+    assert_eq!(
+        (
+            last["type"].as_str(),
+            last["code"].as_u64(),
+            last["message"].as_str()
+        ),
+        (
+            Some("error"),
+            Some(400),
+            Some("Binary frames are not supported; send JSON text frames")
+        )
+    );
     assert!(
         child.try_wait().expect("wait").is_none(),
         "the function keeps running"
     );
+}
+
+/// Runs `stackpulse lambda` with only `env` (plus PATH and the coverage variable);
+/// returns its exit code and stderr.
+async fn lambda_start(env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let out = tokio::time::timeout(
+        common::WAIT,
+        Command::new(env!("CARGO_BIN_EXE_stackpulse"))
+            .arg("lambda")
+            .env_clear()
+            .envs(common::coverage_env())
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("lambda did not exit")
+    .expect("run lambda");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A function that cannot work says why at its start and exits 2, instead of
+/// failing every invocation (or serving anyone on a public API).
+#[tokio::test]
+async fn lambda_refuses_to_start_without_its_endpoint_or_authentication() {
+    let (code, err) = lambda_start(&[("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9")]).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("STACKPULSE_WS_ENDPOINT is not set"), "{err}");
+
+    // The runtime API is remote (a real Lambda): no authentication is refused…
+    let endpoint = (
+        "STACKPULSE_WS_ENDPOINT",
+        "https://abc.execute-api.us-east-1.amazonaws.com/prod",
+    );
+    let (code, err) =
+        lambda_start(&[("AWS_LAMBDA_RUNTIME_API", "169.254.100.1:9001"), endpoint]).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("refusing to run as a Lambda function without authentication"),
+        "{err}"
+    );
+    assert!(err.contains("STACKPULSE_ALLOW_ANONYMOUS=true"), "{err}");
+
+    // …and a bad setting is the configuration's own error.
+    let (code, err) = lambda_start(&[
+        ("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9"),
+        endpoint,
+        ("STACKPULSE_POLL_INTERVAL", "-1"),
+    ])
+    .await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.starts_with("stackpulse: "), "{err}");
 }
