@@ -9,6 +9,7 @@ use common::tokens::*;
 use common::*;
 use jsonwebtoken::Algorithm;
 use serde_json::{json, Value};
+use stackpulse::client::Frame;
 use stackpulse_protocol::ServerMessage;
 
 fn tamper_payload(token: &str) -> String {
@@ -605,4 +606,92 @@ async fn with_auth_a_public_address_is_allowed_and_tokens_are_never_logged() {
     assert!(refused, "the refusal is logged (without the token): {logs}");
     let signature = valid.rsplit('.').next().expect("sig");
     assert!(!logs.contains(signature), "a token leaked into the logs");
+}
+
+/// Serverless mode has no timer per connection (a Lambda invocation ends): an
+/// expired token's subscriptions are no longer served, and its connection is closed
+/// at its next message; `auth` with a fresh token of the same user moves the expiry
+/// forward there too.
+#[tokio::test]
+async fn serverless_enforces_expiry_at_the_next_message() {
+    let jwks = Jwks::serve("jwks.json").await;
+    let server = Server::lambda_local(
+        &[
+            "--publisher-key",
+            KEY,
+            "--jwt-issuer",
+            ISSUER,
+            "--jwks-url",
+            &jwks.url,
+            "--cognito-client-id",
+            CLIENT,
+            "--jwt-leeway",
+            "0",
+        ],
+        &[],
+    )
+    .await;
+    server.publish("expiring", "deploying").await;
+    let exp = now() + 3;
+    let short = |sub: &str| sign(&with(id_claims(sub, &[]), "exp", json!(exp)));
+    // alice is sent an event after expiry, carol sends a message, bob refreshes.
+    let mut alice = server.connect_as(&short("alice")).await;
+    let mut carol = server.connect_as(&short("carol")).await;
+    let mut bob = server.connect_as(&short("bob")).await;
+    for c in [&mut alice, &mut bob] {
+        c.subscribe("expiring", None, None).await.expect("send");
+        assert_eq!(subscribed(c).await.0, 1);
+        assert!(next_event(c).await.is_snapshot());
+    }
+    let auth = |token: &str| json!({"action":"auth","token": token}).to_string();
+    bob.send_text(&auth(&sign(&id_claims("bob", &[]))))
+        .await
+        .expect("send");
+    match next_control(&mut bob).await {
+        ServerMessage::Authenticated { expires_at } => assert!(expires_at.ends_with('Z')),
+        other => panic!("{other:?}"),
+    }
+    bob.send_text(&auth(&sign(&id_claims("mallory", &[]))))
+        .await
+        .expect("send");
+    assert_eq!(
+        error(&mut bob).await,
+        (403, "Forbidden: the token belongs to another user".into())
+    );
+    bob.send_text(&auth("junk")).await.expect("send");
+    assert_eq!(
+        error(&mut bob).await,
+        (401, "Unauthorized: Invalid token".into())
+    );
+
+    // Past the short tokens' expiry (a wall-clock time: nothing to await).
+    let left = exp.saturating_sub(now()) + 1;
+    tokio::time::sleep(Duration::from_secs(left)).await;
+    server.publish("expiring", "deployed").await;
+    let event = next_event(&mut bob).await;
+    assert_eq!(
+        (event.seq, event.data["status"].as_str()),
+        (2, Some("deployed"))
+    );
+    // alice's subscription ended with her token: the event is not sent to her, and
+    // her next message closes the connection.
+    alice.ping().await.expect("send");
+    loop {
+        match tokio::time::timeout(WAIT, alice.next()).await {
+            Ok(Some(Ok(Frame::Closed(close)))) => {
+                assert_eq!(close.map(|c| c.code), Some(4001));
+                break;
+            }
+            Ok(Some(Ok(Frame::Event(e)))) => panic!("an expired connection got {e:?}"),
+            Ok(Some(Ok(Frame::Control(m)))) => panic!("an expired connection got {m:?}"),
+            other => panic!("no close for alice: {other:?}"),
+        }
+    }
+    carol.ping().await.expect("send");
+    assert_eq!(close_code(&mut carol).await, Some(4001), "carol's message");
+    bob.ping().await.expect("send");
+    assert!(matches!(
+        next_control(&mut bob).await,
+        ServerMessage::Pong { .. }
+    ));
 }

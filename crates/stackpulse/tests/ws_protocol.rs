@@ -119,6 +119,10 @@ async fn every_bad_message_gets_a_clear_error_and_the_connection_stays_usable() 
             r#"{"action":"subscribe","deployment_id":"D","since":"4"}"#,
             "Invalid since: must be a non-negative integer",
         ),
+        (
+            r#"{"action":"auth","token":"a.b.c"}"#,
+            "Authentication is not enabled on this server",
+        ),
     ];
     for (frame, expected) in cases {
         c.send_text(frame).await.expect("send");

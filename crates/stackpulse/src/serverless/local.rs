@@ -56,9 +56,15 @@ impl Poster for LocalConnections {
         }
     }
 
+    /// The serverless core closes a connection only when its token expired: with
+    /// the contract's code for that, as `serve` does (API Gateway's own
+    /// `DeleteConnection` sends no code of ours).
     async fn close(&self, connection_id: &str) {
         if let Some((_, tx)) = self.sockets.remove(connection_id) {
-            let _ = tx.try_send(close_frame(1008, "Token expired"));
+            let _ = tx.try_send(close_frame(
+                crate::ws::close::TOKEN_EXPIRED,
+                "Token expired",
+            ));
         }
     }
 }
