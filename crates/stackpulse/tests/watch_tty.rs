@@ -19,7 +19,7 @@ use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use cfn_support::fake_cfn::{FakeCfn, FakeStack, Step};
+use cfn_support::fake_cfn::{FakeCfn, FakeStack, Fault, Step};
 use cfn_support::AWS_ENV;
 use chrono::{DateTime, Utc};
 use portable_pty::{CommandBuilder, PtySize};
@@ -846,4 +846,67 @@ async fn a_refused_topic_ends_the_watch_with_the_servers_reason() {
         0,
         "the refused stack is not tracked"
     );
+}
+
+/// Credentials that may not describe the stack: the watch ends with exit 2 and
+/// the reason (no AWS account number), directly and with `--next`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_stack_ends_a_direct_watch_with_the_reason() {
+    let fake = FakeCfn::start(vec![created_stack("locked")]).await;
+    for next in [false, true] {
+        fake.world().faults.extend([Fault::AccessDenied; 8]);
+        let mut args = vec![
+            "watch",
+            "locked",
+            "--aws-endpoint-url",
+            &fake.endpoint,
+            "--region",
+            "us-east-1",
+            "--direct",
+            "--poll-interval",
+            "0.05",
+        ];
+        if next {
+            args.push("--next");
+        }
+        let (code, stderr) = watch_to_end(&args).await;
+        assert_eq!(code, 2, "next {next}: {stderr}");
+        assert_denied(&stderr);
+        fake.world().faults.clear();
+    }
+}
+
+/// Through a server that cannot track the stack (its credentials are denied): the
+/// server's final `tracker.error` ends the watch with exit 2 and its message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_servers_final_tracker_error_ends_the_watch() {
+    let fake = FakeCfn::start(vec![created_stack("locked")]).await;
+    fake.world().faults.extend([Fault::AccessDenied; 50]);
+    let server = common::Server::spawn(
+        &[
+            "--aws-endpoint-url",
+            &fake.endpoint,
+            "--aws-region",
+            "us-east-1",
+            "--poll-interval",
+            "0.05",
+        ],
+        AWS_ENV,
+    )
+    .await;
+    let url = format!("http://{}", server.addr);
+    let (code, stderr) = watch_to_end(&["watch", "locked", "--server", &url]).await;
+    assert_eq!(code, 2, "{stderr}");
+    assert_denied(&stderr);
+}
+
+/// The one line a denied watch ends with: what failed and what to grant, without
+/// the account or principal AWS named.
+fn assert_denied(stderr: &str) {
+    assert!(
+        stderr.contains("stackpulse: cannot track locked: AWS denied access (AccessDenied)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("cloudformation:DescribeStacks"), "{stderr}");
+    assert!(!stderr.contains("123456789012"), "{stderr}");
 }
