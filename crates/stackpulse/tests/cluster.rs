@@ -514,3 +514,87 @@ async fn password_and_database_in_the_url() {
     assert_ne!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid --redis-url"));
 }
+
+struct NoDeliver;
+impl stackpulse::hub::Deliver for NoDeliver {
+    fn deliver(&self, _event: &std::sync::Arc<stackpulse::hub::StampedEvent>) {}
+}
+
+fn backplane(url: &str) -> std::sync::Arc<stackpulse::hub::redis::RedisBackplane> {
+    let history = stackpulse::hub::HistoryConfig {
+        max_events: 100,
+        retention: std::time::Duration::from_secs(60),
+        max_topics: 100,
+        snapshot_budget: 262_144,
+    };
+    stackpulse::hub::redis::RedisBackplane::start(url, history, std::sync::Arc::new(NoDeliver))
+        .expect("backplane")
+}
+
+/// A lease acquire that Redis executed but whose answer was lost (the connection
+/// broke): the lease is not stranded until its TTL. Other nodes are still refused,
+/// and the node that asked gets it when it asks again, with a new fencing token.
+#[tokio::test]
+async fn a_lease_whose_answer_was_lost_goes_to_the_node_that_asks_again() {
+    use stackpulse::hub::Backplane;
+    let redis = RedisServer::start().await;
+    let proxy = common::lossy::LossyProxy::start(redis.port).await;
+    let node = backplane(&format!("redis://127.0.0.1:{}/", proxy.port));
+    let other = backplane(&redis.url());
+    let ttl = std::time::Duration::from_secs(60);
+    // Connected, and the lease script loaded in Redis.
+    let warm = node
+        .acquire_lease("warm-up", ttl)
+        .await
+        .expect("acquire")
+        .expect("free lease");
+    node.release_lease(&warm).await;
+
+    proxy.lose_next_answer();
+    let lost = node.acquire_lease("poll:stack:lost", ttl).await;
+    assert!(lost.is_err(), "the answer was to be lost: {lost:?}");
+    assert_eq!(
+        redis
+            .command(&["EXISTS", "sp:lease:{poll:stack:lost}"])
+            .await
+            .as_deref(),
+        Some(":1"),
+        "Redis took the lease"
+    );
+    assert_eq!(
+        other
+            .acquire_lease("poll:stack:lost", ttl)
+            .await
+            .expect("acquire"),
+        None,
+        "another node is refused"
+    );
+    let mut again = None;
+    for _ in 0..50 {
+        // The node's connection is re-established on the next command.
+        match node.acquire_lease("poll:stack:lost", ttl).await {
+            Ok(l) => {
+                again = Some(l);
+                break;
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    }
+    let lease = again
+        .expect("no answer from Redis again")
+        .expect("the node that asked gets the lease");
+    assert!(node.renew_lease(&lease, ttl).await.expect("renew"));
+    // The claim is spent: asking once more, while holding it, is refused.
+    assert_eq!(
+        node.acquire_lease("poll:stack:lost", ttl)
+            .await
+            .expect("acquire"),
+        None
+    );
+    node.release_lease(&lease).await;
+    assert!(other
+        .acquire_lease("poll:stack:lost", ttl)
+        .await
+        .expect("acquire")
+        .is_some());
+}

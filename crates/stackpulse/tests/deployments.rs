@@ -6,7 +6,7 @@
 mod cfn_support;
 mod common;
 
-use cfn_support::fake_cfn::FakeCfn;
+use cfn_support::fake_cfn::{FakeCfn, Step};
 use cfn_support::{failing_stack, slow_stack, AWS_ENV};
 use common::*;
 use serde_json::{json, Value};
@@ -330,6 +330,83 @@ async fn a_deployment_out_of_time_fails_its_running_stacks() {
             ("deploying".to_string(), 1, 1),
             ("failed".to_string(), 1, 1)
         ],
+        "{events:?}"
+    );
+}
+
+/// Redis, the backplane, goes away in the middle of a deployment and comes back:
+/// the deployment is still followed to its end, on a topic with contiguous seqs.
+#[tokio::test]
+async fn a_deployment_outlives_a_redis_restart() {
+    let mut redis = stackpulse_testkit::RedisServer::start().await;
+    let fake = FakeCfn::start(vec![slow_stack("held", 100_000)]).await;
+    let server = Server::spawn(
+        &[
+            "--publisher-key",
+            KEY,
+            "--redis-url",
+            &redis.url(),
+            "--aws-endpoint-url",
+            &fake.endpoint,
+            "--aws-region",
+            "us-east-1",
+            "--poll-interval",
+            "0.05",
+        ],
+        AWS_ENV,
+    )
+    .await;
+    let ready = |want: u16| {
+        let server = &server;
+        async move {
+            tokio::time::timeout(WAIT, async {
+                while server.get("/readyz").await.0 != want {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("/readyz never answered {want}"));
+        }
+    };
+    ready(200).await;
+    let mut client = server.connect().await;
+    client
+        .subscribe("DR", Some(0), None)
+        .await
+        .expect("subscribe");
+    let body = json!({"deployment_id": "DR", "stacks": [{"name": "held"}]}).to_string();
+    let (code, reply) = post(&server, Some(KEY), &body).await;
+    assert_eq!(code, 202, "{reply}");
+
+    redis.stop();
+    ready(503).await;
+    redis.resume().await;
+    ready(200).await;
+    // Now the stack completes.
+    {
+        let mut w = fake.world();
+        let s = w
+            .stacks
+            .iter_mut()
+            .find(|s| s.name == "held")
+            .expect("stack");
+        s.steps.clear();
+        s.steps.push_back(Step {
+            reveal: vec![("held".to_string(), 4)],
+            status: Some("CREATE_COMPLETE".into()),
+            ..Step::default()
+        });
+    }
+    let events = until_finished(&mut client).await;
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "{events:?}"
+    );
+    assert_eq!(
+        statuses(&events).last().map(|s| s.0.as_str()),
+        Some("deployed"),
         "{events:?}"
     );
 }

@@ -30,12 +30,16 @@ const CONNECTIONS: &str = "sp-connections";
 const TOPICS: &str = "sp-topics";
 
 async fn dynamodb(moto: &Moto) -> aws_sdk_dynamodb::Client {
+    dynamodb_at(&moto.endpoint)
+}
+
+fn dynamodb_at(endpoint: &str) -> aws_sdk_dynamodb::Client {
     let creds = aws_sdk_dynamodb::config::Credentials::new("test", "test", None, None, "test");
     let conf = aws_sdk_dynamodb::config::Builder::new()
         .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
         .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
         .credentials_provider(creds)
-        .endpoint_url(&moto.endpoint)
+        .endpoint_url(endpoint)
         .build();
     aws_sdk_dynamodb::Client::from_conf(conf)
 }
@@ -856,4 +860,86 @@ async fn lambda_refuses_to_start_without_its_endpoint_or_authentication() {
     .await;
     assert_eq!(code, Some(2), "{err}");
     assert!(err.starts_with("stackpulse: "), "{err}");
+}
+
+/// DynamoDB leases between two functions: one holder at a time, renew and release
+/// by its token only, and an acquire whose answer was lost (DynamoDB wrote it, the
+/// connection broke) does not strand the lease: the function that asked gets it
+/// when its call is retried or it asks again.
+#[tokio::test]
+async fn dynamodb_leases_are_exclusive_and_survive_a_lost_answer() {
+    let moto = Moto::start_serial().await;
+    tables(&moto).await;
+    let port: u16 = moto
+        .endpoint
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse().ok())
+        .expect("moto port");
+    let proxy = common::lossy::LossyProxy::start(port).await;
+    let node = DynamoBackplane::new(
+        dynamodb_at(&format!("http://127.0.0.1:{}", proxy.port)),
+        TOPICS,
+        history(),
+        Arc::new(NoDeliver),
+    );
+    let other = DynamoBackplane::new(
+        dynamodb(&moto).await,
+        TOPICS,
+        history(),
+        Arc::new(NoDeliver),
+    );
+    let ttl = Duration::from_secs(60);
+
+    let first = other
+        .acquire_lease("poll:a", ttl)
+        .await
+        .expect("acquire")
+        .expect("free");
+    assert_eq!(
+        node.acquire_lease("poll:a", ttl).await.expect("acquire"),
+        None
+    );
+    assert!(other.renew_lease(&first, ttl).await.expect("renew"));
+    let forged = stackpulse::hub::Lease {
+        name: "poll:a".into(),
+        token: first.token + 7,
+    };
+    assert!(!node.renew_lease(&forged, ttl).await.expect("renew"));
+    node.release_lease(&forged).await;
+    assert_eq!(
+        node.acquire_lease("poll:a", ttl).await.expect("acquire"),
+        None,
+        "not released by a wrong token"
+    );
+    other.release_lease(&first).await;
+    let taken = node
+        .acquire_lease("poll:a", ttl)
+        .await
+        .expect("acquire")
+        .expect("released");
+    assert!(taken.token > first.token, "the fencing token grows");
+
+    proxy.lose_next_answer();
+    let mut got = None;
+    for _ in 0..20 {
+        match node.acquire_lease("poll:lost", ttl).await {
+            Ok(lease) => {
+                got = Some(lease);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    let lease = got
+        .expect("no answer from DynamoDB")
+        .expect("the function that asked holds the lease");
+    assert_eq!(
+        other
+            .acquire_lease("poll:lost", ttl)
+            .await
+            .expect("acquire"),
+        None
+    );
+    assert!(node.renew_lease(&lease, ttl).await.expect("renew"));
 }

@@ -88,6 +88,35 @@ pub struct Lease {
     pub token: u64,
 }
 
+/// The claims this node sent with lease acquires whose answer never came.
+///
+/// An acquire is one atomic write on the store, but its answer can be lost (the
+/// connection broke, or the call timed out, after the store took the lease). The
+/// store then holds a lease nobody knows it holds, and every acquire, this node's
+/// included, is refused until its TTL runs out: a stack nobody polls, or a
+/// deployment that cannot be started, for a whole `--poller-lease`. So each acquire
+/// carries a claim, stored with the lease: the claim of the node's previous acquire
+/// of that name while its outcome is unknown, else a new one. A store that finds the
+/// lease held under the same claim gives it (with a new fencing token) to the caller.
+/// A claim is spent as soon as an acquire of its name is answered, taken or refused.
+#[derive(Debug, Default)]
+pub struct LeaseClaims(dashmap::DashMap<String, u64>);
+
+impl LeaseClaims {
+    /// The claim to send with an acquire of `name`.
+    pub fn claim(&self, name: &str) -> u64 {
+        *self
+            .0
+            .entry(name.to_owned())
+            .or_insert_with(rand::random::<u64>)
+    }
+
+    /// The store answered an acquire of `name`: its claim is spent.
+    pub fn answered(&self, name: &str) {
+        self.0.remove(name);
+    }
+}
+
 /// Summary of a topic for `GET /v1/topics/{id}`.
 #[derive(Debug, Clone)]
 pub struct TopicInfo {
@@ -145,6 +174,8 @@ pub trait Backplane: Send + Sync + 'static {
     async fn info(&self, topic: &str) -> Result<Option<TopicInfo>, BackplaneError>;
 
     /// Tries to take the named lease for `ttl`; `None` when someone else holds it.
+    /// A store that can fail after taking it keeps this node's [`LeaseClaims`], so
+    /// that the next acquire of the name gets the lease the lost answer was about.
     async fn acquire_lease(
         &self,
         name: &str,

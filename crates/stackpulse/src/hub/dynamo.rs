@@ -5,7 +5,8 @@
 //! - `pk = t#<topic>`, `sk = meta`: the topic's `seq`, `epoch`, `snap` (the folded
 //!   [`Snapshot`] as JSON) and `acl`;
 //! - `pk = t#<topic>`, `sk = e#<seq, 20 digits>`: one event's `frame`, as sent;
-//! - `pk = l#<name>`, `sk = lease`: a poller lease and its fencing `token`.
+//! - `pk = l#<name>`, `sk = lease`: a poller lease, its fencing `token` and the
+//!   `claim` it was taken under ([`LeaseClaims`]).
 //!
 //! A publish reads the meta item (strongly consistent), folds the event into the
 //! snapshot and writes, in **one transaction**, the meta item on the condition that
@@ -31,7 +32,9 @@ use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Delete, Put, Trans
 use aws_sdk_dynamodb::Client;
 use stackpulse_protocol::Acl;
 
-use super::backplane::{Backplane, BackplaneError, Deliver, Draft, Lease, TopicInfo, TopicRead};
+use super::backplane::{
+    Backplane, BackplaneError, Deliver, Draft, Lease, LeaseClaims, TopicInfo, TopicRead,
+};
 use super::event::StampedEvent;
 use super::memory::new_epoch;
 use super::snapshot::Snapshot;
@@ -58,6 +61,8 @@ pub struct DynamoBackplane {
     history: HistoryConfig,
     sink: Arc<dyn Deliver>,
     broadcast: OnceLock<Arc<dyn Broadcast>>,
+    /// Claims of lease acquires whose answer was lost.
+    claims: LeaseClaims,
 }
 
 /// An item: attribute name → value.
@@ -174,6 +179,7 @@ impl DynamoBackplane {
             history,
             sink,
             broadcast: OnceLock::new(),
+            claims: LeaseClaims::default(),
         }
     }
 
@@ -479,24 +485,37 @@ impl Backplane for DynamoBackplane {
     ) -> Result<Option<Lease>, BackplaneError> {
         let now = now_millis();
         let until = now + u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX / 2);
+        // Free, expired, or held under this node's claim (an acquire whose answer
+        // was lost: `LeaseClaims`).
         let result = self
             .client
             .update_item()
             .table_name(&self.table)
             .key("pk", s(lease_pk(name)))
             .key("sk", s("lease"))
-            .update_expression("SET #u = :until, #ttl = :ttl ADD #t :one")
-            .condition_expression("attribute_not_exists(pk) OR #u <= :now")
+            .update_expression("SET #u = :until, #ttl = :ttl, #c = :claim ADD #t :one")
+            .condition_expression("attribute_not_exists(pk) OR #u <= :now OR #c = :claim")
             .expression_attribute_names("#u", "until")
             .expression_attribute_names("#t", "token")
             .expression_attribute_names("#ttl", "ttl")
+            .expression_attribute_names("#c", "claim")
             .expression_attribute_values(":until", n(until))
             .expression_attribute_values(":now", n(now))
             .expression_attribute_values(":one", n(1))
             .expression_attribute_values(":ttl", n(until / 1000 + 3600))
+            .expression_attribute_values(":claim", n(self.claims.claim(name)))
             .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew)
             .send()
             .await;
+        let answered = match &result {
+            Ok(_) => true,
+            Err(e) => e
+                .as_service_error()
+                .is_some_and(|se| se.is_conditional_check_failed_exception()),
+        };
+        if answered {
+            self.claims.answered(name);
+        }
         match result {
             Ok(out) => {
                 let token = out

@@ -19,7 +19,9 @@
 //! resynchronizes every live subscription ([`Deliver::resync_all`]). **Read** is
 //! one Lua script returning the epoch, the latest seq, the oldest retained seq and
 //! the entries after `since`, atomically. **Leases** are `SET NX PX` keys holding a
-//! fencing token from a global counter; renew and release check the token.
+//! fencing token from a global counter, and the claim it was taken under (an
+//! acquire whose answer was lost is given to the same node again: [`LeaseClaims`]);
+//! renew and release check the token.
 //! **Wakes** (a push asking a stack's poller to poll now, [`Backplane::wake`]) are
 //! `PUBLISH sp:wake <topic>`; every node's pub/sub connection is subscribed to
 //! `sp:wake` for its whole life, and hands each one to [`Deliver::wake`] (the node
@@ -45,7 +47,9 @@ use redis::{Script, Value};
 use serde_json::Value as Json;
 use stackpulse_protocol::Acl;
 
-use super::backplane::{Backplane, BackplaneError, Deliver, Draft, Lease, TopicInfo, TopicRead};
+use super::backplane::{
+    Backplane, BackplaneError, Deliver, Draft, Lease, LeaseClaims, TopicInfo, TopicRead,
+};
 use super::event::StampedEvent;
 use super::memory::new_epoch;
 use super::snapshot::Snapshot;
@@ -116,22 +120,33 @@ return 1
 "#;
 
 const LEASE_ACQUIRE: &str = r#"
--- KEYS: lease counter ; ARGV: ttl_ms
-if redis.call('SET', KEYS[1], 'pending', 'NX', 'PX', ARGV[1]) then
+-- KEYS: lease counter claim ; ARGV: ttl_ms claim
+-- Free, or held under the caller's claim (an acquire whose answer was lost).
+if redis.call('SET', KEYS[1], 'pending', 'NX', 'PX', ARGV[1])
+    or redis.call('GET', KEYS[3]) == ARGV[2] then
   local token = redis.call('INCR', KEYS[2])
   redis.call('SET', KEYS[1], token, 'PX', ARGV[1])
+  redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[1])
   return token
 end
 return false
 "#;
 
 const LEASE_RENEW: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+-- KEYS: lease claim ; ARGV: token ttl_ms
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
 return 0
 "#;
 
 const LEASE_RELEASE: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+-- KEYS: lease claim ; ARGV: token
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[2])
+  return redis.call('DEL', KEYS[1])
+end
 return 0
 "#;
 
@@ -182,6 +197,11 @@ fn lease_key(name: &str) -> String {
     format!("sp:lease:{{{name}}}")
 }
 
+/// The claim the lease `name` was taken under ([`LeaseClaims`]).
+fn lease_claim_key(name: &str) -> String {
+    format!("sp:lease-claim:{{{name}}}")
+}
+
 fn unavailable(e: impl std::fmt::Display) -> BackplaneError {
     BackplaneError::Unavailable(format!("redis: {e}"))
 }
@@ -225,6 +245,8 @@ pub struct RedisBackplane {
     node_id: String,
     /// Topics this node reported subscribers for last time (to clear them).
     reported: parking_lot::Mutex<Vec<Arc<str>>>,
+    /// Claims of lease acquires whose answer was lost.
+    claims: LeaseClaims,
 }
 
 /// A presence record older than this belongs to a dead node and is ignored.
@@ -287,6 +309,7 @@ impl RedisBackplane {
             me: std::sync::OnceLock::new(),
             node_id: format!("node-{}", new_epoch()),
             reported: parking_lot::Mutex::new(Vec::new()),
+            claims: LeaseClaims::default(),
         });
         let _ = backplane.me.set(Arc::downgrade(&backplane));
         tokio::spawn(pubsub_task(Arc::downgrade(&backplane)));
@@ -737,8 +760,12 @@ impl Backplane for RedisBackplane {
         let mut inv = self.scripts.lease_acquire.prepare_invoke();
         inv.key(lease_key(name))
             .key("sp:lease-token")
-            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
-        Ok(as_u64(&self.invoke(inv).await?).map(|token| Lease {
+            .key(lease_claim_key(name))
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
+            .arg(self.claims.claim(name));
+        let answer = self.invoke(inv).await?;
+        self.claims.answered(name);
+        Ok(as_u64(&answer).map(|token| Lease {
             name: name.to_owned(),
             token,
         }))
@@ -747,6 +774,7 @@ impl Backplane for RedisBackplane {
     async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, BackplaneError> {
         let mut inv = self.scripts.lease_renew.prepare_invoke();
         inv.key(lease_key(&lease.name))
+            .key(lease_claim_key(&lease.name))
             .arg(lease.token)
             .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
         Ok(as_u64(&self.invoke(inv).await?) == Some(1))
@@ -771,7 +799,9 @@ impl Backplane for RedisBackplane {
 
     async fn release_lease(&self, lease: &Lease) {
         let mut inv = self.scripts.lease_release.prepare_invoke();
-        inv.key(lease_key(&lease.name)).arg(lease.token);
+        inv.key(lease_key(&lease.name))
+            .key(lease_claim_key(&lease.name))
+            .arg(lease.token);
         let _ = self.invoke(inv).await;
     }
 

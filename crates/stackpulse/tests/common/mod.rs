@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod contract;
+pub mod lossy;
 pub mod tokens;
 
 use std::net::SocketAddr;
