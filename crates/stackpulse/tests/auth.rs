@@ -615,22 +615,7 @@ async fn with_auth_a_public_address_is_allowed_and_tokens_are_never_logged() {
 #[tokio::test]
 async fn serverless_enforces_expiry_at_the_next_message() {
     let jwks = Jwks::serve("jwks.json").await;
-    let server = Server::lambda_local(
-        &[
-            "--publisher-key",
-            KEY,
-            "--jwt-issuer",
-            ISSUER,
-            "--jwks-url",
-            &jwks.url,
-            "--cognito-client-id",
-            CLIENT,
-            "--jwt-leeway",
-            "0",
-        ],
-        &[],
-    )
-    .await;
+    let server = server_as(Mode::LambdaLocal, &jwks, &[]).await;
     server.publish("expiring", "deploying").await;
     let exp = now() + 3;
     let short = |sub: &str| sign(&with(id_claims(sub, &[]), "exp", json!(exp)));

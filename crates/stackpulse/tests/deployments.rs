@@ -14,20 +14,23 @@ use stackpulse::client::Frame;
 use stackpulse_protocol::Event;
 
 async fn start_server(endpoint: &str) -> Server {
-    Server::spawn(
-        &[
-            "--publisher-key",
-            KEY,
-            "--aws-endpoint-url",
-            endpoint,
-            "--aws-region",
-            "us-east-1",
-            "--poll-interval",
-            "0.05",
-        ],
-        AWS_ENV,
-    )
-    .await
+    start_server_with(endpoint, &[]).await
+}
+
+/// A server tracking stacks on `endpoint` quickly, plus `extra` flags.
+async fn start_server_with(endpoint: &str, extra: &[&str]) -> Server {
+    let mut args = vec![
+        "--publisher-key",
+        KEY,
+        "--aws-endpoint-url",
+        endpoint,
+        "--aws-region",
+        "us-east-1",
+        "--poll-interval",
+        "0.05",
+    ];
+    args.extend_from_slice(extra);
+    Server::spawn(&args, AWS_ENV).await
 }
 
 async fn post(server: &Server, key: Option<&str>, body: &str) -> (u16, Value) {
@@ -340,22 +343,7 @@ async fn a_deployment_out_of_time_fails_its_running_stacks() {
 async fn a_deployment_outlives_a_redis_restart() {
     let mut redis = stackpulse_testkit::RedisServer::start().await;
     let fake = FakeCfn::start(vec![slow_stack("held", 100_000)]).await;
-    let server = Server::spawn(
-        &[
-            "--publisher-key",
-            KEY,
-            "--redis-url",
-            &redis.url(),
-            "--aws-endpoint-url",
-            &fake.endpoint,
-            "--aws-region",
-            "us-east-1",
-            "--poll-interval",
-            "0.05",
-        ],
-        AWS_ENV,
-    )
-    .await;
+    let server = start_server_with(&fake.endpoint, &["--redis-url", &redis.url()]).await;
     let ready = |want: u16| {
         let server = &server;
         async move {

@@ -133,7 +133,14 @@ impl Jwks {
 /// Starts `stackpulse serve` (with the test publisher key) verifying tokens of
 /// [`ISSUER`] for [`CLIENT`] against `jwks`, with no leeway, plus `extra` flags.
 pub async fn server_with(jwks: &Jwks, extra: &[&str]) -> super::Server {
+    server_as(super::Mode::from_env(), jwks, extra).await
+}
+
+/// [`server_with`], as the server of `mode` whatever `STACKPULSE_TEST_SERVER` says.
+pub async fn server_as(mode: super::Mode, jwks: &Jwks, extra: &[&str]) -> super::Server {
     let mut args = vec![
+        "--publisher-key",
+        super::KEY,
         "--jwt-issuer",
         ISSUER,
         "--jwks-url",
@@ -144,5 +151,5 @@ pub async fn server_with(jwks: &Jwks, extra: &[&str]) -> super::Server {
         "0",
     ];
     args.extend_from_slice(extra);
-    super::Server::start(&args).await
+    super::Server::spawn_as(mode, &args, &[]).await
 }
