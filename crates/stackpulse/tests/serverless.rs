@@ -809,10 +809,16 @@ async fn lambda_function_serves_websocket_routes_and_publishes() {
 /// Runs `stackpulse lambda` with only `env` (plus PATH and the coverage variable);
 /// returns its exit code and stderr.
 async fn lambda_start(env: &[(&str, &str)]) -> (Option<i32>, String) {
+    start_failing(&["lambda"], env).await
+}
+
+/// Runs the binary with `args` and only `env` (plus PATH and the coverage
+/// variable), expecting it to exit by itself; returns its exit code and stderr.
+async fn start_failing(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
     let out = tokio::time::timeout(
         common::WAIT,
         Command::new(env!("CARGO_BIN_EXE_stackpulse"))
-            .arg("lambda")
+            .args(args)
             .env_clear()
             .envs(common::coverage_env())
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -942,4 +948,35 @@ async fn dynamodb_leases_are_exclusive_and_survive_a_lost_answer() {
         None
     );
     assert!(node.renew_lease(&lease, ttl).await.expect("renew"));
+}
+
+/// `lambda-local` that cannot start says why and exits 2: DynamoDB unreachable, a
+/// public address without authentication, a bad setting.
+#[tokio::test]
+async fn lambda_local_says_why_it_cannot_start() {
+    let nobody = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        format!("http://{}", l.local_addr().expect("addr"))
+    };
+    let aws = [
+        ("AWS_ENDPOINT_URL", nobody.as_str()),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+    ];
+    let (code, err) = start_failing(&["lambda-local", "--bind", "127.0.0.1:0"], &aws).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("stackpulse: cannot prepare the DynamoDB tables"),
+        "{err}"
+    );
+    let (code, err) = start_failing(&["lambda-local", "--bind", "0.0.0.0:0"], &aws).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.starts_with("stackpulse: "), "{err}");
+    assert!(err.contains("authentication"), "{err}");
+    let mut bad = aws.to_vec();
+    bad.push(("STACKPULSE_POLL_INTERVAL", "-1"));
+    let (code, err) = start_failing(&["lambda-local", "--bind", "127.0.0.1:0"], &bad).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.starts_with("stackpulse: "), "{err}");
 }
