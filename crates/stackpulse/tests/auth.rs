@@ -675,3 +675,38 @@ async fn serverless_enforces_expiry_at_the_next_message() {
         ServerMessage::Pong { .. }
     ));
 }
+
+/// A publish that narrows a topic's ACL ends the live subscriptions it no longer
+/// admits (a 403 naming the topic, then nothing more of it) and spares the others;
+/// the same on `serve` and in serverless mode.
+#[tokio::test]
+async fn a_narrower_acl_ends_the_subscriptions_it_no_longer_admits() {
+    let jwks = Jwks::serve("jwks.json").await;
+    let server = server_with(&jwks, &[]).await;
+    let publish = |status: &str, groups: &[&str]| {
+        json!({"type":"deployment.status","deployment_id":"narrowed",
+            "data":{"status":status},"acl":{"owner":"alice","groups":groups}})
+    };
+    assert_eq!(server.publish_raw(&publish("one", &["ops"])).await.0, 202);
+    let mut alice = server.connect_as(&sign(&id_claims("alice", &[]))).await;
+    let mut bob = server.connect_as(&sign(&id_claims("bob", &["ops"]))).await;
+    for c in [&mut alice, &mut bob] {
+        c.subscribe("narrowed", None, None).await.expect("send");
+        assert_eq!(subscribed(c).await.0, 1);
+        assert!(next_event(c).await.is_snapshot());
+    }
+    assert_eq!(server.publish_raw(&publish("two", &[])).await.0, 202);
+    assert_eq!(next_event(&mut alice).await.data["status"], "two");
+    assert_eq!(
+        error(&mut bob).await,
+        (403, "Forbidden: narrowed".to_string())
+    );
+    // bob's connection stays, without the topic.
+    assert_eq!(server.publish_raw(&publish("three", &[])).await.0, 202);
+    assert_eq!(next_event(&mut alice).await.data["status"], "three");
+    bob.ping().await.expect("send");
+    assert!(
+        matches!(next_control(&mut bob).await, ServerMessage::Pong { .. }),
+        "nothing of the topic reaches bob any more"
+    );
+}
