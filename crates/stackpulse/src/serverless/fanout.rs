@@ -20,7 +20,7 @@ use stackpulse_protocol::ServerMessage;
 use super::post::{PostError, Poster};
 use super::store::{Store, Subscriber};
 use crate::hub::dynamo::{now_secs, Broadcast};
-use crate::hub::{Hub, Reader, StampedEvent};
+use crate::hub::{CloseReason, Hub, Reader, StampedEvent};
 
 /// Posts in flight at once per published event.
 pub const CONCURRENCY: usize = 32;
@@ -56,7 +56,7 @@ impl Fanout {
             return;
         }
         if sub.expires_at.is_some_and(|e| e <= now_secs()) {
-            self.poster.close(id).await;
+            self.poster.close(id, CloseReason::TokenExpired).await;
             self.forget(id).await;
             return;
         }

@@ -32,6 +32,7 @@ use super::post::{PostError, Poster};
 use super::ws::Admission;
 use super::{LambdaArgs, Serverless};
 use crate::config::Config;
+use crate::hub::CloseReason;
 
 /// The open sockets, by connection id: the local Management API.
 #[derive(Default)]
@@ -56,15 +57,12 @@ impl Poster for LocalConnections {
         }
     }
 
-    /// The serverless core closes a connection only when its token expired: with
-    /// the contract's code for that, as `serve` does (API Gateway's own
+    /// With the contract's code for `reason`, as `serve` closes (API Gateway's own
     /// `DeleteConnection` sends no code of ours).
-    async fn close(&self, connection_id: &str) {
+    async fn close(&self, connection_id: &str, reason: CloseReason) {
         if let Some((_, tx)) = self.sockets.remove(connection_id) {
-            let _ = tx.try_send(close_frame(
-                crate::ws::close::TOKEN_EXPIRED,
-                "Token expired",
-            ));
+            let (code, text) = crate::ws::close::for_reason(reason);
+            let _ = tx.try_send(close_frame(code, text));
         }
     }
 }

@@ -11,6 +11,8 @@ use async_trait::async_trait;
 use aws_sdk_apigatewaymanagement::primitives::Blob;
 use aws_sdk_apigatewaymanagement::Client;
 
+use crate::hub::CloseReason;
+
 /// Why a post failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PostError {
@@ -27,8 +29,10 @@ pub trait Poster: Send + Sync + 'static {
     /// Sends one text frame.
     async fn post(&self, connection_id: &str, frame: &str) -> Result<(), PostError>;
 
-    /// Closes the connection (its `$disconnect` follows).
-    async fn close(&self, connection_id: &str);
+    /// Closes the connection for `reason` (its `$disconnect` follows). API
+    /// Gateway's `DeleteConnection` carries no close code: only the local emulation
+    /// sends the contract's code for `reason` (`crate::ws::close::for_reason`).
+    async fn close(&self, connection_id: &str, reason: CloseReason);
 }
 
 /// The API Gateway Management API.
@@ -74,7 +78,8 @@ impl Poster for ManagementApi {
         }
     }
 
-    async fn close(&self, connection_id: &str) {
+    async fn close(&self, connection_id: &str, reason: CloseReason) {
+        tracing::debug!(?reason, "closing a connection");
         if let Err(e) = self
             .client
             .delete_connection()

@@ -290,24 +290,6 @@ impl Store {
         Ok(())
     }
 
-    /// Marks the subscription live after `after` without condition (see
-    /// [`Store::set_live_if_latest`] for the exact hand-over).
-    pub async fn set_live(&self, id: &str, topic: &str, after: u64) -> Result<(), BackplaneError> {
-        self.client
-            .update_item()
-            .table_name(&self.topics)
-            .key("pk", s(sub_pk(topic)))
-            .key("sk", s(id))
-            .update_expression("SET #l = :l")
-            .condition_expression("attribute_exists(pk)")
-            .expression_attribute_names("#l", "live")
-            .expression_attribute_values(":l", n(after))
-            .send()
-            .await
-            .map_err(|e| unavailable("UpdateItem", e))?;
-        Ok(())
-    }
-
     /// The subscribe sent everything up to `after`: fan-out takes over from there,
     /// in one transaction with the condition that `after` is still the topic's
     /// latest seq. Every later event then commits after the hand-over, so its

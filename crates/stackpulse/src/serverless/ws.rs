@@ -27,11 +27,23 @@ use super::store::StoredConnection;
 use super::Serverless;
 use crate::auth::gate::{request_token, SUBPROTOCOL};
 use crate::hub::dynamo::now_secs;
-use crate::hub::{Reader, SubscribeError};
+use crate::hub::{CloseReason, Reader, SubscribeError};
 
 /// Rounds of "send what came meanwhile" before a subscribe stops waiting for a
 /// quiet instant on a topic that publishes faster than it catches up.
 const MAX_HANDOVER_ROUNDS: usize = 64;
+
+/// [`MAX_HANDOVER_ROUNDS`], or `STACKPULSE_TEST_HANDOVER_ROUNDS` (tests make the
+/// give-up happen on purpose with 1).
+fn handover_rounds() -> usize {
+    static ROUNDS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *ROUNDS.get_or_init(|| {
+        std::env::var("STACKPULSE_TEST_HANDOVER_ROUNDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(MAX_HANDOVER_ROUNDS)
+    })
+}
 
 /// The answer to `$connect`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,7 +111,10 @@ impl Serverless {
             Ok(Some(c)) => c,
             Ok(None) => {
                 // Unknown or expired: nothing may be served to it.
-                self.fanout.poster.close(connection_id).await;
+                self.fanout
+                    .poster
+                    .close(connection_id, CloseReason::TokenExpired)
+                    .await;
                 return;
             }
             Err(e) => {
@@ -109,7 +124,10 @@ impl Serverless {
             }
         };
         if conn.expires_at.is_some_and(|e| e <= now_secs()) {
-            self.fanout.poster.close(connection_id).await;
+            self.fanout
+                .poster
+                .close(connection_id, CloseReason::TokenExpired)
+                .await;
             self.disconnect(connection_id).await;
             return;
         }
@@ -220,7 +238,7 @@ impl Serverless {
         }
         // Hand over to fan-out at `sent` if nothing was published since; else send
         // what was (fan-out skipped it: the subscription was not live) and retry.
-        for _ in 0..MAX_HANDOVER_ROUNDS {
+        for _ in 0..handover_rounds() {
             if self
                 .store
                 .set_live_if_latest(connection_id, topic, sent)
@@ -243,14 +261,17 @@ impl Serverless {
                 sent = event.seq;
             }
         }
-        // A topic publishing faster than the hand-over: go live anyway and send
-        // what came meanwhile once more from history (an event whose fan-out also
-        // saw the subscription live may then arrive twice, with its seq; none is lost).
-        self.store.set_live(connection_id, topic, sent).await?;
-        let more = backplane.read(topic, Some(sent)).await?;
-        for event in more.events.iter().filter(|_| more.epoch == read.epoch) {
-            self.fanout.post(connection_id, event.frame.as_str()).await;
-        }
+        // A topic publishing faster than the hand-over, round after round. Going
+        // live now could send an event twice (from history, and by its fan-out
+        // that saw the subscription live). The client has every event up to
+        // `sent`, in order: it is told to reconnect and resume from there (1012),
+        // as `serve` tells it when it cannot keep a subscription gap-free.
+        tracing::info!(%topic, sent, "subscription could not be handed over; closing with resync");
+        let _ = self.store.remove_subscription(connection_id, topic).await;
+        self.fanout
+            .poster
+            .close(connection_id, CloseReason::Resync)
+            .await;
         Ok(())
     }
 
