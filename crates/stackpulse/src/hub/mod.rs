@@ -255,7 +255,11 @@ impl Fanout {
     /// Ends a live subscription the topic's new ACL no longer admits: it gets a
     /// 403 and leaves the topic (the rest of its connection stays).
     fn forbid(&self, hub: &Hub, sub: &Arc<Subscription>) {
-        sub.end();
+        // Ended already (an earlier event forbade it, and it is still listed until
+        // the task below has dropped it): one 403 is enough.
+        if !sub.end() {
+            return;
+        }
         metrics::counter!("stackpulse_subscriptions_forbidden_total").increment(1);
         let _ = sub
             .outbox

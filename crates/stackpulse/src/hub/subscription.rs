@@ -206,9 +206,12 @@ impl Subscription {
         Some(from)
     }
 
-    /// Stops all further deliveries.
-    pub fn end(&self) {
-        *self.state.lock() = State::Ended;
+    /// Stops all further deliveries; false when it had ended already.
+    pub fn end(&self) -> bool {
+        !matches!(
+            std::mem::replace(&mut *self.state.lock(), State::Ended),
+            State::Ended
+        )
     }
 }
 
