@@ -642,9 +642,9 @@ async fn next_waits_for_the_next_operation() {
     shows_only_the_update(&mut watch, "nx").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn next_through_a_server_skips_the_last_operation() {
-    let fake = FakeCfn::start(vec![created_stack("srv")]).await;
+/// A server tracking the stacks of `fake` (polling every 0.05 s); returns it (kept
+/// for the test's life) and its URL for `watch --server`.
+async fn tracking_server(fake: &FakeCfn) -> (common::Server, String) {
     let server = common::Server::spawn(
         &[
             "--aws-endpoint-url",
@@ -658,6 +658,13 @@ async fn next_through_a_server_skips_the_last_operation() {
     )
     .await;
     let url = format!("http://{}", server.addr);
+    (server, url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn next_through_a_server_skips_the_last_operation() {
+    let fake = FakeCfn::start(vec![created_stack("srv")]).await;
+    let (server, url) = tracking_server(&fake).await;
     let mut watch = Piped::spawn(&[
         "watch",
         "srv",
@@ -882,19 +889,7 @@ async fn a_denied_stack_ends_a_direct_watch_with_the_reason() {
 async fn the_servers_final_tracker_error_ends_the_watch() {
     let fake = FakeCfn::start(vec![created_stack("locked")]).await;
     fake.world().faults.extend([Fault::AccessDenied; 50]);
-    let server = common::Server::spawn(
-        &[
-            "--aws-endpoint-url",
-            &fake.endpoint,
-            "--aws-region",
-            "us-east-1",
-            "--poll-interval",
-            "0.05",
-        ],
-        AWS_ENV,
-    )
-    .await;
-    let url = format!("http://{}", server.addr);
+    let (_server, url) = tracking_server(&fake).await;
     let (code, stderr) = watch_to_end(&["watch", "locked", "--server", &url]).await;
     assert_eq!(code, 2, "{stderr}");
     assert_denied(&stderr);
