@@ -26,6 +26,9 @@
 # STACKPULSE_BENCH_DIRECT_BUDGET=N in the environment sets how many sockets one
 # event's fan-out writes to directly (default 64; see hub/outbox.rs) for every
 # stackpulse target of the run.
+# TARGETS may also name `delayed`: stackpulse with `--write-delay [WRITE_DELAY=0.02]`
+# (each connection's writer collects what arrives in that many seconds after a
+# first message and writes it in one go), same binary, a table of its own.
 # TARGETS may also name `redis`: two stackpulse nodes sharing a redis-server (started
 # here on [REDIS_PORT=18379]); the load generator publishes to node A and subscribes
 # on node B, and the server CPU counted is both nodes' and redis-server's. Its
@@ -238,12 +241,14 @@ bench_run() {
     stackpulse) start_stackpulse "${serve_args[@]}" ;;
     axum) STACKPULSE_BENCH_AXUM_WRITER=1 start_stackpulse "${serve_args[@]}" ;;
     queued) STACKPULSE_BENCH_NO_DIRECT=1 start_stackpulse "${serve_args[@]}" ;;
+    delayed) start_stackpulse --write-delay "${WRITE_DELAY:-0.02}" "${serve_args[@]}" ;;
     redis) start_redis_pair "${serve_args[@]}" ;;
     nchan) start_nchan ;;
   esac
   echo "== ($scenario) $target" >&2
   local rc=0 protocol=$target
-  [[ $target == axum || $target == queued || $target == redis ]] && protocol=stackpulse
+  [[ $target == axum || $target == queued || $target == delayed || $target == redis ]] &&
+    protocol=stackpulse
   "$BIN" bench run --json --label "$scenario" --target "$protocol" --ws-url "$ws_url" \
     --publish-url "$pub_url" "${key_flag[@]}" "${pids[@]}" "${run_args[@]}" "$@" \
     >"$OUT/$target-$scenario$suffix.json" || rc=$?
@@ -360,10 +365,11 @@ row() { # row SCENARIO LABEL JQ DIGITS [NCHAN_SCENARIO]
       echo "- $s $t ($(headline "$s")): $(cut -d' ' -f1 "$OUT/$t-$s.runs" | xargs printf '%.6g ')"
     done; done
   fi
-  for before in axum queued redis; do
+  for before in axum queued delayed redis; do
     [[ " $TARGETS " == *" $before "* ]] || continue
     # Before/after: stackpulse against the same binary with the older writer
-    # (axum), without direct writes (queued) or as two nodes through Redis (redis),
+    # (axum), without direct writes (queued), with a write delay (delayed) or as
+    # two nodes through Redis (redis),
     # and user vs kernel time per delivery (µs: server CPU seconds ÷ deliveries).
     echo "| | metric | stackpulse | stackpulse, $before | stackpulse ÷ $before |"
     echo "|---|---|---:|---:|---:|"
@@ -379,7 +385,9 @@ row() { # row SCENARIO LABEL JQ DIGITS [NCHAN_SCENARIO]
            ab "fan-out latency p99, ms" '.latency.p99_ms' 2 ;;
         c | e) ab "deliveries per server CPU-second" '.deliveries_per_cpu_s' 0
            ab "user µs per delivery" '(.server_cpu_load_s - .server_sys_load_s) * 1e6 / .deliveries' 3
-           ab "kernel µs per delivery" '.server_sys_load_s * 1e6 / .deliveries' 3 ;;
+           ab "kernel µs per delivery" '.server_sys_load_s * 1e6 / .deliveries' 3
+           ab "delivery latency p50, ms" '.latency.p50_ms' 2
+           ab "delivery latency p99, ms" '.latency.p99_ms' 2 ;;
       esac
     done
     echo

@@ -101,6 +101,12 @@ pub struct ServeArgs {
     /// Seconds to drain connections on shutdown [default: 5].
     #[arg(long, env = "STACKPULSE_SHUTDOWN_GRACE", value_name = "SECONDS")]
     pub shutdown_grace: Option<f64>,
+    /// Seconds a connection's writer waits after its first queued message to
+    /// collect more and write them together: fewer writes (less server CPU) for
+    /// clients that get many messages a second, at up to this much extra latency;
+    /// 0 writes at once [default: 0, at most 1].
+    #[arg(long, env = "STACKPULSE_WRITE_DELAY", value_name = "SECONDS")]
+    pub write_delay: Option<f64>,
     /// Redis URL (redis:// or rediss://, with password and db) for running many
     /// nodes; without it the hub is in memory.
     #[arg(long, env = "STACKPULSE_REDIS_URL", value_name = "URL")]
@@ -280,6 +286,7 @@ struct FileConfig {
     ping_interval: Option<f64>,
     idle_timeout: Option<f64>,
     shutdown_grace: Option<f64>,
+    write_delay: Option<f64>,
     auth: Option<AuthFile>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -340,6 +347,8 @@ pub struct Config {
     /// From the upgrade of a GraphQL socket to its `connection_init` (never reset).
     pub init_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// How long a writer collects messages before writing them (zero: at once).
+    pub write_delay: Duration,
     /// The shared backplane; `None` keeps the hub in memory.
     pub redis_url: Option<String>,
     pub presence_interval: Duration,
@@ -443,6 +452,7 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(60),
             init_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
+            write_delay: Duration::ZERO,
             redis_url: None,
             presence_interval: Duration::from_secs(5),
             auth: None,
@@ -515,6 +525,23 @@ fn seconds_at_most(name: &'static str, value: f64, max: f64) -> Result<Duration,
         });
     }
     Ok(d)
+}
+
+/// The longest `--write-delay`: past it a client would take the delay for an outage.
+const MAX_WRITE_DELAY: f64 = 1.0;
+
+/// Zero, or a positive duration of at most `max` seconds.
+fn seconds_or_zero(name: &'static str, value: f64, max: f64) -> Result<Duration, ConfigError> {
+    if value == 0.0 {
+        return Ok(Duration::ZERO);
+    }
+    if value.is_nan() || value < 0.0 {
+        return Err(ConfigError::Invalid {
+            name,
+            message: format!("{value} is not zero or a positive number of seconds"),
+        });
+    }
+    seconds_at_most(name, value, max)
 }
 
 /// The longest poll interval: a stack polled less often is not being tracked.
@@ -704,6 +731,10 @@ impl Config {
             shutdown_grace: match args.shutdown_grace.or(file.shutdown_grace) {
                 Some(s) => seconds("shutdown-grace", s)?,
                 None => d.shutdown_grace,
+            },
+            write_delay: match args.write_delay.or(file.write_delay) {
+                Some(s) => seconds_or_zero("write-delay", s, MAX_WRITE_DELAY)?,
+                None => d.write_delay,
             },
             redis_url: args.redis_url.clone().or(file.redis_url),
             presence_interval: match args.presence_interval.or(file.presence_interval) {
@@ -1003,6 +1034,29 @@ mod tests {
             e.to_string(),
             "invalid value for idle-timeout: -1 is not a positive number of seconds"
         );
+        for (value, message) in [
+            (-0.5, "-0.5 is not zero or a positive number of seconds"),
+            (2.0, "2 is more than the 1 seconds allowed"),
+            (f64::NAN, "NaN is not zero or a positive number of seconds"),
+        ] {
+            let args = ServeArgs {
+                write_delay: Some(value),
+                ..ServeArgs::default()
+            };
+            let e = Config::resolve(&args).expect_err("invalid write delay");
+            assert_eq!(
+                e.to_string(),
+                format!("invalid value for write-delay: {message}")
+            );
+        }
+        for (value, delay) in [(0.0, Duration::ZERO), (0.02, Duration::from_millis(20))] {
+            let args = ServeArgs {
+                write_delay: Some(value),
+                ..ServeArgs::default()
+            };
+            let c = Config::resolve(&args).expect("a valid write delay");
+            assert_eq!(c.write_delay, delay);
+        }
         let mut file = tempfile::NamedTempFile::new().expect("tmp");
         writeln!(file, "bnid = 1").expect("write");
         let args = ServeArgs {

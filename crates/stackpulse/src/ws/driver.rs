@@ -606,8 +606,11 @@ pub(crate) fn open<R: Reader, W: Wire, E: Encoder>(
     if state.shutdown.is_cancelled() {
         outbox.close(CloseReason::Shutdown);
     }
-    if let Some(direct) = sink.direct() {
-        outbox.set_direct(direct);
+    // A write delay collects messages in the queue; direct writes would skip it.
+    if state.config.write_delay.is_zero() {
+        if let Some(direct) = sink.direct() {
+            outbox.set_direct(direct);
+        }
     }
     let control = Arc::new(Control::default());
     let writer = tokio::spawn(write_loop(
@@ -615,7 +618,10 @@ pub(crate) fn open<R: Reader, W: Wire, E: Encoder>(
         rx,
         outbox,
         control.clone(),
-        state.config.ping_interval,
+        Pace {
+            ping_every: state.config.ping_interval,
+            write_delay: state.config.write_delay,
+        },
         encoder,
     ));
     Opened {
@@ -773,19 +779,30 @@ async fn write_batch<W: Wire, E: Encoder>(
     Ok(())
 }
 
+/// A writer's timing: its ping interval and its write delay (`--write-delay`).
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    ping_every: Duration,
+    /// After taking a first item, how long to wait for more before writing them
+    /// together (zero: at once).
+    write_delay: Duration,
+}
+
 /// Drains a connection's outbox into its socket with `encoder`, pings every
 /// `ping_every`, and writes the close frame when the outbox is closed (even while
-/// a write to a peer that stopped reading is pending).
+/// a write to a peer that stopped reading is pending). With a write delay, what
+/// the queue collects during the delay after a first item goes out in one write.
 async fn write_loop<W: Wire, E: Encoder>(
     mut sink: W,
     mut rx: crate::hub::outbox::Receiver,
     outbox: Arc<Outbox>,
     control: Arc<Control>,
-    ping_every: Duration,
+    pace: Pace,
     mut encoder: E,
 ) {
     // What the reading half queued to write (a raw socket's pongs and close echo).
     let replies = sink.replies();
+    let ping_every = pace.ping_every;
     let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -801,7 +818,12 @@ async fn write_loop<W: Wire, E: Encoder>(
                 }
                 Some(item) => tokio::select! {
                     biased;
-                    r = write_batch(&mut sink, item, &mut rx, &mut encoder) => r,
+                    r = async {
+                        if !pace.write_delay.is_zero() {
+                            tokio::time::sleep(pace.write_delay).await;
+                        }
+                        write_batch(&mut sink, item, &mut rx, &mut encoder).await
+                    } => r,
                     // A peer that stopped reading: the write is pending; close anyway.
                     reason = outbox.writer_closing() => {
                         send_close(&mut sink, &rx, &control, reason).await;
@@ -955,10 +977,12 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
-    /// A socket made of two channels: the test is the client.
+    /// A socket made of two channels: the test is the client. `flushes` counts
+    /// the writer's flushes (one per batch it writes).
     struct FakeSocket {
         rx: UnboundedReceiver<Result<Message, axum::Error>>,
         tx: UnboundedSender<Message>,
+        flushes: Arc<AtomicUsize>,
     }
 
     impl futures_util::Stream for FakeSocket {
@@ -981,6 +1005,7 @@ mod tests {
         }
 
         fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            self.flushes.fetch_add(1, Ordering::Relaxed);
             Poll::Ready(Ok(()))
         }
 
@@ -996,6 +1021,15 @@ mod tests {
 
     /// Runs the `/ws` dialect on a fake socket; the client's ends and the driver.
     fn connect(state: &AppState) -> (Client, tokio::task::JoinHandle<()>) {
+        let (client, _, driver) = connect_counting(state);
+        (client, driver)
+    }
+
+    /// [`connect`], also giving the count of the socket's flushes.
+    fn connect_counting(
+        state: &AppState,
+    ) -> (Client, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+        let flushes = Arc::new(AtomicUsize::new(0));
         let (client_tx, rx) = unbounded_channel();
         let (tx, client_rx) = unbounded_channel();
         let admitted = Admitted {
@@ -1007,7 +1041,12 @@ mod tests {
             },
             user_slot: None,
         };
-        let (sink, stream) = FakeSocket { rx, tx }.split();
+        let (sink, stream) = FakeSocket {
+            rx,
+            tx,
+            flushes: flushes.clone(),
+        }
+        .split();
         let driver = tokio::spawn(run(
             stream,
             SinkWire(sink),
@@ -1015,7 +1054,7 @@ mod tests {
             admitted,
             crate::ws::connection::Native,
         ));
-        ((client_tx, client_rx), driver)
+        ((client_tx, client_rx), flushes, driver)
     }
 
     async fn close_code(client: &mut UnboundedReceiver<Message>) -> Option<u16> {
@@ -1047,6 +1086,50 @@ mod tests {
         assert_eq!(close_code(&mut client_rx).await, Some(close::IDLE_TIMEOUT));
         driver.await.expect("driver");
         assert_eq!(state.registry.len(), 0, "teardown leaves the registry");
+    }
+
+    /// Subscribes to `T`, then publishes five events 10 ms apart (virtual time);
+    /// how many writes carried them, after checking each arrived once, in order.
+    async fn writes_for_five_events(write_delay: Duration) -> usize {
+        let config = Config {
+            write_delay,
+            ..Config::default()
+        };
+        let state = crate::server::build_state(config).expect("state");
+        let ((client_tx, mut client_rx), flushes, driver) = connect_counting(&state);
+        let subscribe = r#"{"action":"subscribe","deployment_id":"T"}"#;
+        client_tx
+            .send(Ok(Message::Text(Utf8Bytes::from_static(subscribe))))
+            .expect("send");
+        match client_rx.recv().await {
+            Some(Message::Text(reply)) => assert!(reply.contains("subscribed"), "{reply}"),
+            other => panic!("expected the reply, got {other:?}"),
+        }
+        let before = flushes.load(Ordering::Relaxed);
+        let mut sent = Vec::new();
+        for n in 0..5 {
+            let event = state.hub.publish(status("T", n)).await.expect("publish");
+            sent.push(event.frame.as_str().to_owned());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for (n, expected) in sent.iter().enumerate() {
+            match client_rx.recv().await {
+                Some(Message::Text(text)) => assert_eq!(text.as_str(), expected, "event {n}"),
+                other => panic!("expected event {n}, got {other:?}"),
+            }
+        }
+        let writes = flushes.load(Ordering::Relaxed) - before;
+        drop(client_tx);
+        driver.await.expect("driver");
+        writes
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_delay_collects_events_into_one_write() {
+        // At once: one write per event.
+        assert_eq!(writes_for_five_events(Duration::ZERO).await, 5);
+        // 100 ms: the events of the first 100 ms after the first go out together.
+        assert_eq!(writes_for_five_events(Duration::from_millis(100)).await, 1);
     }
 
     #[tokio::test]
