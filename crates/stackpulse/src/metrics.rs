@@ -5,9 +5,10 @@
 //! subscriptions, topics) are set just before rendering.
 //!
 //! The delivered-messages counts are the counters on the per-delivery path, so
-//! they are kept per thread ([`add_delivered`], [`add_direct`]: a plain load and
-//! store on the thread's own cache line, no shared atomic) and summed when
-//! `/metrics` is rendered ([`delivered_total`], [`direct_total`]).
+//! they are kept per thread ([`add_delivered`], [`add_direct`], [`add_writes`]: a
+//! plain load and store on the thread's own cache line, no shared atomic) and
+//! summed when `/metrics` is rendered ([`delivered_total`], [`direct_total`],
+//! [`writes_total`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -17,22 +18,26 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 static DELIVERY_LATENCY: OnceLock<metrics::Histogram> = OnceLock::new();
 
-/// The per-thread counts: event frames written, and of those, how many the
-/// fan-out wrote directly to the socket.
+/// The per-thread counts: event frames written, how many of them the fan-out
+/// wrote directly to the socket, and the socket writes that carried them.
 #[derive(Clone, Copy)]
 enum Count {
     Delivered = 0,
     Direct = 1,
+    Writes = 2,
 }
+
+/// How many [`Count`]s there are.
+const COUNTS: usize = 3;
 
 /// One thread's counts, on a cache line of their own.
 #[repr(align(64))]
 #[derive(Default)]
-struct Shard([AtomicU64; 2]);
+struct Shard([AtomicU64; COUNTS]);
 
 /// Every live thread's shard, and what threads that ended had counted.
-static SHARDS: parking_lot::Mutex<(Vec<Arc<Shard>>, [u64; 2])> =
-    parking_lot::Mutex::new((Vec::new(), [0; 2]));
+static SHARDS: parking_lot::Mutex<(Vec<Arc<Shard>>, [u64; COUNTS])> =
+    parking_lot::Mutex::new((Vec::new(), [0; COUNTS]));
 
 /// This thread's shard, registered on first use and folded into the total when
 /// the thread ends.
@@ -71,6 +76,13 @@ pub fn add_direct() {
     add(Count::Direct, 1);
 }
 
+/// Counts `n` socket writes that carried event frames (a writer's batch, or a
+/// direct write): with [`add_delivered`], how many events a write carries, which
+/// `--write-delay` raises.
+pub fn add_writes(n: u64) {
+    add(Count::Writes, n);
+}
+
 fn add(count: Count, n: u64) {
     if n == 0 {
         return;
@@ -94,6 +106,11 @@ pub fn delivered_total() -> u64 {
 /// Event frames the fan-out wrote straight to sockets so far, by every thread.
 pub fn direct_total() -> u64 {
     total(Count::Direct)
+}
+
+/// Socket writes that carried event frames so far, by every thread.
+pub fn writes_total() -> u64 {
+    total(Count::Writes)
 }
 
 fn total(count: Count) -> u64 {
@@ -122,6 +139,7 @@ pub fn delivery_latency() -> metrics::Histogram {
 pub fn publish_delivered() {
     metrics::counter!("stackpulse_messages_delivered_total").absolute(delivered_total());
     metrics::counter!("stackpulse_messages_delivered_direct_total").absolute(direct_total());
+    metrics::counter!("stackpulse_event_writes_total").absolute(writes_total());
 }
 
 /// Delivery latency buckets, in seconds.

@@ -344,6 +344,41 @@ async fn live_events_to_an_idle_socket_are_written_by_the_fan_out() {
     );
 }
 
+/// With `--write-delay`, a connection's writer collects what arrives after a first
+/// event for that long and writes it together: ten events published back to back
+/// reach the subscriber once each, in order, in at most a few writes
+/// (`stackpulse_event_writes_total`), where without the delay each is its own.
+#[tokio::test]
+async fn a_write_delay_sends_a_burst_of_events_in_a_few_writes() {
+    // The writer of `serve`'s sockets (serverless mode posts each event itself).
+    let server = Server::spawn_as(
+        Mode::Serve,
+        &["--publisher-key", KEY, "--write-delay", "1"],
+        &[],
+    )
+    .await;
+    let mut c = server.connect().await;
+    c.subscribe("T", None, None).await.expect("send");
+    subscribed(&mut c).await;
+    for _ in 1..=10 {
+        server.publish("T", "burst").await;
+    }
+    for seq in 1..=10 {
+        assert_eq!(next_event(&mut c).await.seq, seq);
+    }
+    assert_eq!(
+        server.metric("stackpulse_messages_delivered_total").await,
+        10.0
+    );
+    // Ten publishes take far less than the second's delay: one write, or a few
+    // if the machine is slow enough that they straddle it.
+    let writes = server.metric("stackpulse_event_writes_total").await;
+    assert!(
+        (1.0..=3.0).contains(&writes),
+        "10 events took {writes} writes"
+    );
+}
+
 /// The fan-out writes a live event straight to an idle socket and leaves it to the
 /// connection's writer once the socket is full (a frame the socket took only part
 /// of is finished by the writer). A subscriber that reads, stops reading while

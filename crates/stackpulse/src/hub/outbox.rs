@@ -282,6 +282,7 @@ impl Outbox {
                         drop(queue);
                         crate::metrics::add_delivered(1);
                         crate::metrics::add_direct();
+                        crate::metrics::add_writes(1);
                         return Ok(());
                     }
                     Written::Part(rest) => {

@@ -776,6 +776,7 @@ async fn write_batch<W: Wire, E: Encoder>(
     sink.flush().await?;
     encoder.flushed();
     crate::metrics::add_delivered(events);
+    crate::metrics::add_writes(u64::from(events > 0));
     Ok(())
 }
 
@@ -1066,14 +1067,11 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_dialect_runs_in_process_until_the_idle_timeout() {
-        let config = Config {
-            idle_timeout: Duration::from_millis(200),
-            ..Config::default()
-        };
-        let state = crate::server::build_state(config).expect("state");
-        let ((client_tx, mut client_rx), driver) = connect(&state);
+    /// Subscribes the fake socket's client to `T` and waits for the reply.
+    async fn subscribe_t(
+        client_tx: &UnboundedSender<Result<Message, axum::Error>>,
+        client_rx: &mut UnboundedReceiver<Message>,
+    ) {
         let subscribe = r#"{"action":"subscribe","deployment_id":"T"}"#;
         client_tx
             .send(Ok(Message::Text(Utf8Bytes::from_static(subscribe))))
@@ -1082,6 +1080,17 @@ mod tests {
             Some(Message::Text(reply)) => assert!(reply.contains("subscribed"), "{reply}"),
             other => panic!("expected the reply, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_dialect_runs_in_process_until_the_idle_timeout() {
+        let config = Config {
+            idle_timeout: Duration::from_millis(200),
+            ..Config::default()
+        };
+        let state = crate::server::build_state(config).expect("state");
+        let ((client_tx, mut client_rx), driver) = connect(&state);
+        subscribe_t(&client_tx, &mut client_rx).await;
         assert_eq!(state.registry.len(), 1);
         assert_eq!(close_code(&mut client_rx).await, Some(close::IDLE_TIMEOUT));
         driver.await.expect("driver");
@@ -1097,14 +1106,7 @@ mod tests {
         };
         let state = crate::server::build_state(config).expect("state");
         let ((client_tx, mut client_rx), flushes, driver) = connect_counting(&state);
-        let subscribe = r#"{"action":"subscribe","deployment_id":"T"}"#;
-        client_tx
-            .send(Ok(Message::Text(Utf8Bytes::from_static(subscribe))))
-            .expect("send");
-        match client_rx.recv().await {
-            Some(Message::Text(reply)) => assert!(reply.contains("subscribed"), "{reply}"),
-            other => panic!("expected the reply, got {other:?}"),
-        }
+        subscribe_t(&client_tx, &mut client_rx).await;
         let before = flushes.load(Ordering::Relaxed);
         let mut sent = Vec::new();
         for n in 0..5 {
