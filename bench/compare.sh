@@ -27,8 +27,8 @@
 # event's fan-out writes to directly (default 64; see hub/outbox.rs) for every
 # stackpulse target of the run.
 # TARGETS may also name `delayed`: stackpulse with `--write-delay [WRITE_DELAY=0.02]`
-# (each connection's writer collects what arrives in that many seconds after a
-# first message and writes it in one go), same binary, a table of its own.
+# (a connection's writes at least that many seconds apart, what queues meanwhile
+# written together), same binary, a table of its own.
 # TARGETS may also name `redis`: two stackpulse nodes sharing a redis-server (started
 # here on [REDIS_PORT=18379]); the load generator publishes to node A and subscribes
 # on node B, and the server CPU counted is both nodes' and redis-server's. Its

@@ -344,9 +344,10 @@ async fn live_events_to_an_idle_socket_are_written_by_the_fan_out() {
     );
 }
 
-/// With `--write-delay`, a connection's writer collects what arrives after a first
-/// event for that long and writes it together: ten events published back to back
-/// reach the subscriber once each, in order, in at most a few writes
+/// With `--write-delay`, a connection's writes are at least that far apart and
+/// what queues meanwhile goes out together: ten events published back to back
+/// (within a second of the `subscribed` reply, itself a write) reach the
+/// subscriber once each, in order, in at most a few writes
 /// (`stackpulse_event_writes_total`), where without the delay each is its own.
 #[tokio::test]
 async fn a_write_delay_sends_a_burst_of_events_in_a_few_writes() {

@@ -101,10 +101,12 @@ pub struct ServeArgs {
     /// Seconds to drain connections on shutdown [default: 5].
     #[arg(long, env = "STACKPULSE_SHUTDOWN_GRACE", value_name = "SECONDS")]
     pub shutdown_grace: Option<f64>,
-    /// Seconds a connection's writer waits after its first queued message to
-    /// collect more and write them together: fewer writes (less server CPU) for
-    /// clients that get many messages a second, at up to this much extra latency;
-    /// 0 writes at once [default: 0, at most 1].
+    /// Least seconds between two writes to one connection: a message that finds
+    /// its connection written less than this ago waits, and what queued meanwhile
+    /// goes out in the same write. Fewer writes (less server CPU) for clients that
+    /// get many messages a second, at up to this much latency; the first message
+    /// after a quieter spell goes at once; 0 writes every message at once
+    /// [default: 0, at most 1].
     #[arg(long, env = "STACKPULSE_WRITE_DELAY", value_name = "SECONDS")]
     pub write_delay: Option<f64>,
     /// Redis URL (redis:// or rediss://, with password and db) for running many
@@ -347,7 +349,8 @@ pub struct Config {
     /// From the upgrade of a GraphQL socket to its `connection_init` (never reset).
     pub init_timeout: Duration,
     pub shutdown_grace: Duration,
-    /// How long a writer collects messages before writing them (zero: at once).
+    /// The least time between two writes of messages to one connection (zero:
+    /// every message at once).
     pub write_delay: Duration,
     /// The shared backplane; `None` keeps the hub in memory.
     pub redis_url: Option<String>,

@@ -784,15 +784,31 @@ async fn write_batch<W: Wire, E: Encoder>(
 #[derive(Debug, Clone, Copy)]
 struct Pace {
     ping_every: Duration,
-    /// After taking a first item, how long to wait for more before writing them
-    /// together (zero: at once).
+    /// The least time between two writes of queued items (zero: no pacing).
     write_delay: Duration,
+}
+
+impl Pace {
+    /// When the writer may write the items it took, if its last write (begun at
+    /// `last`) was less than the write delay ago; `None`: at once.
+    fn hold_until(&self, last: Option<Instant>) -> Option<Instant> {
+        if self.write_delay.is_zero() {
+            return None;
+        }
+        let at = last? + self.write_delay;
+        (at > Instant::now()).then_some(at)
+    }
 }
 
 /// Drains a connection's outbox into its socket with `encoder`, pings every
 /// `ping_every`, and writes the close frame when the outbox is closed (even while
-/// a write to a peer that stopped reading is pending). With a write delay, what
-/// the queue collects during the delay after a first item goes out in one write.
+/// a write to a peer that stopped reading is pending).
+///
+/// With a write delay, writes of queued items are at least that far apart: an
+/// item that finds the connection written less than the delay ago waits until the
+/// delay has passed, and everything queued by then goes out in the same write. The
+/// first item after a quieter spell is written at once, so a connection that gets
+/// less than one message per delay sees no added latency.
 async fn write_loop<W: Wire, E: Encoder>(
     mut sink: W,
     mut rx: crate::hub::outbox::Receiver,
@@ -806,6 +822,8 @@ async fn write_loop<W: Wire, E: Encoder>(
     let ping_every = pace.ping_every;
     let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // When the last write of queued items began (for the write delay).
+    let mut last_batch: Option<Instant> = None;
     loop {
         // Items are polled first and the close flag is then checked with one atomic
         // load, so the close future is polled only when the writer goes idle; a close
@@ -820,9 +838,10 @@ async fn write_loop<W: Wire, E: Encoder>(
                 Some(item) => tokio::select! {
                     biased;
                     r = async {
-                        if !pace.write_delay.is_zero() {
-                            tokio::time::sleep(pace.write_delay).await;
+                        if let Some(at) = pace.hold_until(last_batch) {
+                            tokio::time::sleep_until(at).await;
                         }
+                        last_batch = Some(Instant::now());
                         write_batch(&mut sink, item, &mut rx, &mut encoder).await
                     } => r,
                     // A peer that stopped reading: the write is pending; close anyway.
@@ -1097,9 +1116,11 @@ mod tests {
         assert_eq!(state.registry.len(), 0, "teardown leaves the registry");
     }
 
-    /// Subscribes to `T`, then publishes five events 10 ms apart (virtual time);
-    /// how many writes carried them, after checking each arrived once, in order.
-    async fn writes_for_five_events(write_delay: Duration) -> usize {
+    /// Subscribes to `T` and, after a quiet second (the reply was a write too),
+    /// publishes an event, then five more 10 ms apart, and after another quiet
+    /// second one more (virtual time); how many writes carried them, after
+    /// checking each arrived once, in order.
+    async fn writes_for_seven_events(write_delay: Duration) -> usize {
         let config = Config {
             write_delay,
             ..Config::default()
@@ -1107,13 +1128,19 @@ mod tests {
         let state = crate::server::build_state(config).expect("state");
         let ((client_tx, mut client_rx), flushes, driver) = connect_counting(&state);
         subscribe_t(&client_tx, &mut client_rx).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
         let before = flushes.load(Ordering::Relaxed);
         let mut sent = Vec::new();
-        for n in 0..5 {
+        let mut publish = async |n| {
             let event = state.hub.publish(status("T", n)).await.expect("publish");
             sent.push(event.frame.as_str().to_owned());
+        };
+        for n in 0..6 {
+            publish(n).await;
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        publish(6).await;
         for (n, expected) in sent.iter().enumerate() {
             match client_rx.recv().await {
                 Some(Message::Text(text)) => assert_eq!(text.as_str(), expected, "event {n}"),
@@ -1127,11 +1154,12 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_write_delay_collects_events_into_one_write() {
+    async fn a_write_delay_spaces_a_busy_connections_writes() {
         // At once: one write per event.
-        assert_eq!(writes_for_five_events(Duration::ZERO).await, 5);
-        // 100 ms: the events of the first 100 ms after the first go out together.
-        assert_eq!(writes_for_five_events(Duration::from_millis(100)).await, 1);
+        assert_eq!(writes_for_seven_events(Duration::ZERO).await, 7);
+        // 100 ms: the first at once, the next five 100 ms later in one write, and
+        // the one after the quiet second at once.
+        assert_eq!(writes_for_seven_events(Duration::from_millis(100)).await, 3);
     }
 
     #[tokio::test]
