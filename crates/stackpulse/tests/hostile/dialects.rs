@@ -275,6 +275,47 @@ async fn the_subscription_limit_holds_on_every_dialect() {
     }
 }
 
+/// `--write-delay` is the driver's writer, so it paces every dialect: ten events
+/// published back to back, within the delay of the subscribe's answer (a write
+/// too), reach the subscriber once each, in order, in at most a few writes
+/// (without the delay, one write each). The canvas socket's topic is written
+/// only by the tracker, so nothing can be published to it here.
+#[tokio::test]
+async fn a_write_delay_paces_every_dialect() {
+    let server = Server::start(&["--write-delay", "1"]).await;
+    for (n, dialect) in [Dialect::Ws, Dialect::AppSync, Dialect::TransportWs]
+        .into_iter()
+        .enumerate()
+    {
+        let topic = format!("W{n}");
+        // graphql-transport-ws answers a subscribe with its first event.
+        server.publish(&topic, "first").await;
+        let mut conn = dialect.connect(&server, None).await;
+        conn.subscribe(&topic).await;
+        assert_eq!(conn.reply().await, Reply::Ok, "{dialect:?}");
+        let writes = server.metric("stackpulse_event_writes_total").await;
+        for _ in 0..10 {
+            server.publish(&topic, "burst").await;
+        }
+        let mut seqs = Vec::new();
+        while seqs.last() != Some(&11) {
+            let v = conn.recv().await.expect("an event");
+            let seq = v["seq"]
+                .as_u64()
+                .or_else(|| v["payload"]["data"]["onDeploymentUpdated"]["seq"].as_u64());
+            if let Some(seq) = seq.filter(|s| *s > 1) {
+                seqs.push(seq);
+            }
+        }
+        assert_eq!(seqs, (2..=11).collect::<Vec<_>>(), "{dialect:?}");
+        let writes = server.metric("stackpulse_event_writes_total").await - writes;
+        assert!(
+            (1.0..=3.0).contains(&writes),
+            "{dialect:?}: 10 events took {writes} writes"
+        );
+    }
+}
+
 #[tokio::test]
 async fn graphql_sockets_must_init_within_the_deadline_even_while_pinging() {
     let server = Server::start(&["--init-timeout", "1", "--idle-timeout", "30"]).await;
