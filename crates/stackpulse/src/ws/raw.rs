@@ -450,14 +450,21 @@ impl<W: AsyncWrite + Unpin + Send + 'static> RawWire<W> {
     }
 
     fn poll_write_queued(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        while !self.queued.is_empty() {
-            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-            let mut n = 0;
-            for (slot, bytes) in slices.iter_mut().zip(self.queued.iter()) {
-                *slot = IoSlice::new(bytes);
-                n += 1;
-            }
-            let written = match Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..n]) {
+        while let Some(front) = self.queued.front() {
+            // One frame (the usual case below a few hundred events a second per
+            // connection) is one plain write: no iovec array to fill.
+            let written = if self.queued.len() == 1 {
+                Pin::new(&mut self.io).poll_write(cx, front)
+            } else {
+                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+                let mut n = 0;
+                for (slot, bytes) in slices.iter_mut().zip(self.queued.iter()) {
+                    *slot = IoSlice::new(bytes);
+                    n += 1;
+                }
+                Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..n])
+            };
+            let written = match written {
                 Poll::Ready(Ok(0)) => {
                     return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
                 }
