@@ -22,14 +22,7 @@ use stackpulse::client::{Client, Frame};
 use stackpulse_testkit::RedisServer;
 
 async fn node(endpoint: &str, extra: &[&str]) -> Server {
-    let mut args = vec![
-        "--publisher-key",
-        KEY,
-        "--aws-endpoint-url",
-        endpoint,
-        "--aws-region",
-        "us-east-1",
-    ];
+    let mut args = cfn_support::aws_flags(endpoint, &["--publisher-key", KEY]);
     args.extend_from_slice(extra);
     Server::spawn(&args, AWS_ENV).await
 }

@@ -289,16 +289,10 @@ async fn canvas_socket_frames_match_the_spec() {
 
     let fake = FakeCfn::start(vec![failing_stack("bad"), slow_stack("good", 1)]).await;
     let server = Server::spawn(
-        &[
-            "--publisher-key",
-            KEY,
-            "--aws-endpoint-url",
+        &cfn_support::aws_flags(
             &fake.endpoint,
-            "--aws-region",
-            "us-east-1",
-            "--poll-interval",
-            "0.05",
-        ],
+            &["--publisher-key", KEY, "--poll-interval", "0.05"],
+        ),
         AWS_ENV,
     )
     .await;

@@ -19,16 +19,10 @@ async fn start_server(endpoint: &str) -> Server {
 
 /// A server tracking stacks on `endpoint` quickly, plus `extra` flags.
 async fn start_server_with(endpoint: &str, extra: &[&str]) -> Server {
-    let mut args = vec![
-        "--publisher-key",
-        KEY,
-        "--aws-endpoint-url",
+    let mut args = cfn_support::aws_flags(
         endpoint,
-        "--aws-region",
-        "us-east-1",
-        "--poll-interval",
-        "0.05",
-    ];
+        &["--publisher-key", KEY, "--poll-interval", "0.05"],
+    );
     args.extend_from_slice(extra);
     Server::spawn(&args, AWS_ENV).await
 }
@@ -253,16 +247,10 @@ async fn bad_requests_are_refused_and_use_no_seq() {
 
     // More stacks than one subscriber may follow: refused with the limit.
     let limited = Server::spawn(
-        &[
-            "--publisher-key",
-            KEY,
-            "--aws-endpoint-url",
+        &cfn_support::aws_flags(
             &fake.endpoint,
-            "--aws-region",
-            "us-east-1",
-            "--max-subscriptions",
-            "1",
-        ],
+            &["--publisher-key", KEY, "--max-subscriptions", "1"],
+        ),
         AWS_ENV,
     )
     .await;
@@ -287,18 +275,17 @@ async fn bad_requests_are_refused_and_use_no_seq() {
 async fn a_deployment_out_of_time_fails_its_running_stacks() {
     let fake = FakeCfn::start(vec![slow_stack("stuck", 100_000)]).await;
     let server = Server::spawn(
-        &[
-            "--publisher-key",
-            KEY,
-            "--aws-endpoint-url",
+        &cfn_support::aws_flags(
             &fake.endpoint,
-            "--aws-region",
-            "us-east-1",
-            "--poll-interval",
-            "0.05",
-            "--deployment-timeout",
-            "1",
-        ],
+            &[
+                "--publisher-key",
+                KEY,
+                "--poll-interval",
+                "0.05",
+                "--deployment-timeout",
+                "1",
+            ],
+        ),
         AWS_ENV,
     )
     .await;

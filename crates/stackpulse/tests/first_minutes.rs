@@ -129,16 +129,7 @@ fn assert_readable(data: &Value) -> &str {
 #[tokio::test]
 async fn no_credentials_is_one_readable_error_and_a_startup_line() {
     let fake = FakeCfn::start(vec![]).await;
-    let s = spawn_isolated(
-        &[
-            "--aws-endpoint-url",
-            &fake.endpoint,
-            "--aws-region",
-            "us-east-1",
-        ],
-        EMPTY_AWS,
-    )
-    .await;
+    let s = spawn_isolated(&cfn_support::aws_flags(&fake.endpoint, &[]), EMPTY_AWS).await;
     let mut c = s.server.connect().await;
     c.subscribe("stack:my-app-prod", Some(0), None)
         .await
@@ -174,16 +165,7 @@ async fn no_credentials_is_one_readable_error_and_a_startup_line() {
 async fn access_denied_is_one_readable_error_without_the_principal() {
     let fake = FakeCfn::start(vec![]).await;
     fake.world().faults.extend([Fault::AccessDenied; 3]);
-    let s = spawn_isolated(
-        &[
-            "--aws-endpoint-url",
-            &fake.endpoint,
-            "--aws-region",
-            "us-east-1",
-        ],
-        AWS_ENV,
-    )
-    .await;
+    let s = spawn_isolated(&cfn_support::aws_flags(&fake.endpoint, &[]), AWS_ENV).await;
     let mut c = s.server.connect().await;
     c.subscribe("stack:guarded", Some(0), None)
         .await
@@ -382,12 +364,7 @@ fn verdict<'a>(out: &'a str, item: &str) -> &'a str {
 #[tokio::test]
 async fn doctor_gives_a_verdict_per_item() {
     let fake = FakeCfn::start(vec![]).await;
-    let flags = [
-        "--aws-endpoint-url",
-        fake.endpoint.as_str(),
-        "--aws-region",
-        "us-east-1",
-    ];
+    let flags = cfn_support::aws_flags(&fake.endpoint, &[]);
     let (code, out) = doctor(&flags, AWS_ENV).await;
     assert_eq!(code, 0, "{out}");
     for item in [
@@ -433,14 +410,7 @@ async fn network_outage_is_one_error_then_recovered() {
     let fake = FakeCfn::start(vec![cfn_support::slow_stack("flaky", 1)]).await;
     fake.world().faults.extend([Fault::Reset; 3]);
     let s = spawn_isolated(
-        &[
-            "--aws-endpoint-url",
-            &fake.endpoint,
-            "--aws-region",
-            "us-east-1",
-            "--poll-interval",
-            "0.05",
-        ],
+        &cfn_support::aws_flags(&fake.endpoint, &["--poll-interval", "0.05"]),
         AWS_ENV,
     )
     .await;

@@ -669,14 +669,7 @@ async fn log_lines_stack_resources_and_introspection() {
     let fake =
         cfn_support::fake_cfn::FakeCfn::start(vec![cfn_support::slow_stack("web", 50)]).await;
     let server = Server::start_with_env(
-        &[
-            "--aws-endpoint-url",
-            &fake.endpoint,
-            "--aws-region",
-            "us-east-1",
-            "--poll-interval",
-            "0.05",
-        ],
+        &cfn_support::aws_flags(&fake.endpoint, &["--poll-interval", "0.05"]),
         &env,
     )
     .await;

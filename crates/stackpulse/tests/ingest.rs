@@ -26,16 +26,8 @@ const POLL: &str = "30";
 const PUSHED: Duration = Duration::from_secs(10);
 
 async fn server(endpoint: &str, extra: &[&str]) -> Server {
-    let mut args = vec![
-        "--publisher-key",
-        KEY,
-        "--aws-endpoint-url",
-        endpoint,
-        "--aws-region",
-        "us-east-1",
-        "--poll-interval",
-        POLL,
-    ];
+    let mut args =
+        cfn_support::aws_flags(endpoint, &["--publisher-key", KEY, "--poll-interval", POLL]);
     args.extend_from_slice(extra);
     Server::spawn(&args, AWS_ENV).await
 }

@@ -162,18 +162,17 @@ impl SnsHost {
 
 async fn server(endpoint: &str, sns: &SnsHost, extra: &[&str]) -> Server {
     let sns_url = sns.url();
-    let mut args = vec![
-        "--aws-endpoint-url",
+    let mut args = cfn_support::aws_flags(
         endpoint,
-        "--aws-region",
-        "us-east-1",
-        "--poll-interval",
-        POLL,
-        "--sns-topic-arn",
-        TOPIC,
-        "--sns-endpoint-url",
-        &sns_url,
-    ];
+        &[
+            "--poll-interval",
+            POLL,
+            "--sns-topic-arn",
+            TOPIC,
+            "--sns-endpoint-url",
+            &sns_url,
+        ],
+    );
     args.extend_from_slice(extra);
     Server::spawn(&args, AWS_ENV).await
 }
@@ -426,16 +425,7 @@ async fn forged_and_foreign_messages_are_refused_and_wake_nothing() {
 #[tokio::test]
 async fn without_a_topic_arn_the_endpoint_is_off() {
     let fake = FakeCfn::start(vec![]).await;
-    let node = Server::spawn(
-        &[
-            "--aws-endpoint-url",
-            &fake.endpoint,
-            "--aws-region",
-            "us-east-1",
-        ],
-        AWS_ENV,
-    )
-    .await;
+    let node = Server::spawn(&cfn_support::aws_flags(&fake.endpoint, &[]), AWS_ENV).await;
     let (code, body) = post(&node, "{}".into(), Some("Notification")).await;
     assert_eq!(code, 404, "{body}");
     assert!(
@@ -457,16 +447,15 @@ async fn an_unreachable_certificate_is_503_so_sns_retries() {
         .local_addr()
         .expect("addr");
     let node = Server::spawn(
-        &[
-            "--aws-endpoint-url",
+        &cfn_support::aws_flags(
             &fake.endpoint,
-            "--aws-region",
-            "us-east-1",
-            "--sns-topic-arn",
-            TOPIC,
-            "--sns-endpoint-url",
-            &format!("http://{closed}"),
-        ],
+            &[
+                "--sns-topic-arn",
+                TOPIC,
+                "--sns-endpoint-url",
+                &format!("http://{closed}"),
+            ],
+        ),
         AWS_ENV,
     )
     .await;

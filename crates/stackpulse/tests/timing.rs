@@ -43,14 +43,7 @@ fn stack_with_history(name: &str) -> FakeStack {
 async fn resource_status_carries_timing_and_estimates() {
     let fake = FakeCfn::start(vec![stack_with_history("timed")]).await;
     let server = Server::spawn(
-        &[
-            "--aws-endpoint-url",
-            &fake.endpoint,
-            "--aws-region",
-            "us-east-1",
-            "--poll-interval",
-            "0.05",
-        ],
+        &cfn_support::aws_flags(&fake.endpoint, &["--poll-interval", "0.05"]),
         AWS_ENV,
     )
     .await;

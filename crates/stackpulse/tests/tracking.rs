@@ -57,14 +57,7 @@ fn sdk_client(endpoint: &str) -> aws_sdk_cloudformation::Client {
 
 async fn start_server(endpoint: &str, poll: &str) -> Server {
     Server::spawn(
-        &[
-            "--aws-endpoint-url",
-            endpoint,
-            "--aws-region",
-            "us-east-1",
-            "--poll-interval",
-            poll,
-        ],
+        &cfn_support::aws_flags(endpoint, &["--poll-interval", poll]),
         AWS_ENV,
     )
     .await
@@ -657,16 +650,10 @@ async fn await_metric(server: &Server, name: &str, value: f64) {
 async fn poller_stops_after_the_grace_time_and_a_new_one_publishes_no_duplicates() {
     let fake = FakeCfn::start(vec![slow_stack("graceful", 60)]).await;
     let server = Server::spawn(
-        &[
-            "--aws-endpoint-url",
+        &cfn_support::aws_flags(
             &fake.endpoint,
-            "--aws-region",
-            "us-east-1",
-            "--poll-interval",
-            "0.05",
-            "--tracker-grace",
-            "0.3",
-        ],
+            &["--poll-interval", "0.05", "--tracker-grace", "0.3"],
+        ),
         AWS_ENV,
     )
     .await;

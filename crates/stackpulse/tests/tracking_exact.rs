@@ -28,14 +28,7 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 async fn start_server(endpoint: &str) -> Server {
     Server::spawn(
-        &[
-            "--aws-endpoint-url",
-            endpoint,
-            "--aws-region",
-            "us-east-1",
-            "--poll-interval",
-            "0.05",
-        ],
+        &cfn_support::aws_flags(endpoint, &["--poll-interval", "0.05"]),
         AWS_ENV,
     )
     .await

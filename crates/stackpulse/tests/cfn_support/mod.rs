@@ -21,6 +21,14 @@ pub const AWS_ENV: &[(&str, &str)] = &[
     ("AWS_EC2_METADATA_DISABLED", "true"),
 ];
 
+/// The flags of a `serve` (or `doctor`) that tracks stacks on `endpoint`: every
+/// AWS client pointed at it, in us-east-1; then `extra`.
+pub fn aws_flags<'a>(endpoint: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut flags = vec!["--aws-endpoint-url", endpoint, "--aws-region", "us-east-1"];
+    flags.extend_from_slice(extra);
+    flags
+}
+
 /// A stack that fails: Db fails ("Subnet not found"), Bucket is cancelled, rollback.
 pub fn failing_stack(name: &str) -> FakeStack {
     let mut s = FakeStack::new(name);
