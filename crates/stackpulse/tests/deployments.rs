@@ -385,3 +385,81 @@ async fn a_deployment_outlives_a_redis_restart() {
         "{events:?}"
     );
 }
+
+/// A running deployment's lease passes to another node (its key is gone, as when
+/// the first node stalled past `--poller-lease`, and the second node starts the
+/// deployment): the first node's follower stops on its next renewal or fenced
+/// publish without touching the new lease, the second follows the deployment to
+/// its end on contiguous seqs, and only then may the first start it again.
+#[tokio::test]
+async fn a_deployment_whose_lease_passed_to_another_node_is_followed_there_only() {
+    let redis = stackpulse_testkit::RedisServer::start().await;
+    let fake = FakeCfn::start(vec![slow_stack("handed", 100_000)]).await;
+    let url = redis.url();
+    let flags = ["--redis-url", url.as_str(), "--poller-lease", "1"];
+    let a = start_server_with(&fake.endpoint, &flags).await;
+    let b = start_server_with(&fake.endpoint, &flags).await;
+    let mut client = b.connect().await;
+    client
+        .subscribe("DH", Some(0), None)
+        .await
+        .expect("subscribe");
+    subscribed(&mut client).await;
+    let body = json!({"deployment_id": "DH", "stacks": [{"name": "handed"}]}).to_string();
+    let (code, reply) = post(&a, Some(KEY), &body).await;
+    assert_eq!(code, 202, "{reply}");
+    assert_eq!(next_event(&mut client).await.seq, 1);
+    let (code, reply) = post(&b, Some(KEY), &body).await;
+    assert_eq!(code, 409, "one follower cluster-wide: {reply}");
+
+    // The lease expires under node A; node B takes the deployment over.
+    let deleted = redis
+        .command(&[
+            "DEL",
+            "sp:lease:{deployment:DH}",
+            "sp:lease-claim:{deployment:DH}",
+        ])
+        .await;
+    assert_eq!(deleted.as_deref(), Some(":2"), "the lease and its claim");
+    let (code, reply) = post(&b, Some(KEY), &body).await;
+    assert_eq!(code, 202, "{reply}");
+    {
+        let mut w = fake.world();
+        let s = w
+            .stacks
+            .iter_mut()
+            .find(|s| s.name == "handed")
+            .expect("stack");
+        s.steps.clear();
+        s.steps.push_back(Step {
+            reveal: vec![("handed".to_string(), 4)],
+            status: Some("CREATE_COMPLETE".into()),
+            ..Step::default()
+        });
+    }
+    let events = until_finished(&mut client).await;
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (2..=seqs.len() as u64 + 1).collect::<Vec<_>>());
+    assert_eq!(
+        statuses(&events).last().map(|s| s.0.as_str()),
+        Some("deployed"),
+        "{events:?}"
+    );
+    // Node B released the lease at the end, and node A's follower has stopped
+    // (its renewal found the lease gone, or its publish of the stack's
+    // completion was fenced; it logs "deployment lease lost; stopping"), so A may
+    // start the deployment again.
+    let again = tokio::time::timeout(WAIT, async {
+        loop {
+            let (code, reply) = post(&a, Some(KEY), &body).await;
+            if code != 409 {
+                return (code, reply);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("node A never let the deployment go");
+    assert_eq!(again.0, 202, "{}", again.1);
+    assert_eq!(next_event(&mut client).await.seq, seqs.len() as u64 + 2);
+}
