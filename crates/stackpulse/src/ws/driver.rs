@@ -790,11 +790,9 @@ struct Pace {
 
 impl Pace {
     /// When the writer may write the items it took, if its last write (begun at
-    /// `last`) was less than the write delay ago; `None`: at once.
+    /// `last`) was less than the write delay ago; `None`: at once. Only asked
+    /// with a delay.
     fn hold_until(&self, last: Option<Instant>) -> Option<Instant> {
-        if self.write_delay.is_zero() {
-            return None;
-        }
         let at = last? + self.write_delay;
         (at > Instant::now()).then_some(at)
     }
@@ -838,10 +836,13 @@ async fn write_loop<W: Wire, E: Encoder>(
                 Some(item) => tokio::select! {
                     biased;
                     r = async {
-                        if let Some(at) = pace.hold_until(last_batch) {
-                            tokio::time::sleep_until(at).await;
+                        if !pace.write_delay.is_zero() {
+                            if let Some(at) = pace.hold_until(last_batch) {
+                                tokio::time::sleep_until(at).await;
+                            }
+                            // (No clock read per write without a delay.)
+                            last_batch = Some(Instant::now());
                         }
-                        last_batch = Some(Instant::now());
                         write_batch(&mut sink, item, &mut rx, &mut encoder).await
                     } => r,
                     // A peer that stopped reading: the write is pending; close anyway.
