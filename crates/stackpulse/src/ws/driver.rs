@@ -16,7 +16,8 @@
 //!    then refuse it in the dialect's own words ([`InBand::refusal`]).
 //! 2. **Open** ([`open`]): a hub session and its bounded [`Outbox`], registration
 //!    in the place, and the writer ([`write_loop`]): the outbox → the socket in
-//!    batches, a WebSocket ping every `--ping-interval`, the close frame when the
+//!    batches (at least `--write-delay` apart when it is set), a WebSocket ping
+//!    every `--ping-interval`, the close frame when the
 //!    outbox closes (slow consumer 4008, shutdown 1001, …, or a dialect's own code
 //!    through [`Control`]), and a close with 1011 when a frame cannot be written.
 //! 3. **Read** ([`read_loop`]): the idle timeout (4000), the token's expiry (4001,
