@@ -61,6 +61,19 @@ async fn until_finished(c: &mut stackpulse::client::Client) -> Vec<Event> {
     }
 }
 
+/// Makes the fake endpoint's stack `name` complete at its next poll (its
+/// remaining steps replaced by one CREATE_COMPLETE).
+fn complete_now(fake: &FakeCfn, name: &str) {
+    let mut w = fake.world();
+    let s = w.stacks.iter_mut().find(|s| s.name == name).expect("stack");
+    s.steps.clear();
+    s.steps.push_back(Step {
+        reveal: vec![(name.to_string(), 4)],
+        status: Some("CREATE_COMPLETE".into()),
+        ..Step::default()
+    });
+}
+
 fn statuses(events: &[Event]) -> Vec<(String, u64, u64)> {
     events
         .iter()
@@ -358,20 +371,7 @@ async fn a_deployment_outlives_a_redis_restart() {
     redis.resume().await;
     ready(200).await;
     // Now the stack completes.
-    {
-        let mut w = fake.world();
-        let s = w
-            .stacks
-            .iter_mut()
-            .find(|s| s.name == "held")
-            .expect("stack");
-        s.steps.clear();
-        s.steps.push_back(Step {
-            reveal: vec![("held".to_string(), 4)],
-            status: Some("CREATE_COMPLETE".into()),
-            ..Step::default()
-        });
-    }
+    complete_now(&fake, "held");
     let events = until_finished(&mut client).await;
     let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
     assert_eq!(
@@ -423,20 +423,7 @@ async fn a_deployment_whose_lease_passed_to_another_node_is_followed_there_only(
     assert_eq!(deleted.as_deref(), Some(":2"), "the lease and its claim");
     let (code, reply) = post(&b, Some(KEY), &body).await;
     assert_eq!(code, 202, "{reply}");
-    {
-        let mut w = fake.world();
-        let s = w
-            .stacks
-            .iter_mut()
-            .find(|s| s.name == "handed")
-            .expect("stack");
-        s.steps.clear();
-        s.steps.push_back(Step {
-            reveal: vec![("handed".to_string(), 4)],
-            status: Some("CREATE_COMPLETE".into()),
-            ..Step::default()
-        });
-    }
+    complete_now(&fake, "handed");
     let events = until_finished(&mut client).await;
     let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, (2..=seqs.len() as u64 + 1).collect::<Vec<_>>());
